@@ -1,0 +1,76 @@
+//! What the API needs from the cluster, as a trait the node implements. The API never sees
+//! openraft or gRPC; it proposes, waits for a read barrier, and reads the shared state.
+
+use corral_storage::model::{ApplyResult, Proposal};
+use corral_storage::SharedState;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("the cluster has no leader right now; retry shortly")]
+    NoLeader,
+    #[error("the cluster did not answer in time; the request may or may not have been applied")]
+    Timeout,
+    #[error("the cluster is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadConsistency {
+    /// Reflects every write acknowledged before the read started (read index).
+    #[default]
+    Linearizable,
+    /// The serving node's local state, possibly behind.
+    Stale,
+}
+
+/// One member of the Raft cluster, as reported by `GET /api/admin/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub node_id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub voter: bool,
+}
+
+/// This node's view of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub leader_id: Option<u64>,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub snapshots_built: u64,
+    pub snapshots_installed: u64,
+    /// SHA-256 of the canonical encoding of the replicated state (see `State::hash`).
+    pub state_hash: String,
+    pub members: Vec<MemberStatus>,
+}
+
+/// The node-side handle the API drives.
+#[async_trait::async_trait]
+pub trait ClusterHandle: Send + Sync + 'static {
+    /// Commits `proposal` through Raft (forwarding to the leader if needed) and returns what
+    /// `apply` returned for it.
+    async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ClusterError>;
+
+    /// Returns once the local state may be read with the given consistency.
+    async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError>;
+
+    /// The local replica of the state.
+    fn state(&self) -> &SharedState;
+
+    /// This node's view of the cluster.
+    async fn status(&self) -> ClusterStatus;
+}

@@ -1,0 +1,80 @@
+//! # corral-api
+//!
+//! Owns Corral's REST surface under `/api`: routes, request and response types (JSON in
+//! camelCase, as in the product's seed documents), validation, authentication of callers, and
+//! the mapping of every error to `{"error": "...", "code": "..."}` with its HTTP status
+//! (in [`error`], and nowhere else).
+//!
+//! The API talks to the cluster only through the [`cluster::ClusterHandle`] trait, which the
+//! node implements: propose a command, wait for a read barrier, read the shared state.
+//!
+//! Never: depend on `corral-node`; block while holding the state's read lock; echo a secret
+//! back except in the response that created it.
+
+pub mod auth;
+pub mod cluster;
+pub mod error;
+pub mod extract;
+pub mod regions;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use corral_storage::model::Millis;
+
+pub use cluster::{ClusterError, ClusterHandle, ClusterStatus, MemberStatus, ReadConsistency};
+pub use error::ApiError;
+
+/// The API's configuration (a part of the node's config).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Bearer key for `/api/admin/*`; also acts on any organization named by
+    /// `X-Organization-ID`.
+    pub admin_key: String,
+    /// Largest request body accepted; larger gets 413.
+    pub max_body_bytes: usize,
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: Arc<dyn ClusterHandle>,
+    pub config: Arc<ApiConfig>,
+}
+
+/// The whole REST router.
+pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
+    let max_body = config.max_body_bytes;
+    let state = AppState { cluster, config: Arc::new(config) };
+    Router::new()
+        .merge(regions::routes())
+        .route("/api/admin/cluster", get(cluster_status))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn cluster_status(State(app): State<AppState>, _admin: auth::Admin) -> Json<ClusterStatus> {
+    Json(app.cluster.status().await)
+}
+
+/// Wall-clock milliseconds, read by the proposer only (never inside `apply`).
+pub fn now_millis() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+/// RFC 3339 rendering of a stored timestamp.
+pub fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}

@@ -1,0 +1,313 @@
+//! # corral-net
+//!
+//! Owns how Corral nodes talk to each other over gRPC (tonic + prost):
+//! - the openraft network ([`GrpcNetworkFactory`], one [`GrpcPeer`] per target) carrying
+//!   AppendEntries, Vote and InstallSnapshot;
+//! - `ForwardWrite`, with which a follower hands a client's proposal to the leader, and
+//!   `ReadIndex`, with which a follower learns the leader's linearizable read point;
+//! - the server side of all of them ([`raft_transport_server`]), which calls into the local
+//!   `openraft::Raft`.
+//!
+//! openraft messages travel as JSON in a `bytes` field (see `proto/raft.proto`): the wire
+//! format is then exactly openraft's serde types, with no hand-kept mirror of them.
+//!
+//! Invariants: every outgoing call has a deadline; every message is size-limited.
+//! Never: depend on `corral-node` or `corral-api`.
+
+// tonic::Status and openraft's errors are large by design; they are not ours to shrink.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_storage::model::Proposal;
+use corral_storage::{ApplyResponse, CorralNode, NodeId, Raft, TypeConfig};
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+pub mod pb {
+    tonic::include_proto!("corral.raft.v1");
+}
+
+use pb::raft_transport_client::RaftTransportClient;
+use pb::raft_transport_server::{RaftTransport, RaftTransportServer};
+use pb::Payload;
+
+/// Largest gRPC message accepted or sent. Snapshot chunks are cut well below this by openraft
+/// (`snapshot_max_chunk_size`); AppendEntries batches are bounded by `max_payload_entries`.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// How long a connection attempt to a peer may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Errors of this crate's client calls.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid peer address '{addr}': {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("peer {addr} unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("rpc to {addr} failed: {status}")]
+    Rpc { addr: String, status: String },
+    #[error("bad message from {addr}: {reason}")]
+    Decode { addr: String, reason: String },
+}
+
+/// Why the leader side of ForwardWrite/ReadIndex could not serve a request.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("this node is not the leader (leader: {leader_id:?})")]
+    NotLeader { leader_id: Option<NodeId>, leader: Option<CorralNode> },
+    #[error("raft is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A proposal committed and applied by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommittedWrite {
+    pub log_index: u64,
+    pub response: ApplyResponse,
+}
+
+/// Proposes on the local Raft, which must be the leader.
+pub async fn write_on_leader(raft: &Raft, proposal: Proposal) -> Result<CommittedWrite, ForwardError> {
+    match raft.client_write(proposal).await {
+        Ok(reply) => Ok(CommittedWrite { log_index: reply.log_id.index, response: reply.data }),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ForwardError::NotLeader { leader_id: f.leader_id, leader: f.leader_node })
+        }
+        Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+    }
+}
+
+/// The leader's read index: confirms leadership with a quorum and returns the log index a
+/// reader must have applied before serving a linearizable read.
+pub async fn read_index_on_leader(raft: &Raft) -> Result<u64, ForwardError> {
+    match raft.get_read_log_id().await {
+        Ok((read_log_id, _applied)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(ForwardError::NotLeader { leader_id: f.leader_id, leader: f.leader_node })
+        }
+        Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Payload, tonic::Status> {
+    serde_json::to_vec(value).map(|json| Payload { json }).map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+}
+
+fn decode_request<T: DeserializeOwned>(payload: &Payload) -> Result<T, tonic::Status> {
+    serde_json::from_slice(&payload.json).map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
+}
+
+/// The gRPC service a node serves to its peers.
+pub struct RaftTransportService {
+    raft: Raft,
+}
+
+/// Builds the tonic service for `raft`, with message size limits.
+pub fn raft_transport_server(raft: Raft) -> RaftTransportServer<RaftTransportService> {
+    RaftTransportServer::new(RaftTransportService { raft })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftTransportService {
+    async fn append_entries(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request.get_ref())?;
+        let reply = self.raft.append_entries(rpc).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn vote(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let rpc: VoteRequest<NodeId> = decode_request(request.get_ref())?;
+        let reply = self.raft.vote(rpc).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request.get_ref())?;
+        let reply = self.raft.install_snapshot(rpc).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn forward_write(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let proposal: Proposal = decode_request(request.get_ref())?;
+        let reply = write_on_leader(&self.raft, proposal).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn read_index(&self, _request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let reply = read_index_on_leader(&self.raft).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+}
+
+/// A pool of lazily connected channels to peers, keyed by address. tonic channels reconnect
+/// on their own, so one per peer is kept for the life of the node.
+#[derive(Clone, Default)]
+pub struct PeerClients {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerClients {
+    fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, NetError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| NetError::BadAddress { addr: addr.to_string(), reason: e.to_string() })?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let channel = endpoint.connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftTransportClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    async fn call<Req: Serialize, Reply: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: Method,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Reply, NetError> {
+        let mut client = self.client(addr)?;
+        let json = serde_json::to_vec(request)
+            .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })?;
+        let mut request = tonic::Request::new(Payload { json });
+        request.set_timeout(timeout);
+        let reply = match method {
+            Method::AppendEntries => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::InstallSnapshot => client.install_snapshot(request).await,
+            Method::ForwardWrite => client.forward_write(request).await,
+            Method::ReadIndex => client.read_index(request).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable => NetError::Unreachable { addr: addr.to_string(), reason: status.to_string() },
+            _ => NetError::Rpc { addr: addr.to_string(), status: status.to_string() },
+        })?;
+        serde_json::from_slice(&reply.get_ref().json)
+            .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })
+    }
+
+    /// Sends `proposal` to the leader at `addr`; returns once it is committed and applied there.
+    pub async fn forward_write(
+        &self,
+        addr: &str,
+        proposal: &Proposal,
+        timeout: Duration,
+    ) -> Result<Result<CommittedWrite, ForwardError>, NetError> {
+        self.call(addr, Method::ForwardWrite, proposal, timeout).await
+    }
+
+    /// Asks the leader at `addr` for a read index.
+    pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<Result<u64, ForwardError>, NetError> {
+        self.call(addr, Method::ReadIndex, &(), timeout).await
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    ForwardWrite,
+    ReadIndex,
+}
+
+/// openraft's network factory over [`PeerClients`].
+#[derive(Clone, Default)]
+pub struct GrpcNetworkFactory {
+    pub clients: PeerClients,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
+    type Network = GrpcPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &CorralNode) -> Self::Network {
+        GrpcPeer { target, addr: node.raft_addr.clone(), clients: self.clients.clone() }
+    }
+}
+
+/// The connection to one Raft peer.
+pub struct GrpcPeer {
+    target: NodeId,
+    addr: String,
+    clients: PeerClients,
+}
+
+impl GrpcPeer {
+    async fn raft_call<Req, Reply, E>(
+        &self,
+        method: Method,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Reply, RPCError<NodeId, CorralNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Reply: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let reply: Result<Reply, RaftError<NodeId, E>> =
+            self.clients.call(&self.addr, method, request, option.hard_ttl()).await.map_err(|e| match e {
+                NetError::Unreachable { .. } | NetError::BadAddress { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GrpcPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, CorralNode, RaftError<NodeId>>> {
+        self.raft_call(Method::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, CorralNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.raft_call(Method::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, CorralNode, RaftError<NodeId>>> {
+        self.raft_call(Method::Vote, &rpc, &option).await
+    }
+}

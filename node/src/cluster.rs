@@ -1,0 +1,177 @@
+//! [`RaftCluster`]: the node's implementation of the API's `ClusterHandle` on openraft.
+//!
+//! Writes go to the leader: proposed locally when this node leads, otherwise forwarded over
+//! gRPC. Every proposal carries an idempotency key (the client's, or one made up here), so
+//! retrying after a leader change can never apply a command twice.
+//! Linearizable reads take a read index from the leader and wait for the local state machine
+//! to reach it.
+
+use std::time::Duration;
+
+use corral_api::{ClusterError, ClusterHandle, ClusterStatus, MemberStatus, ReadConsistency};
+use corral_net::{read_index_on_leader, write_on_leader, ForwardError, NetError, PeerClients};
+use corral_storage::model::{ApplyResult, Proposal};
+use corral_storage::{CorralNode, NodeId, Raft, SharedState};
+use openraft::ServerState;
+use tokio::time::Instant;
+
+/// Pause between attempts while a leader is being elected.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+pub struct RaftCluster {
+    pub node_id: NodeId,
+    pub raft: Raft,
+    pub shared: SharedState,
+    pub clients: PeerClients,
+    pub request_timeout: Duration,
+}
+
+enum Target {
+    Local,
+    Remote(CorralNode),
+}
+
+impl RaftCluster {
+    /// The current leader, waiting (until `deadline`) for one to be elected.
+    async fn leader(&self, deadline: Instant) -> Result<Target, ClusterError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let found = {
+                let m = metrics.borrow_and_update();
+                m.current_leader.map(|id| (id, m.membership_config.membership().get_node(&id).cloned()))
+            };
+            match found {
+                Some((id, _)) if id == self.node_id => return Ok(Target::Local),
+                Some((_, Some(node))) => return Ok(Target::Remote(node)),
+                _ => {}
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ClusterError::Unavailable("raft is shutting down".into())),
+                Err(_) => return Err(ClusterError::NoLeader),
+            }
+        }
+    }
+
+    async fn pause_or_give_up(deadline: Instant, last: ClusterError) -> Result<(), ClusterError> {
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+        Ok(())
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| ClusterError::Timeout)
+    }
+}
+
+fn net_error(e: NetError) -> ClusterError {
+    match e {
+        NetError::Unreachable { .. } => ClusterError::NoLeader,
+        NetError::Rpc { status, .. } if status.contains("Timeout expired") || status.contains("deadline") => {
+            ClusterError::Timeout
+        }
+        other => ClusterError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterHandle for RaftCluster {
+    async fn propose(&self, mut proposal: Proposal) -> Result<ApplyResult, ClusterError> {
+        if proposal.idempotency_key.is_none() {
+            proposal.idempotency_key = Some(format!("auto/{}", uuid::Uuid::new_v4()));
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let attempt = match self.leader(deadline).await? {
+                Target::Local => Ok(write_on_leader(&self.raft, proposal.clone()).await),
+                Target::Remote(node) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    self.clients.forward_write(&node.raft_addr, &proposal, remaining).await
+                }
+            };
+            let last = match attempt {
+                Ok(Ok(committed)) => return Ok(committed.response.0),
+                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
+                Ok(Err(ForwardError::Unavailable(msg))) => ClusterError::Unavailable(msg),
+                Err(e) => net_error(e),
+            };
+            if matches!(last, ClusterError::Timeout) {
+                return Err(last);
+            }
+            // The same idempotency key makes the retry safe even if the first attempt committed.
+            Self::pause_or_give_up(deadline, last).await?;
+        }
+    }
+
+    async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError> {
+        if consistency == ReadConsistency::Stale {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let attempt = match self.leader(deadline).await? {
+                Target::Local => Ok(read_index_on_leader(&self.raft).await),
+                Target::Remote(node) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    self.clients.read_index(&node.raft_addr, remaining).await
+                }
+            };
+            let last = match attempt {
+                Ok(Ok(index)) => return self.wait_applied(index, deadline).await,
+                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
+                Ok(Err(ForwardError::Unavailable(msg))) => ClusterError::Unavailable(msg),
+                Err(e) => net_error(e),
+            };
+            Self::pause_or_give_up(deadline, last).await?;
+        }
+    }
+
+    fn state(&self) -> &SharedState {
+        &self.shared
+    }
+
+    async fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                node_id: *id,
+                raft_addr: node.raft_addr.clone(),
+                api_addr: node.api_addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let machine = self.shared.read();
+        ClusterStatus {
+            node_id: self.node_id,
+            leader_id: m.current_leader,
+            role: role.to_string(),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: machine.last_applied.map(|l| l.index),
+            snapshot_index: machine.snapshot_index,
+            purged_index: m.purged.map(|l| l.index),
+            snapshots_built: machine.snapshots_built,
+            snapshots_installed: machine.snapshots_installed,
+            state_hash: machine.state.hash(),
+            members,
+        }
+    }
+}

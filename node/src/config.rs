@@ -1,0 +1,256 @@
+//! The node's configuration: one typed struct, read from a TOML file, then overridden by
+//! `CORRAL_*` environment variables, then by flags (clap reads both, flags winning), and
+//! validated once at start-up with a readable error.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// Format of the node's log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One initial cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+}
+
+/// Everything `corral serve` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    /// RocksDB lives in `<data_dir>/raft`.
+    pub data_dir: PathBuf,
+    /// host:port this node's gRPC (Raft) server listens on and peers dial.
+    pub raft_addr: String,
+    /// host:port this node's REST server listens on.
+    pub api_addr: String,
+    /// Initial members, including this node.
+    pub peers: Vec<PeerConfig>,
+    /// Initialize the cluster with `peers` if this node has never been initialized.
+    pub bootstrap: bool,
+    pub admin_key: String,
+    pub fsync: bool,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_threshold: u64,
+    /// Entries kept in the log below the snapshot point (for followers that lag a little).
+    pub keep_logs_after_snapshot: u64,
+    pub heartbeat_ms: u64,
+    /// Election timeout is drawn from [election_timeout_ms, 2 × election_timeout_ms).
+    pub election_timeout_ms: u64,
+    /// How long a client request may wait for a leader and a commit.
+    pub request_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+/// The config file's shape; every field optional so env and flags can fill the rest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    raft_addr: Option<String>,
+    api_addr: Option<String>,
+    peers: Option<Vec<PeerConfig>>,
+    bootstrap: Option<bool>,
+    admin_key: Option<String>,
+    fsync: Option<bool>,
+    snapshot_threshold: Option<u64>,
+    keep_logs_after_snapshot: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_body_bytes: Option<usize>,
+    log_format: Option<LogFormat>,
+}
+
+/// Flags of `corral serve`; each also reads a `CORRAL_*` variable.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "CORRAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "CORRAL_NODE_ID")]
+    pub node_id: Option<u64>,
+    #[arg(long, env = "CORRAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "CORRAL_RAFT_ADDR")]
+    pub raft_addr: Option<String>,
+    #[arg(long, env = "CORRAL_API_ADDR")]
+    pub api_addr: Option<String>,
+    /// Initial members: `id=raft_host:port/api_host:port,...`
+    #[arg(long, env = "CORRAL_PEERS")]
+    pub peers: Option<String>,
+    /// Initialize the cluster from `--peers` unless this node already is.
+    #[arg(long, env = "CORRAL_BOOTSTRAP")]
+    pub bootstrap: bool,
+    #[arg(long, env = "CORRAL_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    #[arg(long, env = "CORRAL_FSYNC")]
+    pub fsync: Option<bool>,
+    #[arg(long, env = "CORRAL_SNAPSHOT_THRESHOLD")]
+    pub snapshot_threshold: Option<u64>,
+    #[arg(long, env = "CORRAL_KEEP_LOGS_AFTER_SNAPSHOT")]
+    pub keep_logs_after_snapshot: Option<u64>,
+    #[arg(long, env = "CORRAL_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    #[arg(long, env = "CORRAL_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    #[arg(long, env = "CORRAL_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path} is invalid: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("{0} is required (flag, CORRAL_* variable or config file)")]
+    Missing(&'static str),
+    #[error("invalid peer '{0}': expected id=raft_host:port/api_host:port")]
+    BadPeer(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses `1=127.0.0.1:7001/127.0.0.1:8001,2=...`.
+pub fn parse_peers(spec: &str) -> Result<Vec<PeerConfig>, ConfigError> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let bad = || ConfigError::BadPeer(item.to_string());
+            let (id, addrs) = item.split_once('=').ok_or_else(bad)?;
+            let (raft_addr, api_addr) = addrs.split_once('/').ok_or_else(bad)?;
+            let id = id.trim().parse().map_err(|_| bad())?;
+            if raft_addr.is_empty() || api_addr.is_empty() {
+                return Err(bad());
+            }
+            Ok(PeerConfig { id, raft_addr: raft_addr.to_string(), api_addr: api_addr.to_string() })
+        })
+        .collect()
+}
+
+/// Renders peers back into the `--peers` form.
+pub fn format_peers(peers: &[PeerConfig]) -> String {
+    peers.iter().map(|p| format!("{}={}/{}", p.id, p.raft_addr, p.api_addr)).collect::<Vec<_>>().join(",")
+}
+
+impl NodeConfig {
+    /// File, then env/flags on top, then defaults; validated.
+    pub fn load(args: &ServeArgs) -> Result<NodeConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let p = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read { path: p.clone(), reason: e.to_string() })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::Parse { path: p, reason: e.to_string() })?
+            }
+            None => FileConfig::default(),
+        };
+        let peers = match &args.peers {
+            Some(spec) => parse_peers(spec)?,
+            None => file.peers.unwrap_or_default(),
+        };
+        let config = NodeConfig {
+            node_id: args.node_id.or(file.node_id).ok_or(ConfigError::Missing("node_id"))?,
+            data_dir: args.data_dir.clone().or(file.data_dir).ok_or(ConfigError::Missing("data_dir"))?,
+            raft_addr: args.raft_addr.clone().or(file.raft_addr).ok_or(ConfigError::Missing("raft_addr"))?,
+            api_addr: args.api_addr.clone().or(file.api_addr).ok_or(ConfigError::Missing("api_addr"))?,
+            peers,
+            bootstrap: args.bootstrap || file.bootstrap.unwrap_or(false),
+            admin_key: args.admin_key.clone().or(file.admin_key).ok_or(ConfigError::Missing("admin_key"))?,
+            fsync: args.fsync.or(file.fsync).unwrap_or(true),
+            snapshot_threshold: args.snapshot_threshold.or(file.snapshot_threshold).unwrap_or(10_000),
+            keep_logs_after_snapshot: args.keep_logs_after_snapshot.or(file.keep_logs_after_snapshot).unwrap_or(1_000),
+            // etcd's defaults (100 ms heartbeat, 1 s election timeout): tolerant of a loaded
+            // 2-core machine with fsync, still failing over in about a second or two.
+            heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
+            election_timeout_ms: args.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(1_000),
+            request_timeout_ms: args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(10_000),
+            max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(1024 * 1024),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.admin_key.len() < 16 {
+            return Err(ConfigError::Invalid("admin_key must be at least 16 characters".into()));
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms {
+            return Err(ConfigError::Invalid("election_timeout_ms must be greater than heartbeat_ms > 0".into()));
+        }
+        if self.snapshot_threshold == 0 {
+            return Err(ConfigError::Invalid("snapshot_threshold must be at least 1".into()));
+        }
+        if self.bootstrap && !self.peers.iter().any(|p| p.id == self.node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "--bootstrap needs --peers that include this node (id {})",
+                self.node_id
+            )));
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() {
+            return Err(ConfigError::Invalid("peer ids must be unique".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_round_trip() {
+        let peers = parse_peers("1=127.0.0.1:7001/127.0.0.1:8001, 2=h:1/h:2").expect("valid");
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[1], PeerConfig { id: 2, raft_addr: "h:1".into(), api_addr: "h:2".into() });
+        assert_eq!(parse_peers(&format_peers(&peers)).expect("valid"), peers);
+        assert!(parse_peers("x=a/b").is_err());
+        assert!(parse_peers("1=a").is_err());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("corral.toml");
+        std::fs::write(
+            &path,
+            "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n\
+             admin_key = \"0123456789abcdef\"\nheartbeat_ms = 50\n[[peers]]\nid = 1\nraft_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n",
+        )
+        .expect("write");
+        let args = ServeArgs { config: Some(path.clone()), heartbeat_ms: Some(70), ..Default::default() };
+        let config = NodeConfig::load(&args).expect("valid");
+        assert_eq!(config.node_id, 1);
+        assert_eq!(config.heartbeat_ms, 70, "flag wins over file");
+        assert_eq!(config.peers.len(), 1);
+        assert!(config.fsync);
+
+        std::fs::write(&path, "node_id = 1\nbogus = 2\n").expect("write");
+        let err = NodeConfig::load(&args).expect_err("unknown field");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}

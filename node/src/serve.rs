@@ -1,0 +1,167 @@
+//! `corral serve`: one node. Opens RocksDB, starts openraft, the gRPC server for peers and the
+//! REST server for clients, bootstraps the cluster when asked to, and shuts all of it down on
+//! SIGTERM or Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use corral_api::ApiConfig;
+use corral_net::{raft_transport_server, GrpcNetworkFactory};
+use corral_storage::{open_storage, CorralNode, Raft, StorageConfig};
+use openraft::SnapshotPolicy;
+use tokio::sync::watch;
+
+use crate::cluster::RaftCluster;
+use crate::config::NodeConfig;
+
+async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
+}
+
+fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
+    let raft = openraft::Config {
+        cluster_name: "corral".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_ms,
+        election_timeout_max: config.election_timeout_ms * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
+        max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
+        // Bounded AppendEntries batches keep every gRPC message far below its size limit.
+        max_payload_entries: 1_000,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    raft.validate().context("invalid raft configuration")
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let raft_listen = resolve(&config.raft_addr).await?;
+    let api_listener = tokio::net::TcpListener::bind(&config.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (api)", config.api_addr))?;
+    // Probe the raft port now so a clash fails the start, not a background task.
+    drop(std::net::TcpListener::bind(raft_listen).with_context(|| format!("cannot listen on {raft_listen} (raft)"))?);
+
+    let db_dir = config.data_dir.join("raft");
+    std::fs::create_dir_all(&db_dir).with_context(|| format!("cannot create {}", db_dir.display()))?;
+    let (log_store, state_machine, shared) =
+        open_storage(&db_dir, StorageConfig { fsync: config.fsync }).context("cannot open storage")?;
+
+    let network = GrpcNetworkFactory::default();
+    let clients = network.clients.clone();
+    let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), network, log_store, state_machine)
+        .await
+        .context("cannot start raft")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let grpc = {
+        let mut stop = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .add_service(raft_transport_server(raft.clone()));
+        tokio::spawn(async move {
+            server
+                .serve_with_shutdown(raft_listen, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+
+    if config.bootstrap {
+        bootstrap(&raft, &config).await?;
+    }
+
+    let cluster = Arc::new(RaftCluster {
+        node_id: config.node_id,
+        raft: raft.clone(),
+        shared,
+        clients,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+    });
+    let api_config = ApiConfig { admin_key: config.admin_key.clone(), max_body_bytes: config.max_body_bytes };
+    let app = corral_api::router(cluster, api_config);
+    tracing::info!(node_id = config.node_id, api = %config.api_addr, raft = %config.raft_addr, "corral node serving");
+
+    let api = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(api_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(10), api).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "api server ended with an error"),
+        Err(_) => tracing::warn!("api server did not drain within 10 s"),
+        _ => {}
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    match tokio::time::timeout(Duration::from_secs(5), grpc).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "grpc server ended with an error"),
+        Err(_) => tracing::warn!("grpc server did not stop within 5 s"),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Initializes the cluster once; on a node that already has state this does nothing, so the
+/// same command line can restart the node.
+async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
+    if raft.is_initialized().await.context("raft stopped")? {
+        tracing::info!("already initialized; --bootstrap ignored");
+        return Ok(());
+    }
+    let members: BTreeMap<u64, CorralNode> = config
+        .peers
+        .iter()
+        .map(|p| (p.id, CorralNode { raft_addr: p.raft_addr.clone(), api_addr: p.api_addr.clone() }))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(members = config.peers.len(), "cluster initialized"),
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+            tracing::info!("cluster already initialized")
+        }
+        Err(e) => return Err(anyhow::anyhow!("cannot initialize the cluster: {e}")),
+    }
+    Ok(())
+}

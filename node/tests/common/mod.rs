@@ -1,0 +1,215 @@
+//! Test harness: real `corral serve` processes on loopback, data in a temporary directory.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corral_api::ClusterStatus;
+use serde_json::Value;
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+/// A free loopback port (the OS picks; a small race with other tests is tolerated by retrying
+/// the whole start when a bind fails).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+pub struct TestNode {
+    pub id: u64,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    pub extra_args: Vec<String>,
+    pub http: reqwest::blocking::Client,
+    dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes; node 1 bootstraps. `extra_args` go to every `corral serve`.
+    pub fn start(n: u64, extra_args: &[&str]) -> TestCluster {
+        let dir = tempfile::Builder::new().prefix("corral-test-").tempdir().expect("tempdir");
+        let nodes = (1..=n)
+            .map(|id| {
+                let data_dir = dir.path().join(format!("node{id}"));
+                TestNode {
+                    id,
+                    api_addr: format!("127.0.0.1:{}", free_port()),
+                    raft_addr: format!("127.0.0.1:{}", free_port()),
+                    log_path: dir.path().join(format!("node{id}.log")),
+                    data_dir,
+                    child: None,
+                }
+            })
+            .collect();
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        let mut cluster =
+            TestCluster { nodes, extra_args: extra_args.iter().map(|s| s.to_string()).collect(), http, dir };
+        for id in 1..=n {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    fn peers(&self) -> String {
+        self.nodes.iter().map(|n| format!("{}={}/{}", n.id, n.raft_addr, n.api_addr)).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts node `id` with the same command line every time.
+    pub fn start_node(&mut self, id: u64) {
+        let peers = self.peers();
+        let extra = self.extra_args.clone();
+        let node = &mut self.nodes[(id - 1) as usize];
+        assert!(node.child.is_none(), "node {id} already running");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&node.log_path).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corral"));
+        cmd.arg("serve")
+            .args(["--node-id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--raft-addr", &node.raft_addr, "--api-addr", &node.api_addr, "--peers", &peers])
+            .args(&extra)
+            .env("CORRAL_ADMIN_KEY", ADMIN_KEY)
+            .env("CORRAL_LOG", "info,openraft=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log clone"))
+            .stderr(log);
+        if id == 1 {
+            cmd.arg("--bootstrap");
+        }
+        node.child = Some(cmd.spawn().expect("spawn corral serve"));
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+        }
+    }
+
+    pub fn wipe(&mut self, id: u64) {
+        let node = &self.nodes[(id - 1) as usize];
+        assert!(node.child.is_none(), "stop node {id} before wiping it");
+        fs::remove_dir_all(&node.data_dir).expect("wipe data dir");
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("http://{}{}", self.node(id).api_addr, path)
+    }
+
+    pub fn status(&self, id: u64) -> Option<ClusterStatus> {
+        let resp = self.http.get(self.url(id, "/api/admin/cluster")).bearer_auth(ADMIN_KEY).send().ok()?;
+        resp.json().ok()
+    }
+
+    /// Waits until a running node reports a leader that is itself running, and returns it.
+    pub fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+                if let Some(status) = self.status(node.id) {
+                    if let Some(leader) = status.leader_id {
+                        if self.nodes.iter().any(|n| n.id == leader && n.child.is_some())
+                            && self.status(leader).is_some_and(|s| s.role == "leader")
+                        {
+                            return leader;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn post(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(id, path))
+            .bearer_auth(ADMIN_KEY)
+            .json(body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {path} to node {id}: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(Value::Null))
+    }
+
+    pub fn get(&self, id: u64, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(self.url(id, path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path} from node {id}: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(Value::Null))
+    }
+
+    /// Waits until every running node reports the same applied index and state hash.
+    pub fn wait_converged(&self, timeout: Duration) -> (u64, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses: Vec<Option<ClusterStatus>> =
+                self.nodes.iter().filter(|n| n.child.is_some()).map(|n| self.status(n.id)).collect();
+            if statuses.iter().all(Option::is_some) {
+                let statuses: Vec<ClusterStatus> = statuses.into_iter().flatten().collect();
+                let first = &statuses[0];
+                if first.applied_index.is_some()
+                    && statuses
+                        .iter()
+                        .all(|s| s.applied_index == first.applied_index && s.state_hash == first.state_hash)
+                {
+                    return (first.applied_index.unwrap_or(0), first.state_hash.clone());
+                }
+                if Instant::now() > deadline {
+                    let view: Vec<_> =
+                        statuses.iter().map(|s| (s.node_id, s.applied_index, s.state_hash.clone())).collect();
+                    panic!("nodes did not converge within {timeout:?}: {view:?}");
+                }
+            } else if Instant::now() > deadline {
+                panic!("some node did not answer within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!("---- last lines of node {} log ({}) ----", node.id, node.log_path.display());
+                if let Ok(file) = fs::File::open(&node.log_path) {
+                    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+                    for line in lines.iter().skip(lines.len().saturating_sub(40)) {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+    }
+}

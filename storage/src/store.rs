@@ -1,0 +1,400 @@
+//! The openraft log store and state machine on RocksDB.
+//!
+//! One database, three column families:
+//! - `log`: key = log index as 8 big-endian bytes (so iteration order is index order),
+//!   value = the JSON-encoded `Entry`.
+//! - `meta`: `vote`, `committed`, `last_purged` (JSON).
+//! - `state`: `snapshot_meta` (JSON `SnapshotMeta`) and `snapshot_data` (the encoded
+//!   [`State`]), written together in one batch.
+//!
+//! The state machine lives in memory ([`SharedState`]) and is rebuilt on start from the last
+//! snapshot plus a replay of the committed log that follows it (openraft does the replay, from
+//! `read_committed`). JSON is used for log entries because openraft's types use
+//! `#[serde(flatten)]`, which non-self-describing formats such as bincode cannot decode.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError as RaftStorageError, StorageIOError, StoredMembership, Vote,
+};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use crate::model::{self, Outcome, State};
+use crate::{ApplyResponse, CorralNode, NodeId, TypeConfig};
+
+const CF_LOG: &str = "log";
+const CF_META: &str = "meta";
+const CF_STATE: &str = "state";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+
+type RaftResult<T> = Result<T, RaftStorageError<NodeId>>;
+
+/// How the store treats durability.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageConfig {
+    /// Sync the RocksDB WAL before acknowledging a log append, vote or snapshot. Turning this
+    /// off trades durability of the last few writes on power loss for throughput.
+    pub fsync: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { fsync: true }
+    }
+}
+
+/// Errors opening the store (crate boundary; openraft's own error type covers the rest).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("stored snapshot is unreadable: {0}")]
+    CorruptSnapshot(String),
+}
+
+/// The state machine's data, shared between openraft (which applies to it) and readers
+/// (the REST API). Lock holders never await.
+#[derive(Debug, Default)]
+pub struct MachineData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, CorralNode>,
+    pub state: State,
+    /// Index of the newest snapshot this node built or installed.
+    pub snapshot_index: Option<u64>,
+    pub snapshots_built: u64,
+    pub snapshots_installed: u64,
+}
+
+/// Cheap-to-clone handle on the state machine's data.
+#[derive(Debug, Clone, Default)]
+pub struct SharedState(Arc<RwLock<MachineData>>);
+
+impl SharedState {
+    /// Read access; hold it briefly and never across an await.
+    pub fn read(&self) -> RwLockReadGuard<'_, MachineData> {
+        // A poisoned lock means a panic inside apply, which already aborted the node's
+        // invariants; serving the data is still better than taking the node down.
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, MachineData> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StorageIOError<NodeId>> {
+    db.cf_handle(name).ok_or_else(|| StorageIOError::read(&MissingColumnFamily(name.to_string())))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("column family '{0}' is missing")]
+struct MissingColumnFamily(String);
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn write_options(config: StorageConfig) -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(config.fsync);
+    opts
+}
+
+/// Opens (or creates) the database under `dir` and returns the two openraft halves plus the
+/// shared state handle readers use.
+pub fn open_storage(
+    dir: &Path,
+    config: StorageConfig,
+) -> Result<(LogStore, StateMachineStore, SharedState), StorageError> {
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    let cfs = [CF_LOG, CF_META, CF_STATE].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = Arc::new(DB::open_cf_descriptors(&db_opts, dir, cfs)?);
+
+    let shared = SharedState::default();
+    {
+        let state_cf = db.cf_handle(CF_STATE).ok_or_else(|| StorageError::CorruptSnapshot("no state cf".into()))?;
+        let meta = db.get_cf(state_cf, KEY_SNAPSHOT_META)?;
+        let data = db.get_cf(state_cf, KEY_SNAPSHOT_DATA)?;
+        if let (Some(meta), Some(data)) = (meta, data) {
+            let meta: SnapshotMeta<NodeId, CorralNode> =
+                serde_json::from_slice(&meta).map_err(|e| StorageError::CorruptSnapshot(e.to_string()))?;
+            let state = State::decode(&data).map_err(|e| StorageError::CorruptSnapshot(e.to_string()))?;
+            let mut machine = shared.write();
+            machine.last_applied = meta.last_log_id;
+            machine.membership = meta.last_membership.clone();
+            machine.snapshot_index = meta.last_log_id.map(|l| l.index);
+            machine.state = state;
+        }
+    }
+    let log = LogStore { db: db.clone(), config };
+    let sm = StateMachineStore { db, config, shared: shared.clone() };
+    Ok((log, sm, shared))
+}
+
+/// The Raft log and hard state (vote, committed) in RocksDB.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    config: StorageConfig,
+}
+
+impl LogStore {
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<NodeId>> {
+        let meta = cf(&self.db, CF_META)?;
+        let Some(bytes) = self.db.get_cf(meta, key).map_err(|e| StorageIOError::read(&e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StorageIOError::read(&e))
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageIOError<NodeId>> {
+        let meta = cf(&self.db, CF_META)?;
+        let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
+        self.db.put_cf_opt(meta, key, bytes, &write_options(self.config)).map_err(|e| StorageIOError::write(&e))
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageIOError<NodeId>> {
+        let log = cf(&self.db, CF_LOG)?;
+        let Some(item) = self.db.iterator_cf(log, IteratorMode::End).next() else {
+            return Ok(None);
+        };
+        let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+        let entry: Entry<TypeConfig> = serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(Some(entry.log_id))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> RaftResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let log = cf(&self.db, CF_LOG)?;
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf(log, IteratorMode::From(&index_key(start), Direction::Forward)) {
+            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let index = key.as_ref().try_into().map(u64::from_be_bytes).map_err(|e| StorageIOError::read_logs(&e))?;
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry<TypeConfig> = serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> RaftResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(KEY_LAST_PURGED)?;
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> RaftResult<()> {
+        self.put_meta(KEY_VOTE, vote).map_err(|e| RaftStorageError::IO { source: e })
+    }
+
+    async fn read_vote(&mut self) -> RaftResult<Option<Vote<NodeId>>> {
+        Ok(self.get_meta(KEY_VOTE)?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> RaftResult<()> {
+        // Not synced: losing it only means replaying less on restart; the leader re-sends it.
+        let meta = cf(&self.db, CF_META)?;
+        let bytes = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write(&e))?;
+        self.db.put_cf(meta, KEY_COMMITTED, bytes).map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> RaftResult<Option<LogId<NodeId>>> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> RaftResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let log = cf(&self.db, CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.put_cf(log, index_key(entry.log_id.index), bytes);
+        }
+        let written = self.db.write_opt(batch, &write_options(self.config));
+        // openraft must hear of the outcome either way; the error is also returned.
+        match written {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(&e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> RaftResult<()> {
+        let log = cf(&self.db, CF_LOG)?;
+        self.db
+            .delete_range_cf(log, index_key(log_id.index), index_key(u64::MAX))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // delete_range does not cover u64::MAX itself; no real log reaches it.
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> RaftResult<()> {
+        // Record the purge point first: a crash between the two steps leaves extra entries,
+        // which get_log_state tolerates, never a gap.
+        self.put_meta(KEY_LAST_PURGED, &log_id)?;
+        let log = cf(&self.db, CF_LOG)?;
+        self.db
+            .delete_range_cf(log, index_key(0), index_key(log_id.index.saturating_add(1)))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
+
+/// The state machine: applies committed entries to the shared [`State`] and keeps the latest
+/// snapshot in the `state` column family.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    config: StorageConfig,
+    shared: SharedState,
+}
+
+impl StateMachineStore {
+    fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, CorralNode>, data: &[u8]) -> RaftResult<()> {
+        let state_cf = cf(&self.db, CF_STATE)?;
+        let meta_bytes =
+            serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(state_cf, KEY_SNAPSHOT_META, meta_bytes);
+        batch.put_cf(state_cf, KEY_SNAPSHOT_DATA, data);
+        self.db
+            .write_opt(batch, &write_options(self.config))
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> RaftResult<Snapshot<TypeConfig>> {
+        let (data, last_log_id, last_membership) = {
+            let machine = self.shared.read();
+            let data = machine.state.encode().map_err(|e| StorageIOError::read_state_machine(&e))?;
+            (data, machine.last_applied, machine.membership.clone())
+        };
+        // The id only has to be unique per snapshot; the build time makes it so across restarts.
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let snapshot_id = match last_log_id {
+            Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
+            None => format!("empty-{nanos}"),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        self.save_snapshot(&meta, &data)?;
+        {
+            let mut machine = self.shared.write();
+            machine.snapshot_index = last_log_id.map(|l| l.index);
+            machine.snapshots_built += 1;
+        }
+        tracing::info!(index = ?last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> RaftResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, CorralNode>)> {
+        let machine = self.shared.read();
+        Ok((machine.last_applied, machine.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> RaftResult<Vec<ApplyResponse>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut machine = self.shared.write();
+        let mut replies = Vec::new();
+        for entry in entries {
+            machine.last_applied = Some(entry.log_id);
+            let result = match entry.payload {
+                EntryPayload::Blank => Ok(Outcome::None),
+                EntryPayload::Normal(proposal) => model::apply(&mut machine.state, &proposal),
+                EntryPayload::Membership(membership) => {
+                    machine.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Ok(Outcome::None)
+                }
+            };
+            replies.push(ApplyResponse(result));
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> RaftResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, CorralNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> RaftResult<()> {
+        let data = snapshot.into_inner();
+        let state = State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.save_snapshot(meta, &data)?;
+        let mut machine = self.shared.write();
+        machine.state = state;
+        machine.last_applied = meta.last_log_id;
+        machine.membership = meta.last_membership.clone();
+        machine.snapshot_index = meta.last_log_id.map(|l| l.index);
+        machine.snapshots_installed += 1;
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> RaftResult<Option<Snapshot<TypeConfig>>> {
+        let state_cf = cf(&self.db, CF_STATE)?;
+        let meta = self.db.get_cf(state_cf, KEY_SNAPSHOT_META).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let data = self.db.get_cf(state_cf, KEY_SNAPSHOT_DATA).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let (Some(meta), Some(data)) = (meta, data) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta<NodeId, CorralNode> =
+            serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}

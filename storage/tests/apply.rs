@@ -1,0 +1,381 @@
+//! `apply`: every command, every rejection, idempotency, and determinism (proptest).
+
+use corral_storage::model::*;
+use proptest::prelude::*;
+
+const T0: Millis = 1_700_000_000_000;
+
+fn run(state: &mut State, command: Command) -> ApplyResult {
+    apply(state, &Proposal::new(command, T0))
+}
+
+fn create_region(id: &str, org: &str, name: &str) -> Command {
+    Command::CreateRegion {
+        id: id.into(),
+        organization_id: org.into(),
+        name: name.into(),
+        region_type: RegionType::Custom,
+        proxy_url: Some("https://proxy.example.com".into()),
+        ssh_gateway_url: None,
+        snapshot_manager_url: None,
+        proxy_api_key_hash: Some("h".into()),
+        ssh_gateway_api_key_hash: None,
+        snapshot_manager_username: None,
+        snapshot_manager_password: None,
+    }
+}
+
+fn create_runner(id: &str, region: &str, name: &str, cpu: u64) -> Command {
+    Command::CreateRunner {
+        id: id.into(),
+        organization_id: "org".into(),
+        region_id: region.into(),
+        name: name.into(),
+        api_key_hash: "k".into(),
+        api_version: "2".into(),
+        domain: None,
+        api_url: None,
+        proxy_url: None,
+        capacity: Resources { cpu, memory_gib: cpu * 2, disk_gib: cpu * 10 },
+    }
+}
+
+fn placement(sandbox: &str, region: &str, runner: &str, cpu: u64) -> Placement {
+    Placement {
+        sandbox_id: sandbox.into(),
+        organization_id: "org".into(),
+        target: "r".into(),
+        region_id: region.into(),
+        runner_id: runner.into(),
+        resources: Resources { cpu, memory_gib: cpu, disk_gib: cpu },
+    }
+}
+
+/// A region with one ready runner of 4 cpu.
+fn fleet() -> State {
+    let mut s = State::default();
+    run(&mut s, create_region("reg", "org", "r")).expect("region");
+    run(&mut s, create_runner("run", "reg", "runner-1", 4)).expect("runner");
+    run(&mut s, Command::SetRunnerState { id: "run".into(), state: RunnerState::Ready }).expect("ready");
+    s
+}
+
+#[test]
+fn organizations_and_keys() {
+    let mut s = State::default();
+    let org = run(&mut s, Command::CreateOrganization { id: "o1".into(), name: "acme".into() });
+    assert!(matches!(org, Ok(Outcome::Organization(ref o)) if o.name == "acme" && o.created_at == T0));
+    assert!(matches!(
+        run(&mut s, Command::CreateOrganization { id: "o1".into(), name: "other".into() }),
+        Err(Rejection::DuplicateId { .. })
+    ));
+    assert!(matches!(
+        run(&mut s, Command::CreateOrganization { id: "o2".into(), name: "acme".into() }),
+        Err(Rejection::DuplicateName { .. })
+    ));
+    let key = Command::CreateApiKey { key_hash: "kh".into(), organization_id: "o1".into(), name: "ci".into() };
+    assert!(matches!(run(&mut s, key.clone()), Ok(Outcome::ApiKey(_))));
+    assert!(matches!(run(&mut s, key), Err(Rejection::DuplicateId { .. })));
+    assert!(matches!(
+        run(&mut s, Command::CreateApiKey { key_hash: "x".into(), organization_id: "nope".into(), name: "n".into() }),
+        Err(Rejection::NotFound { kind: ObjectKind::Organization, .. })
+    ));
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn regions_create_update_credentials_delete() {
+    let mut s = State::default();
+    let created = run(&mut s, create_region("a", "org", "eu-custom")).expect("created");
+    assert!(matches!(created, Outcome::Region(ref r) if r.region_type == RegionType::Custom));
+    // Same name in the same organization: rejected; in another organization: fine.
+    assert_eq!(
+        run(&mut s, create_region("b", "org", "eu-custom")),
+        Err(Rejection::DuplicateName { kind: ObjectKind::Region, name: "eu-custom".into() })
+    );
+    assert!(run(&mut s, create_region("b", "org2", "eu-custom")).is_ok());
+    assert!(matches!(run(&mut s, create_region("b", "org3", "x")), Err(Rejection::DuplicateId { .. })));
+
+    let update = Command::UpdateRegionUrls {
+        id: "a".into(),
+        proxy_url: Some(None),
+        ssh_gateway_url: Some(Some("ssh://gw".into())),
+        snapshot_manager_url: None,
+    };
+    let Ok(Outcome::Region(r)) = run(&mut s, update) else { panic!("update") };
+    assert_eq!((r.proxy_url, r.ssh_gateway_url), (None, Some("ssh://gw".into())));
+    assert!(matches!(
+        run(
+            &mut s,
+            Command::UpdateRegionUrls {
+                id: "zz".into(),
+                proxy_url: None,
+                ssh_gateway_url: None,
+                snapshot_manager_url: None
+            }
+        ),
+        Err(Rejection::NotFound { .. })
+    ));
+
+    for credential in
+        [RegionCredential::ProxyApiKey, RegionCredential::SshGatewayApiKey, RegionCredential::SnapshotManager]
+    {
+        let cmd = Command::SetRegionCredential { id: "a".into(), credential, secret: "new".into() };
+        assert!(run(&mut s, cmd).is_ok());
+    }
+    let r = &s.regions["a"];
+    assert_eq!(r.proxy_api_key_hash.as_deref(), Some("new"));
+    assert_eq!(r.ssh_gateway_api_key_hash.as_deref(), Some("new"));
+    assert_eq!(r.snapshot_manager_password.as_deref(), Some("new"));
+    assert!(matches!(
+        run(
+            &mut s,
+            Command::SetRegionCredential {
+                id: "zz".into(),
+                credential: RegionCredential::ProxyApiKey,
+                secret: "s".into()
+            }
+        ),
+        Err(Rejection::NotFound { .. })
+    ));
+
+    assert!(matches!(run(&mut s, Command::DeleteRegion { id: "a".into() }), Ok(Outcome::Deleted { .. })));
+    assert!(matches!(run(&mut s, Command::DeleteRegion { id: "a".into() }), Err(Rejection::NotFound { .. })));
+    // The name is free again.
+    assert!(run(&mut s, create_region("c", "org", "eu-custom")).is_ok());
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn region_with_runners_cannot_be_deleted() {
+    let mut s = fleet();
+    assert_eq!(
+        run(&mut s, Command::DeleteRegion { id: "reg".into() }),
+        Err(Rejection::RegionHasRunners { region_id: "reg".into(), runners: 1 })
+    );
+    run(&mut s, Command::DeleteRunner { id: "run".into() }).expect("runner deleted");
+    assert!(run(&mut s, Command::DeleteRegion { id: "reg".into() }).is_ok());
+}
+
+#[test]
+fn runners() {
+    let mut s = fleet();
+    assert!(matches!(
+        run(&mut s, create_runner("x", "missing", "n", 1)),
+        Err(Rejection::NotFound { kind: ObjectKind::Region, .. })
+    ));
+    assert!(matches!(run(&mut s, create_runner("run", "reg", "other", 1)), Err(Rejection::DuplicateId { .. })));
+    assert!(matches!(run(&mut s, create_runner("x", "reg", "runner-1", 1)), Err(Rejection::DuplicateName { .. })));
+    let Ok(Outcome::Runner(r)) = run(&mut s, Command::SetRunnerSchedulable { id: "run".into(), schedulable: false })
+    else {
+        panic!("schedulable")
+    };
+    assert!(!r.schedulable);
+    assert!(matches!(
+        run(&mut s, Command::SetRunnerSchedulable { id: "no".into(), schedulable: true }),
+        Err(Rejection::NotFound { .. })
+    ));
+    assert!(matches!(
+        run(&mut s, Command::SetRunnerState { id: "no".into(), state: RunnerState::Ready }),
+        Err(Rejection::NotFound { .. })
+    ));
+    run(&mut s, Command::SetRunnerState { id: "run".into(), state: RunnerState::Decommissioned })
+        .expect("decommission");
+    assert!(matches!(
+        run(&mut s, Command::SetRunnerState { id: "run".into(), state: RunnerState::Ready }),
+        Err(Rejection::Invalid(_))
+    ));
+    assert!(matches!(run(&mut s, Command::DeleteRunner { id: "no".into() }), Err(Rejection::NotFound { .. })));
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn placement_respects_capacity_and_state() {
+    let mut s = fleet();
+    let batch = Command::PlaceSandboxes {
+        placements: vec![
+            placement("s1", "reg", "run", 3),
+            placement("s2", "reg", "run", 2), // 3 + 2 > 4 cpu: rejected alone
+            placement("s3", "reg", "run", 1),
+            placement("s1", "reg", "run", 0), // duplicate id
+            placement("s4", "reg", "nope", 1),
+            placement("s5", "other-region", "run", 1),
+        ],
+    };
+    let Ok(Outcome::Placed(results)) = run(&mut s, batch) else { panic!("placed") };
+    assert!(results[0].is_ok());
+    assert_eq!(results[1], Err(Rejection::InsufficientCapacity { runner_id: "run".into() }));
+    assert!(results[2].is_ok());
+    assert!(matches!(results[3], Err(Rejection::DuplicateId { .. })));
+    assert!(matches!(results[4], Err(Rejection::NotFound { .. })));
+    assert!(matches!(results[5], Err(Rejection::Invalid(_))));
+    let runner = &s.runners["run"];
+    assert_eq!(runner.allocated.cpu, 4);
+    assert_eq!(runner.started_sandboxes, 2);
+
+    // An unschedulable runner takes nothing.
+    run(&mut s, Command::SetRunnerSchedulable { id: "run".into(), schedulable: false }).expect("ok");
+    let Ok(Outcome::Placed(results)) =
+        run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s9", "reg", "run", 0)] })
+    else {
+        panic!("placed")
+    };
+    assert!(matches!(results[0], Err(Rejection::RunnerNotSchedulable { .. })));
+
+    // A runner with sandboxes cannot be deleted.
+    assert!(matches!(
+        run(&mut s, Command::DeleteRunner { id: "run".into() }),
+        Err(Rejection::RunnerHasSandboxes { sandboxes: 2, .. })
+    ));
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn sandbox_lifecycle_updates_runner_allocation() {
+    let mut s = fleet();
+    run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s1", "reg", "run", 2)] }).expect("placed");
+    assert_eq!(s.runners["run"].started_sandboxes, 1);
+
+    run(&mut s, Command::SetSandboxState { id: "s1".into(), state: SandboxState::Stopped }).expect("stop");
+    assert_eq!(s.runners["run"].started_sandboxes, 0);
+    assert_eq!(s.runners["run"].allocated.cpu, 2, "a stopped sandbox keeps its reservation");
+
+    run(&mut s, Command::SetSandboxState { id: "s1".into(), state: SandboxState::Started }).expect("start");
+    assert_eq!(s.runners["run"].started_sandboxes, 1);
+
+    assert!(matches!(run(&mut s, Command::DeleteSandbox { id: "s1".into() }), Ok(Outcome::Deleted { .. })));
+    assert_eq!(s.runners["run"].allocated, Resources::default());
+    assert_eq!(s.runners["run"].started_sandboxes, 0);
+    assert!(matches!(run(&mut s, Command::DeleteSandbox { id: "s1".into() }), Err(Rejection::NotFound { .. })));
+    assert!(matches!(
+        run(&mut s, Command::SetSandboxState { id: "s1".into(), state: SandboxState::Started }),
+        Err(Rejection::NotFound { .. })
+    ));
+
+    run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s2", "reg", "run", 1)] }).expect("placed");
+    run(&mut s, Command::SetSandboxState { id: "s2".into(), state: SandboxState::Destroyed }).expect("destroy");
+    assert!(matches!(
+        run(&mut s, Command::SetSandboxState { id: "s2".into(), state: SandboxState::Started }),
+        Err(Rejection::Invalid(_))
+    ));
+    // Runner can go once its only sandbox is destroyed.
+    assert!(run(&mut s, Command::DeleteRunner { id: "run".into() }).is_ok());
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn idempotency_returns_the_first_result_and_changes_nothing() {
+    let mut s = State::default();
+    let mut p = Proposal::new(create_region("a", "org", "x"), T0);
+    p.idempotency_key = Some("org/k1".into());
+    let first = apply(&mut s, &p);
+    let hash = s.hash();
+    // Same key, different command: still the first result, no new region.
+    let mut replay = Proposal::new(create_region("b", "org", "y"), T0 + 1);
+    replay.idempotency_key = Some("org/k1".into());
+    assert_eq!(apply(&mut s, &replay), first);
+    assert_eq!(s.regions.len(), 1);
+    // Only the clock moved.
+    s.clock = T0;
+    assert_eq!(s.hash(), hash);
+}
+
+#[test]
+fn idempotency_records_expire() {
+    let mut s = State::default();
+    let mut p = Proposal::new(create_region("a", "org", "x"), T0);
+    p.idempotency_key = Some("k".into());
+    apply(&mut s, &p).expect("ok");
+    assert!(s.idempotency.contains_key("k"));
+    apply(&mut s, &Proposal::new(Command::DeleteRegion { id: "a".into() }, T0 + IDEMPOTENCY_TTL_MS + 1)).expect("ok");
+    assert!(!s.idempotency.contains_key("k"));
+    assert!(s.idempotency_by_age.is_empty());
+}
+
+#[test]
+fn snapshot_round_trip_rebuilds_indexes() {
+    let mut s = fleet();
+    run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s1", "reg", "run", 1)] }).expect("placed");
+    let decoded = State::decode(&s.encode().expect("encode")).expect("decode");
+    assert_eq!(decoded, s);
+    assert_eq!(decoded.hash(), s.hash());
+}
+
+// ---- determinism ------------------------------------------------------------------------
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let id = prop::sample::select(vec!["a", "b", "c", "d"]);
+    let name = prop::sample::select(vec!["n1", "n2", "n3"]);
+    let org = prop::sample::select(vec!["o1", "o2"]);
+    prop_oneof![
+        (id.clone(), org.clone(), name.clone()).prop_map(|(i, o, n)| create_region(&format!("reg-{i}"), o, n)),
+        id.clone().prop_map(|i| Command::DeleteRegion { id: format!("reg-{i}") }),
+        (id.clone(), id.clone(), name.clone(), 0u64..6).prop_map(|(r, g, n, cpu)| create_runner(
+            &format!("run-{r}"),
+            &format!("reg-{g}"),
+            n,
+            cpu
+        )),
+        (id.clone(), prop::sample::select(vec![RunnerState::Ready, RunnerState::Unresponsive, RunnerState::Disabled]))
+            .prop_map(|(i, st)| Command::SetRunnerState { id: format!("run-{i}"), state: st }),
+        (id.clone(), any::<bool>())
+            .prop_map(|(i, b)| Command::SetRunnerSchedulable { id: format!("run-{i}"), schedulable: b }),
+        id.clone().prop_map(|i| Command::DeleteRunner { id: format!("run-{i}") }),
+        prop::collection::vec((0u32..20, id.clone(), id.clone(), 0u64..4), 0..6).prop_map(|ps| {
+            Command::PlaceSandboxes {
+                placements: ps
+                    .into_iter()
+                    .map(|(s, g, r, cpu)| placement(&format!("sb-{s}"), &format!("reg-{g}"), &format!("run-{r}"), cpu))
+                    .collect(),
+            }
+        }),
+        (0u32..20, prop::sample::select(vec![SandboxState::Started, SandboxState::Stopped, SandboxState::Destroyed]))
+            .prop_map(|(s, st)| Command::SetSandboxState { id: format!("sb-{s}"), state: st }),
+        (0u32..20).prop_map(|s| Command::DeleteSandbox { id: format!("sb-{s}") }),
+        (org, name).prop_map(|(o, n)| Command::CreateOrganization { id: o.into(), name: n.into() }),
+    ]
+}
+
+fn arb_proposals() -> impl Strategy<Value = Vec<Proposal>> {
+    prop::collection::vec((arb_command(), 0u64..1000, prop::option::of(0u8..5)), 0..80).prop_map(|cmds| {
+        cmds.into_iter()
+            .map(|(command, dt, key)| Proposal { command, at: T0 + dt, idempotency_key: key.map(|k| format!("k{k}")) })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    /// Two replicas fed the same proposals reach the same results and the same hash; the
+    /// invariants (allocation = sum of live sandboxes ≤ capacity, indexes in step) always hold;
+    /// and a snapshot taken at the end decodes to the same state.
+    #[test]
+    fn same_proposals_same_state(proposals in arb_proposals()) {
+        let mut a = State::default();
+        let mut b = State::default();
+        for p in &proposals {
+            let ra = apply(&mut a, p);
+            let rb = apply(&mut b, p);
+            prop_assert_eq!(ra, rb);
+            prop_assert_eq!(a.check_invariants(), Ok(()));
+        }
+        prop_assert_eq!(a.hash(), b.hash());
+        let restored = State::decode(&a.encode().expect("encode")).expect("decode");
+        prop_assert_eq!(restored.hash(), a.hash());
+        prop_assert_eq!(restored, a);
+    }
+
+    /// A snapshot taken halfway, then the rest of the log, gives the state of the full log.
+    #[test]
+    fn snapshot_then_replay_equals_full_replay(proposals in arb_proposals(), cut in 0usize..80) {
+        let cut = cut.min(proposals.len());
+        let mut full = State::default();
+        for p in &proposals { let _ = apply(&mut full, p); }
+        let mut half = State::default();
+        for p in &proposals[..cut] { let _ = apply(&mut half, p); }
+        let mut resumed = State::decode(&half.encode().expect("encode")).expect("decode");
+        for p in &proposals[cut..] { let _ = apply(&mut resumed, p); }
+        prop_assert_eq!(resumed.hash(), full.hash());
+    }
+}
