@@ -60,12 +60,11 @@ impl From<&Region> for RegionView {
     }
 }
 
-/// The create response: the region's id and the credentials of the services configured,
+/// The create response: the region (with its id) and the credentials of the services configured,
 /// shown this once, followed by the region's fields.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedRegion {
-    pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_api_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,7 +127,6 @@ async fn create_region(
         return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected apply outcome"));
     };
     let created = CreatedRegion {
-        id: region.id.clone(),
         proxy_api_key,
         ssh_gateway_api_key,
         snapshot_manager_username,

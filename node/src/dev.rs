@@ -141,11 +141,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         peers[1].api_addr
     );
     println!("  curl -s http://{}/api/admin/cluster -H \"Authorization: Bearer $CORRAL_TOKEN\"", peers[2].api_addr);
-    println!("Plain HTTP on loopback (dev mode). Ctrl-C stops all nodes.");
+    println!("Plain HTTP on loopback (dev mode). Ctrl-C (or SIGTERM) stops all nodes.");
 
     let stop = runtime.block_on(async {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => None,
+            _ = crate::serve::shutdown_signal() => None,
             exited = watch_children(&mut children) => Some(exited),
         }
     });

@@ -42,7 +42,7 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
