@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, ReadConsistency};
 
 /// Header that picks the organization an admin key acts on.
 pub const ORGANIZATION_HEADER: &str = "x-organization-id";
@@ -52,6 +52,13 @@ pub struct Caller {
     pub is_admin: bool,
 }
 
+impl Caller {
+    /// The scope `apply` enforces for this caller's commands.
+    pub fn scope(&self) -> Option<String> {
+        Some(self.organization_id.clone())
+    }
+}
+
 #[async_trait::async_trait]
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -71,10 +78,15 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller { organization_id, is_admin: true });
         }
         let hash = hash_secret(key);
-        let organization_id = {
-            let machine = app.cluster.state().read();
-            machine.state.api_keys.get(&hash).map(|k| k.organization_id.clone())
-        };
+        let lookup = || app.cluster.state().read().state.api_keys.get(&hash).map(|k| k.organization_id.clone());
+        let mut organization_id = lookup();
+        if organization_id.is_none() {
+            // The key may have been created through another node a moment ago: catch up with
+            // the leader once, then look again.
+            if app.cluster.read_barrier(ReadConsistency::Linearizable).await.is_ok() {
+                organization_id = lookup();
+            }
+        }
         let organization_id = organization_id.ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
         if let Some(requested) = requested {
             if requested != organization_id {

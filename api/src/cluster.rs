@@ -29,7 +29,7 @@ pub enum ReadConsistency {
 }
 
 /// One member of the Raft cluster, as reported by `GET /api/admin/cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberStatus {
     pub node_id: u64,
@@ -39,7 +39,7 @@ pub struct MemberStatus {
 }
 
 /// This node's view of the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
     pub node_id: u64,

@@ -15,10 +15,13 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    code: &'a str,
+/// Every error response's body.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// What went wrong, for programs (e.g. `not_found`, `already_exists`, `no_leader`).
+    pub code: String,
 }
 
 impl ApiError {
@@ -41,11 +44,17 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
+
+    /// `apply` returned an outcome of another kind than the command implies: a bug.
+    pub fn unexpected(outcome: &corral_storage::model::Outcome) -> Self {
+        tracing::error!(?outcome, "unexpected apply outcome");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected apply outcome")
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: &self.message, code: self.code };
+        let body = ErrorBody { error: self.message, code: self.code.to_string() };
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -64,6 +73,9 @@ impl From<Rejection> for ApiError {
             }
             Rejection::InsufficientCapacity { .. } | Rejection::RunnerNotSchedulable { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message)
+            }
+            Rejection::IdempotencyKeyReused => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", message)
             }
             Rejection::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message),
         }

@@ -45,10 +45,13 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 }
 
 /// Query parameters every read accepts.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadParams {
+    /// `linearizable` (default) or `stale` (this node's state, possibly behind).
     #[serde(default)]
+    #[param(value_type = Option<String>, example = "stale")]
     pub consistency: ReadConsistency,
 }
 

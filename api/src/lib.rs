@@ -1,12 +1,16 @@
 //! # corral-api
 //!
 //! Owns Corral's REST surface under `/api`: routes, request and response types (JSON in
-//! camelCase, as in the product's seed documents), validation, authentication of callers, and
-//! the mapping of every error to `{"error": "...", "code": "..."}` with its HTTP status
-//! (in [`error`], and nowhere else).
+//! camelCase, as in the product's seed documents), validation, authentication of callers,
+//! idempotency keys, the OpenAPI document (`/api/openapi.json`, generated from the handlers'
+//! annotations) with a browsable page at `/docs`, and the mapping of every error to
+//! `{"error": "...", "code": "..."}` with its HTTP status (in [`error`], and nowhere else).
 //!
 //! The API talks to the cluster only through the [`cluster::ClusterHandle`] trait, which the
 //! node implements: propose a command, wait for a read barrier, read the shared state.
+//! Organization isolation is enforced twice: reads filter by the caller's organization here,
+//! and every write carries the caller's scope, which `apply` checks (objects of another
+//! organization are "not found", never "forbidden", so ids do not leak).
 //!
 //! Never: depend on `corral-node`; block while holding the state's read lock; echo a secret
 //! back except in the response that created it.
@@ -15,7 +19,11 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
+pub mod openapi;
+pub mod organizations;
 pub mod regions;
+pub mod runners;
 pub mod validate;
 
 use std::sync::Arc;
@@ -25,16 +33,18 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use corral_storage::model::Millis;
+use corral_storage::model::{Command, Millis, Outcome, Proposal};
 
 pub use cluster::{ClusterError, ClusterHandle, ClusterStatus, MemberStatus, ReadConsistency};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
+use idempotency::Idempotency;
 
 /// The API's configuration (a part of the node's config).
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Bearer key for `/api/admin/*`; also acts on any organization named by
-    /// `X-Organization-ID`.
+    /// Bearer key for `/api/admin/*`; on organization routes it acts for the organization
+    /// named by `X-Organization-ID`. Also the HMAC key for secrets derived from idempotency
+    /// keys, so every node must share it.
     pub admin_key: String,
     /// Largest request body accepted; larger gets 413.
     pub max_body_bytes: usize,
@@ -47,12 +57,33 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
 }
 
+impl AppState {
+    /// Proposes `command` for a caller acting in `scope` and returns its outcome, mapping
+    /// rejections and cluster errors to API errors.
+    pub async fn submit(
+        &self,
+        command: Command,
+        scope: Option<String>,
+        idempotency: &Idempotency,
+        actor: &str,
+        fingerprint: Option<String>,
+    ) -> Result<Outcome, ApiError> {
+        let mut proposal = Proposal::scoped(command, now_millis(), scope);
+        proposal.idempotency_key = idempotency.scoped_key(actor);
+        proposal.fingerprint = fingerprint;
+        Ok(self.cluster.propose(proposal).await??)
+    }
+}
+
 /// The whole REST router.
 pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
     let max_body = config.max_body_bytes;
     let state = AppState { cluster, config: Arc::new(config) };
     Router::new()
         .merge(regions::routes())
+        .merge(runners::routes())
+        .merge(organizations::routes())
+        .merge(openapi::routes())
         .route("/api/admin/cluster", get(cluster_status))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -63,7 +94,11 @@ pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
         .with_state(state)
 }
 
-async fn cluster_status(State(app): State<AppState>, _admin: auth::Admin) -> Json<ClusterStatus> {
+/// This node's view of the Raft cluster.
+#[utoipa::path(get, path = "/api/admin/cluster", tag = "admin",
+    responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cluster_status(State(app): State<AppState>, _admin: auth::Admin) -> Json<ClusterStatus> {
     Json(app.cluster.status().await)
 }
 

@@ -43,6 +43,24 @@ pub fn url(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A DNS name: labels of letters, digits and hyphens separated by dots; at most 253 characters.
+pub fn domain(field: &str, value: &str) -> Result<(), ApiError> {
+    let valid = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(format!("{field} must be a valid DNS name")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +74,14 @@ mod tests {
         assert!(name("name", "has space").is_err());
         assert!(name("name", "slash/").is_err());
         assert!(name("name", "ünïcode").is_err());
+    }
+
+    #[test]
+    fn domains() {
+        assert!(domain("domain", "runner1.example.com").is_ok());
+        assert!(domain("domain", "bad_domain.com").is_err());
+        assert!(domain("domain", "-x.com").is_err());
+        assert!(domain("domain", "").is_err());
     }
 
     #[test]

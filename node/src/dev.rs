@@ -122,6 +122,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
 
+    let organization = match runtime.block_on(ensure_dev_organization(&peers[0].api_addr, &key, &data_dir)) {
+        Ok(o) => o,
+        Err(e) => {
+            terminate(&mut children);
+            return Err(e.context("cannot create the dev organization"));
+        }
+    };
+
     println!("Corral dev cluster is up: {} nodes, leader is node {leader}.", peers.len());
     for peer in &peers {
         println!(
@@ -133,14 +141,20 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             peer.id
         );
     }
-    println!("Admin key (also in {}/admin-key):", data_dir.display());
-    println!("  export CORRAL_TOKEN={key}");
+    println!("Admin key (operator; also in {}/admin-key):", data_dir.display());
+    println!("  export CORRAL_ADMIN_TOKEN={key}");
+    println!("Organization 'dev' ({}) API key (also in {}/org-key):", organization.0, data_dir.display());
+    println!("  export CORRAL_TOKEN={}", organization.1);
     println!("Try:");
     println!(
         "  curl -s -X POST http://{}/api/regions -H \"Authorization: Bearer $CORRAL_TOKEN\" -H 'Content-Type: application/json' -d '{{\"name\":\"my-custom-region\",\"proxyUrl\":\"https://proxy.example.com\"}}'",
         peers[1].api_addr
     );
-    println!("  curl -s http://{}/api/admin/cluster -H \"Authorization: Bearer $CORRAL_TOKEN\"", peers[2].api_addr);
+    println!(
+        "  curl -s http://{}/api/admin/cluster -H \"Authorization: Bearer $CORRAL_ADMIN_TOKEN\"",
+        peers[2].api_addr
+    );
+    println!("  CORRAL_ADDR=http://{} corral ctl region list", peers[2].api_addr);
     println!("Plain HTTP on loopback (dev mode). Ctrl-C (or SIGTERM) stops all nodes.");
 
     let stop = runtime.block_on(async {
@@ -166,6 +180,57 @@ async fn watch_children(children: &mut [(u64, Child)]) -> u64 {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Creates the organization `dev` once and keeps its key in `<data>/org-key` as
+/// `id key`; returns (id, key).
+async fn ensure_dev_organization(api_addr: &str, admin_key: &str, data_dir: &Path) -> anyhow::Result<(String, String)> {
+    let path = data_dir.join("org-key");
+    if let Ok(text) = fs::read_to_string(&path) {
+        if let Some((id, key)) = text.trim().split_once(' ') {
+            return Ok((id.to_string(), key.to_string()));
+        }
+    }
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    let base = format!("http://{api_addr}/api/admin/organizations");
+    let response = client
+        .post(&base)
+        .bearer_auth(admin_key)
+        .header("Idempotency-Key", "corral-dev-organization")
+        .json(&serde_json::json!({ "name": "dev" }))
+        .send()
+        .await?;
+    let (id, key) = if response.status().as_u16() == 409 {
+        // Created by an earlier run whose key file is gone: issue a new key.
+        let orgs: serde_json::Value = client.get(&base).bearer_auth(admin_key).send().await?.json().await?;
+        let id = orgs
+            .as_array()
+            .and_then(|list| list.iter().find(|o| o["name"] == "dev"))
+            .and_then(|o| o["id"].as_str())
+            .context("organization 'dev' exists but is not listed")?
+            .to_string();
+        let created: serde_json::Value = client
+            .post(format!("{base}/{id}/api-keys"))
+            .bearer_auth(admin_key)
+            .json(&serde_json::json!({ "name": "dev" }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        (id, created["apiKey"].as_str().context("no apiKey in response")?.to_string())
+    } else {
+        let created: serde_json::Value = response.error_for_status()?.json().await?;
+        let id = created["id"].as_str().context("no id in response")?.to_string();
+        (id, created["apiKey"].as_str().context("no apiKey in response")?.to_string())
+    };
+    fs::write(&path, format!("{id} {key}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    }
+    Ok((id, key))
 }
 
 async fn wait_for_leader(api_addr: &str, key: &str, timeout: Duration) -> anyhow::Result<u64> {

@@ -6,11 +6,15 @@
 //!   server for clients, bootstrap and graceful shutdown;
 //! - [`cluster`]: `RaftCluster`, the API's `ClusterHandle` on openraft (leader forwarding,
 //!   read index);
-//! - [`dev`]: `corral dev`, a local 3-node cluster of real processes.
+//! - [`dev`]: `corral dev`, a local 3-node cluster of real processes;
+//! - [`ctl`]: `corral ctl`, the REST client for every API operation;
+//! - [`shared_regions`]: the leader makes sure the shared regions exist.
 //!
 //! This is the only crate that depends on all the others; none depends on it.
 
 pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod dev;
 pub mod serve;
+pub mod shared_regions;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use corral_node::config::{LogFormat, NodeConfig, ServeArgs};
-use corral_node::{dev, serve};
+use corral_node::{ctl, dev, serve};
 
 /// Corral: a control plane for bring-your-own-compute fleets.
 #[derive(Debug, Parser)]
@@ -18,6 +18,8 @@ enum Commands {
     Serve(Box<ServeArgs>),
     /// Run a local 3-node cluster under ./data (development).
     Dev(dev::DevArgs),
+    /// Talk to a cluster's REST API (CORRAL_ADDR, CORRAL_TOKEN).
+    Ctl(Box<ctl::CtlArgs>),
 }
 
 fn init_logging(format: LogFormat) {
@@ -40,5 +42,12 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve::run(config))
         }
         Commands::Dev(args) => dev::run(args),
+        Commands::Ctl(args) => match ctl::run(*args) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        },
     }
 }

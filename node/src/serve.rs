@@ -103,13 +103,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         bootstrap(&raft, &config).await?;
     }
 
-    let cluster = Arc::new(RaftCluster {
+    let cluster: Arc<dyn corral_api::ClusterHandle> = Arc::new(RaftCluster {
         node_id: config.node_id,
         raft: raft.clone(),
         shared,
         clients,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
     });
+    tokio::spawn(crate::shared_regions::ensure_on_leadership(raft.clone(), cluster.clone(), stop_rx.clone()));
     let api_config = ApiConfig { admin_key: config.admin_key.clone(), max_body_bytes: config.max_body_bytes };
     let app = corral_api::router(cluster, api_config);
     tracing::info!(node_id = config.node_id, api = %config.api_addr, raft = %config.raft_addr, "corral node serving");

@@ -104,6 +104,8 @@ pub struct Runner {
     pub allocated: Resources,
     pub started_sandboxes: u64,
     pub api_key_hash: String,
+    /// A recognisable fragment of the token (`dtn_…7890`) for operators; never the token.
+    pub api_key_hint: String,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -158,6 +160,38 @@ pub struct Placement {
     pub resources: Resources,
 }
 
+/// A change to an optional field. (Not `Option<Option<T>>`: JSON, which carries proposals
+/// through the log and between nodes, cannot tell `Some(None)` from `None`.)
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub enum FieldUpdate<T> {
+    #[default]
+    Keep,
+    Clear,
+    Set(T),
+}
+
+impl<T: Clone> FieldUpdate<T> {
+    /// Applies the change to `field`.
+    pub fn apply_to(&self, field: &mut Option<T>) {
+        match self {
+            FieldUpdate::Keep => {}
+            FieldUpdate::Clear => *field = None,
+            FieldUpdate::Set(v) => *field = Some(v.clone()),
+        }
+    }
+}
+
+impl<T> From<Option<Option<T>>> for FieldUpdate<T> {
+    /// Absent → keep, `null` → clear, value → set.
+    fn from(v: Option<Option<T>>) -> Self {
+        match v {
+            None => FieldUpdate::Keep,
+            Some(None) => FieldUpdate::Clear,
+            Some(Some(v)) => FieldUpdate::Set(v),
+        }
+    }
+}
+
 /// Which of a region's service credentials to replace.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegionCredential {
@@ -191,12 +225,11 @@ pub enum Command {
         snapshot_manager_username: Option<String>,
         snapshot_manager_password: Option<String>,
     },
-    /// `Some(None)` clears a URL, `None` leaves it as it is.
     UpdateRegionUrls {
         id: String,
-        proxy_url: Option<Option<String>>,
-        ssh_gateway_url: Option<Option<String>>,
-        snapshot_manager_url: Option<Option<String>>,
+        proxy_url: FieldUpdate<String>,
+        ssh_gateway_url: FieldUpdate<String>,
+        snapshot_manager_url: FieldUpdate<String>,
     },
     /// Replaces one credential; `secret` is a hash for API keys and the password for the
     /// snapshot manager (username stays).
@@ -208,21 +241,23 @@ pub enum Command {
     DeleteRegion {
         id: String,
     },
+    /// The runner belongs to its region's organization.
     CreateRunner {
         id: String,
-        organization_id: String,
         region_id: String,
         name: String,
         api_key_hash: String,
+        api_key_hint: String,
         api_version: String,
         domain: Option<String>,
         api_url: Option<String>,
         proxy_url: Option<String>,
         capacity: Resources,
     },
+    /// `None` toggles.
     SetRunnerSchedulable {
         id: String,
-        schedulable: bool,
+        schedulable: Option<bool>,
     },
     SetRunnerState {
         id: String,
@@ -252,11 +287,23 @@ pub struct Proposal {
     pub at: Millis,
     /// Already scoped by the caller (e.g. `organization/key`).
     pub idempotency_key: Option<String>,
+    /// Digest of the request that carried the idempotency key; a replay with another request
+    /// under the same key is refused instead of answered with the first result.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// The organization the caller acts for; `None` for the operator (admin key) and the
+    /// system. `apply` treats objects of other organizations as not found.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 impl Proposal {
     pub fn new(command: Command, at: Millis) -> Self {
-        Proposal { command, at, idempotency_key: None }
+        Proposal { command, at, idempotency_key: None, fingerprint: None, scope: None }
+    }
+
+    pub fn scoped(command: Command, at: Millis, scope: Option<String>) -> Self {
+        Proposal { scope, ..Proposal::new(command, at) }
     }
 }
 
@@ -300,6 +347,8 @@ pub enum Rejection {
     InsufficientCapacity { runner_id: String },
     #[error("runner '{runner_id}' does not accept sandboxes (state {state:?}, schedulable {schedulable})")]
     RunnerNotSchedulable { runner_id: String, state: RunnerState, schedulable: bool },
+    #[error("the Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
     #[error("{0}")]
     Invalid(String),
 }
@@ -327,6 +376,7 @@ pub type ApplyResult = Result<Outcome, Rejection>;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyRecord {
     pub at: Millis,
+    pub fingerprint: Option<String>,
     pub result: ApplyResult,
 }
 
@@ -456,13 +506,21 @@ pub fn apply(state: &mut State, proposal: &Proposal) -> ApplyResult {
     expire_idempotency(state);
     if let Some(key) = &proposal.idempotency_key {
         if let Some(record) = state.idempotency.get(key) {
+            if record.fingerprint.is_some()
+                && proposal.fingerprint.is_some()
+                && record.fingerprint != proposal.fingerprint
+            {
+                return Err(Rejection::IdempotencyKeyReused);
+            }
             return record.result.clone();
         }
     }
-    let result = apply_command(state, &proposal.command, proposal.at);
+    let result = apply_command(state, &proposal.command, proposal.at, proposal.scope.as_deref());
     debug_assert_eq!(state.check_invariants(), Ok(()), "after {:?}", proposal.command);
     if let Some(key) = &proposal.idempotency_key {
-        state.idempotency.insert(key.clone(), IdempotencyRecord { at: proposal.at, result: result.clone() });
+        let record =
+            IdempotencyRecord { at: proposal.at, fingerprint: proposal.fingerprint.clone(), result: result.clone() };
+        state.idempotency.insert(key.clone(), record);
         state.idempotency_by_age.insert((proposal.at, key.clone()));
     }
     result
@@ -483,7 +541,28 @@ fn not_found(kind: ObjectKind, id: &str) -> Rejection {
     Rejection::NotFound { kind, id: id.to_string() }
 }
 
-fn apply_command(state: &mut State, command: &Command, at: Millis) -> ApplyResult {
+/// Whether an object owned by `owner` is visible to a caller acting for `scope`.
+fn in_scope(scope: Option<&str>, owner: &str) -> bool {
+    scope.is_none_or(|org| org == owner)
+}
+
+fn owned_region<'a>(state: &'a mut State, id: &str, scope: Option<&str>) -> Result<&'a mut Region, Rejection> {
+    state
+        .regions
+        .get_mut(id)
+        .filter(|r| in_scope(scope, &r.organization_id))
+        .ok_or_else(|| not_found(ObjectKind::Region, id))
+}
+
+fn owned_runner<'a>(state: &'a mut State, id: &str, scope: Option<&str>) -> Result<&'a mut Runner, Rejection> {
+    state
+        .runners
+        .get_mut(id)
+        .filter(|r| in_scope(scope, &r.organization_id))
+        .ok_or_else(|| not_found(ObjectKind::Runner, id))
+}
+
+fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option<&str>) -> ApplyResult {
     match command {
         Command::CreateOrganization { id, name } => {
             if state.organizations.contains_key(id) {
@@ -552,21 +631,23 @@ fn apply_command(state: &mut State, command: &Command, at: Millis) -> ApplyResul
             Ok(Outcome::Region(region))
         }
         Command::UpdateRegionUrls { id, proxy_url, ssh_gateway_url, snapshot_manager_url } => {
-            let region = state.regions.get_mut(id).ok_or_else(|| not_found(ObjectKind::Region, id))?;
-            if let Some(v) = proxy_url {
-                region.proxy_url = v.clone();
-            }
-            if let Some(v) = ssh_gateway_url {
-                region.ssh_gateway_url = v.clone();
-            }
-            if let Some(v) = snapshot_manager_url {
-                region.snapshot_manager_url = v.clone();
-            }
+            let region = owned_region(state, id, scope)?;
+            proxy_url.apply_to(&mut region.proxy_url);
+            ssh_gateway_url.apply_to(&mut region.ssh_gateway_url);
+            snapshot_manager_url.apply_to(&mut region.snapshot_manager_url);
             region.updated_at = at;
             Ok(Outcome::Region(region.clone()))
         }
         Command::SetRegionCredential { id, credential, secret } => {
-            let region = state.regions.get_mut(id).ok_or_else(|| not_found(ObjectKind::Region, id))?;
+            let region = owned_region(state, id, scope)?;
+            let (configured, service) = match credential {
+                RegionCredential::ProxyApiKey => (region.proxy_url.is_some(), "a proxy"),
+                RegionCredential::SshGatewayApiKey => (region.ssh_gateway_url.is_some(), "an SSH gateway"),
+                RegionCredential::SnapshotManager => (region.snapshot_manager_url.is_some(), "a snapshot manager"),
+            };
+            if !configured {
+                return Err(Rejection::Invalid(format!("region '{id}' has no {service} configured")));
+            }
             match credential {
                 RegionCredential::ProxyApiKey => region.proxy_api_key_hash = Some(secret.clone()),
                 RegionCredential::SshGatewayApiKey => region.ssh_gateway_api_key_hash = Some(secret.clone()),
@@ -576,7 +657,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis) -> ApplyResul
             Ok(Outcome::Region(region.clone()))
         }
         Command::DeleteRegion { id } => {
-            let Some(region) = state.regions.get(id) else {
+            let Some(region) = state.regions.get(id).filter(|r| in_scope(scope, &r.organization_id)) else {
                 return Err(not_found(ObjectKind::Region, id));
             };
             let runners = state.runners_in_region(id).count();
@@ -590,19 +671,34 @@ fn apply_command(state: &mut State, command: &Command, at: Millis) -> ApplyResul
         }
         Command::CreateRunner {
             id,
-            organization_id,
             region_id,
             name,
             api_key_hash,
+            api_key_hint,
             api_version,
             domain,
             api_url,
             proxy_url,
             capacity,
         } => {
-            if !state.regions.contains_key(region_id) {
-                return Err(not_found(ObjectKind::Region, region_id));
+            let region = state.regions.get(region_id).ok_or_else(|| not_found(ObjectKind::Region, region_id))?;
+            if scope.is_some() {
+                // Shared regions are visible to every organization, so say why, not "not found".
+                if region.region_type == RegionType::Shared {
+                    return Err(Rejection::Invalid(format!(
+                        "region '{region_id}' is a shared region; runners can be added only to custom regions"
+                    )));
+                }
+                if !in_scope(scope, &region.organization_id) {
+                    return Err(not_found(ObjectKind::Region, region_id));
+                }
+                if region.region_type != RegionType::Custom {
+                    return Err(Rejection::Invalid(format!(
+                        "region '{region_id}' is not a custom region; runners can be added only to custom regions"
+                    )));
+                }
             }
+            let organization_id = region.organization_id.clone();
             if state.runners.contains_key(id) {
                 return Err(Rejection::DuplicateId { kind: ObjectKind::Runner, id: id.clone() });
             }
@@ -614,7 +710,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis) -> ApplyResul
                 id: id.clone(),
                 name: name.clone(),
                 region_id: region_id.clone(),
-                organization_id: organization_id.clone(),
+                organization_id,
                 state: RunnerState::Initializing,
                 schedulable: true,
                 api_version: api_version.clone(),
@@ -625,6 +721,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis) -> ApplyResul
                 allocated: Resources::default(),
                 started_sandboxes: 0,
                 api_key_hash: api_key_hash.clone(),
+                api_key_hint: api_key_hint.clone(),
                 created_at: at,
                 updated_at: at,
             };
@@ -633,13 +730,13 @@ fn apply_command(state: &mut State, command: &Command, at: Millis) -> ApplyResul
             Ok(Outcome::Runner(runner))
         }
         Command::SetRunnerSchedulable { id, schedulable } => {
-            let runner = state.runners.get_mut(id).ok_or_else(|| not_found(ObjectKind::Runner, id))?;
-            runner.schedulable = *schedulable;
+            let runner = owned_runner(state, id, scope)?;
+            runner.schedulable = schedulable.unwrap_or(!runner.schedulable);
             runner.updated_at = at;
             Ok(Outcome::Runner(runner.clone()))
         }
         Command::SetRunnerState { id, state: new_state } => {
-            let runner = state.runners.get_mut(id).ok_or_else(|| not_found(ObjectKind::Runner, id))?;
+            let runner = owned_runner(state, id, scope)?;
             if runner.state == RunnerState::Decommissioned && *new_state != RunnerState::Decommissioned {
                 return Err(Rejection::Invalid(format!("runner '{id}' is decommissioned")));
             }
@@ -648,7 +745,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis) -> ApplyResul
             Ok(Outcome::Runner(runner.clone()))
         }
         Command::DeleteRunner { id } => {
-            let Some(runner) = state.runners.get(id) else {
+            let Some(runner) = state.runners.get(id).filter(|r| in_scope(scope, &r.organization_id)) else {
                 return Err(not_found(ObjectKind::Runner, id));
             };
             let sandboxes = state.runner_sandboxes.get(id).copied().unwrap_or(0);
@@ -665,9 +762,18 @@ fn apply_command(state: &mut State, command: &Command, at: Millis) -> ApplyResul
             let results = placements.iter().map(|p| place_one(state, p, at)).collect();
             Ok(Outcome::Placed(results))
         }
-        Command::SetSandboxState { id, state: new_state } => set_sandbox_state(state, id, *new_state, at),
+        Command::SetSandboxState { id, state: new_state } => {
+            if !state.sandboxes.get(id).is_some_and(|s| in_scope(scope, &s.organization_id)) {
+                return Err(not_found(ObjectKind::Sandbox, id));
+            }
+            set_sandbox_state(state, id, *new_state, at)
+        }
         Command::DeleteSandbox { id } => {
-            let current = state.sandboxes.get(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
+            let current = state
+                .sandboxes
+                .get(id)
+                .filter(|s| in_scope(scope, &s.organization_id))
+                .ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
             if current.state != SandboxState::Destroyed {
                 set_sandbox_state(state, id, SandboxState::Destroyed, at)?;
             }

@@ -28,10 +28,10 @@ fn create_region(id: &str, org: &str, name: &str) -> Command {
 fn create_runner(id: &str, region: &str, name: &str, cpu: u64) -> Command {
     Command::CreateRunner {
         id: id.into(),
-        organization_id: "org".into(),
         region_id: region.into(),
         name: name.into(),
         api_key_hash: "k".into(),
+        api_key_hint: "k…".into(),
         api_version: "2".into(),
         domain: None,
         api_url: None,
@@ -98,9 +98,9 @@ fn regions_create_update_credentials_delete() {
 
     let update = Command::UpdateRegionUrls {
         id: "a".into(),
-        proxy_url: Some(None),
-        ssh_gateway_url: Some(Some("ssh://gw".into())),
-        snapshot_manager_url: None,
+        proxy_url: FieldUpdate::Clear,
+        ssh_gateway_url: FieldUpdate::Set("ssh://gw".into()),
+        snapshot_manager_url: FieldUpdate::Keep,
     };
     let Ok(Outcome::Region(r)) = run(&mut s, update) else { panic!("update") };
     assert_eq!((r.proxy_url, r.ssh_gateway_url), (None, Some("ssh://gw".into())));
@@ -109,14 +109,25 @@ fn regions_create_update_credentials_delete() {
             &mut s,
             Command::UpdateRegionUrls {
                 id: "zz".into(),
-                proxy_url: None,
-                ssh_gateway_url: None,
-                snapshot_manager_url: None
+                proxy_url: FieldUpdate::Keep,
+                ssh_gateway_url: FieldUpdate::Keep,
+                snapshot_manager_url: FieldUpdate::Keep
             }
         ),
         Err(Rejection::NotFound { .. })
     ));
 
+    // Credentials exist only for configured services: the proxy URL was just cleared.
+    let proxy_key =
+        Command::SetRegionCredential { id: "a".into(), credential: RegionCredential::ProxyApiKey, secret: "x".into() };
+    assert!(matches!(run(&mut s, proxy_key), Err(Rejection::Invalid(_))));
+    let urls = Command::UpdateRegionUrls {
+        id: "a".into(),
+        proxy_url: FieldUpdate::Set("https://p".into()),
+        ssh_gateway_url: FieldUpdate::Keep,
+        snapshot_manager_url: FieldUpdate::Set("https://s".into()),
+    };
+    run(&mut s, urls).expect("urls");
     for credential in
         [RegionCredential::ProxyApiKey, RegionCredential::SshGatewayApiKey, RegionCredential::SnapshotManager]
     {
@@ -166,13 +177,20 @@ fn runners() {
     ));
     assert!(matches!(run(&mut s, create_runner("run", "reg", "other", 1)), Err(Rejection::DuplicateId { .. })));
     assert!(matches!(run(&mut s, create_runner("x", "reg", "runner-1", 1)), Err(Rejection::DuplicateName { .. })));
-    let Ok(Outcome::Runner(r)) = run(&mut s, Command::SetRunnerSchedulable { id: "run".into(), schedulable: false })
+    let Ok(Outcome::Runner(r)) =
+        run(&mut s, Command::SetRunnerSchedulable { id: "run".into(), schedulable: Some(false) })
     else {
         panic!("schedulable")
     };
     assert!(!r.schedulable);
+    // No value toggles.
+    let Ok(Outcome::Runner(r)) = run(&mut s, Command::SetRunnerSchedulable { id: "run".into(), schedulable: None })
+    else {
+        panic!("toggle")
+    };
+    assert!(r.schedulable);
     assert!(matches!(
-        run(&mut s, Command::SetRunnerSchedulable { id: "no".into(), schedulable: true }),
+        run(&mut s, Command::SetRunnerSchedulable { id: "no".into(), schedulable: Some(true) }),
         Err(Rejection::NotFound { .. })
     ));
     assert!(matches!(
@@ -214,7 +232,7 @@ fn placement_respects_capacity_and_state() {
     assert_eq!(runner.started_sandboxes, 2);
 
     // An unschedulable runner takes nothing.
-    run(&mut s, Command::SetRunnerSchedulable { id: "run".into(), schedulable: false }).expect("ok");
+    run(&mut s, Command::SetRunnerSchedulable { id: "run".into(), schedulable: Some(false) }).expect("ok");
     let Ok(Outcome::Placed(results)) =
         run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s9", "reg", "run", 0)] })
     else {
@@ -281,6 +299,79 @@ fn idempotency_returns_the_first_result_and_changes_nothing() {
 }
 
 #[test]
+fn idempotency_key_reused_for_another_request_is_refused() {
+    let mut s = State::default();
+    let mut p = Proposal::new(create_region("a", "org", "x"), T0);
+    p.idempotency_key = Some("k".into());
+    p.fingerprint = Some("f1".into());
+    apply(&mut s, &p).expect("first");
+    let mut other = Proposal::new(create_region("b", "org", "y"), T0);
+    other.idempotency_key = Some("k".into());
+    other.fingerprint = Some("f2".into());
+    assert_eq!(apply(&mut s, &other), Err(Rejection::IdempotencyKeyReused));
+    assert!(matches!(apply(&mut s, &p), Ok(Outcome::Region(ref r)) if r.id == "a"));
+    assert_eq!(s.regions.len(), 1);
+}
+
+#[test]
+fn a_scope_sees_only_its_organization() {
+    let mut s = State::default();
+    run(&mut s, create_region("mine", "o1", "r")).expect("region");
+    run(&mut s, create_region("theirs", "o2", "r")).expect("region");
+    let shared = Command::CreateRegion {
+        id: "us".into(),
+        organization_id: String::new(),
+        name: "us".into(),
+        region_type: RegionType::Shared,
+        proxy_url: None,
+        ssh_gateway_url: None,
+        snapshot_manager_url: None,
+        proxy_api_key_hash: None,
+        ssh_gateway_api_key_hash: None,
+        snapshot_manager_username: None,
+        snapshot_manager_password: None,
+    };
+    run(&mut s, shared).expect("shared");
+    let as_o1 = |c: Command| Proposal::scoped(c, T0, Some("o1".into()));
+
+    // Another organization's region is "not found", for every kind of touch.
+    for cmd in [
+        Command::DeleteRegion { id: "theirs".into() },
+        Command::UpdateRegionUrls {
+            id: "theirs".into(),
+            proxy_url: FieldUpdate::Keep,
+            ssh_gateway_url: FieldUpdate::Keep,
+            snapshot_manager_url: FieldUpdate::Keep,
+        },
+        Command::SetRegionCredential {
+            id: "theirs".into(),
+            credential: RegionCredential::ProxyApiKey,
+            secret: "s".into(),
+        },
+        create_runner("r2", "theirs", "n", 1),
+    ] {
+        assert!(matches!(apply(&mut s, &as_o1(cmd)), Err(Rejection::NotFound { kind: ObjectKind::Region, .. })));
+    }
+    // Shared regions take no custom runners from organizations; the operator may add them.
+    assert!(matches!(apply(&mut s, &as_o1(create_runner("r3", "us", "n", 1))), Err(Rejection::Invalid(_))));
+    assert!(run(&mut s, create_runner("r3", "us", "n", 1)).is_ok());
+
+    let Ok(Outcome::Runner(r)) = apply(&mut s, &as_o1(create_runner("r1", "mine", "n", 1))) else { panic!("runner") };
+    assert_eq!(r.organization_id, "o1", "a runner belongs to its region's organization");
+    let as_o2 = |c: Command| Proposal::scoped(c, T0, Some("o2".into()));
+    for cmd in [
+        Command::SetRunnerSchedulable { id: "r1".into(), schedulable: None },
+        Command::SetRunnerState { id: "r1".into(), state: RunnerState::Ready },
+        Command::DeleteRunner { id: "r1".into() },
+    ] {
+        assert!(matches!(apply(&mut s, &as_o2(cmd)), Err(Rejection::NotFound { kind: ObjectKind::Runner, .. })));
+    }
+    assert!(apply(&mut s, &as_o1(Command::DeleteRunner { id: "r1".into() })).is_ok());
+    assert!(apply(&mut s, &as_o1(Command::DeleteRegion { id: "mine".into() })).is_ok());
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
 fn idempotency_records_expire() {
     let mut s = State::default();
     let mut p = Proposal::new(create_region("a", "org", "x"), T0);
@@ -318,7 +409,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         )),
         (id.clone(), prop::sample::select(vec![RunnerState::Ready, RunnerState::Unresponsive, RunnerState::Disabled]))
             .prop_map(|(i, st)| Command::SetRunnerState { id: format!("run-{i}"), state: st }),
-        (id.clone(), any::<bool>())
+        (id.clone(), any::<Option<bool>>())
             .prop_map(|(i, b)| Command::SetRunnerSchedulable { id: format!("run-{i}"), schedulable: b }),
         id.clone().prop_map(|i| Command::DeleteRunner { id: format!("run-{i}") }),
         prop::collection::vec((0u32..20, id.clone(), id.clone(), 0u64..4), 0..6).prop_map(|ps| {
@@ -337,9 +428,16 @@ fn arb_command() -> impl Strategy<Value = Command> {
 }
 
 fn arb_proposals() -> impl Strategy<Value = Vec<Proposal>> {
-    prop::collection::vec((arb_command(), 0u64..1000, prop::option::of(0u8..5)), 0..80).prop_map(|cmds| {
+    let scope = prop::option::of(prop::sample::select(vec!["o1", "o2"]));
+    prop::collection::vec((arb_command(), 0u64..1000, prop::option::of(0u8..5), scope), 0..80).prop_map(|cmds| {
         cmds.into_iter()
-            .map(|(command, dt, key)| Proposal { command, at: T0 + dt, idempotency_key: key.map(|k| format!("k{k}")) })
+            .map(|(command, dt, key, scope)| Proposal {
+                fingerprint: key.map(|_| format!("{command:?}")),
+                command,
+                at: T0 + dt,
+                idempotency_key: key.map(|k| format!("k{k}")),
+                scope: scope.map(String::from),
+            })
             .collect()
     })
 }
@@ -356,7 +454,10 @@ proptest! {
         let mut b = State::default();
         for p in &proposals {
             let ra = apply(&mut a, p);
-            let rb = apply(&mut b, p);
+            // Replica b gets the proposal the way replication delivers it: through JSON.
+            let wire: Proposal = serde_json::from_slice(&serde_json::to_vec(p).expect("encode")).expect("decode");
+            prop_assert_eq!(&wire, p);
+            let rb = apply(&mut b, &wire);
             prop_assert_eq!(ra, rb);
             prop_assert_eq!(a.check_invariants(), Ok(()));
         }

@@ -163,6 +163,62 @@ impl TestCluster {
         (status, resp.json().unwrap_or(Value::Null))
     }
 
+    /// Any request with any bearer token (`None` sends no Authorization header).
+    pub fn call(
+        &self,
+        id: u64,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.http.request(method, self.url(id, path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let resp = request.send().unwrap_or_else(|e| panic!("{path} on node {id}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates an organization through node `via`; returns (id, api key).
+    pub fn create_organization(&self, via: u64, name: &str) -> (String, String) {
+        let (status, body) = self.call(
+            via,
+            "POST",
+            "/api/admin/organizations",
+            Some(ADMIN_KEY),
+            Some(&serde_json::json!({ "name": name })),
+            &[],
+        );
+        assert_eq!(status, 201, "create organization {name}: {body}");
+        (body["id"].as_str().expect("id").to_string(), body["apiKey"].as_str().expect("apiKey").to_string())
+    }
+
+    /// Waits until the shared regions exist (the first leader creates them).
+    pub fn wait_shared_regions(&self, via: u64, token: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.call(via, "GET", "/api/regions", Some(token), None, &[]);
+            let names: Vec<&str> =
+                body.as_array().map(|l| l.iter().filter_map(|r| r["name"].as_str()).collect()).unwrap_or_default();
+            if status == 200 && names.contains(&"us") && names.contains(&"eu") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "shared regions did not appear: {status} {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until every running node reports the same applied index and state hash.
     pub fn wait_converged(&self, timeout: Duration) -> (u64, String) {
         let deadline = Instant::now() + timeout;

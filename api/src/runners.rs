@@ -1,0 +1,491 @@
+//! Runners: `/api/runners` (custom runners, scoped to the caller's organization, only in its
+//! custom regions) and `/api/admin/runners` (the operator's view across the platform, with
+//! the full configuration and `RunnerFull` responses).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, patch};
+use axum::{Json, Router};
+use corral_storage::model::{Command, Outcome, Resources, Runner, RunnerState, State as ReplicatedState};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::{hash_secret, Admin, Caller};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::idempotency::Idempotency;
+use crate::{rfc3339, validate, ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/runners", get(list_runners).post(create_runner))
+        .route("/api/runners/:runner_id", get(get_runner).delete(delete_runner))
+        .route("/api/runners/:runner_id/scheduling", patch(update_scheduling))
+        .route("/api/admin/runners", get(admin_list_runners).post(admin_create_runner))
+        .route("/api/admin/runners/:runner_id", get(admin_get_runner).delete(admin_delete_runner))
+        .route("/api/admin/runners/:runner_id/scheduling", patch(admin_update_scheduling))
+}
+
+/// Prefix of runner tokens Corral generates.
+pub const RUNNER_TOKEN_PREFIX: &str = "crl_";
+/// Longest runner token accepted from an operator.
+pub const RUNNER_TOKEN_MAX_LEN: usize = 256;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateRunnerRequest {
+    #[schema(example = "my-custom-runner")]
+    pub name: String,
+    #[schema(example = "region_12345")]
+    pub region_id: String,
+}
+
+/// The runner's id and its token, shown this once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedRunner {
+    pub id: String,
+    pub api_key: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminCreateRunnerRequest {
+    pub name: String,
+    pub region_id: String,
+    /// The token the runner will authenticate with; stored only as a hash.
+    pub api_key: String,
+    /// `"0"` or `"2"`.
+    #[schema(example = "2")]
+    pub api_version: String,
+    pub domain: Option<String>,
+    pub api_url: Option<String>,
+    pub proxy_url: Option<String>,
+    pub cpu: Option<u64>,
+    #[serde(rename = "memoryGiB")]
+    pub memory_gib: Option<u64>,
+    #[serde(rename = "diskGiB")]
+    pub disk_gib: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SchedulingRequest {
+    pub schedulable: bool,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunnerListParams {
+    /// Only runners of this region.
+    pub region_id: Option<String>,
+    /// `linearizable` (default) or `stale`.
+    #[serde(default)]
+    #[param(value_type = Option<String>, example = "stale")]
+    pub consistency: crate::ReadConsistency,
+}
+
+/// cpu in cores, memory and disk in GiB.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesView {
+    pub cpu: u64,
+    #[serde(rename = "memoryGiB")]
+    pub memory_gib: u64,
+    #[serde(rename = "diskGiB")]
+    pub disk_gib: u64,
+}
+
+impl From<Resources> for ResourcesView {
+    fn from(r: Resources) -> Self {
+        ResourcesView { cpu: r.cpu, memory_gib: r.memory_gib, disk_gib: r.disk_gib }
+    }
+}
+
+/// Latest usage reported by the runner, in percent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageView {
+    pub current_cpu_usage_percentage: f64,
+    pub current_memory_usage_percentage: f64,
+    pub current_disk_usage_percentage: f64,
+}
+
+/// A runner (the custom runner endpoints' view).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerView {
+    pub id: String,
+    pub name: String,
+    pub region_id: String,
+    /// `initializing`, `ready`, `unresponsive`, `disabled` or `decommissioned`.
+    #[schema(value_type = String, example = "initializing")]
+    pub state: RunnerState,
+    pub schedulable: bool,
+    pub api_version: String,
+    pub domain: Option<String>,
+    pub api_url: Option<String>,
+    pub proxy_url: Option<String>,
+    pub capacity: ResourcesView,
+    pub allocated: ResourcesView,
+    /// `null` until the runner has reported its health.
+    pub usage: Option<UsageView>,
+    /// 0–100, higher is more available. From allocation until the runner reports usage.
+    pub availability_score: u8,
+    pub current_snapshot_count: u64,
+    pub started_sandboxes: u64,
+    /// Runner software version; `null` until it has reported.
+    pub version: Option<String>,
+    pub last_checked_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The admin view: a runner plus its token hint, region type and organization.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerFull {
+    #[serde(flatten)]
+    pub runner: RunnerView,
+    /// A recognisable fragment of the token; the token itself is never stored.
+    pub api_key_hint: String,
+    #[schema(value_type = String, example = "custom")]
+    pub region_type: corral_storage::model::RegionType,
+    pub organization_id: String,
+}
+
+/// Availability from allocation alone: 100 × the smallest free fraction of cpu, memory and
+/// disk; 0 for a runner with no declared capacity.
+pub fn allocation_score(capacity: Resources, allocated: Resources) -> u8 {
+    let free = |cap: u64, used: u64| if cap == 0 { 0.0 } else { 1.0 - (used.min(cap) as f64 / cap as f64) };
+    let score = free(capacity.cpu, allocated.cpu)
+        .min(free(capacity.memory_gib, allocated.memory_gib))
+        .min(free(capacity.disk_gib, allocated.disk_gib));
+    (score * 100.0).round() as u8
+}
+
+impl From<&Runner> for RunnerView {
+    fn from(r: &Runner) -> Self {
+        RunnerView {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            region_id: r.region_id.clone(),
+            state: r.state,
+            schedulable: r.schedulable,
+            api_version: r.api_version.clone(),
+            domain: r.domain.clone(),
+            api_url: r.api_url.clone(),
+            proxy_url: r.proxy_url.clone(),
+            capacity: r.capacity.into(),
+            allocated: r.allocated.into(),
+            usage: None,
+            availability_score: allocation_score(r.capacity, r.allocated),
+            current_snapshot_count: 0,
+            started_sandboxes: r.started_sandboxes,
+            version: None,
+            last_checked_at: None,
+            created_at: rfc3339(r.created_at),
+            updated_at: rfc3339(r.updated_at),
+        }
+    }
+}
+
+fn runner_full(state: &ReplicatedState, r: &Runner) -> RunnerFull {
+    let region_type =
+        state.regions.get(&r.region_id).map(|g| g.region_type).unwrap_or(corral_storage::model::RegionType::Custom);
+    RunnerFull {
+        runner: RunnerView::from(r),
+        api_key_hint: r.api_key_hint.clone(),
+        region_type,
+        organization_id: r.organization_id.clone(),
+    }
+}
+
+/// `dtn_…7890`: enough to tell tokens apart, far too little to use one.
+pub fn token_hint(token: &str) -> String {
+    let chars: Vec<char> = token.chars().collect();
+    if chars.len() < 12 {
+        return "…".to_string();
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+fn runner_outcome(outcome: Outcome) -> Result<Runner, ApiError> {
+    match outcome {
+        Outcome::Runner(runner) => Ok(runner),
+        other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+/// The body of a scheduling PATCH is optional: none (or an empty body) toggles.
+fn scheduling_body(body: &Bytes) -> Result<Option<bool>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice::<SchedulingRequest>(body)
+        .map(|r| Some(r.schedulable))
+        .map_err(|e| ApiError::unprocessable(format!("expected {{\"schedulable\": true|false}}: {e}")))
+}
+
+/// Register a runner in one of the organization's custom regions.
+#[utoipa::path(post, path = "/api/runners", tag = "runners", request_body = CreateRunnerRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the first response")),
+    responses((status = 201, body = CreatedRunner), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_runner(
+    State(app): State<AppState>,
+    caller: Caller,
+    idempotency: Idempotency,
+    ApiJson(body): ApiJson<CreateRunnerRequest>,
+) -> Result<(StatusCode, Json<CreatedRunner>), ApiError> {
+    validate::name("name", &body.name)?;
+    let actor = caller.organization_id.as_str();
+    let api_key = idempotency.secret(&app.config.admin_key, actor, "runner-token", RUNNER_TOKEN_PREFIX);
+    let fingerprint = idempotency.fingerprint(&body);
+    let command = Command::CreateRunner {
+        id: uuid::Uuid::new_v4().to_string(),
+        region_id: body.region_id,
+        name: body.name,
+        api_key_hash: hash_secret(&api_key),
+        api_key_hint: token_hint(&api_key),
+        api_version: "2".into(),
+        domain: None,
+        api_url: None,
+        proxy_url: None,
+        capacity: Resources::default(),
+    };
+    let runner = runner_outcome(app.submit(command, caller.scope(), &idempotency, actor, fingerprint).await?)?;
+    Ok((StatusCode::CREATED, Json(CreatedRunner { id: runner.id, api_key })))
+}
+
+/// List the organization's runners.
+#[utoipa::path(get, path = "/api/runners", tag = "runners", params(RunnerListParams),
+    responses((status = 200, body = [RunnerView]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_runners(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<RunnerListParams>,
+) -> Result<Json<Vec<RunnerView>>, ApiError> {
+    app.cluster.read_barrier(params.consistency).await?;
+    let machine = app.cluster.state().read();
+    let runners = machine
+        .state
+        .runners
+        .values()
+        .filter(|r| r.organization_id == caller.organization_id)
+        .filter(|r| params.region_id.as_ref().is_none_or(|g| &r.region_id == g))
+        .map(RunnerView::from)
+        .collect();
+    Ok(Json(runners))
+}
+
+/// Get one of the organization's runners.
+#[utoipa::path(get, path = "/api/runners/{runner_id}", tag = "runners",
+    params(("runner_id" = String, Path, description = "Runner id"), crate::extract::ReadParams),
+    responses((status = 200, body = RunnerView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_runner(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(runner_id): Path<String>,
+    ApiQuery(params): ApiQuery<crate::extract::ReadParams>,
+) -> Result<Json<RunnerView>, ApiError> {
+    app.cluster.read_barrier(params.consistency).await?;
+    let machine = app.cluster.state().read();
+    machine
+        .state
+        .runners
+        .get(&runner_id)
+        .filter(|r| r.organization_id == caller.organization_id)
+        .map(|r| Json(RunnerView::from(r)))
+        .ok_or_else(|| ApiError::not_found(format!("runner '{runner_id}' not found")))
+}
+
+/// Mark a runner schedulable or not; with no body, toggle.
+#[utoipa::path(patch, path = "/api/runners/{runner_id}/scheduling", tag = "runners",
+    params(("runner_id" = String, Path, description = "Runner id")), request_body(content = SchedulingRequest, description = "Optional: without a body the flag is toggled"),
+    responses((status = 200, body = RunnerView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_scheduling(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(runner_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<RunnerView>, ApiError> {
+    let command = Command::SetRunnerSchedulable { id: runner_id, schedulable: scheduling_body(&body)? };
+    let outcome = app.submit(command, caller.scope(), &Idempotency::none(), &caller.organization_id, None).await?;
+    Ok(Json(RunnerView::from(&runner_outcome(outcome)?)))
+}
+
+/// Delete one of the organization's runners (409 while it has sandboxes).
+#[utoipa::path(delete, path = "/api/runners/{runner_id}", tag = "runners", params(("runner_id" = String, Path, description = "Runner id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_runner(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(runner_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let command = Command::DeleteRunner { id: runner_id };
+    app.submit(command, caller.scope(), &Idempotency::none(), &caller.organization_id, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Create a runner with its full configuration (operator).
+#[utoipa::path(post, path = "/api/admin/runners", tag = "admin", request_body = AdminCreateRunnerRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the first response")),
+    responses((status = 201, body = RunnerFull), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_create_runner(
+    State(app): State<AppState>,
+    _admin: Admin,
+    idempotency: Idempotency,
+    ApiJson(body): ApiJson<AdminCreateRunnerRequest>,
+) -> Result<(StatusCode, Json<RunnerFull>), ApiError> {
+    validate::name("name", &body.name)?;
+    if body.api_version != "0" && body.api_version != "2" {
+        return Err(ApiError::unprocessable("apiVersion must be \"0\" or \"2\""));
+    }
+    if body.api_key.trim().is_empty() || body.api_key.len() > RUNNER_TOKEN_MAX_LEN {
+        return Err(ApiError::unprocessable(format!("apiKey must be 1 to {RUNNER_TOKEN_MAX_LEN} characters")));
+    }
+    for (field, value) in [("apiUrl", &body.api_url), ("proxyUrl", &body.proxy_url)] {
+        if let Some(v) = value {
+            validate::url(field, v)?;
+        }
+    }
+    if let Some(domain) = &body.domain {
+        validate::domain("domain", domain)?;
+    }
+    // The token is hashed before it leaves this handler; the fingerprint covers the rest.
+    let fingerprint = idempotency.fingerprint(&(&body.name, &body.region_id, hash_secret(&body.api_key)));
+    let command = Command::CreateRunner {
+        id: uuid::Uuid::new_v4().to_string(),
+        region_id: body.region_id,
+        name: body.name,
+        api_key_hash: hash_secret(&body.api_key),
+        api_key_hint: token_hint(&body.api_key),
+        api_version: body.api_version,
+        domain: body.domain,
+        api_url: body.api_url,
+        proxy_url: body.proxy_url,
+        capacity: Resources {
+            cpu: body.cpu.unwrap_or(0),
+            memory_gib: body.memory_gib.unwrap_or(0),
+            disk_gib: body.disk_gib.unwrap_or(0),
+        },
+    };
+    let runner = runner_outcome(app.submit(command, None, &idempotency, "admin", fingerprint).await?)?;
+    let machine = app.cluster.state().read();
+    Ok((StatusCode::CREATED, Json(runner_full(&machine.state, &runner))))
+}
+
+/// List all runners, optionally of one region (operator).
+#[utoipa::path(get, path = "/api/admin/runners", tag = "admin", params(RunnerListParams),
+    responses((status = 200, body = [RunnerFull]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_list_runners(
+    State(app): State<AppState>,
+    _admin: Admin,
+    ApiQuery(params): ApiQuery<RunnerListParams>,
+) -> Result<Json<Vec<RunnerFull>>, ApiError> {
+    app.cluster.read_barrier(params.consistency).await?;
+    let machine = app.cluster.state().read();
+    let runners = machine
+        .state
+        .runners
+        .values()
+        .filter(|r| params.region_id.as_ref().is_none_or(|g| &r.region_id == g))
+        .map(|r| runner_full(&machine.state, r))
+        .collect();
+    Ok(Json(runners))
+}
+
+/// Get any runner with full details (operator).
+#[utoipa::path(get, path = "/api/admin/runners/{runner_id}", tag = "admin",
+    params(("runner_id" = String, Path, description = "Runner id"), crate::extract::ReadParams),
+    responses((status = 200, body = RunnerFull), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_get_runner(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(runner_id): Path<String>,
+    ApiQuery(params): ApiQuery<crate::extract::ReadParams>,
+) -> Result<Json<RunnerFull>, ApiError> {
+    app.cluster.read_barrier(params.consistency).await?;
+    let machine = app.cluster.state().read();
+    machine
+        .state
+        .runners
+        .get(&runner_id)
+        .map(|r| Json(runner_full(&machine.state, r)))
+        .ok_or_else(|| ApiError::not_found(format!("runner '{runner_id}' not found")))
+}
+
+/// Mark any runner schedulable or not; with no body, toggle (operator).
+#[utoipa::path(patch, path = "/api/admin/runners/{runner_id}/scheduling", tag = "admin",
+    params(("runner_id" = String, Path, description = "Runner id")), request_body(content = SchedulingRequest, description = "Optional: without a body the flag is toggled"),
+    responses((status = 200, body = RunnerFull), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_update_scheduling(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(runner_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<RunnerFull>, ApiError> {
+    let command = Command::SetRunnerSchedulable { id: runner_id, schedulable: scheduling_body(&body)? };
+    let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
+    let machine = app.cluster.state().read();
+    Ok(Json(runner_full(&machine.state, &runner)))
+}
+
+/// Delete any runner (operator; 409 while it has sandboxes).
+#[utoipa::path(delete, path = "/api/admin/runners/{runner_id}", tag = "admin", params(("runner_id" = String, Path, description = "Runner id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_delete_runner(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(runner_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.submit(Command::DeleteRunner { id: runner_id }, None, &Idempotency::none(), "admin", None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_and_hints() {
+        let cap = Resources { cpu: 4, memory_gib: 8, disk_gib: 100 };
+        assert_eq!(allocation_score(cap, Resources::default()), 100);
+        assert_eq!(allocation_score(cap, Resources { cpu: 2, memory_gib: 2, disk_gib: 10 }), 50);
+        assert_eq!(allocation_score(Resources::default(), Resources::default()), 0);
+        assert_eq!(token_hint("dtn_1234567890"), "dtn_…7890");
+        assert_eq!(token_hint("short"), "…");
+    }
+
+    #[test]
+    fn scheduling_body_is_optional() {
+        assert_eq!(scheduling_body(&Bytes::from_static(b"")).ok(), Some(None));
+        assert_eq!(scheduling_body(&Bytes::from_static(b"{\"schedulable\":false}")).ok(), Some(Some(false)));
+        assert!(scheduling_body(&Bytes::from_static(b"{\"schedulable\":1}")).is_err());
+        assert!(scheduling_body(&Bytes::from_static(b"{\"other\":true}")).is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! `corral ctl`: a command-line client over the REST API, one subcommand per operation.
+//! Honours `CORRAL_ADDR`, `CORRAL_TOKEN` and `CORRAL_ORGANIZATION`; prints a table (default)
+//! or the JSON the server returned (`--output json`). Errors go to stderr with the server's
+//! code, and the exit status is non-zero.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Base URL of any node (or of the load balancer).
+    #[arg(long, env = "CORRAL_ADDR", default_value = "http://127.0.0.1:8801")]
+    pub addr: String,
+    /// Bearer key: an organization API key or the admin key.
+    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Organization to act for (with the admin key).
+    #[arg(long, env = "CORRAL_ORGANIZATION")]
+    pub organization: Option<String>,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Read this node's local state instead of a linearizable read.
+    #[arg(long)]
+    pub stale: bool,
+    /// Idempotency-Key for POST requests: retrying with the same key is safe.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Regions of your organization (and the shared ones).
+    #[command(subcommand)]
+    Region(RegionCommand),
+    /// Custom runners of your organization.
+    #[command(subcommand)]
+    Runner(RunnerCommand),
+    /// Operator commands (admin key).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Raft cluster status of the node addressed (admin key).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RegionUrls {
+    #[arg(long)]
+    pub proxy_url: Option<String>,
+    #[arg(long)]
+    pub ssh_gateway_url: Option<String>,
+    #[arg(long)]
+    pub snapshot_manager_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionCommand {
+    Create {
+        name: String,
+        #[command(flatten)]
+        urls: RegionUrls,
+    },
+    List,
+    Get {
+        id: String,
+    },
+    /// Set (or with --clear-*, remove) service URLs.
+    Update {
+        id: String,
+        #[command(flatten)]
+        urls: RegionUrls,
+        #[arg(long)]
+        clear_proxy_url: bool,
+        #[arg(long)]
+        clear_ssh_gateway_url: bool,
+        #[arg(long)]
+        clear_snapshot_manager_url: bool,
+    },
+    Delete {
+        id: String,
+    },
+    RegenerateProxyApiKey {
+        id: String,
+    },
+    RegenerateSshGatewayApiKey {
+        id: String,
+    },
+    RegenerateSnapshotManagerCredentials {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunnerCommand {
+    Create {
+        name: String,
+        #[arg(long)]
+        region: String,
+    },
+    List {
+        #[arg(long)]
+        region: Option<String>,
+    },
+    Get {
+        id: String,
+    },
+    /// Set schedulable true/false; without --schedulable, toggle.
+    Scheduling {
+        id: String,
+        #[arg(long)]
+        schedulable: Option<bool>,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    #[command(subcommand)]
+    Runner(AdminRunnerCommand),
+    #[command(subcommand)]
+    Organization(OrganizationCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminRunnerCommand {
+    Create {
+        name: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        api_key: String,
+        #[arg(long, default_value = "2")]
+        api_version: String,
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        api_url: Option<String>,
+        #[arg(long)]
+        proxy_url: Option<String>,
+        #[arg(long)]
+        cpu: Option<u64>,
+        #[arg(long)]
+        memory_gib: Option<u64>,
+        #[arg(long)]
+        disk_gib: Option<u64>,
+    },
+    List {
+        #[arg(long)]
+        region: Option<String>,
+    },
+    Get {
+        id: String,
+    },
+    Scheduling {
+        id: String,
+        #[arg(long)]
+        schedulable: Option<bool>,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrganizationCommand {
+    Create {
+        name: String,
+    },
+    List,
+    /// Create another API key for an organization.
+    CreateKey {
+        organization_id: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    Status,
+}
+
+/// One REST call, and the columns a table of its result shows.
+struct Call {
+    method: reqwest::Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Value>,
+    columns: &'static [&'static str],
+}
+
+const REGION_COLUMNS: &[&str] =
+    &["id", "name", "regionType", "proxyUrl", "sshGatewayUrl", "snapshotManagerUrl", "createdAt"];
+const RUNNER_COLUMNS: &[&str] =
+    &["id", "name", "regionId", "state", "schedulable", "availabilityScore", "startedSandboxes"];
+const ORG_COLUMNS: &[&str] = &["id", "name", "createdAt"];
+
+fn put(map: &mut Map<String, Value>, key: &str, value: Option<String>) {
+    if let Some(v) = value {
+        map.insert(key.to_string(), Value::String(v));
+    }
+}
+
+fn urls_body(urls: RegionUrls) -> Map<String, Value> {
+    let mut body = Map::new();
+    put(&mut body, "proxyUrl", urls.proxy_url);
+    put(&mut body, "sshGatewayUrl", urls.ssh_gateway_url);
+    put(&mut body, "snapshotManagerUrl", urls.snapshot_manager_url);
+    body
+}
+
+fn scheduling_body(schedulable: Option<bool>) -> Option<Value> {
+    schedulable.map(|s| json!({ "schedulable": s }))
+}
+
+fn call(method: reqwest::Method, path: String, body: Option<Value>, columns: &'static [&'static str]) -> Call {
+    Call { method, path, query: Vec::new(), body, columns }
+}
+
+fn plan(command: CtlCommand) -> Call {
+    use reqwest::Method as M;
+    match command {
+        CtlCommand::Region(c) => match c {
+            RegionCommand::Create { name, urls } => {
+                let mut body = urls_body(urls);
+                body.insert("name".into(), Value::String(name));
+                call(M::POST, "/api/regions".into(), Some(Value::Object(body)), REGION_COLUMNS)
+            }
+            RegionCommand::List => call(M::GET, "/api/regions".into(), None, REGION_COLUMNS),
+            RegionCommand::Get { id } => call(M::GET, format!("/api/regions/{id}"), None, REGION_COLUMNS),
+            RegionCommand::Update { id, urls, clear_proxy_url, clear_ssh_gateway_url, clear_snapshot_manager_url } => {
+                let mut body = urls_body(urls);
+                for (clear, key) in [
+                    (clear_proxy_url, "proxyUrl"),
+                    (clear_ssh_gateway_url, "sshGatewayUrl"),
+                    (clear_snapshot_manager_url, "snapshotManagerUrl"),
+                ] {
+                    if clear {
+                        body.insert(key.into(), Value::Null);
+                    }
+                }
+                call(M::PATCH, format!("/api/regions/{id}"), Some(Value::Object(body)), REGION_COLUMNS)
+            }
+            RegionCommand::Delete { id } => call(M::DELETE, format!("/api/regions/{id}"), None, &[]),
+            RegionCommand::RegenerateProxyApiKey { id } => {
+                call(M::POST, format!("/api/regions/{id}/regenerate-proxy-api-key"), None, &[])
+            }
+            RegionCommand::RegenerateSshGatewayApiKey { id } => {
+                call(M::POST, format!("/api/regions/{id}/regenerate-ssh-gateway-api-key"), None, &[])
+            }
+            RegionCommand::RegenerateSnapshotManagerCredentials { id } => {
+                call(M::POST, format!("/api/regions/{id}/regenerate-snapshot-manager-credentials"), None, &[])
+            }
+        },
+        CtlCommand::Runner(c) => match c {
+            RunnerCommand::Create { name, region } => {
+                call(M::POST, "/api/runners".into(), Some(json!({ "name": name, "regionId": region })), &[])
+            }
+            RunnerCommand::List { region } => {
+                let mut c = call(M::GET, "/api/runners".into(), None, RUNNER_COLUMNS);
+                c.query.extend(region.map(|r| ("regionId", r)));
+                c
+            }
+            RunnerCommand::Get { id } => call(M::GET, format!("/api/runners/{id}"), None, RUNNER_COLUMNS),
+            RunnerCommand::Scheduling { id, schedulable } => {
+                call(M::PATCH, format!("/api/runners/{id}/scheduling"), scheduling_body(schedulable), RUNNER_COLUMNS)
+            }
+            RunnerCommand::Delete { id } => call(M::DELETE, format!("/api/runners/{id}"), None, &[]),
+        },
+        CtlCommand::Admin(AdminCommand::Runner(c)) => match c {
+            AdminRunnerCommand::Create {
+                name,
+                region,
+                api_key,
+                api_version,
+                domain,
+                api_url,
+                proxy_url,
+                cpu,
+                memory_gib,
+                disk_gib,
+            } => {
+                let mut body = Map::new();
+                put(&mut body, "name", Some(name));
+                put(&mut body, "regionId", Some(region));
+                put(&mut body, "apiKey", Some(api_key));
+                put(&mut body, "apiVersion", Some(api_version));
+                put(&mut body, "domain", domain);
+                put(&mut body, "apiUrl", api_url);
+                put(&mut body, "proxyUrl", proxy_url);
+                for (key, value) in [("cpu", cpu), ("memoryGiB", memory_gib), ("diskGiB", disk_gib)] {
+                    if let Some(v) = value {
+                        body.insert(key.into(), json!(v));
+                    }
+                }
+                call(M::POST, "/api/admin/runners".into(), Some(Value::Object(body)), RUNNER_COLUMNS)
+            }
+            AdminRunnerCommand::List { region } => {
+                let mut c = call(M::GET, "/api/admin/runners".into(), None, RUNNER_COLUMNS);
+                c.query.extend(region.map(|r| ("regionId", r)));
+                c
+            }
+            AdminRunnerCommand::Get { id } => call(M::GET, format!("/api/admin/runners/{id}"), None, RUNNER_COLUMNS),
+            AdminRunnerCommand::Scheduling { id, schedulable } => call(
+                M::PATCH,
+                format!("/api/admin/runners/{id}/scheduling"),
+                scheduling_body(schedulable),
+                RUNNER_COLUMNS,
+            ),
+            AdminRunnerCommand::Delete { id } => call(M::DELETE, format!("/api/admin/runners/{id}"), None, &[]),
+        },
+        CtlCommand::Admin(AdminCommand::Organization(c)) => match c {
+            OrganizationCommand::Create { name } => {
+                call(M::POST, "/api/admin/organizations".into(), Some(json!({ "name": name })), &[])
+            }
+            OrganizationCommand::List => call(M::GET, "/api/admin/organizations".into(), None, ORG_COLUMNS),
+            OrganizationCommand::CreateKey { organization_id, name } => call(
+                M::POST,
+                format!("/api/admin/organizations/{organization_id}/api-keys"),
+                Some(json!({ "name": name })),
+                &[],
+            ),
+        },
+        CtlCommand::Cluster(ClusterCommand::Status) => call(M::GET, "/api/admin/cluster".into(), None, &[]),
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Object(_) | Value::Array(_) => value.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A list as aligned columns; an object as `key  value` lines.
+pub fn render_table(value: &Value, columns: &[&str]) -> String {
+    match value {
+        Value::Array(items) => {
+            let header: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+            let rows: Vec<Vec<String>> =
+                items.iter().map(|item| columns.iter().map(|c| scalar(&item[*c])).collect()).collect();
+            let widths: Vec<usize> = (0..columns.len())
+                .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
+                .collect();
+            let line = |cells: &[String]| {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+            };
+            let mut out = vec![line(&header)];
+            out.extend(rows.iter().map(|r| line(r)));
+            out.join("\n")
+        }
+        Value::Object(map) => {
+            let width = map.keys().map(String::len).max().unwrap_or(0);
+            map.iter().map(|(k, v)| format!("{k:<width$}  {}", scalar(v))).collect::<Vec<_>>().join("\n")
+        }
+        Value::Null => String::new(),
+        other => scalar(other),
+    }
+}
+
+pub fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let token = args.token.clone().context("no token: set CORRAL_TOKEN or pass --token")?;
+    let output = args.output;
+    let mut call = plan(args.command);
+    if args.stale && call.method == reqwest::Method::GET {
+        call.query.push(("consistency", "stale".into()));
+    }
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let url = format!("{}{}", args.addr.trim_end_matches('/'), call.path);
+    let mut request = client.request(call.method.clone(), &url).bearer_auth(token).query(&call.query);
+    if let Some(org) = &args.organization {
+        request = request.header("X-Organization-ID", org);
+    }
+    if let Some(key) = args.idempotency_key.as_ref().filter(|_| call.method == reqwest::Method::POST) {
+        request = request.header("Idempotency-Key", key);
+    }
+    if let Some(body) = &call.body {
+        request = request.json(body);
+    }
+    let response = request.send().with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.text().unwrap_or_default();
+    let value: Value =
+        if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    if !status.is_success() {
+        let message = value["error"].as_str().map(String::from).unwrap_or_else(|| value.to_string());
+        let code = value["code"].as_str().unwrap_or("error");
+        bail!("{} {}: {message} ({code})", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Output::Table if value.is_null() => println!("ok ({})", status.as_u16()),
+        Output::Table => println!("{}", render_table(&value, call.columns)),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables() {
+        let list = json!([{ "id": "a", "name": "one", "x": 1 }, { "id": "bb", "name": null }]);
+        assert_eq!(render_table(&list, &["id", "name"]), "id  name\na   one\nbb  -");
+        let obj = json!({ "id": "a", "apiKey": "k" });
+        assert_eq!(render_table(&obj, &[]), "apiKey  k\nid      a");
+    }
+}

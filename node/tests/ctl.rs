@@ -1,0 +1,147 @@
+//! `corral ctl` drives every API operation against a real cluster, honouring CORRAL_ADDR and
+//! CORRAL_TOKEN, in JSON and table output.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{TestCluster, ADMIN_KEY};
+use serde_json::Value;
+
+struct Ctl<'a> {
+    addr: String,
+    token: &'a str,
+}
+
+impl Ctl<'_> {
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .arg("ctl")
+            .args(args)
+            .env("CORRAL_ADDR", &self.addr)
+            .env("CORRAL_TOKEN", self.token)
+            .env_remove("CORRAL_ORGANIZATION")
+            .output()
+            .expect("run corral ctl");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--output", "json"];
+        full.extend_from_slice(args);
+        let (ok, stdout, stderr) = self.run(&full);
+        assert!(ok, "corral ctl {args:?} failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or(Value::Null)
+    }
+}
+
+#[test]
+fn ctl_covers_every_operation() {
+    let c = TestCluster::start(3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let follower = (1..=3).find(|&n| n != leader).expect("follower");
+    let addr = format!("http://{}", c.node(follower).api_addr);
+    let admin = Ctl { addr: addr.clone(), token: ADMIN_KEY };
+
+    let org = admin.json(&["admin", "organization", "create", "ctl-org"]);
+    let org_id = org["id"].as_str().expect("id").to_string();
+    let key = org["apiKey"].as_str().expect("apiKey").to_string();
+    assert!(admin
+        .json(&["admin", "organization", "list"])
+        .as_array()
+        .is_some_and(|l| l.iter().any(|o| o["id"] == org["id"])));
+    let extra = admin.json(&["admin", "organization", "create-key", &org_id, "--name", "second"]);
+    assert!(extra["apiKey"].is_string());
+
+    let ctl = Ctl { addr, token: &key };
+    let region = ctl.json(&["region", "create", "ctl-region", "--proxy-url", "https://proxy.example.com"]);
+    let region_id = region["id"].as_str().expect("id").to_string();
+    assert!(region["proxyApiKey"].is_string());
+    assert!(ctl.json(&["region", "list"]).as_array().is_some_and(|l| l.iter().any(|r| r["id"] == region["id"])));
+    assert_eq!(ctl.json(&["--stale", "region", "get", &region_id])["name"], "ctl-region");
+    let updated =
+        ctl.json(&["region", "update", &region_id, "--ssh-gateway-url", "ssh://gw.example.com", "--clear-proxy-url"]);
+    assert_eq!(
+        (updated["proxyUrl"].clone(), updated["sshGatewayUrl"].as_str()),
+        (Value::Null, Some("ssh://gw.example.com"))
+    );
+    assert!(ctl.json(&["region", "regenerate-ssh-gateway-api-key", &region_id])["apiKey"].is_string());
+    ctl.json(&[
+        "region",
+        "update",
+        &region_id,
+        "--proxy-url",
+        "https://p.example.com",
+        "--snapshot-manager-url",
+        "https://s.example.com",
+    ]);
+    assert!(ctl.json(&["region", "regenerate-proxy-api-key", &region_id])["apiKey"].is_string());
+    assert!(ctl.json(&["region", "regenerate-snapshot-manager-credentials", &region_id])["password"].is_string());
+
+    let runner = ctl.json(&["runner", "create", "ctl-runner", "--region", &region_id]);
+    let runner_id = runner["id"].as_str().expect("id").to_string();
+    assert!(runner["apiKey"].is_string());
+    assert_eq!(ctl.json(&["runner", "list", "--region", &region_id]).as_array().map(Vec::len), Some(1));
+    assert_eq!(ctl.json(&["runner", "get", &runner_id])["state"], "initializing");
+    assert_eq!(ctl.json(&["runner", "scheduling", &runner_id])["schedulable"], false);
+    assert_eq!(ctl.json(&["runner", "scheduling", &runner_id, "--schedulable", "true"])["schedulable"], true);
+
+    // Table output: a header line and one row per runner.
+    let (ok, table, _) = ctl.run(&["runner", "list"]);
+    assert!(ok);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("id") && lines[0].contains("schedulable"), "{table}");
+    assert!(lines.iter().any(|l| l.contains(&runner_id) && l.contains("ctl-runner")), "{table}");
+
+    // Errors: non-zero exit and the server's code on stderr.
+    let (ok, _, stderr) = ctl.run(&["region", "delete", &region_id]);
+    assert!(!ok && stderr.contains("region_has_runners"), "{stderr}");
+    let (ok, _, stderr) = ctl.run(&["admin", "runner", "list"]);
+    assert!(!ok && stderr.contains("403"), "an organization key is not the admin key: {stderr}");
+
+    let admin_runner = admin.json(&[
+        "admin",
+        "runner",
+        "create",
+        "ctl-admin-runner",
+        "--region",
+        &region_id,
+        "--api-key",
+        "dtn_abcdefghijkl",
+        "--api-version",
+        "0",
+        "--cpu",
+        "4",
+        "--memory-gib",
+        "8",
+        "--disk-gib",
+        "50",
+    ]);
+    let admin_runner_id = admin_runner["id"].as_str().expect("id").to_string();
+    assert_eq!(admin_runner["capacity"]["cpu"], 4);
+    assert_eq!(admin.json(&["admin", "runner", "list", "--region", &region_id]).as_array().map(Vec::len), Some(2));
+    assert_eq!(admin.json(&["admin", "runner", "get", &admin_runner_id])["apiVersion"], "0");
+    assert_eq!(
+        admin.json(&["admin", "runner", "scheduling", &admin_runner_id, "--schedulable", "false"])["schedulable"],
+        false
+    );
+    let (ok, out, _) = admin.run(&["admin", "runner", "delete", &admin_runner_id]);
+    assert!(ok && out.contains("204"), "{out}");
+
+    let (ok, _, _) = ctl.run(&["runner", "delete", &runner_id]);
+    assert!(ok);
+    let (ok, _, _) = ctl.run(&["region", "delete", &region_id]);
+    assert!(ok);
+    let (ok, _, stderr) = ctl.run(&["region", "get", &region_id]);
+    assert!(!ok && stderr.contains("not_found"), "{stderr}");
+
+    let status = admin.json(&["cluster", "status"]);
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(status["leaderId"], leader);
+
+    // Idempotent POST through ctl: same key, same answer.
+    let first = ctl.json(&["--idempotency-key", "k1", "region", "create", "again"]);
+    let second = ctl.json(&["--idempotency-key", "k1", "region", "create", "again"]);
+    assert_eq!(first, second);
+}
