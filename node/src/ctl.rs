@@ -18,21 +18,21 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct CtlArgs {
     /// Base URL of any node (or of the load balancer).
-    #[arg(long, env = "CORRAL_ADDR", default_value = "http://127.0.0.1:8801")]
+    #[arg(long, env = "CORRAL_ADDR", default_value = "http://127.0.0.1:8801", global = true)]
     pub addr: String,
     /// Bearer key: an organization API key or the admin key.
-    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Organization to act for (with the admin key).
-    #[arg(long, env = "CORRAL_ORGANIZATION")]
+    #[arg(long, env = "CORRAL_ORGANIZATION", global = true)]
     pub organization: Option<String>,
-    #[arg(long, short, value_enum, default_value = "table")]
+    #[arg(long, short, value_enum, default_value = "table", global = true)]
     pub output: Output,
     /// Read this node's local state instead of a linearizable read.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub stale: bool,
     /// Idempotency-Key for POST requests: retrying with the same key is safe.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub idempotency_key: Option<String>,
     #[command(subcommand)]
     pub command: CtlCommand,
