@@ -1,7 +1,7 @@
 //! What the API needs from the cluster, as a trait the node implements. The API never sees
 //! openraft or gRPC; it proposes, waits for a read barrier, and reads the shared state.
 
-use corral_storage::model::{ApplyResult, Proposal};
+use corral_storage::model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_storage::SharedState;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,8 @@ pub enum ClusterError {
     Timeout,
     #[error("the cluster is unavailable: {0}")]
     Unavailable(String),
+    #[error("the scheduler is overloaded; retry shortly")]
+    Overloaded,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -64,6 +66,10 @@ pub trait ClusterHandle: Send + Sync + 'static {
     /// Commits `proposal` through Raft (forwarding to the leader if needed) and returns what
     /// `apply` returned for it.
     async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ClusterError>;
+
+    /// Hands a sandbox request to the leader's scheduler and returns the placed sandbox (or
+    /// why it could not be placed) once the placement is applied.
+    async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError>;
 
     /// Returns once the local state may be read with the given consistency.
     async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError>;

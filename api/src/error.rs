@@ -71,9 +71,9 @@ impl From<Rejection> for ApiError {
             Rejection::RunnerHasSandboxes { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "runner_has_sandboxes", message)
             }
-            Rejection::InsufficientCapacity { .. } | Rejection::RunnerNotSchedulable { .. } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message)
-            }
+            Rejection::InsufficientCapacity { .. }
+            | Rejection::RunnerNotSchedulable { .. }
+            | Rejection::NoCapacity { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message),
             Rejection::IdempotencyKeyReused => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", message)
             }
@@ -88,6 +88,7 @@ impl From<ClusterError> for ApiError {
         match e {
             ClusterError::NoLeader => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message),
             ClusterError::Timeout => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", message),
+            ClusterError::Overloaded => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message),
             ClusterError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
             ClusterError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }

@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod organizations;
 pub mod regions;
 pub mod runners;
+pub mod sandboxes;
 pub mod validate;
 
 use std::sync::Arc;
@@ -82,6 +83,7 @@ pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
     Router::new()
         .merge(regions::routes())
         .merge(runners::routes())
+        .merge(sandboxes::routes())
         .merge(organizations::routes())
         .merge(openapi::routes())
         .route("/api/admin/cluster", get(cluster_status))

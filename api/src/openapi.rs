@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{organizations, regions, runners, AppState};
+use crate::{organizations, regions, runners, sandboxes, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,13 @@ use crate::{organizations, regions, runners, AppState};
         runners::admin_get_runner,
         runners::admin_update_scheduling,
         runners::admin_delete_runner,
+        runners::admin_set_state,
+        sandboxes::create_sandbox,
+        sandboxes::list_sandboxes,
+        sandboxes::get_sandbox,
+        sandboxes::stop_sandbox,
+        sandboxes::start_sandbox,
+        sandboxes::delete_sandbox,
         organizations::create_organization,
         organizations::list_organizations,
         organizations::create_api_key,
@@ -53,6 +60,9 @@ use crate::{organizations, regions, runners, AppState};
         runners::UsageView,
         runners::RunnerView,
         runners::RunnerFull,
+        runners::RunnerStateRequest,
+        sandboxes::CreateSandboxRequest,
+        sandboxes::SandboxView,
         organizations::CreateOrganizationRequest,
         organizations::CreateApiKeyRequest,
         organizations::OrganizationView,
@@ -62,7 +72,7 @@ use crate::{organizations, regions, runners, AppState};
         crate::MemberStatus,
     )),
     modifiers(&BearerAuth),
-    tags((name = "regions"), (name = "runners"), (name = "admin"))
+    tags((name = "regions"), (name = "runners"), (name = "sandboxes"), (name = "admin"))
 )]
 pub struct ApiDoc;
 

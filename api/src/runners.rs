@@ -24,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/admin/runners", get(admin_list_runners).post(admin_create_runner))
         .route("/api/admin/runners/:runner_id", get(admin_get_runner).delete(admin_delete_runner))
         .route("/api/admin/runners/:runner_id/scheduling", patch(admin_update_scheduling))
+        .route("/api/admin/runners/:runner_id/state", patch(admin_set_state))
 }
 
 /// Prefix of runner tokens Corral generates.
@@ -72,6 +73,15 @@ pub struct AdminCreateRunnerRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SchedulingRequest {
     pub schedulable: bool,
+}
+
+/// An operator's override of a runner's state (e.g. `disabled` for maintenance, `ready` to
+/// admit a runner by hand).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunnerStateRequest {
+    #[schema(value_type = String, example = "ready")]
+    pub state: RunnerState,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -448,6 +458,24 @@ pub async fn admin_update_scheduling(
     body: Bytes,
 ) -> Result<Json<RunnerFull>, ApiError> {
     let command = Command::SetRunnerSchedulable { id: runner_id, schedulable: scheduling_body(&body)? };
+    let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
+    let machine = app.cluster.state().read();
+    Ok(Json(runner_full(&machine.state, &runner)))
+}
+
+/// Set a runner's state (operator): `ready`, `unresponsive`, `disabled`, `decommissioned`.
+#[utoipa::path(patch, path = "/api/admin/runners/{runner_id}/state", tag = "admin",
+    params(("runner_id" = String, Path, description = "Runner id")), request_body = RunnerStateRequest,
+    responses((status = 200, body = RunnerFull), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_set_state(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(runner_id): Path<String>,
+    ApiJson(body): ApiJson<RunnerStateRequest>,
+) -> Result<Json<RunnerFull>, ApiError> {
+    let command = Command::SetRunnerState { id: runner_id, state: body.state };
     let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
     let machine = app.cluster.state().read();
     Ok(Json(runner_full(&machine.state, &runner)))

@@ -5,8 +5,9 @@
 //!   AppendEntries, Vote and InstallSnapshot;
 //! - `ForwardWrite`, with which a follower hands a client's proposal to the leader, and
 //!   `ReadIndex`, with which a follower learns the leader's linearizable read point;
+//! - `PlaceSandbox`, with which a follower hands a sandbox request to the leader's scheduler;
 //! - the server side of all of them ([`raft_transport_server`]), which calls into the local
-//!   `openraft::Raft`.
+//!   `openraft::Raft` and the node's [`SandboxPlacement`].
 //!
 //! openraft messages travel as JSON in a `bytes` field (see `proto/raft.proto`): the wire
 //! format is then exactly openraft's serde types, with no hand-kept mirror of them.
@@ -21,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_storage::model::Proposal;
+use corral_storage::model::{Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_storage::{ApplyResponse, CorralNode, NodeId, Raft, TypeConfig};
 use openraft::error::{
     CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
@@ -70,6 +71,15 @@ pub enum ForwardError {
     NotLeader { leader_id: Option<NodeId>, leader: Option<CorralNode> },
     #[error("raft is unavailable: {0}")]
     Unavailable(String),
+    #[error("the scheduler queue is full; retry shortly")]
+    Overloaded,
+}
+
+/// The leader's scheduler, as the gRPC server sees it (implemented by the node).
+#[tonic::async_trait]
+pub trait SandboxPlacement: Send + Sync + 'static {
+    /// Places one sandbox (batched with others) and returns once the placement is applied.
+    async fn place(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ForwardError>;
 }
 
 /// A proposal committed and applied by the leader.
@@ -113,11 +123,15 @@ fn decode_request<T: DeserializeOwned>(payload: &Payload) -> Result<T, tonic::St
 /// The gRPC service a node serves to its peers.
 pub struct RaftTransportService {
     raft: Raft,
+    placement: Arc<dyn SandboxPlacement>,
 }
 
-/// Builds the tonic service for `raft`, with message size limits.
-pub fn raft_transport_server(raft: Raft) -> RaftTransportServer<RaftTransportService> {
-    RaftTransportServer::new(RaftTransportService { raft })
+/// Builds the tonic service for `raft` and the local scheduler, with message size limits.
+pub fn raft_transport_server(
+    raft: Raft,
+    placement: Arc<dyn SandboxPlacement>,
+) -> RaftTransportServer<RaftTransportService> {
+    RaftTransportServer::new(RaftTransportService { raft, placement })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -156,6 +170,12 @@ impl RaftTransport for RaftTransportService {
 
     async fn read_index(&self, _request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
         let reply = read_index_on_leader(&self.raft).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn place_sandbox(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let sandbox: SandboxRequest = decode_request(request.get_ref())?;
+        let reply = self.placement.place(sandbox).await;
         Ok(tonic::Response::new(encode(&reply)?))
     }
 }
@@ -207,6 +227,7 @@ impl PeerClients {
             Method::InstallSnapshot => client.install_snapshot(request).await,
             Method::ForwardWrite => client.forward_write(request).await,
             Method::ReadIndex => client.read_index(request).await,
+            Method::PlaceSandbox => client.place_sandbox(request).await,
         };
         let reply = reply.map_err(|status| match status.code() {
             tonic::Code::Unavailable => NetError::Unreachable { addr: addr.to_string(), reason: status.to_string() },
@@ -226,6 +247,16 @@ impl PeerClients {
         self.call(addr, Method::ForwardWrite, proposal, timeout).await
     }
 
+    /// Hands a sandbox request to the scheduler of the leader at `addr`.
+    pub async fn place_sandbox(
+        &self,
+        addr: &str,
+        request: &SandboxRequest,
+        timeout: Duration,
+    ) -> Result<Result<Result<Sandbox, Rejection>, ForwardError>, NetError> {
+        self.call(addr, Method::PlaceSandbox, request, timeout).await
+    }
+
     /// Asks the leader at `addr` for a read index.
     pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<Result<u64, ForwardError>, NetError> {
         self.call(addr, Method::ReadIndex, &(), timeout).await
@@ -239,6 +270,7 @@ enum Method {
     InstallSnapshot,
     ForwardWrite,
     ReadIndex,
+    PlaceSandbox,
 }
 
 /// openraft's network factory over [`PeerClients`].

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use corral_api::{ClusterError, ClusterHandle, ClusterStatus, MemberStatus, ReadConsistency};
-use corral_net::{read_index_on_leader, write_on_leader, ForwardError, NetError, PeerClients};
-use corral_storage::model::{ApplyResult, Proposal};
+use corral_net::{read_index_on_leader, write_on_leader, ForwardError, NetError, PeerClients, SandboxPlacement};
+use corral_storage::model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_storage::{CorralNode, NodeId, Raft, SharedState};
 use openraft::ServerState;
 use tokio::time::Instant;
@@ -23,6 +23,7 @@ pub struct RaftCluster {
     pub raft: Raft,
     pub shared: SharedState,
     pub clients: PeerClients,
+    pub scheduler: crate::scheduler::Scheduler,
     pub request_timeout: Duration,
 }
 
@@ -101,12 +102,38 @@ impl ClusterHandle for RaftCluster {
                 Ok(Ok(committed)) => return Ok(committed.response.0),
                 Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
                 Ok(Err(ForwardError::Unavailable(msg))) => ClusterError::Unavailable(msg),
+                Ok(Err(ForwardError::Overloaded)) => return Err(ClusterError::Overloaded),
                 Err(e) => net_error(e),
             };
             if matches!(last, ClusterError::Timeout) {
                 return Err(last);
             }
             // The same idempotency key makes the retry safe even if the first attempt committed.
+            Self::pause_or_give_up(deadline, last).await?;
+        }
+    }
+
+    async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let attempt = match self.leader(deadline).await? {
+                Target::Local => Ok(self.scheduler.place(request.clone()).await),
+                Target::Remote(node) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    self.clients.place_sandbox(&node.raft_addr, &request, remaining).await
+                }
+            };
+            let last = match attempt {
+                Ok(Ok(result)) => return Ok(result),
+                Ok(Err(ForwardError::Overloaded)) => return Err(ClusterError::Overloaded),
+                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
+                Ok(Err(ForwardError::Unavailable(msg))) => ClusterError::Unavailable(msg),
+                Err(e) => net_error(e),
+            };
+            if matches!(last, ClusterError::Timeout) {
+                return Err(last);
+            }
+            // Safe to retry: the request keeps its sandbox id and idempotency key.
             Self::pause_or_give_up(deadline, last).await?;
         }
     }
@@ -128,6 +155,7 @@ impl ClusterHandle for RaftCluster {
                 Ok(Ok(index)) => return self.wait_applied(index, deadline).await,
                 Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
                 Ok(Err(ForwardError::Unavailable(msg))) => ClusterError::Unavailable(msg),
+                Ok(Err(ForwardError::Overloaded)) => return Err(ClusterError::Overloaded),
                 Err(e) => net_error(e),
             };
             Self::pause_or_give_up(deadline, last).await?;

@@ -6,6 +6,8 @@
 //!   server for clients, bootstrap and graceful shutdown;
 //! - [`cluster`]: `RaftCluster`, the API's `ClusterHandle` on openraft (leader forwarding,
 //!   read index);
+//! - [`scheduler`] and [`placement`]: the leader's batched scheduler and its pure placement
+//!   core;
 //! - [`dev`]: `corral dev`, a local 3-node cluster of real processes;
 //! - [`ctl`]: `corral ctl`, the REST client for every API operation;
 //! - [`shared_regions`]: the leader makes sure the shared regions exist.
@@ -16,5 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+pub mod placement;
+pub mod scheduler;
 pub mod serve;
 pub mod shared_regions;

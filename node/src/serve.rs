@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::cluster::RaftCluster;
 use crate::config::NodeConfig;
+use crate::scheduler::{Scheduler, SchedulerConfig};
 
 async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host(addr)
@@ -83,13 +84,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await
         .context("cannot start raft")?;
 
+    let scheduler = Scheduler::start(raft.clone(), shared.clone(), SchedulerConfig::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let grpc = {
         let mut stop = stop_rx.clone();
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
-            .add_service(raft_transport_server(raft.clone()));
+            .add_service(raft_transport_server(raft.clone(), Arc::new(scheduler.clone())));
         tokio::spawn(async move {
             server
                 .serve_with_shutdown(raft_listen, async move {
@@ -108,6 +110,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         raft: raft.clone(),
         shared,
         clients,
+        scheduler,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
     });
     tokio::spawn(crate::shared_regions::ensure_on_leadership(raft.clone(), cluster.clone(), stop_rx.clone()));

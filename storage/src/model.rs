@@ -128,6 +128,8 @@ pub struct Sandbox {
     pub region_id: String,
     pub runner_id: String,
     pub resources: Resources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub state: SandboxState,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -158,6 +160,28 @@ pub struct Placement {
     pub region_id: String,
     pub runner_id: String,
     pub resources: Resources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The client's scoped idempotency key for this one sandbox: a placement whose key was
+    /// applied before returns that first sandbox and places nothing.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A request to create a sandbox, as it travels to the leader's scheduler.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SandboxRequest {
+    /// Chosen by the node that received the request.
+    pub sandbox_id: String,
+    pub organization_id: String,
+    /// The region name the client asked for.
+    pub target: String,
+    pub region_id: String,
+    pub resources: Resources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// A change to an optional field. (Not `Option<Option<T>>`: JSON, which carries proposals
@@ -347,6 +371,8 @@ pub enum Rejection {
     InsufficientCapacity { runner_id: String },
     #[error("runner '{runner_id}' does not accept sandboxes (state {state:?}, schedulable {schedulable})")]
     RunnerNotSchedulable { runner_id: String, state: RunnerState, schedulable: bool },
+    #[error("no runner in region '{region_id}' has room for the sandbox")]
+    NoCapacity { region_id: String },
     #[error("the Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
     #[error("{0}")]
@@ -759,7 +785,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             Ok(Outcome::Deleted { kind: ObjectKind::Runner, id: id.clone() })
         }
         Command::PlaceSandboxes { placements } => {
-            let results = placements.iter().map(|p| place_one(state, p, at)).collect();
+            let results = placements.iter().map(|p| place_idempotent(state, p, at)).collect();
             Ok(Outcome::Placed(results))
         }
         Command::SetSandboxState { id, state: new_state } => {
@@ -781,6 +807,32 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             Ok(Outcome::Deleted { kind: ObjectKind::Sandbox, id: id.clone() })
         }
     }
+}
+
+/// The result a placement's idempotency key recorded, if any.
+pub fn recorded_placement(state: &State, key: &str) -> Option<Result<Sandbox, Rejection>> {
+    state.idempotency.get(key).map(|record| match &record.result {
+        Ok(Outcome::Sandbox(sandbox)) => Ok(sandbox.clone()),
+        Ok(_) => Err(Rejection::IdempotencyKeyReused),
+        Err(e) => Err(e.clone()),
+    })
+}
+
+fn place_idempotent(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Rejection> {
+    let Some(key) = &p.idempotency_key else {
+        return place_one(state, p, at);
+    };
+    if let Some(first) = recorded_placement(state, key) {
+        return first;
+    }
+    let result = place_one(state, p, at);
+    // Only successes are remembered: a failed placement changed nothing, and a retry may fit.
+    if let Ok(sandbox) = &result {
+        let record = IdempotencyRecord { at, fingerprint: None, result: Ok(Outcome::Sandbox(sandbox.clone())) };
+        state.idempotency.insert(key.clone(), record);
+        state.idempotency_by_age.insert((at, key.clone()));
+    }
+    result
 }
 
 /// Re-checks capacity on apply: whatever a stale leader decided, a runner is never overcommitted.
@@ -814,6 +866,7 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
         region_id: p.region_id.clone(),
         runner_id: p.runner_id.clone(),
         resources: p.resources,
+        labels: p.labels.clone(),
         state: SandboxState::Started,
         created_at: at,
         updated_at: at,

@@ -48,6 +48,8 @@ fn placement(sandbox: &str, region: &str, runner: &str, cpu: u64) -> Placement {
         region_id: region.into(),
         runner_id: runner.into(),
         resources: Resources { cpu, memory_gib: cpu, disk_gib: cpu },
+        labels: Default::default(),
+        idempotency_key: None,
     }
 }
 
@@ -369,6 +371,25 @@ fn a_scope_sees_only_its_organization() {
     assert!(apply(&mut s, &as_o1(Command::DeleteRunner { id: "r1".into() })).is_ok());
     assert!(apply(&mut s, &as_o1(Command::DeleteRegion { id: "mine".into() })).is_ok());
     assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn a_placement_with_an_idempotency_key_is_placed_once() {
+    let mut s = fleet();
+    let mut p = placement("s1", "reg", "run", 1);
+    p.idempotency_key = Some("org|k".into());
+    let Ok(Outcome::Placed(first)) = run(&mut s, Command::PlaceSandboxes { placements: vec![p.clone()] }) else {
+        panic!("placed")
+    };
+    // The retry carries a new sandbox id (chosen by whichever node got the retry).
+    let mut retry = p.clone();
+    retry.sandbox_id = "s2".into();
+    let Ok(Outcome::Placed(second)) = run(&mut s, Command::PlaceSandboxes { placements: vec![retry] }) else {
+        panic!("placed")
+    };
+    assert_eq!(first, second);
+    assert_eq!(s.sandboxes.len(), 1);
+    assert_eq!(s.runners["run"].allocated.cpu, 1);
 }
 
 #[test]

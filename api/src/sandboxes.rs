@@ -1,0 +1,281 @@
+//! `/api/sandboxes`: workloads of the caller's organization, placed by the leader's scheduler
+//! on a runner of the target region.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use corral_storage::model::{Command, Outcome, Resources, Sandbox, SandboxRequest, SandboxState};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Caller;
+use crate::extract::{ApiJson, ApiQuery, ReadParams};
+use crate::idempotency::Idempotency;
+use crate::regions::visible;
+use crate::{rfc3339, ApiError, AppState, ReadConsistency};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/sandboxes", get(list_sandboxes).post(create_sandbox))
+        .route("/api/sandboxes/:sandbox_id", get(get_sandbox).delete(delete_sandbox))
+        .route("/api/sandboxes/:sandbox_id/stop", post(stop_sandbox))
+        .route("/api/sandboxes/:sandbox_id/start", post(start_sandbox))
+}
+
+/// Defaults when a request leaves a resource out.
+pub const DEFAULT_RESOURCES: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3 };
+/// Largest single sandbox accepted (cpu, memory GiB, disk GiB).
+pub const MAX_RESOURCES: Resources = Resources { cpu: 256, memory_gib: 4096, disk_gib: 65_536 };
+/// Labels: at most this many, keys and values at most 63 / 255 characters.
+pub const MAX_LABELS: usize = 64;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    /// Region name (one of the organization's custom regions, or a shared region).
+    #[schema(example = "us")]
+    pub target: String,
+    /// Cores; default 1.
+    pub cpu: Option<u64>,
+    /// Default 1.
+    #[serde(rename = "memoryGiB")]
+    pub memory_gib: Option<u64>,
+    /// Default 3.
+    #[serde(rename = "diskGiB")]
+    pub disk_gib: Option<u64>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxView {
+    pub id: String,
+    pub organization_id: String,
+    pub target: String,
+    pub region_id: String,
+    pub runner_id: String,
+    pub cpu: u64,
+    #[serde(rename = "memoryGiB")]
+    pub memory_gib: u64,
+    #[serde(rename = "diskGiB")]
+    pub disk_gib: u64,
+    pub labels: BTreeMap<String, String>,
+    /// `pending`, `started`, `stopped`, `error` or `destroyed`.
+    #[schema(value_type = String, example = "started")]
+    pub state: SandboxState,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Sandbox> for SandboxView {
+    fn from(s: &Sandbox) -> Self {
+        SandboxView {
+            id: s.id.clone(),
+            organization_id: s.organization_id.clone(),
+            target: s.target.clone(),
+            region_id: s.region_id.clone(),
+            runner_id: s.runner_id.clone(),
+            cpu: s.resources.cpu,
+            memory_gib: s.resources.memory_gib,
+            disk_gib: s.resources.disk_gib,
+            labels: s.labels.clone(),
+            state: s.state,
+            created_at: rfc3339(s.created_at),
+            updated_at: rfc3339(s.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxListParams {
+    /// Only sandboxes in this state.
+    #[param(value_type = Option<String>, example = "started")]
+    pub state: Option<SandboxState>,
+    pub region_id: Option<String>,
+    pub runner_id: Option<String>,
+    /// `linearizable` (default) or `stale`.
+    #[serde(default)]
+    #[param(value_type = Option<String>, example = "stale")]
+    pub consistency: ReadConsistency,
+}
+
+fn validate_resources(body: &CreateSandboxRequest) -> Result<Resources, ApiError> {
+    let resources = Resources {
+        cpu: body.cpu.unwrap_or(DEFAULT_RESOURCES.cpu),
+        memory_gib: body.memory_gib.unwrap_or(DEFAULT_RESOURCES.memory_gib),
+        disk_gib: body.disk_gib.unwrap_or(DEFAULT_RESOURCES.disk_gib),
+    };
+    for (field, value, max) in [
+        ("cpu", resources.cpu, MAX_RESOURCES.cpu),
+        ("memoryGiB", resources.memory_gib, MAX_RESOURCES.memory_gib),
+        ("diskGiB", resources.disk_gib, MAX_RESOURCES.disk_gib),
+    ] {
+        if value == 0 || value > max {
+            return Err(ApiError::unprocessable(format!("{field} must be between 1 and {max}")));
+        }
+    }
+    if let Some(labels) = &body.labels {
+        if labels.len() > MAX_LABELS {
+            return Err(ApiError::unprocessable(format!("at most {MAX_LABELS} labels")));
+        }
+        if labels.iter().any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 255) {
+            return Err(ApiError::unprocessable("label keys must be 1–63 characters and values at most 255"));
+        }
+    }
+    Ok(resources)
+}
+
+/// Create a sandbox on a runner of the target region.
+#[utoipa::path(post, path = "/api/sandboxes", tag = "sandboxes", request_body = CreateSandboxRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the first sandbox")),
+    responses((status = 201, body = SandboxView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "unknown target region"), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`no_capacity`: no runner has room; or no leader")),
+    security(("bearer" = [])))]
+pub async fn create_sandbox(
+    State(app): State<AppState>,
+    caller: Caller,
+    idempotency: Idempotency,
+    ApiJson(body): ApiJson<CreateSandboxRequest>,
+) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
+    let resources = validate_resources(&body)?;
+    // The caller's own custom region of that name first, then a shared one.
+    let region_id = {
+        let machine = app.cluster.state().read();
+        let state = &machine.state;
+        state
+            .region_by_name(&caller.organization_id, &body.target)
+            .or_else(|| state.region_by_name("", &body.target).filter(|r| visible(r, &caller)))
+            .map(|r| r.id.clone())
+    };
+    let region_id = match region_id {
+        Some(id) => id,
+        None => {
+            // The region may have been created through another node a moment ago.
+            app.cluster.read_barrier(ReadConsistency::Linearizable).await?;
+            let machine = app.cluster.state().read();
+            machine
+                .state
+                .region_by_name(&caller.organization_id, &body.target)
+                .or_else(|| machine.state.region_by_name("", &body.target))
+                .map(|r| r.id.clone())
+                .ok_or_else(|| ApiError::not_found(format!("target region '{}' not found", body.target)))?
+        }
+    };
+    let request = SandboxRequest {
+        sandbox_id: uuid::Uuid::new_v4().to_string(),
+        organization_id: caller.organization_id.clone(),
+        target: body.target.clone(),
+        region_id,
+        resources,
+        labels: body.labels.clone().unwrap_or_default(),
+        idempotency_key: idempotency.scoped_key(&caller.organization_id),
+    };
+    let sandbox = app.cluster.create_sandbox(request).await??;
+    Ok((StatusCode::CREATED, Json(SandboxView::from(&sandbox))))
+}
+
+/// List the organization's sandboxes.
+#[utoipa::path(get, path = "/api/sandboxes", tag = "sandboxes", params(SandboxListParams),
+    responses((status = 200, body = [SandboxView]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_sandboxes(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<SandboxListParams>,
+) -> Result<Json<Vec<SandboxView>>, ApiError> {
+    app.cluster.read_barrier(params.consistency).await?;
+    let machine = app.cluster.state().read();
+    let sandboxes = machine
+        .state
+        .sandboxes
+        .values()
+        .filter(|s| s.organization_id == caller.organization_id)
+        .filter(|s| params.state.is_none_or(|st| s.state == st))
+        .filter(|s| params.region_id.as_ref().is_none_or(|r| &s.region_id == r))
+        .filter(|s| params.runner_id.as_ref().is_none_or(|r| &s.runner_id == r))
+        .map(SandboxView::from)
+        .collect();
+    Ok(Json(sandboxes))
+}
+
+/// Get one sandbox.
+#[utoipa::path(get, path = "/api/sandboxes/{sandbox_id}", tag = "sandboxes",
+    params(("sandbox_id" = String, Path, description = "Sandbox id"), ReadParams),
+    responses((status = 200, body = SandboxView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_sandbox(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(sandbox_id): Path<String>,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Json<SandboxView>, ApiError> {
+    app.cluster.read_barrier(params.consistency).await?;
+    let machine = app.cluster.state().read();
+    machine
+        .state
+        .sandboxes
+        .get(&sandbox_id)
+        .filter(|s| s.organization_id == caller.organization_id)
+        .map(|s| Json(SandboxView::from(s)))
+        .ok_or_else(|| ApiError::not_found(format!("sandbox '{sandbox_id}' not found")))
+}
+
+async fn set_state(app: &AppState, caller: &Caller, id: String, state: SandboxState) -> Result<SandboxView, ApiError> {
+    let command = Command::SetSandboxState { id, state };
+    match app.submit(command, caller.scope(), &Idempotency::none(), &caller.organization_id, None).await? {
+        Outcome::Sandbox(s) => Ok(SandboxView::from(&s)),
+        other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+/// Stop a sandbox (it keeps its reservation on the runner).
+#[utoipa::path(post, path = "/api/sandboxes/{sandbox_id}/stop", tag = "sandboxes",
+    params(("sandbox_id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = SandboxView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn stop_sandbox(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(sandbox_id): Path<String>,
+) -> Result<Json<SandboxView>, ApiError> {
+    Ok(Json(set_state(&app, &caller, sandbox_id, SandboxState::Stopped).await?))
+}
+
+/// Start a stopped sandbox again, on the runner it is reserved on.
+#[utoipa::path(post, path = "/api/sandboxes/{sandbox_id}/start", tag = "sandboxes",
+    params(("sandbox_id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = SandboxView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start_sandbox(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(sandbox_id): Path<String>,
+) -> Result<Json<SandboxView>, ApiError> {
+    Ok(Json(set_state(&app, &caller, sandbox_id, SandboxState::Started).await?))
+}
+
+/// Delete a sandbox and free its resources.
+#[utoipa::path(delete, path = "/api/sandboxes/{sandbox_id}", tag = "sandboxes",
+    params(("sandbox_id" = String, Path, description = "Sandbox id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_sandbox(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(sandbox_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let command = Command::DeleteSandbox { id: sandbox_id };
+    app.submit(command, caller.scope(), &Idempotency::none(), &caller.organization_id, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,181 @@
+//! Sandboxes through the leader's batched scheduler on a real 3-node cluster: placement within
+//! capacity, no_capacity, lifecycle and allocation, idempotency, concurrency, and a leader kill.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{TestCluster, ADMIN_KEY};
+use serde_json::{json, Value};
+
+/// A region with `runners` ready runners of 4 cpu / 8 GiB / 40 GiB each; returns the region name.
+fn fleet(c: &TestCluster, via: u64, key: &str, name: &str, runners: usize) -> String {
+    let (s, region) = c.call(via, "POST", "/api/regions", Some(key), Some(&json!({ "name": name })), &[]);
+    assert_eq!(s, 201, "{region}");
+    let region_id = region["id"].as_str().expect("id").to_string();
+    for i in 0..runners {
+        let body = json!({ "name": format!("{name}-r{i}"), "regionId": region_id, "apiKey": format!("tok-{name}-{i}-0123456789"),
+            "apiVersion": "2", "cpu": 4, "memoryGiB": 8, "diskGiB": 40 });
+        let (s, runner) = c.call(via, "POST", "/api/admin/runners", Some(ADMIN_KEY), Some(&body), &[]);
+        assert_eq!(s, 201, "{runner}");
+        let path = format!("/api/admin/runners/{}/state", runner["id"].as_str().expect("id"));
+        let (s, ready) = c.call(via, "PATCH", &path, Some(ADMIN_KEY), Some(&json!({ "state": "ready" })), &[]);
+        assert_eq!((s, ready["state"].as_str()), (200, Some("ready")), "{ready}");
+    }
+    name.to_string()
+}
+
+fn allocation(c: &TestCluster, via: u64) -> HashMap<String, (u64, u64)> {
+    let (_, runners) = c.call(via, "GET", "/api/admin/runners", Some(ADMIN_KEY), None, &[]);
+    runners
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| {
+            let id = r["id"].as_str().expect("id").to_string();
+            (id, (r["allocated"]["cpu"].as_u64().unwrap_or(0), r["capacity"]["cpu"].as_u64().unwrap_or(0)))
+        })
+        .collect()
+}
+
+#[test]
+fn sandboxes_are_placed_within_capacity_and_follow_their_lifecycle() {
+    let mut c = TestCluster::start(3, &["--request-timeout-ms", "5000"]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let follower = (1..=3).find(|&n| n != leader).expect("follower");
+    let (_, key) = c.create_organization(follower, "sbx");
+    let k = Some(key.as_str());
+    let target = fleet(&c, follower, &key, "compute", 3); // 12 cpu in all
+
+    // Validation and unknown targets.
+    let (s, body) = c.call(follower, "POST", "/api/sandboxes", k, Some(&json!({ "target": "nowhere" })), &[]);
+    assert_eq!((s, body["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (s, _) = c.call(follower, "POST", "/api/sandboxes", k, Some(&json!({ "target": target, "cpu": 0 })), &[]);
+    assert_eq!(s, 422);
+    let (s, _) =
+        c.call(follower, "POST", "/api/sandboxes", k, Some(&json!({ "target": target, "memoryGiB": 100000 })), &[]);
+    assert_eq!(s, 422);
+    let (s, body) = c.call(follower, "POST", "/api/sandboxes", k, Some(&json!({ "target": "us" })), &[]);
+    assert_eq!((s, body["code"].as_str()), (503, Some("no_capacity")), "shared region without runners: {body}");
+
+    // Defaults: 1 cpu / 1 GiB / 3 GiB; labels kept.
+    let (s, first) = c.call(
+        follower,
+        "POST",
+        "/api/sandboxes",
+        k,
+        Some(&json!({ "target": target, "labels": { "app": "web" } })),
+        &[],
+    );
+    assert_eq!(s, 201, "{first}");
+    assert_eq!(
+        (first["cpu"].as_u64(), first["memoryGiB"].as_u64(), first["diskGiB"].as_u64()),
+        (Some(1), Some(1), Some(3))
+    );
+    assert_eq!((first["state"].as_str(), first["labels"]["app"].as_str()), (Some("started"), Some("web")));
+
+    // Fill the region through both nodes: 11 more cpu fit, the 12th request does not.
+    let mut placed = vec![first.clone()];
+    for i in 0..11 {
+        let via = if i % 2 == 0 { leader } else { follower };
+        let (s, sb) = c.call(via, "POST", "/api/sandboxes", k, Some(&json!({ "target": target })), &[]);
+        assert_eq!(s, 201, "sandbox {i}: {sb}");
+        placed.push(sb);
+    }
+    let (s, body) = c.call(leader, "POST", "/api/sandboxes", k, Some(&json!({ "target": target })), &[]);
+    assert_eq!((s, body["code"].as_str()), (503, Some("no_capacity")), "{body}");
+    for (id, (allocated, capacity)) in allocation(&c, follower) {
+        assert!(allocated <= capacity, "runner {id} over capacity");
+        assert_eq!(allocated, 4, "12 one-cpu sandboxes spread over three 4-cpu runners fill each");
+    }
+
+    // List with filters; get; stop keeps the reservation; delete frees it.
+    let (_, all) = c.call(follower, "GET", "/api/sandboxes", k, None, &[]);
+    assert_eq!(all.as_array().map(Vec::len), Some(12));
+    let runner_id = first["runnerId"].as_str().expect("runner").to_string();
+    let (_, on_runner) = c.call(follower, "GET", &format!("/api/sandboxes?runnerId={runner_id}"), k, None, &[]);
+    assert_eq!(on_runner.as_array().map(Vec::len), Some(4));
+    let id = first["id"].as_str().expect("id").to_string();
+    let (s, stopped) = c.call(leader, "POST", &format!("/api/sandboxes/{id}/stop"), k, None, &[]);
+    assert_eq!((s, stopped["state"].as_str()), (200, Some("stopped")));
+    let (_, list) = c.call(follower, "GET", "/api/sandboxes?state=stopped", k, None, &[]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let (s, body) = c.call(leader, "POST", "/api/sandboxes", k, Some(&json!({ "target": target })), &[]);
+    assert_eq!(s, 503, "a stopped sandbox keeps its reservation: {body}");
+    let (s, started) = c.call(follower, "POST", &format!("/api/sandboxes/{id}/start"), k, None, &[]);
+    assert_eq!((s, started["state"].as_str()), (200, Some("started")));
+    let (s, _) = c.call(follower, "DELETE", &format!("/api/sandboxes/{id}"), k, None, &[]);
+    assert_eq!(s, 204);
+    let (s, _) = c.call(follower, "GET", &format!("/api/sandboxes/{id}"), k, None, &[]);
+    assert_eq!(s, 404);
+    let freed = allocation(&c, follower)[&runner_id].0;
+    assert_eq!(freed, 3);
+
+    // Idempotent creation: the replay returns the first sandbox and places nothing.
+    let header = [("Idempotency-Key", "sbx-1")];
+    let (s, one) = c.call(follower, "POST", "/api/sandboxes", k, Some(&json!({ "target": target })), &header);
+    assert_eq!(s, 201, "{one}");
+    let (s, again) = c.call(leader, "POST", "/api/sandboxes", k, Some(&json!({ "target": target })), &header);
+    assert_eq!((s, &again), (201, &one));
+
+    // Another organization sees none of it.
+    let (_, other_key) = c.create_organization(leader, "other");
+    let (_, list) = c.call(follower, "GET", "/api/sandboxes", Some(&other_key), None, &[]);
+    assert_eq!(list.as_array().map(Vec::len), Some(0));
+    let one_id = one["id"].as_str().expect("id");
+    for (method, path) in [
+        ("GET", format!("/api/sandboxes/{one_id}")),
+        ("POST", format!("/api/sandboxes/{one_id}/stop")),
+        ("DELETE", format!("/api/sandboxes/{one_id}")),
+    ] {
+        let (s, _) = c.call(follower, method, &path, Some(&other_key), None, &[]);
+        assert_eq!(s, 404, "{method} {path}");
+    }
+
+    // The scheduler moves with leadership: kill the leader, free room, place again.
+    let some = placed[1]["id"].as_str().expect("id").to_string();
+    let (s, _) = c.call(follower, "DELETE", &format!("/api/sandboxes/{some}"), k, None, &[]);
+    assert_eq!(s, 204);
+    c.kill(leader);
+    let (s, after) = c.call(follower, "POST", "/api/sandboxes", k, Some(&json!({ "target": target })), &[]);
+    assert_eq!(s, 201, "placed by the new leader: {after}");
+    c.start_node(leader);
+    c.wait_converged(Duration::from_secs(60));
+    for (id, (allocated, capacity)) in allocation(&c, leader) {
+        assert!(allocated <= capacity, "runner {id} over capacity on the restarted node");
+    }
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_never_overcommit() {
+    let c = TestCluster::start(3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let follower = (1..=3).find(|&n| n != leader).expect("follower");
+    let (_, key) = c.create_organization(leader, "burst");
+    let target = fleet(&c, leader, &key, "burst", 5); // 20 cpu
+
+    // 16 threads × 3 requests of 1 cpu = 48 requests for 20 cpu: exactly 20 succeed.
+    let results: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|t| {
+                let (c, key, target) = (&c, &key, &target);
+                scope.spawn(move || {
+                    (0..3)
+                        .map(|_| {
+                            let via = if t % 2 == 0 { leader } else { follower };
+                            c.call(via, "POST", "/api/sandboxes", Some(key), Some(&json!({ "target": target })), &[])
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("thread")).collect()
+    });
+    let created = results.iter().filter(|(s, _)| *s == 201).count();
+    let refused = results.iter().filter(|(s, b)| *s == 503 && b["code"] == "no_capacity").count();
+    assert_eq!((created, refused), (20, 28), "{results:?}");
+    for (id, (allocated, capacity)) in allocation(&c, follower) {
+        assert_eq!((allocated, capacity), (4, 4), "runner {id}");
+    }
+}
