@@ -1,5 +1,70 @@
 //! # corral-benches
 //!
-//! Will own the criterion benchmarks (placement core, `apply` of a placement batch, RocksDB
-//! log append) and the `loadgen` binary (issue "Sandboxes and the leader's batched scheduler").
-//! Nothing is implemented yet; the crate exists so the workspace has the layout of DESIGN.md.
+//! Benchmarks are code (see the README's "Performance" section for the commands):
+//! - `benches/placement.rs`: the placement core at 1k, 10k and 100k runners (placements/s);
+//! - `benches/apply.rs`: `apply` of a 1,000-sandbox `PlaceSandboxes` batch;
+//! - `benches/log_append.rs`: RocksDB log append, fsync on and off;
+//! - `src/bin/loadgen.rs`: end-to-end REST load against a running cluster.
+//!
+//! [`fleet`] builds the synthetic fleets the benchmarks share.
+
+use corral_storage::model::{apply, Command, Placement, Proposal, RegionType, Resources, RunnerState, State};
+
+/// Capacity of every synthetic runner.
+pub const RUNNER_CAPACITY: Resources = Resources { cpu: 64, memory_gib: 256, disk_gib: 2_000 };
+/// The default sandbox size.
+pub const SANDBOX: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3 };
+
+/// A state with one custom region `bench` of `runners` ready runners.
+pub fn fleet(runners: usize) -> State {
+    let mut state = State::default();
+    let region = Command::CreateRegion {
+        id: "bench".into(),
+        organization_id: "org".into(),
+        name: "bench".into(),
+        region_type: RegionType::Custom,
+        proxy_url: None,
+        ssh_gateway_url: None,
+        snapshot_manager_url: None,
+        proxy_api_key_hash: None,
+        ssh_gateway_api_key_hash: None,
+        snapshot_manager_username: None,
+        snapshot_manager_password: None,
+    };
+    let _ = apply(&mut state, &Proposal::new(region, 1));
+    for i in 0..runners {
+        let id = format!("runner-{i:06}");
+        let create = Command::CreateRunner {
+            id: id.clone(),
+            region_id: "bench".into(),
+            name: id.clone(),
+            api_key_hash: String::new(),
+            api_key_hint: String::new(),
+            api_version: "2".into(),
+            domain: None,
+            api_url: None,
+            proxy_url: None,
+            capacity: RUNNER_CAPACITY,
+        };
+        let _ = apply(&mut state, &Proposal::new(create, 1));
+        let _ = apply(&mut state, &Proposal::new(Command::SetRunnerState { id, state: RunnerState::Ready }, 1));
+    }
+    state
+}
+
+/// `n` placements of default sandboxes spread round-robin over the fleet's runners.
+pub fn placements(state: &State, n: usize, offset: usize) -> Vec<Placement> {
+    let runners: Vec<&String> = state.runners.keys().collect();
+    (0..n)
+        .map(|i| Placement {
+            sandbox_id: format!("sandbox-{:09}", offset + i),
+            organization_id: "org".into(),
+            target: "bench".into(),
+            region_id: "bench".into(),
+            runner_id: runners[(offset + i) % runners.len()].clone(),
+            resources: SANDBOX,
+            labels: Default::default(),
+            idempotency_key: None,
+        })
+        .collect()
+}

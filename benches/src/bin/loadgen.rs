@@ -1,0 +1,245 @@
+//! `loadgen`: drives N concurrent HTTP clients (each one keep-alive connection) at a cluster
+//! for a duration, creating sandboxes (or regions), and prints throughput, latency
+//! percentiles and error counts, as text and, with `--json`, as JSON.
+//!
+//! With `--admin-token`, it first prepares a region of ready runners big enough for the run,
+//! so it works against a fresh `corral dev` cluster:
+//!
+//! ```sh
+//! cargo run --release -p corral-benches --bin loadgen -- \
+//!   --addrs http://127.0.0.1:8801,http://127.0.0.1:8802,http://127.0.0.1:8803 \
+//!   --token $(cut -d' ' -f2 data/org-key) --admin-token $(cat data/admin-key) \
+//!   --connections 256 --duration 30
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Workload {
+    Sandboxes,
+    Regions,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "End-to-end REST load for a Corral cluster")]
+struct Args {
+    /// Comma-separated base URLs; connections are spread over them round-robin.
+    #[arg(
+        long,
+        env = "CORRAL_ADDRS",
+        default_value = "http://127.0.0.1:8801,http://127.0.0.1:8802,http://127.0.0.1:8803"
+    )]
+    addrs: String,
+    /// Organization API key.
+    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Admin key: when given, a region with ready runners is prepared for the sandboxes.
+    #[arg(long, env = "CORRAL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Target region for sandboxes (created when --admin-token is given).
+    #[arg(long, default_value = "loadgen")]
+    target: String,
+    /// Runners to create in the target region (each 1,000,000 cpu).
+    #[arg(long, default_value_t = 100)]
+    runners: usize,
+    #[arg(long, value_enum, default_value = "sandboxes")]
+    workload: Workload,
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
+    /// Seconds.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    workload: Workload,
+    connections: usize,
+    duration_seconds: f64,
+    requests: u64,
+    succeeded: u64,
+    throughput_per_second: f64,
+    latency_ms: Latencies,
+    errors: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Latencies {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+async fn prepare(args: &Args, base: &str, admin: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{base}/api/regions"))
+        .bearer_auth(&args.token)
+        .json(&json!({ "name": args.target }))
+        .send()
+        .await?;
+    let region: Value = match resp.status().as_u16() {
+        201 => resp.json().await?,
+        409 => {
+            let list: Value =
+                client.get(format!("{base}/api/regions")).bearer_auth(&args.token).send().await?.json().await?;
+            list.as_array()
+                .and_then(|l| l.iter().find(|r| r["name"] == args.target.as_str()).cloned())
+                .context("target region exists but is not listed")?
+        }
+        s => bail!("cannot create region {}: {s} {}", args.target, resp.text().await.unwrap_or_default()),
+    };
+    let region_id = region["id"].as_str().context("region without id")?.to_string();
+    let existing: Value = client
+        .get(format!("{base}/api/admin/runners?regionId={region_id}"))
+        .bearer_auth(admin)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let have = existing.as_array().map(Vec::len).unwrap_or(0);
+    for i in have..args.runners {
+        let body = json!({ "name": format!("{}-runner-{i}", args.target), "regionId": region_id,
+            "apiKey": format!("loadgen-token-{}-{i}", args.target), "apiVersion": "2",
+            "cpu": 1_000_000, "memoryGiB": 1_000_000, "diskGiB": 10_000_000 });
+        let runner: Value = client
+            .post(format!("{base}/api/admin/runners"))
+            .bearer_auth(admin)
+            .json(&body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = runner["id"].as_str().with_context(|| format!("runner not created: {runner}"))?;
+        client
+            .patch(format!("{base}/api/admin/runners/{id}/state"))
+            .bearer_auth(admin)
+            .json(&json!({ "state": "ready" }))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let addrs: Vec<String> = args.addrs.split(',').map(|a| a.trim().trim_end_matches('/').to_string()).collect();
+    if addrs.is_empty() || args.connections == 0 {
+        bail!("need at least one address and one connection");
+    }
+    if let (Some(admin), Workload::Sandboxes) = (&args.admin_token, args.workload) {
+        prepare(&args, &addrs[0], admin).await?;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.connections);
+    for c in 0..args.connections {
+        let base = addrs[c % addrs.len()].clone();
+        let token = args.token.clone();
+        let target = args.target.clone();
+        let workload = args.workload;
+        let counter = counter.clone();
+        // One client per connection: a keep-alive connection of its own.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(30)).build()?;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::new();
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let (url, body) = match workload {
+                    Workload::Sandboxes => (format!("{base}/api/sandboxes"), json!({ "target": target })),
+                    Workload::Regions => (format!("{base}/api/regions"), json!({ "name": format!("lg-{c}-{n}") })),
+                };
+                let t0 = Instant::now();
+                let outcome = client.post(&url).bearer_auth(&token).json(&body).send().await;
+                match outcome {
+                    Ok(resp) if resp.status().as_u16() == 201 => {
+                        let _ = resp.bytes().await;
+                        latencies.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let body: Value = resp.json().await.unwrap_or(Value::Null);
+                        *errors.entry(format!("{status} {}", body["code"].as_str().unwrap_or(""))).or_default() += 1;
+                    }
+                    Err(e) => {
+                        let kind = if e.is_timeout() { "timeout" } else { "transport" };
+                        *errors.entry(kind.to_string()).or_default() += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for t in tasks {
+        let (l, e) = t.await?;
+        latencies.extend(l);
+        for (k, v) in e {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let succeeded = latencies.len() as u64;
+    let report = Report {
+        workload: args.workload,
+        connections: args.connections,
+        duration_seconds: elapsed,
+        requests: succeeded + errors.values().sum::<u64>(),
+        succeeded,
+        throughput_per_second: succeeded as f64 / elapsed,
+        latency_ms: Latencies {
+            p50: percentile(&latencies, 50.0),
+            p90: percentile(&latencies, 90.0),
+            p99: percentile(&latencies, 99.0),
+            max: latencies.last().map(|&m| m as f64 / 1000.0).unwrap_or(0.0),
+        },
+        errors,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{:?}: {} ok of {} requests in {:.1} s over {} connections = {:.0}/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}; errors {:?}",
+            report.workload,
+            report.succeeded,
+            report.requests,
+            report.duration_seconds,
+            report.connections,
+            report.throughput_per_second,
+            report.latency_ms.p50,
+            report.latency_ms.p90,
+            report.latency_ms.p99,
+            report.latency_ms.max,
+            report.errors
+        );
+    }
+    Ok(())
+}
