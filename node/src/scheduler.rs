@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use corral_net::{write_on_leader, ForwardError, SandboxPlacement};
 use corral_storage::model::{
-    recorded_placement, Command, Outcome, Placement, Proposal, Rejection, Sandbox, SandboxRequest,
+    recorded_placement, Command, ObjectKind, Outcome, Placement, Proposal, Rejection, Sandbox, SandboxRequest, State,
 };
 use corral_storage::{Raft, SharedState};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -43,11 +43,21 @@ impl Default for SchedulerConfig {
     }
 }
 
-type Reply = Result<Result<Sandbox, Rejection>, ForwardError>;
+/// What a caller gets: the sandbox or why not (`Ok(Err)`), or why the cluster could not say.
+pub type Reply = Result<Result<Sandbox, Rejection>, ForwardError>;
 
-struct Pending {
-    request: SandboxRequest,
-    reply: oneshot::Sender<Reply>,
+/// A request waiting in the queue, with where its answer goes.
+pub struct Pending {
+    pub request: SandboxRequest,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+impl Pending {
+    /// A request and the receiver of its answer.
+    pub fn new(request: SandboxRequest) -> (Pending, oneshot::Receiver<Reply>) {
+        let (reply, answer) = oneshot::channel();
+        (Pending { request, reply }, answer)
+    }
 }
 
 /// Handle for submitting requests; cheap to clone.
@@ -68,8 +78,8 @@ impl Scheduler {
 #[tonic::async_trait]
 impl SandboxPlacement for Scheduler {
     async fn place(&self, request: SandboxRequest) -> Reply {
-        let (reply, answer) = oneshot::channel();
-        self.queue.try_send(Pending { request, reply }).map_err(|e| match e {
+        let (pending, answer) = Pending::new(request);
+        self.queue.try_send(pending).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ForwardError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => ForwardError::Unavailable("scheduler stopped".into()),
         })?;
@@ -98,82 +108,124 @@ async fn run(raft: Raft, shared: SharedState, config: SchedulerConfig, mut rx: m
     }
 }
 
+/// How many times one request is placed before its last rejection is returned: a placement
+/// `apply` rejects because the runner changed under it (unschedulable, full, deleted) is
+/// placed again on the fresh state.
+pub const MAX_PLACEMENT_ATTEMPTS: u32 = 3;
+
+/// A request together with the placement decided for it.
+pub struct Planned {
+    pending: Pending,
+    placement: Placement,
+}
+
+fn not_leader(raft: &Raft) -> Option<ForwardError> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    (m.current_leader != Some(m.id)).then(|| ForwardError::NotLeader {
+        leader_id: m.current_leader,
+        leader: m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned()),
+    })
+}
+
 /// Places one batch and answers every request in it.
 async fn schedule_batch(raft: &Raft, shared: &SharedState, batch: &mut Vec<Pending>, rng: &mut rand::rngs::StdRng) {
-    let leader = {
-        let metrics = raft.metrics();
-        let m = metrics.borrow();
-        (m.current_leader == Some(m.id)).then_some(()).ok_or_else(|| ForwardError::NotLeader {
-            leader_id: m.current_leader,
-            leader: m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned()),
-        })
-    };
-    if let Err(not_leader) = leader {
+    if let Some(e) = not_leader(raft) {
         for p in batch.drain(..) {
-            let _ = p.reply.send(Err(not_leader.clone()));
+            let _ = p.reply.send(Err(e.clone()));
         }
         return;
     }
+    let planned = plan(&shared.read().state, batch.drain(..), rng);
+    commit_and_retry(raft, shared, planned, rng).await;
+}
 
-    // Decide every placement on one consistent view; answer replays and hopeless requests now.
-    let mut placements: Vec<Placement> = Vec::with_capacity(batch.len());
-    let mut waiting: Vec<oneshot::Sender<Reply>> = Vec::with_capacity(batch.len());
-    {
-        let machine = shared.read();
-        let state = &machine.state;
-        let mut indexes: HashMap<String, RegionPlacementIndex> = HashMap::new();
-        for p in batch.drain(..) {
-            let request = p.request;
-            if let Some(first) = request.idempotency_key.as_deref().and_then(|k| recorded_placement(state, k)) {
-                let _ = p.reply.send(Ok(first));
-                continue;
+/// Decides every placement of a batch on one consistent view of the state. Replays of an
+/// idempotency key and requests no runner can hold are answered here and not planned.
+pub fn plan(state: &State, batch: impl IntoIterator<Item = Pending>, rng: &mut impl Rng) -> Vec<Planned> {
+    let mut indexes: HashMap<String, RegionPlacementIndex> = HashMap::new();
+    let mut planned = Vec::new();
+    for pending in batch {
+        let request = &pending.request;
+        if let Some(first) = request.idempotency_key.as_deref().and_then(|k| recorded_placement(state, k)) {
+            let _ = pending.reply.send(Ok(first));
+            continue;
+        }
+        let index = indexes
+            .entry(request.region_id.clone())
+            .or_insert_with(|| RegionPlacementIndex::build(state.runners_in_region(&request.region_id)));
+        match index.place(request.resources, rng) {
+            Some(runner_id) => {
+                let placement = Placement {
+                    sandbox_id: request.sandbox_id.clone(),
+                    organization_id: request.organization_id.clone(),
+                    target: request.target.clone(),
+                    region_id: request.region_id.clone(),
+                    runner_id: runner_id.to_string(),
+                    resources: request.resources,
+                    labels: request.labels.clone(),
+                    idempotency_key: request.idempotency_key.clone(),
+                };
+                planned.push(Planned { pending, placement });
             }
-            let index = indexes
-                .entry(request.region_id.clone())
-                .or_insert_with(|| RegionPlacementIndex::build(state.runners_in_region(&request.region_id)));
-            match index.place(request.resources, rng) {
-                Some(runner_id) => {
-                    placements.push(Placement {
-                        sandbox_id: request.sandbox_id,
-                        organization_id: request.organization_id,
-                        target: request.target,
-                        region_id: request.region_id,
-                        runner_id: runner_id.to_string(),
-                        resources: request.resources,
-                        labels: request.labels,
-                        idempotency_key: request.idempotency_key,
-                    });
-                    waiting.push(p.reply);
-                }
-                None => {
-                    let _ = p.reply.send(Ok(Err(Rejection::NoCapacity { region_id: request.region_id })));
-                }
+            None => {
+                let region_id = request.region_id.clone();
+                let _ = pending.reply.send(Ok(Err(Rejection::NoCapacity { region_id })));
             }
         }
     }
-    if placements.is_empty() {
-        return;
-    }
+    planned
+}
 
-    let proposal = Proposal::new(Command::PlaceSandboxes { placements }, corral_api::now_millis());
-    match write_on_leader(raft, proposal).await {
-        Ok(committed) => match committed.response.0 {
-            Ok(Outcome::Placed(results)) if results.len() == waiting.len() => {
-                for (reply, result) in waiting.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
+/// Whether `apply` rejected a placement because the runner changed after it was planned.
+fn changed_under_us(rejection: &Rejection) -> bool {
+    matches!(
+        rejection,
+        Rejection::RunnerNotSchedulable { .. }
+            | Rejection::InsufficientCapacity { .. }
+            | Rejection::NotFound { kind: ObjectKind::Runner, .. }
+    )
+}
+
+/// Proposes the planned placements as ONE Raft entry, answers each request, and places again
+/// (on the state after the entry) those `apply` rejected because their runner changed.
+pub async fn commit_and_retry(raft: &Raft, shared: &SharedState, mut planned: Vec<Planned>, rng: &mut impl Rng) {
+    let mut attempt = 1;
+    while !planned.is_empty() {
+        let (pendings, placements): (Vec<Pending>, Vec<Placement>) =
+            planned.into_iter().map(|p| (p.pending, p.placement)).unzip();
+        let proposal = Proposal::new(Command::PlaceSandboxes { placements }, corral_api::now_millis());
+        let results = match write_on_leader(raft, proposal).await {
+            Ok(committed) => match committed.response.0 {
+                Ok(Outcome::Placed(results)) if results.len() == pendings.len() => results,
+                other => {
+                    tracing::error!(?other, "PlaceSandboxes applied with an unexpected outcome");
+                    for p in pendings {
+                        let _ = p.reply.send(Err(ForwardError::Unavailable("unexpected apply outcome".into())));
+                    }
+                    return;
                 }
-            }
-            other => {
-                tracing::error!(?other, "PlaceSandboxes applied with an unexpected outcome");
-                for reply in waiting {
-                    let _ = reply.send(Err(ForwardError::Unavailable("unexpected apply outcome".into())));
+            },
+            Err(e) => {
+                for p in pendings {
+                    let _ = p.reply.send(Err(e.clone()));
                 }
+                return;
             }
-        },
-        Err(e) => {
-            for reply in waiting {
-                let _ = reply.send(Err(e.clone()));
+        };
+        let mut again = Vec::new();
+        for (pending, result) in pendings.into_iter().zip(results) {
+            match result {
+                Err(rejection) if changed_under_us(&rejection) && attempt < MAX_PLACEMENT_ATTEMPTS => {
+                    tracing::debug!(%rejection, "placement rejected on apply; placing again");
+                    again.push(pending);
+                }
+                result => {
+                    let _ = pending.reply.send(Ok(result));
+                }
             }
         }
+        attempt += 1;
+        planned = if again.is_empty() { Vec::new() } else { plan(&shared.read().state, again, rng) };
     }
 }

@@ -179,3 +179,93 @@ fn concurrent_requests_are_batched_and_never_overcommit() {
         assert_eq!((allocated, capacity), (4, 4), "runner {id}");
     }
 }
+
+#[test]
+fn leader_kill_mid_load_leaves_every_acknowledged_sandbox_placed_once() {
+    let mut c = TestCluster::start(3, &["--request-timeout-ms", "4000"]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let (_, key) = c.create_organization(leader, "chaos");
+    let target = {
+        let (s, region) = c.call(leader, "POST", "/api/regions", Some(&key), Some(&json!({ "name": "big" })), &[]);
+        assert_eq!(s, 201);
+        let region_id = region["id"].as_str().expect("id").to_string();
+        for i in 0..3 {
+            let body = json!({ "name": format!("big-{i}"), "regionId": region_id, "apiKey": format!("big-token-{i}-0123456789"),
+                "apiVersion": "2", "cpu": 100000, "memoryGiB": 100000, "diskGiB": 1000000 });
+            let (_, r) = c.call(leader, "POST", "/api/admin/runners", Some(ADMIN_KEY), Some(&body), &[]);
+            let path = format!("/api/admin/runners/{}/state", r["id"].as_str().expect("id"));
+            c.call(leader, "PATCH", &path, Some(ADMIN_KEY), Some(&json!({ "state": "ready" })), &[]);
+        }
+        "big".to_string()
+    };
+    let survivors: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
+    let leader_pid = c.pid(leader).expect("leader running") as libc::pid_t;
+
+    // 8 clients × 100 sandboxes, each with its own Idempotency-Key, retried (same key) until
+    // acknowledged; they talk only to the two nodes that survive. The leader dies once a
+    // quarter of them are acknowledged, so the kill lands mid-load.
+    const PER_WORKER: usize = 100;
+    let acked_so_far = std::sync::atomic::AtomicUsize::new(0);
+    let retried = std::sync::atomic::AtomicUsize::new(0);
+    let acknowledged: Vec<(String, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let (c, key, target, survivors) = (&c, &key, &target, &survivors);
+                let (acked_so_far, retried) = (&acked_so_far, &retried);
+                scope.spawn(move || {
+                    let mut acked = Vec::new();
+                    for i in 0..PER_WORKER {
+                        let idem = format!("w{w}-{i}");
+                        let via = survivors[(w + i) % survivors.len()];
+                        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                        loop {
+                            let (s, body) = c.call(
+                                via,
+                                "POST",
+                                "/api/sandboxes",
+                                Some(key),
+                                Some(&json!({ "target": target })),
+                                &[("Idempotency-Key", idem.as_str())],
+                            );
+                            if s == 201 {
+                                acked.push((idem.clone(), body["id"].as_str().expect("id").to_string()));
+                                acked_so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                break;
+                            }
+                            retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            assert!(s == 503, "only 'retry later' is acceptable during failover: {s} {body}");
+                            assert!(std::time::Instant::now() < deadline, "no success within 60 s for {idem}");
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        while acked_so_far.load(std::sync::atomic::Ordering::Relaxed) < 200 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SIGKILL now, reaped by `kill` below once the workers are done.
+        unsafe {
+            libc::kill(leader_pid, libc::SIGKILL);
+        }
+        workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+    });
+    assert_eq!(acknowledged.len(), 800);
+    println!("retries during failover: {}", retried.load(std::sync::atomic::Ordering::Relaxed));
+
+    c.kill(leader);
+    c.start_node(leader);
+    c.wait_converged(Duration::from_secs(60));
+    for node in 1..=3 {
+        let (_, list) = c.call(node, "GET", "/api/sandboxes?consistency=stale", Some(&key), None, &[]);
+        let ids: std::collections::BTreeSet<&str> =
+            list.as_array().expect("list").iter().filter_map(|s| s["id"].as_str()).collect();
+        assert_eq!(ids.len(), 800, "node {node}: exactly one sandbox per request, retries included");
+        for (idem, id) in &acknowledged {
+            assert!(ids.contains(id.as_str()), "node {node} lacks acknowledged sandbox {id} ({idem})");
+        }
+    }
+    let total: u64 = allocation(&c, leader).values().map(|(allocated, _)| allocated).sum();
+    assert_eq!(total, 800, "allocation matches the sandboxes exactly");
+}

@@ -105,6 +105,11 @@ impl TestCluster {
         }
     }
 
+    /// Process id of a running node.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(Child::id)
+    }
+
     pub fn wipe(&mut self, id: u64) {
         let node = &self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "stop node {id} before wiping it");

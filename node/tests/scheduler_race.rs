@@ -1,0 +1,109 @@
+//! A batch planned while a runner was schedulable, committed after it stopped being so, is
+//! rejected for that runner by `apply` and placed again elsewhere by the scheduler.
+//! (In-process single-node Raft on RocksDB, so the race can be staged exactly.)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_net::{write_on_leader, GrpcNetworkFactory};
+use corral_node::scheduler::{commit_and_retry, plan, Pending};
+use corral_storage::model::{Command, Proposal, RegionType, Resources, RunnerState, SandboxRequest};
+use corral_storage::{open_storage, CorralNode, Raft, StorageConfig};
+use rand::SeedableRng;
+
+async fn write(raft: &Raft, command: Command) {
+    let reply = write_on_leader(raft, Proposal::new(command, 1)).await.expect("committed");
+    assert!(reply.response.0.is_ok(), "{:?}", reply.response.0);
+}
+
+fn runner(id: &str) -> Command {
+    Command::CreateRunner {
+        id: id.into(),
+        region_id: "reg".into(),
+        name: id.into(),
+        api_key_hash: String::new(),
+        api_key_hint: String::new(),
+        api_version: "2".into(),
+        domain: None,
+        api_url: None,
+        proxy_url: None,
+        capacity: Resources { cpu: 4, memory_gib: 8, disk_gib: 40 },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, sm, shared) = open_storage(dir.path(), StorageConfig { fsync: false }).expect("storage");
+    let config = openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..Default::default()
+    }
+    .validate()
+    .expect("config");
+    let raft = Raft::new(1, Arc::new(config), GrpcNetworkFactory::default(), log, sm).await.expect("raft");
+    let members = BTreeMap::from([(1, CorralNode { raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() })]);
+    raft.initialize(members).await.expect("initialize");
+    raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.expect("leader");
+
+    write(
+        &raft,
+        Command::CreateRegion {
+            id: "reg".into(),
+            organization_id: "org".into(),
+            name: "reg".into(),
+            region_type: RegionType::Custom,
+            proxy_url: None,
+            ssh_gateway_url: None,
+            snapshot_manager_url: None,
+            proxy_api_key_hash: None,
+            ssh_gateway_api_key_hash: None,
+            snapshot_manager_username: None,
+            snapshot_manager_password: None,
+        },
+    )
+    .await;
+    write(&raft, runner("a")).await;
+    write(&raft, runner("b")).await;
+    write(&raft, Command::SetRunnerState { id: "a".into(), state: RunnerState::Ready }).await;
+
+    // Plan two sandboxes while only runner a is eligible: both go to a.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut answers = Vec::new();
+    let pendings: Vec<Pending> = (0..2)
+        .map(|i| {
+            let (pending, answer) = Pending::new(SandboxRequest {
+                sandbox_id: format!("s{i}"),
+                organization_id: "org".into(),
+                target: "reg".into(),
+                region_id: "reg".into(),
+                resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1 },
+                labels: Default::default(),
+                idempotency_key: None,
+            });
+            answers.push(answer);
+            pending
+        })
+        .collect();
+    let planned = plan(&shared.read().state, pendings, &mut rng);
+    assert_eq!(planned.len(), 2);
+
+    // The race: a is cordoned and b admitted before the batch is committed.
+    write(&raft, Command::SetRunnerSchedulable { id: "a".into(), schedulable: Some(false) }).await;
+    write(&raft, Command::SetRunnerState { id: "b".into(), state: RunnerState::Ready }).await;
+
+    commit_and_retry(&raft, &shared, planned, &mut rng).await;
+    for answer in answers {
+        let sandbox = answer.await.expect("answered").expect("no cluster error").expect("placed on retry");
+        assert_eq!(sandbox.runner_id, "b", "placed again, on the runner that can take it");
+    }
+    let machine = shared.read();
+    assert_eq!(machine.state.runners["a"].allocated.cpu, 0, "nothing landed on the cordoned runner");
+    assert_eq!(machine.state.runners["b"].allocated.cpu, 2);
+    assert_eq!(machine.state.check_invariants(), Ok(()));
+    drop(machine);
+    raft.shutdown().await.expect("shutdown");
+}
