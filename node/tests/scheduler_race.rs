@@ -100,10 +100,11 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
         let sandbox = answer.await.expect("answered").expect("no cluster error").expect("placed on retry");
         assert_eq!(sandbox.runner_id, "b", "placed again, on the runner that can take it");
     }
-    let machine = shared.read();
-    assert_eq!(machine.state.runners["a"].allocated.cpu, 0, "nothing landed on the cordoned runner");
-    assert_eq!(machine.state.runners["b"].allocated.cpu, 2);
-    assert_eq!(machine.state.check_invariants(), Ok(()));
-    drop(machine);
+    {
+        let machine = shared.read();
+        assert_eq!(machine.state.runners["a"].allocated.cpu, 0, "nothing landed on the cordoned runner");
+        assert_eq!(machine.state.runners["b"].allocated.cpu, 2);
+        assert_eq!(machine.state.check_invariants(), Ok(()));
+    }
     raft.shutdown().await.expect("shutdown");
 }
