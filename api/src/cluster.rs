@@ -74,6 +74,10 @@ pub trait ClusterHandle: Send + Sync + 'static {
     /// Returns once the local state may be read with the given consistency.
     async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError>;
 
+    /// `Ok` when this node can serve: it knows a leader and its state machine is caught up
+    /// with its log (cheap: called by load balancers every second).
+    async fn readiness(&self) -> Result<(), String>;
+
     /// The local replica of the state.
     fn state(&self) -> &SharedState;
 

@@ -25,6 +25,7 @@ pub mod organizations;
 pub mod regions;
 pub mod runners;
 pub mod sandboxes;
+pub mod telemetry;
 pub mod validate;
 
 use std::sync::Arc;
@@ -88,12 +89,24 @@ pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
         .merge(openapi::routes())
         .route("/api/admin/cluster", get(cluster_status))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .route_layer(axum::middleware::from_fn(telemetry::track))
         .with_state(state)
+}
+
+/// For load balancers and probes: 200 when this node knows a leader and has applied close to
+/// its log's end, 503 with the reason otherwise.
+pub async fn readyz(State(app): State<AppState>) -> Result<&'static str, ApiError> {
+    app.cluster
+        .readiness()
+        .await
+        .map(|()| "ready")
+        .map_err(|reason| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason))
 }
 
 /// This node's view of the Raft cluster.

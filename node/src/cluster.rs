@@ -15,6 +15,8 @@ use corral_storage::{CorralNode, NodeId, Raft, SharedState};
 use openraft::ServerState;
 use tokio::time::Instant;
 
+/// How far the applied index may trail the local log for the node to report ready.
+const READY_MAX_LAG: u64 = 1_000;
 /// Pause between attempts while a leader is being elected.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -62,30 +64,9 @@ impl RaftCluster {
         Ok(())
     }
 
-    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(timeout))
-            .applied_index_at_least(Some(index), "linearizable read")
-            .await
-            .map(|_| ())
-            .map_err(|_| ClusterError::Timeout)
-    }
-}
-
-fn net_error(e: NetError) -> ClusterError {
-    match e {
-        NetError::Unreachable { .. } => ClusterError::NoLeader,
-        NetError::Rpc { status, .. } if status.contains("Timeout expired") || status.contains("deadline") => {
-            ClusterError::Timeout
-        }
-        other => ClusterError::Unavailable(other.to_string()),
-    }
-}
-
-#[async_trait::async_trait]
-impl ClusterHandle for RaftCluster {
-    async fn propose(&self, mut proposal: Proposal) -> Result<ApplyResult, ClusterError> {
+    /// Proposes through the leader, retrying (safely, under one idempotency key) while the
+    /// leader changes, until the request timeout.
+    async fn propose_with_retries(&self, mut proposal: Proposal) -> Result<ApplyResult, ClusterError> {
         if proposal.idempotency_key.is_none() {
             proposal.idempotency_key = Some(format!("auto/{}", uuid::Uuid::new_v4()));
         }
@@ -111,6 +92,51 @@ impl ClusterHandle for RaftCluster {
             // The same idempotency key makes the retry safe even if the first attempt committed.
             Self::pause_or_give_up(deadline, last).await?;
         }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| ClusterError::Timeout)
+    }
+}
+
+fn net_error(e: NetError) -> ClusterError {
+    match e {
+        NetError::Unreachable { .. } => ClusterError::NoLeader,
+        NetError::Rpc { status, .. } if status.contains("Timeout expired") || status.contains("deadline") => {
+            ClusterError::Timeout
+        }
+        other => ClusterError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterHandle for RaftCluster {
+    async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ClusterError> {
+        let started = std::time::Instant::now();
+        let result = self.propose_with_retries(proposal).await;
+        let outcome = if result.is_ok() { "committed" } else { "failed" };
+        metrics::histogram!("corral_raft_proposal_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader.is_none() {
+            return Err("no known leader".into());
+        }
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let last = m.last_log_index.unwrap_or(0);
+        if applied + READY_MAX_LAG < last {
+            return Err(format!("applied index {applied} lags the log ({last})"));
+        }
+        Ok(())
     }
 
     async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError> {

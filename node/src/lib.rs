@@ -10,7 +10,8 @@
 //!   core;
 //! - [`dev`]: `corral dev`, a local 3-node cluster of real processes;
 //! - [`ctl`]: `corral ctl`, the REST client for every API operation;
-//! - [`shared_regions`]: the leader makes sure the shared regions exist.
+//! - [`shared_regions`]: the leader makes sure the shared regions exist;
+//! - [`telemetry`]: the Prometheus recorder and the gauges fed from Raft and the state.
 //!
 //! This is the only crate that depends on all the others; none depends on it.
 
@@ -22,3 +23,4 @@ pub mod placement;
 pub mod scheduler;
 pub mod serve;
 pub mod shared_regions;
+pub mod telemetry;

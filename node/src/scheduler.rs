@@ -103,7 +103,11 @@ async fn run(raft: Raft, shared: SharedState, config: SchedulerConfig, mut rx: m
                 },
             }
         }
+        metrics::gauge!("corral_scheduler_queue_depth").set(rx.len() as f64);
+        metrics::histogram!("corral_scheduler_batch_size").record(batch.len() as f64);
+        let started = std::time::Instant::now();
         schedule_batch(&raft, &shared, &mut batch, &mut rng).await;
+        metrics::histogram!("corral_scheduler_batch_duration_seconds").record(started.elapsed().as_secs_f64());
         batch.clear();
     }
 }
@@ -169,6 +173,7 @@ pub fn plan(state: &State, batch: impl IntoIterator<Item = Pending>, rng: &mut i
                 planned.push(Planned { pending, placement });
             }
             None => {
+                metrics::counter!("corral_scheduler_placements_total", "outcome" => "no_capacity").increment(1);
                 let region_id = request.region_id.clone();
                 let _ = pending.reply.send(Ok(Err(Rejection::NoCapacity { region_id })));
             }
@@ -215,6 +220,12 @@ pub async fn commit_and_retry(raft: &Raft, shared: &SharedState, mut planned: Ve
         };
         let mut again = Vec::new();
         for (pending, result) in pendings.into_iter().zip(results) {
+            let outcome = match &result {
+                Ok(_) => "placed",
+                Err(r) if changed_under_us(r) && attempt < MAX_PLACEMENT_ATTEMPTS => "retried",
+                Err(_) => "rejected",
+            };
+            metrics::counter!("corral_scheduler_placements_total", "outcome" => outcome).increment(1);
             match result {
                 Err(rejection) if changed_under_us(&rejection) && attempt < MAX_PLACEMENT_ATTEMPTS => {
                     tracing::debug!(%rejection, "placement rejected on apply; placing again");

@@ -66,6 +66,7 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::install()?;
     let raft_listen = resolve(&config.raft_addr).await?;
     let api_listener = tokio::net::TcpListener::bind(&config.api_addr)
         .await
@@ -85,6 +86,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .context("cannot start raft")?;
 
     let scheduler = Scheduler::start(raft.clone(), shared.clone(), SchedulerConfig::default());
+    let shared_for_metrics = shared.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let grpc = {
         let mut stop = stop_rx.clone();
@@ -114,8 +116,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(config.request_timeout_ms),
     });
     tokio::spawn(crate::shared_regions::ensure_on_leadership(raft.clone(), cluster.clone(), stop_rx.clone()));
+    tokio::spawn(crate::telemetry::watch_raft(raft.clone(), stop_rx.clone()));
+    tokio::spawn(crate::telemetry::watch_state(
+        shared_for_metrics,
+        db_dir.clone(),
+        Duration::from_secs(5),
+        stop_rx.clone(),
+    ));
     let api_config = ApiConfig { admin_key: config.admin_key.clone(), max_body_bytes: config.max_body_bytes };
-    let app = corral_api::router(cluster, api_config);
+    let app = corral_api::router(cluster, api_config)
+        .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
     tracing::info!(node_id = config.node_id, api = %config.api_addr, raft = %config.raft_addr, "corral node serving");
 
     let api = {
