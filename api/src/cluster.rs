@@ -60,6 +60,20 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// A membership change asked for through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Add as a learner, wait for it to catch up, promote to voter.
+    Add {
+        node_id: u64,
+        raft_addr: String,
+        api_addr: String,
+    },
+    Remove {
+        node_id: u64,
+    },
+}
+
 /// The node-side handle the API drives.
 #[async_trait::async_trait]
 pub trait ClusterHandle: Send + Sync + 'static {
@@ -73,6 +87,9 @@ pub trait ClusterHandle: Send + Sync + 'static {
 
     /// Returns once the local state may be read with the given consistency.
     async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError>;
+
+    /// Runs a membership change on the leader (forwarding if needed); returns the members after.
+    async fn change_membership(&self, change: MemberChange) -> Result<Vec<MemberStatus>, ClusterError>;
 
     /// `Ok` when this node can serve: it knows a leader and its state machine is caught up
     /// with its log (cheap: called by load balancers every second).

@@ -37,7 +37,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use corral_storage::model::{Command, Millis, Outcome, Proposal};
 
-pub use cluster::{ClusterError, ClusterHandle, ClusterStatus, MemberStatus, ReadConsistency};
+pub use cluster::{ClusterError, ClusterHandle, ClusterStatus, MemberChange, MemberStatus, ReadConsistency};
 pub use error::{ApiError, ErrorBody};
 use idempotency::Idempotency;
 
@@ -88,6 +88,8 @@ pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
         .merge(organizations::routes())
         .merge(openapi::routes())
         .route("/api/admin/cluster", get(cluster_status))
+        .route("/api/admin/cluster/members", axum::routing::post(add_member))
+        .route("/api/admin/cluster/members/:node_id", axum::routing::delete(remove_member))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -115,6 +117,54 @@ pub async fn readyz(State(app): State<AppState>) -> Result<&'static str, ApiErro
     security(("bearer" = [])))]
 pub async fn cluster_status(State(app): State<AppState>, _admin: auth::Admin) -> Json<ClusterStatus> {
     Json(app.cluster.status().await)
+}
+
+/// A node to add to the cluster.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddMemberRequest {
+    pub node_id: u64,
+    /// host:port of the new node's gRPC listener.
+    pub raft_addr: String,
+    /// host:port of its REST listener.
+    pub api_addr: String,
+}
+
+/// Add a node: it joins as a learner, catches up, and is promoted to voter.
+#[utoipa::path(post, path = "/api/admin/cluster/members", tag = "admin", request_body = AddMemberRequest,
+    responses((status = 200, body = [MemberStatus]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn add_member(
+    State(app): State<AppState>,
+    _admin: auth::Admin,
+    extract::ApiJson(body): extract::ApiJson<AddMemberRequest>,
+) -> Result<Json<Vec<MemberStatus>>, ApiError> {
+    if body.node_id == 0 {
+        return Err(ApiError::unprocessable("nodeId must be at least 1"));
+    }
+    for (field, addr) in [("raftAddr", &body.raft_addr), ("apiAddr", &body.api_addr)] {
+        let valid = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(ApiError::unprocessable(format!("{field} must be host:port")));
+        }
+    }
+    let change = MemberChange::Add { node_id: body.node_id, raft_addr: body.raft_addr, api_addr: body.api_addr };
+    Ok(Json(app.cluster.change_membership(change).await?))
+}
+
+/// Remove a node from the cluster (stop its process afterwards).
+#[utoipa::path(delete, path = "/api/admin/cluster/members/{node_id}", tag = "admin",
+    params(("node_id" = u64, Path, description = "Node id")),
+    responses((status = 200, body = [MemberStatus]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_member(
+    State(app): State<AppState>,
+    _admin: auth::Admin,
+    axum::extract::Path(node_id): axum::extract::Path<u64>,
+) -> Result<Json<Vec<MemberStatus>>, ApiError> {
+    Ok(Json(app.cluster.change_membership(MemberChange::Remove { node_id }).await?))
 }
 
 /// Wall-clock milliseconds, read by the proposer only (never inside `apply`).

@@ -43,6 +43,8 @@ use crate::{organizations, regions, runners, sandboxes, AppState};
         organizations::list_organizations,
         organizations::create_api_key,
         crate::cluster_status,
+        crate::add_member,
+        crate::remove_member,
     ),
     components(schemas(
         crate::ErrorBody,
@@ -70,6 +72,7 @@ use crate::{organizations, regions, runners, sandboxes, AppState};
         organizations::CreatedApiKey,
         crate::ClusterStatus,
         crate::MemberStatus,
+        crate::AddMemberRequest,
     )),
     modifiers(&BearerAuth),
     tags((name = "regions"), (name = "runners"), (name = "sandboxes"), (name = "admin"))

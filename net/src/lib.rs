@@ -75,6 +75,66 @@ pub enum ForwardError {
     Overloaded,
 }
 
+/// A change to the Raft membership, executed by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add as a learner, wait until it has caught up, then promote it to voter.
+    Add { node_id: NodeId, node: CorralNode },
+    /// Remove from the voters and from the cluster.
+    Remove { node_id: NodeId },
+}
+
+/// The membership after a change: voter ids, and every member.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MembershipChanged {
+    pub log_index: u64,
+    pub voters: Vec<NodeId>,
+    pub members: Vec<(NodeId, CorralNode)>,
+}
+
+/// A failed client write (or membership change) as the forwarding node needs to see it.
+fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, CorralNode>>) -> ForwardError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ForwardError::NotLeader { leader_id: f.leader_id, leader: f.leader_node }
+        }
+        other => ForwardError::Unavailable(other.to_string()),
+    }
+}
+
+/// Runs a membership change on the local Raft, which must be the leader.
+pub async fn change_membership_on_leader(
+    raft: &Raft,
+    change: MembershipChange,
+) -> Result<MembershipChanged, ForwardError> {
+    let reply = match change {
+        MembershipChange::Add { node_id, node } => {
+            raft.add_learner(node_id, node, true).await.map_err(client_write_error)?;
+            let mut voters: std::collections::BTreeSet<NodeId> =
+                raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            voters.insert(node_id);
+            raft.change_membership(voters, false).await.map_err(client_write_error)?
+        }
+        MembershipChange::Remove { node_id } => {
+            let mut voters: std::collections::BTreeSet<NodeId> =
+                raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            if !voters.remove(&node_id) {
+                return Err(ForwardError::Unavailable(format!("node {node_id} is not a voter")));
+            }
+            if voters.is_empty() {
+                return Err(ForwardError::Unavailable("cannot remove the last voter".into()));
+            }
+            raft.change_membership(voters, false).await.map_err(client_write_error)?
+        }
+    };
+    let membership = reply.membership.clone().unwrap_or_default();
+    Ok(MembershipChanged {
+        log_index: reply.log_id.index,
+        voters: membership.voter_ids().collect(),
+        members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+    })
+}
+
 /// The leader's scheduler, as the gRPC server sees it (implemented by the node).
 #[tonic::async_trait]
 pub trait SandboxPlacement: Send + Sync + 'static {
@@ -91,13 +151,10 @@ pub struct CommittedWrite {
 
 /// Proposes on the local Raft, which must be the leader.
 pub async fn write_on_leader(raft: &Raft, proposal: Proposal) -> Result<CommittedWrite, ForwardError> {
-    match raft.client_write(proposal).await {
-        Ok(reply) => Ok(CommittedWrite { log_index: reply.log_id.index, response: reply.data }),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(ForwardError::NotLeader { leader_id: f.leader_id, leader: f.leader_node })
-        }
-        Err(e) => Err(ForwardError::Unavailable(e.to_string())),
-    }
+    raft.client_write(proposal)
+        .await
+        .map(|reply| CommittedWrite { log_index: reply.log_id.index, response: reply.data })
+        .map_err(client_write_error)
 }
 
 /// The leader's read index: confirms leadership with a quorum and returns the log index a
@@ -173,6 +230,24 @@ impl RaftTransport for RaftTransportService {
         Ok(tonic::Response::new(encode(&reply)?))
     }
 
+    async fn trigger_election(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let reply: Result<(), ForwardError> =
+            self.raft.trigger().elect().await.map_err(|e| ForwardError::Unavailable(e.to_string()));
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn change_membership(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let change: MembershipChange = decode_request(request.get_ref())?;
+        let reply = change_membership_on_leader(&self.raft, change).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
     async fn place_sandbox(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
         let sandbox: SandboxRequest = decode_request(request.get_ref())?;
         let reply = self.placement.place(sandbox).await;
@@ -228,6 +303,8 @@ impl PeerClients {
             Method::ForwardWrite => client.forward_write(request).await,
             Method::ReadIndex => client.read_index(request).await,
             Method::PlaceSandbox => client.place_sandbox(request).await,
+            Method::TriggerElection => client.trigger_election(request).await,
+            Method::ChangeMembership => client.change_membership(request).await,
         };
         let reply = reply.map_err(|status| match status.code() {
             tonic::Code::Unavailable => NetError::Unreachable { addr: addr.to_string(), reason: status.to_string() },
@@ -257,6 +334,21 @@ impl PeerClients {
         self.call(addr, Method::PlaceSandbox, request, timeout).await
     }
 
+    /// Asks the node at `addr` to campaign for leadership now.
+    pub async fn trigger_election(&self, addr: &str, timeout: Duration) -> Result<Result<(), ForwardError>, NetError> {
+        self.call(addr, Method::TriggerElection, &(), timeout).await
+    }
+
+    /// Hands a membership change to the leader at `addr`.
+    pub async fn change_membership(
+        &self,
+        addr: &str,
+        change: &MembershipChange,
+        timeout: Duration,
+    ) -> Result<Result<MembershipChanged, ForwardError>, NetError> {
+        self.call(addr, Method::ChangeMembership, change, timeout).await
+    }
+
     /// Asks the leader at `addr` for a read index.
     pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<Result<u64, ForwardError>, NetError> {
         self.call(addr, Method::ReadIndex, &(), timeout).await
@@ -271,6 +363,8 @@ enum Method {
     ForwardWrite,
     ReadIndex,
     PlaceSandbox,
+    TriggerElection,
+    ChangeMembership,
 }
 
 /// openraft's network factory over [`PeerClients`].

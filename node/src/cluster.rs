@@ -8,8 +8,14 @@
 
 use std::time::Duration;
 
-use corral_api::{ClusterError, ClusterHandle, ClusterStatus, MemberStatus, ReadConsistency};
-use corral_net::{read_index_on_leader, write_on_leader, ForwardError, NetError, PeerClients, SandboxPlacement};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use corral_api::{ClusterError, ClusterHandle, ClusterStatus, MemberChange, MemberStatus, ReadConsistency};
+use corral_net::{
+    change_membership_on_leader, read_index_on_leader, write_on_leader, ForwardError, MembershipChange, NetError,
+    PeerClients, SandboxPlacement,
+};
 use corral_storage::model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_storage::{CorralNode, NodeId, Raft, SharedState};
 use openraft::ServerState;
@@ -27,7 +33,12 @@ pub struct RaftCluster {
     pub clients: PeerClients,
     pub scheduler: crate::scheduler::Scheduler,
     pub request_timeout: Duration,
+    /// Set on SIGTERM: the node reports not ready so load balancers move away before it stops.
+    pub draining: Arc<AtomicBool>,
 }
+
+/// How long a membership change may take (adding a node waits for it to catch up).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
 enum Target {
     Local,
@@ -35,6 +46,39 @@ enum Target {
 }
 
 impl RaftCluster {
+    /// Before a planned shutdown: if this node leads, ask the most caught-up follower to
+    /// campaign, and wait (up to `timeout`) for leadership to move. openraft 0.9 has no
+    /// transfer call; a follower whose log is current wins the election it starts, and the
+    /// old leader steps down on seeing the higher term.
+    pub async fn hand_off_leadership(&self, timeout: Duration) {
+        let (successor, addr) = {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader != Some(self.node_id) {
+                return;
+            }
+            let Some(replication) = &m.replication else { return };
+            let best = replication
+                .iter()
+                .filter(|(id, _)| **id != self.node_id)
+                .filter(|(id, _)| m.membership_config.membership().voter_ids().any(|v| v == **id))
+                .max_by_key(|(_, matched)| matched.map(|l| l.index))
+                .map(|(id, _)| *id);
+            let Some(best) = best else { return };
+            let Some(node) = m.membership_config.membership().get_node(&best).cloned() else { return };
+            (best, node.raft_addr)
+        };
+        tracing::info!(successor, "handing leadership off before shutdown");
+        if let Err(e) = self.clients.trigger_election(&addr, timeout).await {
+            tracing::warn!(error = %e, "leadership handoff failed; the cluster will elect after the election timeout");
+            return;
+        }
+        let _ = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some_and(|l| l != self.node_id), "leadership moved")
+            .await;
+    }
+
     /// The current leader, waiting (until `deadline`) for one to be elected.
     async fn leader(&self, deadline: Instant) -> Result<Target, ClusterError> {
         let mut metrics = self.raft.metrics();
@@ -127,6 +171,9 @@ impl ClusterHandle for RaftCluster {
     }
 
     async fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining for shutdown".into());
+        }
         let m = self.raft.metrics().borrow().clone();
         if m.current_leader.is_none() {
             return Err("no known leader".into());
@@ -137,6 +184,47 @@ impl ClusterHandle for RaftCluster {
             return Err(format!("applied index {applied} lags the log ({last})"));
         }
         Ok(())
+    }
+
+    async fn change_membership(&self, change: MemberChange) -> Result<Vec<MemberStatus>, ClusterError> {
+        let change = match change {
+            MemberChange::Add { node_id, raft_addr, api_addr } => {
+                MembershipChange::Add { node_id, node: CorralNode { raft_addr, api_addr } }
+            }
+            MemberChange::Remove { node_id } => MembershipChange::Remove { node_id },
+        };
+        let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
+        loop {
+            let attempt = match self.leader(deadline).await? {
+                Target::Local => Ok(change_membership_on_leader(&self.raft, change.clone()).await),
+                Target::Remote(node) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    self.clients.change_membership(&node.raft_addr, &change, remaining).await
+                }
+            };
+            let last = match attempt {
+                Ok(Ok(changed)) => {
+                    return Ok(changed
+                        .members
+                        .into_iter()
+                        .map(|(id, node)| MemberStatus {
+                            node_id: id,
+                            raft_addr: node.raft_addr,
+                            api_addr: node.api_addr,
+                            voter: changed.voters.contains(&id),
+                        })
+                        .collect())
+                }
+                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
+                Ok(Err(ForwardError::Unavailable(msg))) => return Err(ClusterError::Unavailable(msg)),
+                Ok(Err(ForwardError::Overloaded)) => return Err(ClusterError::Overloaded),
+                Err(e) => net_error(e),
+            };
+            if matches!(last, ClusterError::Timeout) {
+                return Err(last);
+            }
+            Self::pause_or_give_up(deadline, last).await?;
+        }
     }
 
     async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError> {

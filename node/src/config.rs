@@ -52,6 +52,9 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
+    /// On SIGTERM, how long the node reports not ready before it stops accepting requests
+    /// (longer than the load balancer's health-check fall time).
+    pub drain_ms: u64,
 }
 
 /// The config file's shape; every field optional so env and flags can fill the rest.
@@ -73,6 +76,7 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     max_body_bytes: Option<usize>,
     log_format: Option<LogFormat>,
+    drain_ms: Option<u64>,
 }
 
 /// Flags of `corral serve`; each also reads a `CORRAL_*` variable.
@@ -113,6 +117,8 @@ pub struct ServeArgs {
     pub max_body_bytes: Option<usize>,
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    #[arg(long, env = "CORRAL_DRAIN_MS")]
+    pub drain_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +193,8 @@ impl NodeConfig {
             request_timeout_ms: args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(10_000),
             max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(1024 * 1024),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            // haproxy's check (deploy/haproxy.cfg: every 500 ms, down after 2) needs ~1 s.
+            drain_ms: args.drain_ms.or(file.drain_ms).unwrap_or(1_500),
         };
         config.validate()?;
         Ok(config)

@@ -191,6 +191,19 @@ pub enum OrganizationCommand {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     Status,
+    /// Add a node (learner, catch-up, then voter).
+    AddMember {
+        #[arg(long)]
+        node_id: u64,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long)]
+        api_addr: String,
+    },
+    /// Remove a node from the cluster.
+    RemoveMember {
+        node_id: u64,
+    },
 }
 
 /// One REST call, and the columns a table of its result shows.
@@ -207,6 +220,7 @@ const REGION_COLUMNS: &[&str] =
 const RUNNER_COLUMNS: &[&str] =
     &["id", "name", "regionId", "state", "schedulable", "availabilityScore", "startedSandboxes"];
 const ORG_COLUMNS: &[&str] = &["id", "name", "createdAt"];
+const MEMBER_COLUMNS: &[&str] = &["nodeId", "raftAddr", "apiAddr", "voter"];
 
 fn put(map: &mut Map<String, Value>, key: &str, value: Option<String>) {
     if let Some(v) = value {
@@ -335,6 +349,15 @@ fn plan(command: CtlCommand) -> Call {
             ),
         },
         CtlCommand::Cluster(ClusterCommand::Status) => call(M::GET, "/api/admin/cluster".into(), None, &[]),
+        CtlCommand::Cluster(ClusterCommand::AddMember { node_id, raft_addr, api_addr }) => call(
+            M::POST,
+            "/api/admin/cluster/members".into(),
+            Some(json!({ "nodeId": node_id, "raftAddr": raft_addr, "apiAddr": api_addr })),
+            MEMBER_COLUMNS,
+        ),
+        CtlCommand::Cluster(ClusterCommand::RemoveMember { node_id }) => {
+            call(M::DELETE, format!("/api/admin/cluster/members/{node_id}"), None, MEMBER_COLUMNS)
+        }
     }
 }
 

@@ -107,14 +107,17 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         bootstrap(&raft, &config).await?;
     }
 
-    let cluster: Arc<dyn corral_api::ClusterHandle> = Arc::new(RaftCluster {
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let raft_cluster = Arc::new(RaftCluster {
         node_id: config.node_id,
         raft: raft.clone(),
         shared,
         clients,
         scheduler,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
+        draining: draining.clone(),
     });
+    let cluster: Arc<dyn corral_api::ClusterHandle> = raft_cluster.clone();
     tokio::spawn(crate::shared_regions::ensure_on_leadership(raft.clone(), cluster.clone(), stop_rx.clone()));
     tokio::spawn(crate::telemetry::watch_raft(raft.clone(), stop_rx.clone()));
     tokio::spawn(crate::telemetry::watch_state(
@@ -140,6 +143,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     };
 
     shutdown_signal().await;
+    // Drain: report not ready, hand leadership to a caught-up follower, give load balancers
+    // time to see /readyz fail, then stop accepting and finish in-flight requests.
+    tracing::info!(drain_ms = config.drain_ms, "draining");
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    raft_cluster.hand_off_leadership(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(config.drain_ms)).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(10), api).await {

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestCluster, ADMIN_KEY};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 fn deploy(file: &str) -> PathBuf {
@@ -62,6 +63,72 @@ fn deploy_files_pass_their_tools() {
         .output()
         .expect("promtool");
     assert!(out.status.success(), "promtool check rules: {}", String::from_utf8_lossy(&out.stdout));
+    // The compose variant resolves service names at run time (init-addr none), so it checks here too.
+    let out =
+        Command::new(tool("haproxy")).args(["-c", "-f"]).arg(deploy("haproxy-compose.cfg")).output().expect("haproxy");
+    assert!(out.status.success(), "haproxy -c compose: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Kubernetes: every document parses and the pieces an operator relies on are there.
+    let text = std::fs::read_to_string(deploy("kubernetes/corral.yaml")).expect("manifest");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("valid YAML document"))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["Service", "Service", "PodDisruptionBudget", "StatefulSet"]);
+    let container = &docs[3]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+    assert_eq!(docs[0]["spec"]["clusterIP"].as_str(), Some("None"), "headless peer service");
+
+    // docker-compose: valid YAML with three nodes and haproxy; `docker compose config` too
+    // where the compose plugin is installed.
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(deploy("docker-compose.yml")).expect("compose")).expect("YAML");
+    for service in ["corral1", "corral2", "corral3", "haproxy"] {
+        assert!(compose["services"].get(service).is_some(), "compose lacks {service}");
+    }
+    let docker = Command::new("docker").args(["compose", "version"]).output();
+    if docker.is_ok_and(|o| o.status.success()) {
+        let out = Command::new("docker")
+            .args(["compose", "-f"])
+            .arg(deploy("docker-compose.yml"))
+            .arg("config")
+            .env("CORRAL_ADMIN_KEY", "check-only-0123456789")
+            .output()
+            .expect("docker compose");
+        assert!(out.status.success(), "docker compose config: {}", String::from_utf8_lossy(&out.stderr));
+    } else {
+        println!("docker compose not installed: compose file checked as YAML only");
+    }
+
+    // systemd: the unit runs `corral serve` with a config file and stops it with SIGTERM.
+    let unit = std::fs::read_to_string(deploy("systemd/corral.service")).expect("unit");
+    assert!(unit.contains("ExecStart=/usr/local/bin/corral serve --config"));
+    assert!(unit.contains("KillSignal=SIGTERM"));
+
+    // Grafana: valid JSON whose every query names metrics the nodes export (checked against
+    // live nodes in `prometheus_scrapes_every_node`).
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/corral-dashboard.json")).expect("dashboard"))
+            .expect("JSON");
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 10));
+}
+
+/// Every `corral_*` metric name in the dashboard and the alert rules.
+fn metric_names_in_deploy_files() -> std::collections::BTreeSet<String> {
+    let mut text = std::fs::read_to_string(deploy("grafana/corral-dashboard.json")).expect("dashboard");
+    text.push_str(&std::fs::read_to_string(deploy("corral-alerts.yml")).expect("alerts"));
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("corral_") {
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        names.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    names
 }
 
 /// deploy/haproxy.cfg with the cluster's addresses; returns (haproxy process, its address).
@@ -229,5 +296,163 @@ fn prometheus_scrapes_every_node() {
         assert!(Instant::now() < deadline, "request counter did not rise: {before} → {after}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let _ = leader;
+
+    // Every metric the dashboard and alerts use is exported by some node once the cluster has
+    // served a sandbox request (the scheduler's metrics appear on first use).
+    let (s, _) = c.call(leader, "POST", "/api/sandboxes", Some(ADMIN_KEY), Some(&json!({ "target": "us" })), &[]);
+    assert_eq!(s, 503, "no runners in the shared region: no capacity");
+    std::thread::sleep(Duration::from_secs(6)); // the state gauges refresh every 5 s
+    let exported: String = (1..=3)
+        .map(|id| {
+            http.get(format!("http://{}/metrics", c.node(id).api_addr))
+                .send()
+                .and_then(|r| r.text())
+                .unwrap_or_default()
+        })
+        .collect();
+    let exported_names: std::collections::BTreeSet<&str> = exported
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| ["_bucket", "_sum", "_count"].iter().fold(n, |n, s| n.strip_suffix(s).unwrap_or(n)))
+        .collect();
+    for name in metric_names_in_deploy_files() {
+        assert!(exported_names.contains(name.as_str()), "no node exports {name}; exported: {exported_names:?}");
+    }
+}
+
+/// Writes regions through `base` until `stop`, one Idempotency-Key each; with `retry`, a
+/// failed attempt is retried (same key) until acknowledged. Returns (acknowledged, failures).
+fn write_until(
+    http: &reqwest::blocking::Client,
+    base: &[String],
+    key: &str,
+    prefix: &str,
+    retry: bool,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (Vec<String>, Vec<String>) {
+    let (mut acked, mut failures) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let name = format!("{prefix}-{i}");
+        loop {
+            let url = format!("{}/api/regions", base[i % base.len()]);
+            let sent =
+                http.post(url).bearer_auth(key).header("Idempotency-Key", &name).json(&json!({ "name": name })).send();
+            match sent {
+                Ok(r) if r.status().as_u16() == 201 => {
+                    acked.push(name.clone());
+                    break;
+                }
+                Ok(r) => failures.push(format!("{name}: {}", r.status())),
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+            if !retry {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        i += 1;
+    }
+    (acked, failures)
+}
+
+fn wait_ready(http: &reqwest::blocking::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.get(format!("{base}/readyz")).send().map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "{base} never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rolling_restart_under_load_through_haproxy_fails_no_request() {
+    let mut c = TestCluster::start(3, &["--request-timeout-ms", "8000"]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_haproxy, front) = start_haproxy(&c, dir.path());
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+    let base = vec![format!("http://{front}")];
+    wait_ready(&http, &base[0]);
+    let (_, key) = c.create_organization(leader, "rolling");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+
+    let (acked, failures) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| write_until(&http, &base, &key, "rolling", false, &stop));
+        for id in 1..=3 {
+            std::thread::sleep(Duration::from_secs(1));
+            c.stop(id);
+            c.start_node(id);
+            wait_ready(&http, &format!("http://{}", c.node(id).api_addr));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        client.join().expect("client")
+    });
+    println!("rolling restart: {} writes acknowledged, {} failed", acked.len(), failures.len());
+    assert!(failures.is_empty(), "failed requests during the rolling restart: {failures:?}");
+    assert!(acked.len() > 50, "the client made progress: {}", acked.len());
+    c.wait_converged(Duration::from_secs(60));
+    let (_, list) = c.call(2, "GET", "/api/regions", Some(&key), None, &[]);
+    let names: std::collections::BTreeSet<&str> =
+        list.as_array().expect("list").iter().filter_map(|r| r["name"].as_str()).collect();
+    for name in &acked {
+        assert!(names.contains(name.as_str()), "{name} lost");
+    }
+}
+
+#[test]
+fn a_node_is_added_and_another_removed_under_load() {
+    let mut c = TestCluster::start(3, &[]);
+    c.wait_leader(Duration::from_secs(30));
+    let (_, key) = c.create_organization(2, "members");
+    c.add_node(4);
+    c.start_node(4);
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+    // The client avoids node 1, which is about to leave.
+    let base: Vec<String> = [2, 3].iter().map(|&id| format!("http://{}", c.node(id).api_addr)).collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+
+    let (acked, _) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| write_until(&http, &base, &key, "member", true, &stop));
+        std::thread::sleep(Duration::from_millis(500));
+        let body = json!({ "nodeId": 4, "raftAddr": c.node(4).raft_addr, "apiAddr": c.node(4).api_addr });
+        let (s, members) = c.call(2, "POST", "/api/admin/cluster/members", Some(ADMIN_KEY), Some(&body), &[]);
+        assert_eq!(s, 200, "{members}");
+        assert!(
+            members.as_array().expect("members").iter().any(|m| m["nodeId"] == 4 && m["voter"] == true),
+            "{members}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let (s, members) = c.call(3, "DELETE", "/api/admin/cluster/members/1", Some(ADMIN_KEY), None, &[]);
+        assert_eq!(s, 200, "{members}");
+        assert!(!members.as_array().expect("members").iter().any(|m| m["nodeId"] == 1), "{members}");
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        client.join().expect("client")
+    });
+    c.stop(1);
+
+    // Every remaining node agrees on the membership {2, 3, 4}, and nothing acknowledged is lost.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in [2, 3, 4] {
+        loop {
+            let status = c.status(id).expect("status");
+            let mut voters: Vec<u64> = status.members.iter().filter(|m| m.voter).map(|m| m.node_id).collect();
+            voters.sort_unstable();
+            if voters == vec![2, 3, 4] && status.members.len() == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} membership: {:?}", status.members);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    c.wait_converged(Duration::from_secs(60));
+    let (_, list) = c.call(4, "GET", "/api/regions", Some(&key), None, &[]);
+    let names: std::collections::BTreeSet<&str> =
+        list.as_array().expect("list").iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(acked.len() > 10);
+    for name in &acked {
+        assert!(names.contains(name.as_str()), "{name} lost");
+    }
 }

@@ -96,6 +96,41 @@ impl TestCluster {
         node.child = Some(cmd.spawn().expect("spawn corral serve"));
     }
 
+    /// Adds node `id` (not started) with fresh loopback ports; returns its index.
+    pub fn add_node(&mut self, id: u64) {
+        assert_eq!(id as usize, self.nodes.len() + 1, "node ids are dense");
+        self.nodes.push(TestNode {
+            id,
+            api_addr: format!("127.0.0.1:{}", free_port()),
+            raft_addr: format!("127.0.0.1:{}", free_port()),
+            log_path: self.dir.path().join(format!("node{id}.log")),
+            data_dir: self.dir.path().join(format!("node{id}")),
+            child: None,
+        });
+    }
+
+    /// SIGTERM, then wait for the node to drain and exit (it must, within 30 s).
+    pub fn stop(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "node {id} exited with {status} after SIGTERM");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("node {id} did not exit within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self, id: u64) {
         let node = &mut self.nodes[(id - 1) as usize];
