@@ -456,3 +456,51 @@ fn a_node_is_added_and_another_removed_under_load() {
         assert!(names.contains(name.as_str()), "{name} lost");
     }
 }
+
+/// Measurement, not a gate (run by hand; figures in the operations issue's closing note):
+/// `cargo nextest run --release --run-ignored only -E 'test(failover_window)' --no-capture`.
+/// Ten times: SIGKILL the leader behind haproxy while a client writes through it, and measure
+/// the window from the kill to the next acknowledged write.
+#[test]
+#[ignore]
+fn failover_window_over_ten_leader_kills() {
+    let mut c = TestCluster::start(3, &["--request-timeout-ms", "10000"]);
+    c.wait_leader(Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_haproxy, front) = start_haproxy(&c, dir.path());
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+    let base = format!("http://{front}");
+    wait_ready(&http, &base);
+    let (_, key) = c.create_organization(1, "failover");
+    let mut windows = Vec::new();
+    for round in 0..10 {
+        let leader = c.wait_leader(Duration::from_secs(30));
+        c.wait_converged(Duration::from_secs(60));
+        let killed_at = Instant::now();
+        c.kill(leader);
+        // Write until one is acknowledged; each write waits inside the cluster for the new leader.
+        let mut i = 0;
+        loop {
+            let name = format!("fw-{round}-{i}");
+            let sent = http
+                .post(format!("{base}/api/regions"))
+                .bearer_auth(&key)
+                .header("Idempotency-Key", &name)
+                .json(&json!({ "name": name }))
+                .send();
+            if sent.is_ok_and(|r| r.status().as_u16() == 201) {
+                break;
+            }
+            i += 1;
+        }
+        windows.push(killed_at.elapsed());
+        c.start_node(leader);
+    }
+    windows.sort();
+    println!(
+        "failover window over 10 leader kills: min {:?}, median {:?}, max {:?}",
+        windows[0],
+        windows[windows.len() / 2],
+        windows[windows.len() - 1]
+    );
+}
