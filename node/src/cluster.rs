@@ -115,25 +115,54 @@ impl RaftCluster {
             proposal.idempotency_key = Some(format!("auto/{}", uuid::Uuid::new_v4()));
         }
         let deadline = Instant::now() + self.request_timeout;
+        let committed = self
+            .on_leader(
+                deadline,
+                true,
+                || write_on_leader(&self.raft, proposal.clone()),
+                |node, timeout| {
+                    let proposal = &proposal;
+                    async move { self.clients.forward_write(&node.raft_addr, proposal, timeout).await }
+                },
+            )
+            .await?;
+        Ok(committed.response.0)
+    }
+
+    /// Runs one request on the leader — `local` when this node leads, `remote` (over gRPC)
+    /// otherwise — retrying while leadership moves, until `deadline`. Retrying is safe for
+    /// every caller: proposals carry an idempotency key, sandbox requests theirs, reads and
+    /// membership changes are idempotent. `Unavailable` answers are retried only when
+    /// `retry_unavailable` (a membership change refused by the leader is final).
+    async fn on_leader<T, L, LF, R, RF>(
+        &self,
+        deadline: Instant,
+        retry_unavailable: bool,
+        local: L,
+        remote: R,
+    ) -> Result<T, ClusterError>
+    where
+        L: Fn() -> LF,
+        LF: std::future::Future<Output = Result<T, ForwardError>>,
+        R: Fn(CorralNode, Duration) -> RF,
+        RF: std::future::Future<Output = Result<Result<T, ForwardError>, NetError>>,
+    {
         loop {
             let attempt = match self.leader(deadline).await? {
-                Target::Local => Ok(write_on_leader(&self.raft, proposal.clone()).await),
-                Target::Remote(node) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.clients.forward_write(&node.raft_addr, &proposal, remaining).await
-                }
+                Target::Local => Ok(local().await),
+                Target::Remote(node) => remote(node, deadline.saturating_duration_since(Instant::now())).await,
             };
             let last = match attempt {
-                Ok(Ok(committed)) => return Ok(committed.response.0),
-                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
-                Ok(Err(ForwardError::Unavailable(msg))) => ClusterError::Unavailable(msg),
+                Ok(Ok(value)) => return Ok(value),
                 Ok(Err(ForwardError::Overloaded)) => return Err(ClusterError::Overloaded),
+                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
+                Ok(Err(ForwardError::Unavailable(msg))) if retry_unavailable => ClusterError::Unavailable(msg),
+                Ok(Err(ForwardError::Unavailable(msg))) => return Err(ClusterError::Unavailable(msg)),
                 Err(e) => net_error(e),
             };
             if matches!(last, ClusterError::Timeout) {
                 return Err(last);
             }
-            // The same idempotency key makes the retry safe even if the first attempt committed.
             Self::pause_or_give_up(deadline, last).await?;
         }
     }
@@ -194,62 +223,42 @@ impl ClusterHandle for RaftCluster {
             MemberChange::Remove { node_id } => MembershipChange::Remove { node_id },
         };
         let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
-        loop {
-            let attempt = match self.leader(deadline).await? {
-                Target::Local => Ok(change_membership_on_leader(&self.raft, change.clone()).await),
-                Target::Remote(node) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.clients.change_membership(&node.raft_addr, &change, remaining).await
-                }
-            };
-            let last = match attempt {
-                Ok(Ok(changed)) => {
-                    return Ok(changed
-                        .members
-                        .into_iter()
-                        .map(|(id, node)| MemberStatus {
-                            node_id: id,
-                            raft_addr: node.raft_addr,
-                            api_addr: node.api_addr,
-                            voter: changed.voters.contains(&id),
-                        })
-                        .collect())
-                }
-                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
-                Ok(Err(ForwardError::Unavailable(msg))) => return Err(ClusterError::Unavailable(msg)),
-                Ok(Err(ForwardError::Overloaded)) => return Err(ClusterError::Overloaded),
-                Err(e) => net_error(e),
-            };
-            if matches!(last, ClusterError::Timeout) {
-                return Err(last);
-            }
-            Self::pause_or_give_up(deadline, last).await?;
-        }
+        let changed = self
+            .on_leader(
+                deadline,
+                false,
+                || change_membership_on_leader(&self.raft, change.clone()),
+                |node, timeout| {
+                    let change = &change;
+                    async move { self.clients.change_membership(&node.raft_addr, change, timeout).await }
+                },
+            )
+            .await?;
+        Ok(changed
+            .members
+            .into_iter()
+            .map(|(id, node)| MemberStatus {
+                node_id: id,
+                raft_addr: node.raft_addr,
+                api_addr: node.api_addr,
+                voter: changed.voters.contains(&id),
+            })
+            .collect())
     }
 
     async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError> {
+        // Safe to retry: the request keeps its sandbox id and idempotency key.
         let deadline = Instant::now() + self.request_timeout;
-        loop {
-            let attempt = match self.leader(deadline).await? {
-                Target::Local => Ok(self.scheduler.place(request.clone()).await),
-                Target::Remote(node) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.clients.place_sandbox(&node.raft_addr, &request, remaining).await
-                }
-            };
-            let last = match attempt {
-                Ok(Ok(result)) => return Ok(result),
-                Ok(Err(ForwardError::Overloaded)) => return Err(ClusterError::Overloaded),
-                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
-                Ok(Err(ForwardError::Unavailable(msg))) => ClusterError::Unavailable(msg),
-                Err(e) => net_error(e),
-            };
-            if matches!(last, ClusterError::Timeout) {
-                return Err(last);
-            }
-            // Safe to retry: the request keeps its sandbox id and idempotency key.
-            Self::pause_or_give_up(deadline, last).await?;
-        }
+        self.on_leader(
+            deadline,
+            true,
+            || self.scheduler.place(request.clone()),
+            |node, timeout| {
+                let request = &request;
+                async move { self.clients.place_sandbox(&node.raft_addr, request, timeout).await }
+            },
+        )
+        .await
     }
 
     async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError> {
@@ -257,23 +266,15 @@ impl ClusterHandle for RaftCluster {
             return Ok(());
         }
         let deadline = Instant::now() + self.request_timeout;
-        loop {
-            let attempt = match self.leader(deadline).await? {
-                Target::Local => Ok(read_index_on_leader(&self.raft).await),
-                Target::Remote(node) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.clients.read_index(&node.raft_addr, remaining).await
-                }
-            };
-            let last = match attempt {
-                Ok(Ok(index)) => return self.wait_applied(index, deadline).await,
-                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
-                Ok(Err(ForwardError::Unavailable(msg))) => ClusterError::Unavailable(msg),
-                Ok(Err(ForwardError::Overloaded)) => return Err(ClusterError::Overloaded),
-                Err(e) => net_error(e),
-            };
-            Self::pause_or_give_up(deadline, last).await?;
-        }
+        let index = self
+            .on_leader(
+                deadline,
+                true,
+                || read_index_on_leader(&self.raft),
+                |node, timeout| async move { self.clients.read_index(&node.raft_addr, timeout).await },
+            )
+            .await?;
+        self.wait_applied(index, deadline).await
     }
 
     fn state(&self) -> &SharedState {

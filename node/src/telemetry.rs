@@ -78,7 +78,7 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let (runners, sandboxes, built, installed) = {
+        let (runners, sandboxes, built, installed, build_seconds) = {
             let machine = shared.read();
             let mut runners = [0u64; 5];
             for r in machine.state.runners.values() {
@@ -88,7 +88,13 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
             for s in machine.state.sandboxes.values() {
                 sandboxes[s.state as usize] += 1;
             }
-            (runners, sandboxes, machine.snapshots_built, machine.snapshots_installed)
+            (
+                runners,
+                sandboxes,
+                machine.snapshots_built,
+                machine.snapshots_installed,
+                machine.last_snapshot_build_seconds,
+            )
         };
         let runner_states = [
             RunnerState::Initializing,
@@ -114,6 +120,7 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
         }
         metrics::gauge!("corral_snapshots_built").set(built as f64);
         metrics::gauge!("corral_snapshots_installed").set(installed as f64);
+        metrics::gauge!("corral_snapshot_last_build_duration_seconds").set(build_seconds);
         let dir = db_dir.clone();
         if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_size(&dir)).await {
             metrics::gauge!("corral_rocksdb_size_bytes").set(bytes as f64);

@@ -74,6 +74,8 @@ pub struct MachineData {
     pub snapshot_index: Option<u64>,
     pub snapshots_built: u64,
     pub snapshots_installed: u64,
+    /// How long the newest snapshot this node built took (encode + write), in seconds.
+    pub last_snapshot_build_seconds: f64,
 }
 
 /// Cheap-to-clone handle on the state machine's data.
@@ -318,6 +320,7 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> RaftResult<Snapshot<TypeConfig>> {
+        let started = std::time::Instant::now();
         let (data, last_log_id, last_membership) = {
             let machine = self.shared.read();
             let data = machine.state.encode().map_err(|e| StorageIOError::read_state_machine(&e))?;
@@ -335,6 +338,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let mut machine = self.shared.write();
             machine.snapshot_index = last_log_id.map(|l| l.index);
             machine.snapshots_built += 1;
+            machine.last_snapshot_build_seconds = started.elapsed().as_secs_f64();
         }
         tracing::info!(index = ?last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
