@@ -90,6 +90,7 @@ impl SandboxPlacement for Scheduler {
 async fn run(raft: Raft, shared: SharedState, config: SchedulerConfig, mut rx: mpsc::Receiver<Pending>) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut batch: Vec<Pending> = Vec::with_capacity(config.max_batch);
+    let mut cache = IndexCache::default();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         let deadline = Instant::now() + config.max_wait;
@@ -106,7 +107,7 @@ async fn run(raft: Raft, shared: SharedState, config: SchedulerConfig, mut rx: m
         metrics::gauge!("corral_scheduler_queue_depth").set(rx.len() as f64);
         metrics::histogram!("corral_scheduler_batch_size").record(batch.len() as f64);
         let started = std::time::Instant::now();
-        schedule_batch(&raft, &shared, &mut batch, &mut rng).await;
+        schedule_batch(&raft, &shared, &mut batch, &mut rng, &mut cache).await;
         metrics::histogram!("corral_scheduler_batch_duration_seconds").record(started.elapsed().as_secs_f64());
         batch.clear();
     }
@@ -116,6 +117,25 @@ async fn run(raft: Raft, shared: SharedState, config: SchedulerConfig, mut rx: m
 /// `apply` rejects because the runner changed under it (unschedulable, full, deleted) is
 /// placed again on the fresh state.
 pub const MAX_PLACEMENT_ATTEMPTS: u32 = 3;
+
+/// The scheduler's placement indexes, kept across batches while nothing but its own
+/// placements changed the runners: rebuilding a region's index costs ~1.7 ms at 10,000
+/// runners (see the `index_build` benchmark), which would otherwise be paid every batch.
+#[derive(Default)]
+pub struct IndexCache {
+    indexes: HashMap<String, RegionPlacementIndex>,
+    /// `State::runner_epoch` the indexes match.
+    epoch: u64,
+}
+
+impl IndexCache {
+    fn sync(&mut self, state: &State) {
+        if self.epoch != state.runner_epoch.0 {
+            self.indexes.clear();
+            self.epoch = state.runner_epoch.0;
+        }
+    }
+}
 
 /// A request together with the placement decided for it.
 pub struct Planned {
@@ -133,21 +153,33 @@ fn not_leader(raft: &Raft) -> Option<ForwardError> {
 }
 
 /// Places one batch and answers every request in it.
-async fn schedule_batch(raft: &Raft, shared: &SharedState, batch: &mut Vec<Pending>, rng: &mut rand::rngs::StdRng) {
+async fn schedule_batch(
+    raft: &Raft,
+    shared: &SharedState,
+    batch: &mut Vec<Pending>,
+    rng: &mut rand::rngs::StdRng,
+    cache: &mut IndexCache,
+) {
     if let Some(e) = not_leader(raft) {
         for p in batch.drain(..) {
             let _ = p.reply.send(Err(e.clone()));
         }
         return;
     }
-    let planned = plan(&shared.read().state, batch.drain(..), rng);
-    commit_and_retry(raft, shared, planned, rng).await;
+    let planned = plan(&shared.read().state, batch.drain(..), rng, cache);
+    commit_and_retry(raft, shared, planned, rng, cache).await;
 }
 
 /// Decides every placement of a batch on one consistent view of the state. Replays of an
 /// idempotency key and requests no runner can hold are answered here and not planned.
-pub fn plan(state: &State, batch: impl IntoIterator<Item = Pending>, rng: &mut impl Rng) -> Vec<Planned> {
-    let mut indexes: HashMap<String, RegionPlacementIndex> = HashMap::new();
+pub fn plan(
+    state: &State,
+    batch: impl IntoIterator<Item = Pending>,
+    rng: &mut impl Rng,
+    cache: &mut IndexCache,
+) -> Vec<Planned> {
+    cache.sync(state);
+    let indexes = &mut cache.indexes;
     let mut planned = Vec::new();
     for pending in batch {
         let request = &pending.request;
@@ -194,9 +226,20 @@ fn changed_under_us(rejection: &Rejection) -> bool {
 
 /// Proposes the planned placements as ONE Raft entry, answers each request, and places again
 /// (on the state after the entry) those `apply` rejected because their runner changed.
-pub async fn commit_and_retry(raft: &Raft, shared: &SharedState, mut planned: Vec<Planned>, rng: &mut impl Rng) {
+/// The cache stays valid only when the entry was the one change to the runners since the plan
+/// and every placement in it was applied as planned.
+pub async fn commit_and_retry(
+    raft: &Raft,
+    shared: &SharedState,
+    mut planned: Vec<Planned>,
+    rng: &mut impl Rng,
+    cache: &mut IndexCache,
+) {
     let mut attempt = 1;
     while !planned.is_empty() {
+        let planned_epoch = cache.epoch;
+        // Until the entry is known to have applied exactly as planned, the cache is suspect.
+        cache.epoch = u64::MAX;
         let (pendings, placements): (Vec<Pending>, Vec<Placement>) =
             planned.into_iter().map(|p| (p.pending, p.placement)).unzip();
         let proposal = Proposal::new(Command::PlaceSandboxes { placements }, corral_api::now_millis());
@@ -218,6 +261,9 @@ pub async fn commit_and_retry(raft: &Raft, shared: &SharedState, mut planned: Ve
                 return;
             }
         };
+        if results.iter().all(Result::is_ok) && shared.read().state.runner_epoch.0 == planned_epoch.wrapping_add(1) {
+            cache.epoch = planned_epoch.wrapping_add(1);
+        }
         let mut again = Vec::new();
         for (pending, result) in pendings.into_iter().zip(results) {
             let outcome = match &result {
@@ -237,6 +283,6 @@ pub async fn commit_and_retry(raft: &Raft, shared: &SharedState, mut planned: Ve
             }
         }
         attempt += 1;
-        planned = if again.is_empty() { Vec::new() } else { plan(&shared.read().state, again, rng) };
+        planned = if again.is_empty() { Vec::new() } else { plan(&shared.read().state, again, rng, cache) };
     }
 }

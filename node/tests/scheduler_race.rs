@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_net::{write_on_leader, GrpcNetworkFactory};
-use corral_node::scheduler::{commit_and_retry, plan, Pending};
+use corral_node::scheduler::{commit_and_retry, plan, IndexCache, Pending};
 use corral_storage::model::{Command, Proposal, RegionType, Resources, RunnerState, SandboxRequest};
 use corral_storage::{open_storage, CorralNode, Raft, StorageConfig};
 use rand::SeedableRng;
@@ -88,14 +88,15 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
             pending
         })
         .collect();
-    let planned = plan(&shared.read().state, pendings, &mut rng);
+    let mut cache = IndexCache::default();
+    let planned = plan(&shared.read().state, pendings, &mut rng, &mut cache);
     assert_eq!(planned.len(), 2);
 
     // The race: a is cordoned and b admitted before the batch is committed.
     write(&raft, Command::SetRunnerSchedulable { id: "a".into(), schedulable: Some(false) }).await;
     write(&raft, Command::SetRunnerState { id: "b".into(), state: RunnerState::Ready }).await;
 
-    commit_and_retry(&raft, &shared, planned, &mut rng).await;
+    commit_and_retry(&raft, &shared, planned, &mut rng, &mut cache).await;
     for answer in answers {
         let sandbox = answer.await.expect("answered").expect("no cluster error").expect("placed on retry");
         assert_eq!(sandbox.runner_id, "b", "placed again, on the runner that can take it");

@@ -430,7 +430,25 @@ pub struct State {
     /// Index: idempotency records by (time, key), oldest first, for expiry.
     #[serde(skip)]
     pub idempotency_by_age: BTreeSet<(Millis, String)>,
+    /// Bumped by every applied command that may change a runner's eligibility or allocation.
+    /// Local only (not serialized, not hashed): the scheduler uses it to know whether its
+    /// cached placement index still matches the state.
+    #[serde(skip)]
+    pub runner_epoch: LocalEpoch,
 }
+
+/// A replica-local change counter. Two states are equal whatever their epochs: the counter
+/// says how a replica got to its state, not what the state is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalEpoch(pub u64);
+
+impl PartialEq for LocalEpoch {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LocalEpoch {}
 
 impl State {
     /// The canonical encoding (used for snapshots and the state hash).
@@ -542,6 +560,9 @@ pub fn apply(state: &mut State, proposal: &Proposal) -> ApplyResult {
         }
     }
     let result = apply_command(state, &proposal.command, proposal.at, proposal.scope.as_deref());
+    if touches_runners(&proposal.command) {
+        state.runner_epoch.0 = state.runner_epoch.0.wrapping_add(1);
+    }
     debug_assert_eq!(state.check_invariants(), Ok(()), "after {:?}", proposal.command);
     if let Some(key) = &proposal.idempotency_key {
         let record =
@@ -565,6 +586,18 @@ fn expire_idempotency(state: &mut State) {
 
 fn not_found(kind: ObjectKind, id: &str) -> Rejection {
     Rejection::NotFound { kind, id: id.to_string() }
+}
+
+fn touches_runners(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::CreateOrganization { .. }
+            | Command::CreateApiKey { .. }
+            | Command::CreateRegion { .. }
+            | Command::UpdateRegionUrls { .. }
+            | Command::SetRegionCredential { .. }
+            | Command::DeleteRegion { .. }
+    )
 }
 
 /// Whether an object owned by `owner` is visible to a caller acting for `scope`.
