@@ -1,6 +1,7 @@
 //! What the API needs from the cluster, as a trait the node implements. The API never sees
 //! openraft or gRPC; it proposes, waits for a read barrier, and reads the shared state.
 
+use corral_storage::health::SharedHealth;
 use corral_storage::model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_storage::SharedState;
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,20 @@ pub struct ClusterStatus {
     /// SHA-256 of the canonical encoding of the replicated state (see `State::hash`).
     pub state_hash: String,
     pub members: Vec<MemberStatus>,
+    /// Liveness of every node as this node's gossip (SWIM) sees it.
+    pub gossip: Vec<GossipMemberStatus>,
+    /// Runners this node holds a health report for.
+    pub runners_reporting: u64,
+}
+
+/// One node as gossip sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GossipMemberStatus {
+    pub node_id: u64,
+    pub addr: String,
+    /// `alive`, `suspect` or `down`.
+    pub liveness: String,
 }
 
 /// A membership change asked for through the admin API.
@@ -97,6 +112,9 @@ pub trait ClusterHandle: Send + Sync + 'static {
 
     /// The local replica of the state.
     fn state(&self) -> &SharedState;
+
+    /// This node's table of the latest health report per runner (soft state from gossip).
+    fn health(&self) -> &SharedHealth;
 
     /// This node's view of the cluster.
     async fn status(&self) -> ClusterStatus;

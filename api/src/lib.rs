@@ -37,7 +37,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use corral_storage::model::{Command, Millis, Outcome, Proposal};
 
-pub use cluster::{ClusterError, ClusterHandle, ClusterStatus, MemberChange, MemberStatus, ReadConsistency};
+pub use cluster::{
+    ClusterError, ClusterHandle, ClusterStatus, GossipMemberStatus, MemberChange, MemberStatus, ReadConsistency,
+};
 pub use error::{ApiError, ErrorBody};
 use idempotency::Idempotency;
 

@@ -72,6 +72,7 @@ use crate::{organizations, regions, runners, sandboxes, AppState};
         organizations::CreatedApiKey,
         crate::ClusterStatus,
         crate::MemberStatus,
+        crate::GossipMemberStatus,
         crate::AddMemberRequest,
     )),
     modifiers(&BearerAuth),

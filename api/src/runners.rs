@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, patch};
 use axum::{Json, Router};
+use corral_storage::health::HealthTable;
 use corral_storage::model::{Command, Outcome, Resources, Runner, RunnerState, State as ReplicatedState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -200,11 +201,31 @@ impl From<&Runner> for RunnerView {
     }
 }
 
-fn runner_full(state: &ReplicatedState, r: &Runner) -> RunnerFull {
+/// A runner's view with the latest health report this node has for it: usage, version,
+/// snapshot count, when it last reported, and an availability score that also counts usage.
+pub fn runner_view(r: &Runner, health: &HealthTable) -> RunnerView {
+    let mut view = RunnerView::from(r);
+    if let Some(entry) = health.get(&r.id) {
+        let report = &entry.report;
+        view.usage = Some(UsageView {
+            current_cpu_usage_percentage: f64::from(report.cpu_pct),
+            current_memory_usage_percentage: f64::from(report.memory_pct),
+            current_disk_usage_percentage: f64::from(report.disk_pct),
+        });
+        let usage_score = (100.0 - report.max_usage_pct()).round().clamp(0.0, 100.0) as u8;
+        view.availability_score = view.availability_score.min(usage_score);
+        view.current_snapshot_count = report.snapshot_count;
+        view.version = Some(report.version.clone());
+        view.last_checked_at = Some(rfc3339(report.received_at));
+    }
+    view
+}
+
+fn runner_full(state: &ReplicatedState, health: &HealthTable, r: &Runner) -> RunnerFull {
     let region_type =
         state.regions.get(&r.region_id).map(|g| g.region_type).unwrap_or(corral_storage::model::RegionType::Custom);
     RunnerFull {
-        runner: RunnerView::from(r),
+        runner: runner_view(r, health),
         api_key_hint: r.api_key_hint.clone(),
         region_type,
         organization_id: r.organization_id.clone(),
@@ -284,13 +305,14 @@ pub async fn list_runners(
 ) -> Result<Json<Vec<RunnerView>>, ApiError> {
     app.cluster.read_barrier(params.consistency).await?;
     let machine = app.cluster.state().read();
+    let health = app.cluster.health().read();
     let runners = machine
         .state
         .runners
         .values()
         .filter(|r| r.organization_id == caller.organization_id)
         .filter(|r| params.region_id.as_ref().is_none_or(|g| &r.region_id == g))
-        .map(RunnerView::from)
+        .map(|r| runner_view(r, &health))
         .collect();
     Ok(Json(runners))
 }
@@ -309,12 +331,13 @@ pub async fn get_runner(
 ) -> Result<Json<RunnerView>, ApiError> {
     app.cluster.read_barrier(params.consistency).await?;
     let machine = app.cluster.state().read();
+    let health = app.cluster.health().read();
     machine
         .state
         .runners
         .get(&runner_id)
         .filter(|r| r.organization_id == caller.organization_id)
-        .map(|r| Json(RunnerView::from(r)))
+        .map(|r| Json(runner_view(r, &health)))
         .ok_or_else(|| ApiError::not_found(format!("runner '{runner_id}' not found")))
 }
 
@@ -332,7 +355,7 @@ pub async fn update_scheduling(
 ) -> Result<Json<RunnerView>, ApiError> {
     let command = Command::SetRunnerSchedulable { id: runner_id, schedulable: scheduling_body(&body)? };
     let outcome = app.submit(command, caller.scope(), &Idempotency::none(), &caller.organization_id, None).await?;
-    Ok(Json(RunnerView::from(&runner_outcome(outcome)?)))
+    Ok(Json(runner_view(&runner_outcome(outcome)?, &app.cluster.health().read())))
 }
 
 /// Delete one of the organization's runners (409 while it has sandboxes).
@@ -398,7 +421,8 @@ pub async fn admin_create_runner(
     };
     let runner = runner_outcome(app.submit(command, None, &idempotency, "admin", fingerprint).await?)?;
     let machine = app.cluster.state().read();
-    Ok((StatusCode::CREATED, Json(runner_full(&machine.state, &runner))))
+    let health = app.cluster.health().read();
+    Ok((StatusCode::CREATED, Json(runner_full(&machine.state, &health, &runner))))
 }
 
 /// List all runners, optionally of one region (operator).
@@ -413,12 +437,13 @@ pub async fn admin_list_runners(
 ) -> Result<Json<Vec<RunnerFull>>, ApiError> {
     app.cluster.read_barrier(params.consistency).await?;
     let machine = app.cluster.state().read();
+    let health = app.cluster.health().read();
     let runners = machine
         .state
         .runners
         .values()
         .filter(|r| params.region_id.as_ref().is_none_or(|g| &r.region_id == g))
-        .map(|r| runner_full(&machine.state, r))
+        .map(|r| runner_full(&machine.state, &health, r))
         .collect();
     Ok(Json(runners))
 }
@@ -437,11 +462,12 @@ pub async fn admin_get_runner(
 ) -> Result<Json<RunnerFull>, ApiError> {
     app.cluster.read_barrier(params.consistency).await?;
     let machine = app.cluster.state().read();
+    let health = app.cluster.health().read();
     machine
         .state
         .runners
         .get(&runner_id)
-        .map(|r| Json(runner_full(&machine.state, r)))
+        .map(|r| Json(runner_full(&machine.state, &health, r)))
         .ok_or_else(|| ApiError::not_found(format!("runner '{runner_id}' not found")))
 }
 
@@ -460,7 +486,8 @@ pub async fn admin_update_scheduling(
     let command = Command::SetRunnerSchedulable { id: runner_id, schedulable: scheduling_body(&body)? };
     let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
     let machine = app.cluster.state().read();
-    Ok(Json(runner_full(&machine.state, &runner)))
+    let health = app.cluster.health().read();
+    Ok(Json(runner_full(&machine.state, &health, &runner)))
 }
 
 /// Set a runner's state (operator): `ready`, `unresponsive`, `disabled`, `decommissioned`.
@@ -478,7 +505,8 @@ pub async fn admin_set_state(
     let command = Command::SetRunnerState { id: runner_id, state: body.state };
     let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
     let machine = app.cluster.state().read();
-    Ok(Json(runner_full(&machine.state, &runner)))
+    let health = app.cluster.health().read();
+    Ok(Json(runner_full(&machine.state, &health, &runner)))
 }
 
 /// Delete any runner (operator; 409 while it has sandboxes).

@@ -38,7 +38,7 @@ pub fn fleet(runners: usize) -> State {
             id: id.clone(),
             region_id: "bench".into(),
             name: id.clone(),
-            api_key_hash: String::new(),
+            api_key_hash: format!("hash-{id}"),
             api_key_hint: String::new(),
             api_version: "2".into(),
             domain: None,
@@ -49,6 +49,7 @@ pub fn fleet(runners: usize) -> State {
         let _ = apply(&mut state, &Proposal::new(create, 1));
         let _ = apply(&mut state, &Proposal::new(Command::SetRunnerState { id, state: RunnerState::Ready }, 1));
     }
+    assert_eq!(state.runners.len(), runners, "every benchmark runner was created");
     state
 }
 

@@ -9,6 +9,11 @@
 //! - the server side of all of them ([`raft_transport_server`]), which calls into the local
 //!   `openraft::Raft` and the node's [`SandboxPlacement`].
 //!
+//! and over QUIC (quinn + rustls, one UDP endpoint per node, see [`quic`]):
+//! - [`runner_session`]: runner agents' sessions (health reports in, assignments out);
+//! - [`gossip`]: node liveness by SWIM (`foca`) and the spread of runner health;
+//! - [`serve_quic`]: the accept loop that routes each connection by its ALPN.
+//!
 //! openraft messages travel as JSON in a `bytes` field (see `proto/raft.proto`): the wire
 //! format is then exactly openraft's serde types, with no hand-kept mirror of them.
 //!
@@ -36,6 +41,54 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
+
+pub mod gossip;
+pub mod quic;
+pub mod runner_session;
+
+/// Accepts QUIC connections until `stop`, handing runner connections to their sessions and
+/// node connections to gossip.
+pub async fn serve_quic(
+    endpoint: quinn::Endpoint,
+    gossip: gossip::Gossip,
+    directory: Arc<dyn runner_session::RunnerDirectory>,
+    sessions: runner_session::SessionConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming { Some(i) => i, None => return },
+            _ = stop.wait_for(|s| *s) => {
+                endpoint.close(0u32.into(), b"node stopping");
+                return;
+            }
+        };
+        let gossip = gossip.clone();
+        let directory = directory.clone();
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let connection = match tokio::time::timeout(Duration::from_secs(5), incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "quic handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "quic handshake timed out");
+                    return;
+                }
+            };
+            match quic::negotiated_alpn(&connection).as_deref() {
+                Some(quic::ALPN_RUNNER) => {
+                    runner_session::serve_runner_connection(connection, directory, sessions).await
+                }
+                Some(quic::ALPN_GOSSIP) => gossip.serve_connection(connection).await,
+                _ => connection.close(2u32.into(), b"unknown protocol"),
+            }
+        });
+    }
+}
 
 pub mod pb {
     tonic::include_proto!("corral.raft.v1");

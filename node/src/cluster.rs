@@ -11,11 +11,15 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use corral_api::{ClusterError, ClusterHandle, ClusterStatus, MemberChange, MemberStatus, ReadConsistency};
+use corral_api::{
+    ClusterError, ClusterHandle, ClusterStatus, GossipMemberStatus, MemberChange, MemberStatus, ReadConsistency,
+};
+use corral_net::gossip::Gossip;
 use corral_net::{
     change_membership_on_leader, read_index_on_leader, write_on_leader, ForwardError, MembershipChange, NetError,
     PeerClients, SandboxPlacement,
 };
+use corral_storage::health::SharedHealth;
 use corral_storage::model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_storage::{CorralNode, NodeId, Raft, SharedState};
 use openraft::ServerState;
@@ -35,6 +39,8 @@ pub struct RaftCluster {
     pub request_timeout: Duration,
     /// Set on SIGTERM: the node reports not ready so load balancers move away before it stops.
     pub draining: Arc<AtomicBool>,
+    pub health: SharedHealth,
+    pub gossip: Gossip,
 }
 
 /// How long a membership change may take (adding a node waits for it to catch up).
@@ -281,6 +287,10 @@ impl ClusterHandle for RaftCluster {
         &self.shared
     }
 
+    fn health(&self) -> &SharedHealth {
+        &self.health
+    }
+
     async fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -315,6 +325,17 @@ impl ClusterHandle for RaftCluster {
             snapshots_installed: machine.snapshots_installed,
             state_hash: machine.state.hash(),
             members,
+            gossip: self
+                .gossip
+                .members()
+                .into_iter()
+                .map(|g| GossipMemberStatus {
+                    node_id: g.node_id,
+                    addr: g.addr.to_string(),
+                    liveness: format!("{:?}", g.liveness).to_lowercase(),
+                })
+                .collect(),
+            runners_reporting: self.health.read().len() as u64,
         }
     }
 }

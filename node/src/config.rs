@@ -55,6 +55,13 @@ pub struct NodeConfig {
     /// On SIGTERM, how long the node reports not ready before it stops accepting requests
     /// (longer than the load balancer's health-check fall time).
     pub drain_ms: u64,
+    /// A ready runner silent for this long becomes `unresponsive`; 0 turns the leader's health
+    /// monitor off (runner state then changes only through the admin API).
+    pub runner_silence_ms: u64,
+    /// How often runner agents report (sent to them on connect).
+    pub runner_report_interval_ms: u64,
+    /// Gossip (SWIM): a suspect node that has not refuted within this is declared down.
+    pub gossip_suspect_ms: u64,
 }
 
 /// The config file's shape; every field optional so env and flags can fill the rest.
@@ -77,6 +84,9 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     log_format: Option<LogFormat>,
     drain_ms: Option<u64>,
+    runner_silence_ms: Option<u64>,
+    runner_report_interval_ms: Option<u64>,
+    gossip_suspect_ms: Option<u64>,
 }
 
 /// Flags of `corral serve`; each also reads a `CORRAL_*` variable.
@@ -119,6 +129,13 @@ pub struct ServeArgs {
     pub log_format: Option<LogFormat>,
     #[arg(long, env = "CORRAL_DRAIN_MS")]
     pub drain_ms: Option<u64>,
+    /// Silence after which a ready runner becomes unresponsive (0: never, by health).
+    #[arg(long, env = "CORRAL_RUNNER_SILENCE_MS")]
+    pub runner_silence_ms: Option<u64>,
+    #[arg(long, env = "CORRAL_RUNNER_REPORT_INTERVAL_MS")]
+    pub runner_report_interval_ms: Option<u64>,
+    #[arg(long, env = "CORRAL_GOSSIP_SUSPECT_MS")]
+    pub gossip_suspect_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +212,12 @@ impl NodeConfig {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             // haproxy's check (deploy/haproxy.cfg: every 500 ms, down after 2) needs ~1 s.
             drain_ms: args.drain_ms.or(file.drain_ms).unwrap_or(1_500),
+            runner_silence_ms: args.runner_silence_ms.or(file.runner_silence_ms).unwrap_or(10_000),
+            runner_report_interval_ms: args
+                .runner_report_interval_ms
+                .or(file.runner_report_interval_ms)
+                .unwrap_or(1_000),
+            gossip_suspect_ms: args.gossip_suspect_ms.or(file.gossip_suspect_ms).unwrap_or(2_000),
         };
         config.validate()?;
         Ok(config)
@@ -206,6 +229,16 @@ impl NodeConfig {
         }
         if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms {
             return Err(ConfigError::Invalid("election_timeout_ms must be greater than heartbeat_ms > 0".into()));
+        }
+        if self.runner_report_interval_ms == 0
+            || (self.runner_silence_ms != 0 && self.runner_silence_ms <= self.runner_report_interval_ms)
+        {
+            return Err(ConfigError::Invalid(
+                "runner_silence_ms must be 0 (off) or longer than runner_report_interval_ms > 0".into(),
+            ));
+        }
+        if self.gossip_suspect_ms < 100 {
+            return Err(ConfigError::Invalid("gossip_suspect_ms must be at least 100".into()));
         }
         if self.snapshot_threshold == 0 {
             return Err(ConfigError::Invalid("snapshot_threshold must be at least 1".into()));

@@ -8,6 +8,9 @@
 //!   read index);
 //! - [`scheduler`] and [`placement`]: the leader's batched scheduler and its pure placement
 //!   core;
+//! - [`health`]: the runner directory behind runner sessions and the leader's health monitor
+//!   (`ready` ↔ `unresponsive` from reports and silence);
+//! - [`runner_agent`]: `corral runner`, the runner agent (and `--simulate N` for scale tests);
 //! - [`dev`]: `corral dev`, a local 3-node cluster of real processes;
 //! - [`ctl`]: `corral ctl`, the REST client for every API operation;
 //! - [`shared_regions`]: the leader makes sure the shared regions exist;
@@ -19,7 +22,9 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+pub mod health;
 pub mod placement;
+pub mod runner_agent;
 pub mod scheduler;
 pub mod serve;
 pub mod shared_regions;

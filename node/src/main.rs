@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use corral_node::config::{LogFormat, NodeConfig, ServeArgs};
-use corral_node::{ctl, dev, serve};
+use corral_node::{ctl, dev, runner_agent, serve};
 
 /// Corral: a control plane for bring-your-own-compute fleets.
 #[derive(Debug, Parser)]
@@ -20,6 +20,8 @@ enum Commands {
     Dev(dev::DevArgs),
     /// Talk to a cluster's REST API (CORRAL_ADDR, CORRAL_TOKEN).
     Ctl(Box<ctl::CtlArgs>),
+    /// Run the runner agent: report this host's health over QUIC, receive assignments.
+    Runner(runner_agent::RunnerArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -42,6 +44,10 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve::run(config))
         }
         Commands::Dev(args) => dev::run(args),
+        Commands::Runner(args) => {
+            init_logging(LogFormat::Text);
+            runner_agent::run(args)
+        }
         Commands::Ctl(args) => match ctl::run(*args) {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -16,7 +16,12 @@ use tokio::sync::watch;
 
 use crate::cluster::RaftCluster;
 use crate::config::NodeConfig;
+use crate::health::{MonitorConfig, NodeRunnerDirectory};
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use corral_net::gossip::{Gossip, GossipConfig};
+use corral_net::quic::ServerIdentity;
+use corral_net::runner_session::SessionConfig;
+use corral_storage::health::SharedHealth;
 
 async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host(addr)
@@ -107,6 +112,27 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         bootstrap(&raft, &config).await?;
     }
 
+    // QUIC (runner sessions and gossip) listens on the UDP port of the Raft address, so the
+    // Raft membership tells every node where its peers gossip.
+    let health = SharedHealth::default();
+    let endpoint = corral_net::quic::node_endpoint(raft_listen, ServerIdentity::generate()?, Duration::from_secs(10))
+        .context("cannot open the QUIC endpoint")?;
+    let mut gossip_config = GossipConfig::new(config.node_id, raft_listen);
+    gossip_config.suspect_to_down = Duration::from_millis(config.gossip_suspect_ms);
+    let gossip = Gossip::start(gossip_config, endpoint.clone(), health.clone(), stop_rx.clone());
+    let directory = Arc::new(NodeRunnerDirectory {
+        node_id: config.node_id,
+        shared: shared.clone(),
+        health: health.clone(),
+        gossip: gossip.clone(),
+    });
+    let sessions = SessionConfig {
+        report_interval: Duration::from_millis(config.runner_report_interval_ms),
+        ..SessionConfig::default()
+    };
+    tokio::spawn(corral_net::serve_quic(endpoint, gossip.clone(), directory, sessions, stop_rx.clone()));
+    tokio::spawn(follow_membership(raft.clone(), gossip.clone(), stop_rx.clone()));
+
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let raft_cluster = Arc::new(RaftCluster {
         node_id: config.node_id,
@@ -116,10 +142,24 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         scheduler,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         draining: draining.clone(),
+        health: health.clone(),
+        gossip,
     });
     let cluster: Arc<dyn corral_api::ClusterHandle> = raft_cluster.clone();
     tokio::spawn(crate::shared_regions::ensure_on_leadership(raft.clone(), cluster.clone(), stop_rx.clone()));
     tokio::spawn(crate::telemetry::watch_raft(raft.clone(), stop_rx.clone()));
+    let monitor = MonitorConfig {
+        silence: (config.runner_silence_ms > 0).then(|| Duration::from_millis(config.runner_silence_ms)),
+        interval: Duration::from_millis(500),
+    };
+    tokio::spawn(crate::health::run_monitor(
+        raft.clone(),
+        cluster.clone(),
+        health,
+        config.node_id,
+        monitor,
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::telemetry::watch_state(
         shared_for_metrics,
         db_dir.clone(),
@@ -165,6 +205,33 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// Keeps gossip's peer list equal to the Raft membership (QUIC on each member's Raft port).
+async fn follow_membership(raft: Raft, gossip: Gossip, mut stop: watch::Receiver<bool>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let members: Vec<(u64, String)> = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.raft_addr.clone()))
+            .collect();
+        let mut peers = Vec::with_capacity(members.len());
+        for (id, addr) in members {
+            match resolve(&addr).await {
+                Ok(a) => peers.push((id, a)),
+                Err(e) => tracing::warn!(node_id = id, error = %e, "gossip peer address does not resolve"),
+            }
+        }
+        gossip.set_peers(peers);
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Initializes the cluster once; on a node that already has state this does nothing, so the

@@ -163,7 +163,7 @@ fn exercise(c: &TestCluster, via: u64, org_key: &str, suffix: &str) {
 
     // --- admin runners -----------------------------------------------------------------
     let admin_runner = json!({
-        "name": format!("admin-runner-{suffix}"), "regionId": region_id, "apiKey": "dtn_1234567890abcdef",
+        "name": format!("admin-runner-{suffix}"), "regionId": region_id, "apiKey": format!("dtn_{suffix}_1234567890abcdef"),
         "apiVersion": "2", "domain": "runner1.example.com", "apiUrl": "https://api.runner1.example.com",
         "proxyUrl": "https://proxy.runner1.example.com", "cpu": 8, "memoryGiB": 16, "diskGiB": 100
     });

@@ -22,7 +22,7 @@ fn runner(id: &str) -> Command {
         id: id.into(),
         region_id: "reg".into(),
         name: id.into(),
-        api_key_hash: String::new(),
+        api_key_hash: format!("hash-{id}"),
         api_key_hint: String::new(),
         api_version: "2".into(),
         domain: None,

@@ -8,6 +8,8 @@
 //!   ([`store::StateMachineStore`]) on one RocksDB database with three column families:
 //!   `log` (entries by index), `meta` (vote, committed, last purged) and `state` (the latest
 //!   snapshot of the state machine).
+//! - [`health`]: runner health reports and the per-node table of the latest one per runner
+//!   (soft state: spread by gossip, never written to Raft).
 //! - [`TypeConfig`]: the openraft type configuration every other crate uses.
 //!
 //! Invariants: a log append is acknowledged to openraft only after RocksDB has synced it (when
@@ -19,6 +21,7 @@
 // openraft and tonic fix the error types; their size is not ours to shrink.
 #![allow(clippy::result_large_err)]
 
+pub mod health;
 pub mod model;
 pub mod store;
 

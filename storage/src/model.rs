@@ -301,6 +301,14 @@ pub enum Command {
     DeleteSandbox {
         id: String,
     },
+    /// The leader's verdict from runner health reports: runners that report become `ready`,
+    /// silent ones `unresponsive`. Only those two moves are made (`initializing`/`unresponsive`
+    /// → `ready`, `ready` → `unresponsive`); a runner an operator disabled or decommissioned,
+    /// or one deleted meanwhile, is left alone.
+    RecordRunnerHealth {
+        reporting: Vec<String>,
+        silent: Vec<String>,
+    },
 }
 
 /// What a node proposes to Raft: a command plus what the proposer chose for it.
@@ -390,6 +398,8 @@ pub enum Outcome {
     Runner(Runner),
     Sandbox(Sandbox),
     Placed(Vec<Result<Sandbox, Rejection>>),
+    /// Ids of the runners a [`Command::RecordRunnerHealth`] moved.
+    RunnersChanged(Vec<String>),
     Deleted {
         kind: ObjectKind,
         id: String,
@@ -424,9 +434,12 @@ pub struct State {
     /// Index: (region id, runner name) → runner id.
     #[serde(skip)]
     pub runner_names: BTreeMap<(String, String), String>,
-    /// Index: runner id → number of sandboxes on it that are not destroyed.
+    /// Index: runner id → ids of the sandboxes on it that are not destroyed.
     #[serde(skip)]
-    pub runner_sandboxes: BTreeMap<String, usize>,
+    pub runner_sandboxes: BTreeMap<String, BTreeSet<String>>,
+    /// Index: runner token hash → runner id (runner agents authenticate by token).
+    #[serde(skip)]
+    pub runner_keys: BTreeMap<String, String>,
     /// Index: idempotency records by (time, key), oldest first, for expiry.
     #[serde(skip)]
     pub idempotency_by_age: BTreeSet<(Millis, String)>,
@@ -468,10 +481,11 @@ impl State {
             self.regions.values().map(|r| ((r.organization_id.clone(), r.name.clone()), r.id.clone())).collect();
         self.runner_names =
             self.runners.values().map(|r| ((r.region_id.clone(), r.name.clone()), r.id.clone())).collect();
+        self.runner_keys = self.runners.values().map(|r| (r.api_key_hash.clone(), r.id.clone())).collect();
         self.idempotency_by_age = self.idempotency.iter().map(|(k, r)| (r.at, k.clone())).collect();
         self.runner_sandboxes.clear();
         for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
-            *self.runner_sandboxes.entry(s.runner_id.clone()).or_default() += 1;
+            self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(s.id.clone());
         }
     }
 
@@ -765,6 +779,12 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             if state.runner_names.contains_key(&name_key) {
                 return Err(Rejection::DuplicateName { kind: ObjectKind::Runner, name: name.clone() });
             }
+            // A runner agent is known by its token alone, so no two runners may share one.
+            if state.runner_keys.contains_key(api_key_hash) {
+                return Err(Rejection::Invalid(
+                    "another runner already uses this token; each runner needs its own".into(),
+                ));
+            }
             let runner = Runner {
                 id: id.clone(),
                 name: name.clone(),
@@ -785,6 +805,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
                 updated_at: at,
             };
             state.runner_names.insert(name_key, id.clone());
+            state.runner_keys.insert(runner.api_key_hash.clone(), id.clone());
             state.runners.insert(id.clone(), runner.clone());
             Ok(Outcome::Runner(runner))
         }
@@ -803,16 +824,36 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             runner.updated_at = at;
             Ok(Outcome::Runner(runner.clone()))
         }
+        Command::RecordRunnerHealth { reporting, silent } => {
+            let mut changed = Vec::new();
+            for (ids, from, to) in [
+                (reporting, &[RunnerState::Initializing, RunnerState::Unresponsive][..], RunnerState::Ready),
+                (silent, &[RunnerState::Ready][..], RunnerState::Unresponsive),
+            ] {
+                for id in ids {
+                    if let Some(runner) = state.runners.get_mut(id).filter(|r| from.contains(&r.state)) {
+                        runner.state = to;
+                        runner.updated_at = at;
+                        changed.push(id.clone());
+                    }
+                }
+            }
+            Ok(Outcome::RunnersChanged(changed))
+        }
         Command::DeleteRunner { id } => {
             let Some(runner) = state.runners.get(id).filter(|r| in_scope(scope, &r.organization_id)) else {
                 return Err(not_found(ObjectKind::Runner, id));
             };
-            let sandboxes = state.runner_sandboxes.get(id).copied().unwrap_or(0);
+            let sandboxes = state.runner_sandboxes.get(id).map_or(0, BTreeSet::len);
             if sandboxes > 0 {
                 return Err(Rejection::RunnerHasSandboxes { runner_id: id.clone(), sandboxes });
             }
             let name_key = (runner.region_id.clone(), runner.name.clone());
             state.runner_names.remove(&name_key);
+            if state.runner_keys.get(&runner.api_key_hash) == Some(id) {
+                let key_hash = runner.api_key_hash.clone();
+                state.runner_keys.remove(&key_hash);
+            }
             state.runners.remove(id);
             state.runner_sandboxes.remove(id);
             Ok(Outcome::Deleted { kind: ObjectKind::Runner, id: id.clone() })
@@ -891,7 +932,7 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
     runner.allocated = after;
     runner.started_sandboxes += 1;
     runner.updated_at = at;
-    *state.runner_sandboxes.entry(p.runner_id.clone()).or_default() += 1;
+    state.runner_sandboxes.entry(p.runner_id.clone()).or_default().insert(p.sandbox_id.clone());
     let sandbox = Sandbox {
         id: p.sandbox_id.clone(),
         organization_id: p.organization_id.clone(),
@@ -931,9 +972,9 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
     }
     if new_state == SandboxState::Destroyed && old_state != SandboxState::Destroyed {
         runner.allocated = runner.allocated.saturating_sub(&resources);
-        if let Some(n) = state.runner_sandboxes.get_mut(&runner_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(ids) = state.runner_sandboxes.get_mut(&runner_id) {
+            ids.remove(id);
+            if ids.is_empty() {
                 state.runner_sandboxes.remove(&runner_id);
             }
         }

@@ -30,7 +30,7 @@ fn create_runner(id: &str, region: &str, name: &str, cpu: u64) -> Command {
         id: id.into(),
         region_id: region.into(),
         name: name.into(),
-        api_key_hash: "k".into(),
+        api_key_hash: format!("k-{id}"),
         api_key_hint: "k…".into(),
         api_version: "2".into(),
         domain: None,
@@ -206,6 +206,62 @@ fn runners() {
         Err(Rejection::Invalid(_))
     ));
     assert!(matches!(run(&mut s, Command::DeleteRunner { id: "no".into() }), Err(Rejection::NotFound { .. })));
+    assert_eq!(s.check_invariants(), Ok(()));
+}
+
+#[test]
+fn two_runners_cannot_share_a_token() {
+    let mut s = State::default();
+    run(&mut s, create_region("reg", "org", "r")).expect("region");
+    run(&mut s, create_runner("a", "reg", "a", 4)).expect("runner");
+    let Command::CreateRunner { api_key_hash, .. } = create_runner("a", "reg", "a", 4) else { unreachable!() };
+    let twin = Command::CreateRunner {
+        id: "b".into(),
+        region_id: "reg".into(),
+        name: "b".into(),
+        api_key_hash,
+        api_key_hint: "k…".into(),
+        api_version: "2".into(),
+        domain: None,
+        api_url: None,
+        proxy_url: None,
+        capacity: Resources::default(),
+    };
+    assert!(matches!(run(&mut s, twin), Err(Rejection::Invalid(_))));
+    assert_eq!(s.runner_keys.get("k-a").map(String::as_str), Some("a"));
+    run(&mut s, Command::DeleteRunner { id: "a".into() }).expect("deleted");
+    assert!(s.runner_keys.is_empty(), "a deleted runner's token opens nothing");
+}
+
+#[test]
+fn runner_health_moves_only_between_ready_and_unresponsive() {
+    let mut s = State::default();
+    run(&mut s, create_region("reg", "org", "r")).expect("region");
+    for (id, name) in [("fresh", "a"), ("ready", "b"), ("off", "c"), ("gone", "d")] {
+        run(&mut s, create_runner(id, "reg", name, 4)).expect("runner");
+    }
+    run(&mut s, Command::SetRunnerState { id: "ready".into(), state: RunnerState::Ready }).expect("ready");
+    run(&mut s, Command::SetRunnerState { id: "off".into(), state: RunnerState::Disabled }).expect("disabled");
+    run(&mut s, Command::DeleteRunner { id: "gone".into() }).expect("deleted");
+
+    // Reports from `fresh`, `off` and a deleted runner; `ready` fell silent.
+    let health = Command::RecordRunnerHealth {
+        reporting: vec!["fresh".into(), "off".into(), "gone".into()],
+        silent: vec!["ready".into()],
+    };
+    let Ok(Outcome::RunnersChanged(changed)) = run(&mut s, health) else { panic!("recorded") };
+    assert_eq!(changed, vec!["fresh".to_string(), "ready".to_string()]);
+    assert_eq!(s.runners["fresh"].state, RunnerState::Ready);
+    assert_eq!(s.runners["ready"].state, RunnerState::Unresponsive);
+    assert_eq!(s.runners["off"].state, RunnerState::Disabled, "an operator's state wins over health");
+    assert!(!s.runners.contains_key("gone"));
+
+    // Silence never demotes a runner that is not ready; reports bring an unresponsive one back.
+    let again = Command::RecordRunnerHealth { reporting: vec!["ready".into()], silent: vec!["off".into()] };
+    let Ok(Outcome::RunnersChanged(changed)) = run(&mut s, again) else { panic!("recorded") };
+    assert_eq!(changed, vec!["ready".to_string()]);
+    assert_eq!(s.runners["ready"].state, RunnerState::Ready);
+    assert_eq!(s.runners["off"].state, RunnerState::Disabled);
     assert_eq!(s.check_invariants(), Ok(()));
 }
 
@@ -444,6 +500,12 @@ fn arb_command() -> impl Strategy<Value = Command> {
         (0u32..20, prop::sample::select(vec![SandboxState::Started, SandboxState::Stopped, SandboxState::Destroyed]))
             .prop_map(|(s, st)| Command::SetSandboxState { id: format!("sb-{s}"), state: st }),
         (0u32..20).prop_map(|s| Command::DeleteSandbox { id: format!("sb-{s}") }),
+        (prop::collection::vec(id.clone(), 0..3), prop::collection::vec(id.clone(), 0..3)).prop_map(|(r, q)| {
+            Command::RecordRunnerHealth {
+                reporting: r.into_iter().map(|i| format!("run-{i}")).collect(),
+                silent: q.into_iter().map(|i| format!("run-{i}")).collect(),
+            }
+        }),
         (org, name).prop_map(|(o, n)| Command::CreateOrganization { id: o.into(), name: n.into() }),
     ]
 }

@@ -2,8 +2,10 @@
 //! for a duration, creating sandboxes (or regions), and prints throughput, latency
 //! percentiles and error counts, as text and, with `--json`, as JSON.
 //!
-//! With `--admin-token`, it first prepares a region of ready runners big enough for the run,
-//! so it works against a fresh `corral dev` cluster:
+//! With `--admin-token`, it first prepares a region of runners big enough for the run and
+//! brings every one of them up with a simulated runner agent (in this process, over QUIC to
+//! `--runner-endpoints`): runners become `ready` because they report, as in production, and
+//! keep reporting for the whole run. It works against a fresh `corral dev` cluster:
 //!
 //! ```sh
 //! cargo run --release -p corral-benches --bin loadgen -- \
@@ -61,6 +63,13 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// QUIC endpoints (the nodes' Raft addresses) the simulated runner agents connect to.
+    #[arg(long, default_value = "127.0.0.1:8901,127.0.0.1:8902,127.0.0.1:8903")]
+    runner_endpoints: String,
+}
+
+fn runner_token(target: &str, i: usize) -> String {
+    format!("loadgen-token-{target}-{i}")
 }
 
 #[derive(Debug, Serialize)]
@@ -91,7 +100,8 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-async fn prepare(args: &Args, base: &str, admin: &str) -> anyhow::Result<()> {
+/// Creates the region and runners; returns the region id.
+async fn prepare(args: &Args, base: &str, admin: &str) -> anyhow::Result<String> {
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("{base}/api/regions"))
@@ -121,7 +131,7 @@ async fn prepare(args: &Args, base: &str, admin: &str) -> anyhow::Result<()> {
     let have = existing.as_array().map(Vec::len).unwrap_or(0);
     for i in have..args.runners {
         let body = json!({ "name": format!("{}-runner-{i}", args.target), "regionId": region_id,
-            "apiKey": format!("loadgen-token-{}-{i}", args.target), "apiVersion": "2",
+            "apiKey": runner_token(&args.target, i), "apiVersion": "2",
             "cpu": 1_000_000, "memoryGiB": 1_000_000, "diskGiB": 10_000_000 });
         let runner: Value = client
             .post(format!("{base}/api/admin/runners"))
@@ -131,16 +141,32 @@ async fn prepare(args: &Args, base: &str, admin: &str) -> anyhow::Result<()> {
             .await?
             .json()
             .await?;
-        let id = runner["id"].as_str().with_context(|| format!("runner not created: {runner}"))?;
-        client
-            .patch(format!("{base}/api/admin/runners/{id}/state"))
+        runner["id"].as_str().with_context(|| format!("runner not created: {runner}"))?;
+    }
+    Ok(region_id)
+}
+
+/// Waits until every runner of the region is `ready` (they report through the agents).
+async fn wait_ready(base: &str, admin: &str, region_id: &str, want: usize) -> anyhow::Result<Duration> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let list: Value = client
+            .get(format!("{base}/api/admin/runners?regionId={region_id}&consistency=stale"))
             .bearer_auth(admin)
-            .json(&json!({ "state": "ready" }))
             .send()
             .await?
-            .error_for_status()?;
+            .json()
+            .await?;
+        let ready = list.as_array().map(|l| l.iter().filter(|r| r["state"] == "ready").count()).unwrap_or(0);
+        if ready >= want {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("only {ready} of {want} runners became ready within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(())
 }
 
 #[tokio::main]
@@ -150,8 +176,15 @@ async fn main() -> anyhow::Result<()> {
     if addrs.is_empty() || args.connections == 0 {
         bail!("need at least one address and one connection");
     }
+    let (stop_agents, agents_stop) = tokio::sync::watch::channel(false);
+    let mut agents = None;
     if let (Some(admin), Workload::Sandboxes) = (&args.admin_token, args.workload) {
-        prepare(&args, &addrs[0], admin).await?;
+        let region_id = prepare(&args, &addrs[0], admin).await?;
+        let tokens: Vec<String> = (0..args.runners).map(|i| runner_token(&args.target, i)).collect();
+        let endpoints: Vec<String> = args.runner_endpoints.split(',').map(|e| e.trim().to_string()).collect();
+        agents = Some(tokio::spawn(corral_node::runner_agent::simulate(tokens, endpoints, agents_stop)));
+        let took = wait_ready(&addrs[0], admin, &region_id, args.runners).await?;
+        eprintln!("{} simulated runners ready after {:.1} s", args.runners, took.as_secs_f64());
     }
 
     let deadline = Instant::now() + Duration::from_secs(args.duration);
@@ -206,6 +239,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop_agents.send(true);
+    if let Some(agents) = agents {
+        agents.await??;
+    }
     latencies.sort_unstable();
     let succeeded = latencies.len() as u64;
     let report = Report {

@@ -86,6 +86,12 @@ impl TestCluster {
             .args(["--raft-addr", &node.raft_addr, "--api-addr", &node.api_addr, "--peers", &peers])
             .args(&extra)
             .env("CORRAL_ADMIN_KEY", ADMIN_KEY)
+            // Tests that drive runner state through the admin API run no agents, so the leader's
+            // health monitor is off unless a test asks for it (tests/runner_agent.rs does).
+            .env(
+                "CORRAL_RUNNER_SILENCE_MS",
+                if extra.iter().any(|a| a == "--runner-silence-ms") { "3000" } else { "0" },
+            )
             .env("CORRAL_LOG", "info,openraft=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log clone"))

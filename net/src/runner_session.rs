@@ -1,0 +1,297 @@
+//! Runner sessions: the node side of the runner protocol.
+//!
+//! A session is one bidirectional QUIC stream on a connection with ALPN
+//! [`crate::quic::ALPN_RUNNER`] (a real agent opens one; a simulator opens thousands on a few
+//! connections). The agent speaks first:
+//!
+//! ```text
+//! agent → node   Hello { token, version }
+//! node  → agent  Welcome { runner_id, node_id, report_interval_ms } | Refused { reason } (+ close)
+//! agent → node   Report(HealthReport) every interval, Ack { sandbox_id, action } per assignment
+//! node  → agent  Assign(Assignment)…, Synced (after the first full set), Refused (runner deleted)
+//! ```
+//!
+//! The node sends the runner every sandbox placed on it (start or stop) and a destroy for each
+//! one that goes away; after the first full set it sends `Synced`, so an agent that reconnects
+//! drops whatever it still runs that is no longer assigned. A wrong token, or a runner deleted
+//! while connected, gets `Refused` and the whole connection is closed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_storage::health::HealthReport;
+use corral_storage::model::{Millis, Resources};
+use quinn::{Connection, RecvStream, SendStream};
+use serde::{Deserialize, Serialize};
+
+use crate::quic::{read_frame, write_frame, FrameError};
+
+/// Close code for a refused runner (wrong or deleted token).
+pub const CLOSE_UNAUTHORIZED: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    Hello {
+        token: String,
+        version: String,
+    },
+    /// `runner_id`, `via_node` and `received_at` are filled in by the node.
+    Report(HealthReport),
+    Ack {
+        sandbox_id: String,
+        action: AssignmentAction,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeMessage {
+    Welcome {
+        runner_id: String,
+        node_id: u64,
+        report_interval_ms: u64,
+    },
+    Refused {
+        reason: String,
+    },
+    Assign(Assignment),
+    /// Everything assigned has been sent once.
+    Synced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AssignmentAction {
+    Start,
+    Stop,
+    Destroy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub sandbox_id: String,
+    pub action: AssignmentAction,
+    pub target: String,
+    pub resources: Resources,
+}
+
+/// What the node knows of a runner's sandboxes right now.
+pub enum AssignmentPoll {
+    /// The runner is gone (deleted): end the session.
+    Gone,
+    /// Nothing changed since `version`.
+    Unchanged,
+    /// The runner's current sandboxes (not destroyed) and the version they are at.
+    Current { version: Millis, assignments: Vec<Assignment> },
+}
+
+/// What a session needs from the node (implemented by `corral-node` over the replicated state
+/// and the health table).
+pub trait RunnerDirectory: Send + Sync + 'static {
+    /// The runner a token belongs to, if any (compares hashes, never stores the token).
+    fn authenticate(&self, token: &str) -> Option<String>;
+    /// The runner's assignments unless they are unchanged since `known_version`.
+    fn poll_assignments(&self, runner_id: &str, known_version: Option<Millis>) -> AssignmentPoll;
+    /// A report arrived (already stamped with runner id, node and receipt time).
+    fn record(&self, report: HealthReport);
+    fn node_id(&self) -> u64;
+}
+
+/// Session timing.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub report_interval: Duration,
+    /// How often the node looks for new assignments for a runner.
+    pub assignment_poll: Duration,
+    /// Look at the full set at least this often even if the runner's version did not move.
+    pub full_recheck: Duration,
+    pub hello_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            report_interval: Duration::from_secs(1),
+            assignment_poll: Duration::from_millis(250),
+            full_recheck: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn now_millis() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+/// Serves every session a runner connection opens, until it closes.
+pub async fn serve_runner_connection(
+    connection: Connection,
+    directory: Arc<dyn RunnerDirectory>,
+    config: SessionConfig,
+) {
+    metrics::gauge!("corral_runner_connections").increment(1.0);
+    loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                let directory = directory.clone();
+                let config = config.clone();
+                let connection = connection.clone();
+                tokio::spawn(async move {
+                    metrics::gauge!("corral_runner_sessions").increment(1.0);
+                    if let Err(e) = session(&connection, send, recv, directory, config).await {
+                        tracing::debug!(error = %e, remote = %connection.remote_address(), "runner session ended");
+                    }
+                    metrics::gauge!("corral_runner_sessions").decrement(1.0);
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, remote = %connection.remote_address(), "runner connection closed");
+                break;
+            }
+        }
+    }
+    metrics::gauge!("corral_runner_connections").decrement(1.0);
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("no hello within the timeout")]
+    NoHello,
+    #[error("the agent spoke out of turn")]
+    Protocol,
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+async fn refuse(connection: &Connection, send: &mut SendStream, reason: &str) -> SessionError {
+    metrics::counter!("corral_runner_sessions_refused_total").increment(1);
+    let _ = write_frame(send, &NodeMessage::Refused { reason: reason.to_string() }).await;
+    let _ = send.finish();
+    // Give the refusal a moment to leave before the connection goes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    connection.close(CLOSE_UNAUTHORIZED.into(), reason.as_bytes());
+    SessionError::Refused(reason.to_string())
+}
+
+async fn session(
+    connection: &Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    directory: Arc<dyn RunnerDirectory>,
+    config: SessionConfig,
+) -> Result<(), SessionError> {
+    let hello = tokio::time::timeout(config.hello_timeout, read_frame::<AgentMessage>(&mut recv))
+        .await
+        .map_err(|_| SessionError::NoHello)??;
+    let Some(AgentMessage::Hello { token, version }) = hello else {
+        return Err(SessionError::Protocol);
+    };
+    let Some(runner_id) = directory.authenticate(&token) else {
+        tracing::warn!(remote = %connection.remote_address(), "runner refused: unknown token");
+        return Err(refuse(connection, &mut send, "unknown or revoked runner token").await);
+    };
+    tracing::info!(runner_id, version, remote = %connection.remote_address(), "runner session opened");
+    write_frame(
+        &mut send,
+        &NodeMessage::Welcome {
+            runner_id: runner_id.clone(),
+            node_id: directory.node_id(),
+            report_interval_ms: config.report_interval.as_millis() as u64,
+        },
+    )
+    .await?;
+
+    // sandbox id → last action sent; the runner acknowledges each.
+    let mut sent: HashMap<String, AssignmentAction> = HashMap::new();
+    let mut known_version: Option<Millis> = None;
+    let mut synced = false;
+    let mut last_full = tokio::time::Instant::now();
+    let mut poll = tokio::time::interval(config.assignment_poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            message = read_frame::<AgentMessage>(&mut recv) => {
+                match message? {
+                    None => return Ok(()),
+                    Some(AgentMessage::Report(mut report)) => {
+                        report.runner_id = runner_id.clone();
+                        report.via_node = directory.node_id();
+                        report.received_at = now_millis();
+                        if report.is_well_formed() {
+                            metrics::counter!("corral_runner_reports_total").increment(1);
+                            directory.record(report);
+                        } else {
+                            metrics::counter!("corral_runner_reports_rejected_total").increment(1);
+                        }
+                    }
+                    Some(AgentMessage::Ack { sandbox_id, action }) => {
+                        metrics::counter!("corral_runner_assignment_acks_total").increment(1);
+                        tracing::debug!(runner_id, sandbox_id, ?action, "assignment acknowledged");
+                        if action == AssignmentAction::Destroy {
+                            sent.remove(&sandbox_id);
+                        }
+                    }
+                    Some(AgentMessage::Hello { .. }) => return Err(SessionError::Protocol),
+                }
+            }
+            _ = poll.tick() => {
+                let full = last_full.elapsed() >= config.full_recheck;
+                let since = if full { None } else { known_version };
+                match directory.poll_assignments(&runner_id, since) {
+                    AssignmentPoll::Gone => {
+                        tracing::warn!(runner_id, "runner deleted; closing its session");
+                        return Err(refuse(connection, &mut send, "runner deleted").await);
+                    }
+                    AssignmentPoll::Unchanged => {}
+                    AssignmentPoll::Current { version, assignments } => {
+                        if full {
+                            last_full = tokio::time::Instant::now();
+                        }
+                        known_version = Some(version);
+                        send_changes(&mut send, &mut sent, assignments).await?;
+                        if !synced {
+                            write_frame(&mut send, &NodeMessage::Synced).await?;
+                            synced = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends what changed between `sent` and `current`: new or changed sandboxes, and a destroy
+/// for each one sent before that is no longer there.
+async fn send_changes(
+    send: &mut SendStream,
+    sent: &mut HashMap<String, AssignmentAction>,
+    current: Vec<Assignment>,
+) -> Result<(), FrameError> {
+    let mut present = std::collections::HashSet::with_capacity(current.len());
+    for assignment in current {
+        present.insert(assignment.sandbox_id.clone());
+        if sent.get(&assignment.sandbox_id) != Some(&assignment.action) {
+            sent.insert(assignment.sandbox_id.clone(), assignment.action);
+            metrics::counter!("corral_runner_assignments_sent_total").increment(1);
+            write_frame(send, &NodeMessage::Assign(assignment)).await?;
+        }
+    }
+    let gone: Vec<String> = sent
+        .iter()
+        .filter(|(id, action)| !present.contains(*id) && **action != AssignmentAction::Destroy)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for sandbox_id in gone {
+        sent.insert(sandbox_id.clone(), AssignmentAction::Destroy);
+        metrics::counter!("corral_runner_assignments_sent_total").increment(1);
+        let destroy = Assignment {
+            sandbox_id,
+            action: AssignmentAction::Destroy,
+            target: String::new(),
+            resources: Resources::default(),
+        };
+        write_frame(send, &NodeMessage::Assign(destroy)).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! Runner agents and gossip with real processes: `corral serve` ×3 and `corral runner`.
+//!
+//! - an agent registers, reports, becomes `ready` on every node (gossip delivers its health),
+//!   sees the sandbox placed on it, moves to another node when its node is SIGKILLed, and is
+//!   `unresponsive` on every node soon after it is SIGKILLed itself;
+//! - a wrong token, and the token of a runner deleted while connected, are refused;
+//! - a node whose UDP traffic is dropped (nftables on loopback) is declared down by the others
+//!   and rejoins when the partition heals.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestCluster, ADMIN_KEY};
+use serde_json::{json, Value};
+
+const SILENCE_MS: u64 = 3_000;
+
+fn node_args() -> Vec<&'static str> {
+    vec!["--runner-silence-ms", "3000", "--runner-report-interval-ms", "500", "--gossip-suspect-ms", "1500"]
+}
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(token: &str, endpoints: &str, log: &Path) -> Agent {
+        let file = fs::File::create(log).expect("agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["runner", "--endpoints", endpoints])
+            .env("CORRAL_RUNNER_TOKEN", token)
+            .env("CORRAL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn corral runner");
+        Agent { child, log: log.to_path_buf() }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The endpoint of the agent's latest connection.
+    fn connected_to(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("runner session open"))
+            .and_then(|l| l.split("endpoint=").nth(1))
+            .map(|s| s.split_whitespace().next().unwrap_or("").trim_matches('"').to_string())
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A custom region and one runner with capacity in it; returns (org key, region id, runner id).
+fn setup(c: &TestCluster, via: u64, token: &str) -> (String, String, String) {
+    let (_, key) = c.create_organization(via, "fleet");
+    let (s, region) = c.call(via, "POST", "/api/regions", Some(&key), Some(&json!({ "name": "edge" })), &[]);
+    assert_eq!(s, 201, "{region}");
+    let region_id = region["id"].as_str().expect("id").to_string();
+    let body = json!({ "name": "edge-1", "regionId": region_id, "apiKey": token, "apiVersion": "2",
+        "cpu": 8, "memoryGiB": 16, "diskGiB": 100 });
+    let (s, runner) = c.call(via, "POST", "/api/admin/runners", Some(ADMIN_KEY), Some(&body), &[]);
+    assert_eq!(s, 201, "{runner}");
+    assert_eq!(runner["state"], "initializing");
+    (key, region_id, runner["id"].as_str().expect("id").to_string())
+}
+
+fn runner_on(c: &TestCluster, node: u64, key: &str, runner_id: &str) -> Value {
+    let (s, r) = c.call(node, "GET", &format!("/api/runners/{runner_id}?consistency=stale"), Some(key), None, &[]);
+    assert_eq!(s, 200, "{r}");
+    r
+}
+
+fn endpoints(c: &TestCluster) -> String {
+    c.nodes.iter().map(|n| n.raft_addr.clone()).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn agent_reports_gets_its_sandbox_fails_over_and_goes_unresponsive_when_killed() {
+    let mut c = TestCluster::start(3, &node_args());
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let token = "agent-test-token-0123456789abcdef";
+    let (key, region_id, runner_id) = setup(&c, leader, token);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = Agent::start(token, &endpoints(&c), &dir.path().join("agent.log"));
+
+    // Health reaches every node, and the leader commits `ready`.
+    wait_for("ready with usage on every node", Duration::from_secs(20), || {
+        c.nodes
+            .iter()
+            .map(|n| runner_on(&c, n.id, &key, &runner_id))
+            .all(|r| {
+                r["state"] == "ready" && r["usage"]["currentCpuUsagePercentage"].is_number() && r["version"].is_string()
+            })
+            .then_some(())
+    });
+    let r = runner_on(&c, leader, &key, &runner_id);
+    assert!(r["lastCheckedAt"].is_string(), "{r}");
+    let score = r["availabilityScore"].as_u64().expect("score");
+    assert!(score <= 100, "{r}");
+
+    // A sandbox placed on the runner reaches the agent, and so does its stop.
+    let (s, sandbox) = c.call(leader, "POST", "/api/sandboxes", Some(&key), Some(&json!({ "target": "edge" })), &[]);
+    assert_eq!(s, 201, "{sandbox}");
+    assert_eq!(sandbox["runnerId"].as_str(), Some(runner_id.as_str()));
+    let sandbox_id = sandbox["id"].as_str().expect("id").to_string();
+    wait_for("start assignment at the agent", Duration::from_secs(10), || {
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("assignment") && l.contains(&sandbox_id) && l.contains("Start"))
+            .then_some(())
+    });
+    let (s, _) = c.call(leader, "POST", &format!("/api/sandboxes/{sandbox_id}/stop"), Some(&key), None, &[]);
+    assert_eq!(s, 200);
+    wait_for("stop assignment at the agent", Duration::from_secs(10), || {
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("assignment") && l.contains(&sandbox_id) && l.contains("Stop"))
+            .then_some(())
+    });
+
+    // Kill the node the agent talks to; the agent moves to another and keeps reporting.
+    let first = agent.connected_to().expect("agent connected");
+    let victim = c.nodes.iter().find(|n| n.raft_addr == first).map(|n| n.id).expect("agent's node is ours");
+    c.kill(victim);
+    let survivors: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|id| *id != victim).collect();
+    let second =
+        wait_for("agent on another node", Duration::from_secs(20), || agent.connected_to().filter(|e| *e != first));
+    assert_ne!(second, first);
+    let checked_before = runner_on(&c, survivors[0], &key, &runner_id)["lastCheckedAt"].clone();
+    wait_for("reports continue after the failover", Duration::from_secs(10), || {
+        survivors
+            .iter()
+            .all(|id| {
+                let r = runner_on(&c, *id, &key, &runner_id);
+                r["lastCheckedAt"] != checked_before && r["state"] == "ready"
+            })
+            .then_some(())
+    });
+    // Past a full silence after the failover, the runner is still ready: it never fell silent.
+    c.wait_leader(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(SILENCE_MS + 1_000));
+    for id in &survivors {
+        assert_eq!(runner_on(&c, *id, &key, &runner_id)["state"], "ready", "node {id}");
+    }
+
+    // SIGKILL the agent: unresponsive on every live node within the silence plus a margin.
+    let killed_at = Instant::now();
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    wait_for("unresponsive on every node", Duration::from_millis(SILENCE_MS + 8_000), || {
+        survivors.iter().all(|id| runner_on(&c, *id, &key, &runner_id)["state"] == "unresponsive").then_some(())
+    });
+    let took = killed_at.elapsed();
+    eprintln!(
+        "runner unresponsive on every node {:.2} s after SIGKILL (silence {} s)",
+        took.as_secs_f64(),
+        SILENCE_MS / 1000
+    );
+    // The scheduler never places on it now.
+    let (s, body) = c.call(survivors[0], "POST", "/api/sandboxes", Some(&key), Some(&json!({ "target": "edge" })), &[]);
+    assert_eq!(s, 503, "{body}");
+}
+
+#[test]
+fn wrong_and_deleted_runner_tokens_are_refused() {
+    let c = TestCluster::start(3, &node_args());
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let token = "deleted-runner-token-0123456789ab";
+    let (key, _region_id, runner_id) = setup(&c, leader, token);
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let mut wrong = Agent::start("not-a-token-of-this-cluster-xxxxxx", &endpoints(&c), &dir.path().join("wrong.log"));
+    let status = wrong.wait_exit(Duration::from_secs(20)).expect("a refused agent exits");
+    assert!(!status.success());
+    assert!(wrong.log().contains("unknown or revoked runner token"), "{}", wrong.log());
+
+    let mut agent = Agent::start(token, &endpoints(&c), &dir.path().join("agent.log"));
+    wait_for("ready", Duration::from_secs(20), || {
+        (runner_on(&c, leader, &key, &runner_id)["state"] == "ready").then_some(())
+    });
+    let (s, body) = c.call(leader, "DELETE", &format!("/api/runners/{runner_id}"), Some(&key), None, &[]);
+    assert_eq!(s, 204, "{body}");
+    let status = agent.wait_exit(Duration::from_secs(20)).expect("the deleted runner's agent is cut off");
+    assert!(!status.success());
+    assert!(agent.log().contains("runner deleted"), "{}", agent.log());
+}
+
+/// Drops every UDP datagram to or from `port` on loopback while alive.
+struct UdpPartition {
+    table: String,
+}
+
+impl UdpPartition {
+    fn isolate(port: u16) -> Result<UdpPartition, String> {
+        let table = format!("corral_test_{}_{port}", std::process::id());
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} input {{ type filter hook input priority -10; }}\n\
+             add chain inet {table} output {{ type filter hook output priority -10; }}\n\
+             add rule inet {table} input udp dport {port} drop\n\
+             add rule inet {table} input udp sport {port} drop\n\
+             add rule inet {table} output udp dport {port} drop\n\
+             add rule inet {table} output udp sport {port} drop\n"
+        );
+        let out = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().expect("stdin").write_all(script.as_bytes())?;
+                child.wait_with_output()
+            })
+            .map_err(|e| format!("nft: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("nft refused: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(UdpPartition { table })
+    }
+}
+
+impl Drop for UdpPartition {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+    }
+}
+
+fn liveness(c: &TestCluster, on: u64, of: u64) -> Option<String> {
+    let status = c.status(on)?;
+    status.gossip.iter().find(|g| g.node_id == of).map(|g| g.liveness.clone())
+}
+
+#[test]
+fn gossip_declares_a_partitioned_node_down_and_takes_it_back() {
+    let c = TestCluster::start(3, &node_args());
+    c.wait_leader(Duration::from_secs(20));
+    wait_for("every node alive in every node's gossip", Duration::from_secs(20), || {
+        c.nodes
+            .iter()
+            .all(|a| c.nodes.iter().all(|b| liveness(&c, a.id, b.id).as_deref() == Some("alive")))
+            .then_some(())
+    });
+
+    let port: u16 = c.node(3).raft_addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let partition = UdpPartition::isolate(port).expect("this test needs nftables and CAP_NET_ADMIN (root)");
+    let cut_at = Instant::now();
+    wait_for("node 3 down on nodes 1 and 2", Duration::from_secs(20), || {
+        [1, 2].iter().all(|on| liveness(&c, *on, 3).as_deref() == Some("down")).then_some(())
+    });
+    eprintln!("partitioned node declared down after {:.2} s", cut_at.elapsed().as_secs_f64());
+    // And node 3 sees itself cut off from both.
+    wait_for("nodes 1 and 2 down on node 3", Duration::from_secs(20), || {
+        [1, 2].iter().all(|of| liveness(&c, 3, *of).as_deref() == Some("down")).then_some(())
+    });
+
+    drop(partition);
+    let healed_at = Instant::now();
+    wait_for("all alive again after healing", Duration::from_secs(30), || {
+        c.nodes
+            .iter()
+            .all(|a| c.nodes.iter().all(|b| liveness(&c, a.id, b.id).as_deref() == Some("alive")))
+            .then_some(())
+    });
+    eprintln!("partition healed; all alive after {:.2} s", healed_at.elapsed().as_secs_f64());
+}

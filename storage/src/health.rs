@@ -1,0 +1,171 @@
+//! Runner health: soft state, never written to Raft.
+//!
+//! A runner agent sends a [`HealthReport`] every second to whichever node it is connected to;
+//! nodes spread reports to each other (see `corral-net`'s gossip). Every node keeps the latest
+//! report per runner in a [`HealthTable`]. A report is versioned by the runner's own sequence
+//! number, so the merge is a last-writer-wins register per runner: the order and the number of
+//! times a report arrives do not matter, and every node that has seen the same reports holds
+//! the same table.
+//!
+//! The leader reads the table to decide `ready` ↔ `unresponsive` (see `corral-node`'s health
+//! monitor); the REST API reads it to show usage and the availability score.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Millis;
+
+/// One measurement from a runner, as it travels between agent and nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub runner_id: String,
+    /// Strictly increasing per runner, across agent restarts too (the agent's wall clock in
+    /// microseconds, bumped when the clock does not move).
+    pub seq: u64,
+    /// Host usage in percent, 0–100.
+    pub cpu_pct: f32,
+    pub memory_pct: f32,
+    pub disk_pct: f32,
+    pub version: String,
+    pub snapshot_count: u64,
+    pub started_sandboxes: u64,
+    /// The agent's wall clock when it measured (ms since the epoch).
+    pub measured_at: Millis,
+    /// The node the runner reported to, and that node's wall clock on receipt (ms): how far
+    /// behind a relayed report is can be measured on any node.
+    pub via_node: u64,
+    pub received_at: Millis,
+}
+
+impl HealthReport {
+    /// The highest of the three usages, in percent.
+    pub fn max_usage_pct(&self) -> f32 {
+        self.cpu_pct.max(self.memory_pct).max(self.disk_pct).clamp(0.0, 100.0)
+    }
+
+    /// Whether the numbers are usable (finite, 0–100); reports that are not are dropped.
+    pub fn is_well_formed(&self) -> bool {
+        [self.cpu_pct, self.memory_pct, self.disk_pct].iter().all(|v| v.is_finite() && (0.0..=100.0).contains(v))
+            && !self.runner_id.is_empty()
+            && self.runner_id.len() <= 128
+            && self.version.len() <= 64
+    }
+}
+
+/// The latest report of one runner and when this node learned it.
+#[derive(Debug, Clone)]
+pub struct HealthEntry {
+    pub report: HealthReport,
+    /// This node's monotonic clock when the report (this `seq`) first arrived here.
+    pub seen_at: Instant,
+}
+
+/// Latest report per runner.
+#[derive(Debug, Default)]
+pub struct HealthTable {
+    entries: HashMap<String, HealthEntry>,
+}
+
+impl HealthTable {
+    /// Keeps `report` if it is newer than what the table has for its runner; returns whether
+    /// it was kept.
+    pub fn merge(&mut self, report: HealthReport, now: Instant) -> bool {
+        match self.entries.get_mut(&report.runner_id) {
+            Some(entry) if entry.report.seq >= report.seq => false,
+            Some(entry) => {
+                *entry = HealthEntry { report, seen_at: now };
+                true
+            }
+            None => {
+                self.entries.insert(report.runner_id.clone(), HealthEntry { report, seen_at: now });
+                true
+            }
+        }
+    }
+
+    pub fn get(&self, runner_id: &str) -> Option<&HealthEntry> {
+        self.entries.get(runner_id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &HealthEntry> {
+        self.entries.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Drops runners that no longer exist (called with the state's runner ids).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.entries.retain(|id, _| keep(id));
+    }
+}
+
+/// The table shared by the node's tasks (runner sessions, gossip, monitor, API).
+#[derive(Debug, Clone, Default)]
+pub struct SharedHealth(Arc<RwLock<HealthTable>>);
+
+impl SharedHealth {
+    /// Read access; hold it briefly and never across an await.
+    pub fn read(&self) -> RwLockReadGuard<'_, HealthTable> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, HealthTable> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str, seq: u64) -> HealthReport {
+        HealthReport {
+            runner_id: id.into(),
+            seq,
+            cpu_pct: 10.0,
+            memory_pct: 20.0,
+            disk_pct: 30.0,
+            version: "1".into(),
+            snapshot_count: 0,
+            started_sandboxes: 0,
+            measured_at: 0,
+            via_node: 1,
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn newest_sequence_wins_whatever_the_arrival_order() {
+        let now = Instant::now();
+        let mut a = HealthTable::default();
+        let mut b = HealthTable::default();
+        for seq in [3, 1, 2, 3] {
+            a.merge(report("r", seq), now);
+        }
+        for seq in [1, 2, 3] {
+            b.merge(report("r", seq), now);
+        }
+        assert_eq!(a.get("r").map(|e| e.report.seq), Some(3));
+        assert_eq!(b.get("r").map(|e| e.report.seq), Some(3));
+        assert!(!a.merge(report("r", 3), now), "a duplicate is not news");
+    }
+
+    #[test]
+    fn malformed_usage_is_refused() {
+        let mut r = report("r", 1);
+        assert!(r.is_well_formed());
+        r.cpu_pct = f32::NAN;
+        assert!(!r.is_well_formed());
+        r.cpu_pct = 101.0;
+        assert!(!r.is_well_formed());
+    }
+}
