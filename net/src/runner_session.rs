@@ -80,8 +80,9 @@ pub enum AssignmentPoll {
     Gone,
     /// Nothing changed since `version`.
     Unchanged,
-    /// The runner's current sandboxes (not destroyed) and the version they are at.
-    Current { version: Millis, assignments: Vec<Assignment> },
+    /// What changed against what the session sent: sandboxes to send (new, or in another
+    /// state) and ids sent before that are gone (destroyed), at `version`.
+    Changes { version: Millis, changed: Vec<Assignment>, gone: Vec<String> },
 }
 
 /// What a session needs from the node (implemented by `corral-node` over the replicated state
@@ -89,8 +90,15 @@ pub enum AssignmentPoll {
 pub trait RunnerDirectory: Send + Sync + 'static {
     /// The runner a token belongs to, if any (compares hashes, never stores the token).
     fn authenticate(&self, token: &str) -> Option<String>;
-    /// The runner's assignments unless they are unchanged since `known_version`.
-    fn poll_assignments(&self, runner_id: &str, known_version: Option<Millis>) -> AssignmentPoll;
+    /// The runner's assignments that differ from `sent`, unless nothing changed since
+    /// `known_version`. Diffing here, under the state's lock, costs nothing for the (usual)
+    /// sandboxes that did not change.
+    fn poll_assignments(
+        &self,
+        runner_id: &str,
+        known_version: Option<Millis>,
+        sent: &HashMap<String, AssignmentAction>,
+    ) -> AssignmentPoll;
     /// A report arrived (already stamped with runner id, node and receipt time).
     fn record(&self, report: HealthReport);
     fn node_id(&self) -> u64;
@@ -111,7 +119,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             report_interval: Duration::from_secs(1),
-            assignment_poll: Duration::from_millis(250),
+            assignment_poll: Duration::from_secs(1),
             full_recheck: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),
         }
@@ -238,18 +246,18 @@ async fn session(
             _ = poll.tick() => {
                 let full = last_full.elapsed() >= config.full_recheck;
                 let since = if full { None } else { known_version };
-                match directory.poll_assignments(&runner_id, since) {
+                match directory.poll_assignments(&runner_id, since, &sent) {
                     AssignmentPoll::Gone => {
                         tracing::warn!(runner_id, "runner deleted; closing its session");
                         return Err(refuse(connection, &mut send, "runner deleted").await);
                     }
                     AssignmentPoll::Unchanged => {}
-                    AssignmentPoll::Current { version, assignments } => {
+                    AssignmentPoll::Changes { version, changed, gone } => {
                         if full {
                             last_full = tokio::time::Instant::now();
                         }
                         known_version = Some(version);
-                        send_changes(&mut send, &mut sent, assignments).await?;
+                        send_changes(&mut send, &mut sent, changed, gone).await?;
                         if !synced {
                             write_frame(&mut send, &NodeMessage::Synced).await?;
                             synced = true;
@@ -261,27 +269,18 @@ async fn session(
     }
 }
 
-/// Sends what changed between `sent` and `current`: new or changed sandboxes, and a destroy
-/// for each one sent before that is no longer there.
+/// Sends the changed assignments, and a destroy for each sandbox that is gone.
 async fn send_changes(
     send: &mut SendStream,
     sent: &mut HashMap<String, AssignmentAction>,
-    current: Vec<Assignment>,
+    changed: Vec<Assignment>,
+    gone: Vec<String>,
 ) -> Result<(), FrameError> {
-    let mut present = std::collections::HashSet::with_capacity(current.len());
-    for assignment in current {
-        present.insert(assignment.sandbox_id.clone());
-        if sent.get(&assignment.sandbox_id) != Some(&assignment.action) {
-            sent.insert(assignment.sandbox_id.clone(), assignment.action);
-            metrics::counter!("corral_runner_assignments_sent_total").increment(1);
-            write_frame(send, &NodeMessage::Assign(assignment)).await?;
-        }
+    for assignment in changed {
+        sent.insert(assignment.sandbox_id.clone(), assignment.action);
+        metrics::counter!("corral_runner_assignments_sent_total").increment(1);
+        write_frame(send, &NodeMessage::Assign(assignment)).await?;
     }
-    let gone: Vec<String> = sent
-        .iter()
-        .filter(|(id, action)| !present.contains(*id) && **action != AssignmentAction::Destroy)
-        .map(|(id, _)| id.clone())
-        .collect();
     for sandbox_id in gone {
         sent.insert(sandbox_id.clone(), AssignmentAction::Destroy);
         metrics::counter!("corral_runner_assignments_sent_total").increment(1);

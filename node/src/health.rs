@@ -7,6 +7,7 @@
 //! the runner's last report seen here and the moment this node started watching (became
 //! leader), so a new leader whose table is still filling does not demote a healthy fleet.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,12 @@ impl RunnerDirectory for NodeRunnerDirectory {
         self.shared.read().state.runner_keys.get(&hash).cloned()
     }
 
-    fn poll_assignments(&self, runner_id: &str, known_version: Option<Millis>) -> AssignmentPoll {
+    fn poll_assignments(
+        &self,
+        runner_id: &str,
+        known_version: Option<Millis>,
+        sent: &HashMap<String, AssignmentAction>,
+    ) -> AssignmentPoll {
         let machine = self.shared.read();
         let state = &machine.state;
         let Some(runner) = state.runners.get(runner_id) else {
@@ -42,7 +48,8 @@ impl RunnerDirectory for NodeRunnerDirectory {
         if known_version == Some(runner.updated_at) {
             return AssignmentPoll::Unchanged;
         }
-        AssignmentPoll::Current { version: runner.updated_at, assignments: assignments(state, runner_id) }
+        let (changed, gone) = assignment_changes(state, runner_id, sent);
+        AssignmentPoll::Changes { version: runner.updated_at, changed, gone }
     }
 
     fn record(&self, report: HealthReport) {
@@ -56,23 +63,37 @@ impl RunnerDirectory for NodeRunnerDirectory {
     }
 }
 
-/// What a runner should be running: each sandbox on it that is not destroyed, started or
-/// stopped.
-pub fn assignments(state: &State, runner_id: &str) -> Vec<Assignment> {
-    let Some(ids) = state.runner_sandboxes.get(runner_id) else {
-        return Vec::new();
-    };
-    ids.iter()
-        .filter_map(|id| state.sandboxes.get(id))
-        .filter_map(|s| {
-            let action = match s.state {
+/// What a runner should run, against what its session already sent: each sandbox on it that
+/// is not destroyed (started or stopped) whose action differs from `sent`, and the ids in
+/// `sent` that are no longer on it (to destroy).
+pub fn assignment_changes(
+    state: &State,
+    runner_id: &str,
+    sent: &HashMap<String, AssignmentAction>,
+) -> (Vec<Assignment>, Vec<String>) {
+    let empty = BTreeMap::new();
+    let on_runner = state.runner_sandboxes.get(runner_id).unwrap_or(&empty);
+    let changed = on_runner
+        .iter()
+        .filter_map(|(id, sandbox_state)| {
+            let action = match sandbox_state {
                 SandboxState::Started | SandboxState::Pending => AssignmentAction::Start,
                 SandboxState::Stopped => AssignmentAction::Stop,
                 SandboxState::Error | SandboxState::Destroyed => return None,
             };
+            if sent.get(id) == Some(&action) {
+                return None;
+            }
+            let s = state.sandboxes.get(id)?;
             Some(Assignment { sandbox_id: s.id.clone(), action, target: s.target.clone(), resources: s.resources })
         })
-        .collect()
+        .collect();
+    let gone = sent
+        .iter()
+        .filter(|(id, action)| **action != AssignmentAction::Destroy && !on_runner.contains_key(*id))
+        .map(|(id, _)| id.clone())
+        .collect();
+    (changed, gone)
 }
 
 /// Runners to move to `ready` (they report) and to `unresponsive` (silent for longer than
@@ -249,6 +270,76 @@ mod tests {
         // A leader that started watching 5 s ago gives every runner the full silence first.
         let (_, silent) = health_verdict(&state, &table, now, silence, now - Duration::from_secs(5));
         assert!(silent.is_empty());
+    }
+
+    #[test]
+    fn assignment_changes_send_only_what_differs() {
+        use corral_storage::model::{Command, Proposal, RegionType};
+        let mut state = State::default();
+        let at = 1_700_000_000_000;
+        let region = Command::CreateRegion {
+            id: "reg".into(),
+            organization_id: "org".into(),
+            name: "r".into(),
+            region_type: RegionType::Custom,
+            proxy_url: None,
+            ssh_gateway_url: None,
+            snapshot_manager_url: None,
+            proxy_api_key_hash: None,
+            ssh_gateway_api_key_hash: None,
+            snapshot_manager_username: None,
+            snapshot_manager_password: None,
+        };
+        let create = Command::CreateRunner {
+            id: "run".into(),
+            region_id: "reg".into(),
+            name: "run".into(),
+            api_key_hash: "h".into(),
+            api_key_hint: String::new(),
+            api_version: "2".into(),
+            domain: None,
+            api_url: None,
+            proxy_url: None,
+            capacity: Resources { cpu: 8, memory_gib: 8, disk_gib: 80 },
+        };
+        let ready = Command::SetRunnerState { id: "run".into(), state: RunnerState::Ready };
+        let placements = ["a", "b", "c"]
+            .iter()
+            .map(|id| corral_storage::model::Placement {
+                sandbox_id: (*id).into(),
+                organization_id: "org".into(),
+                target: "r".into(),
+                region_id: "reg".into(),
+                runner_id: "run".into(),
+                resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1 },
+                labels: Default::default(),
+                idempotency_key: None,
+            })
+            .collect();
+        for command in [region, create, ready, Command::PlaceSandboxes { placements }] {
+            corral_storage::model::apply(&mut state, &Proposal::new(command, at)).expect("applied");
+        }
+        let (changed, gone) = assignment_changes(&state, "run", &HashMap::new());
+        assert_eq!(changed.len(), 3);
+        assert!(gone.is_empty());
+
+        let mut sent: HashMap<String, AssignmentAction> =
+            changed.into_iter().map(|a| (a.sandbox_id, a.action)).collect();
+        for command in [
+            Command::SetSandboxState { id: "a".into(), state: SandboxState::Stopped },
+            Command::DeleteSandbox { id: "b".into() },
+        ] {
+            corral_storage::model::apply(&mut state, &Proposal::new(command, at)).expect("applied");
+        }
+        let (changed, gone) = assignment_changes(&state, "run", &sent);
+        assert_eq!(
+            changed.iter().map(|a| (a.sandbox_id.as_str(), a.action)).collect::<Vec<_>>(),
+            vec![("a", AssignmentAction::Stop)]
+        );
+        assert_eq!(gone, vec!["b".to_string()]);
+        sent.insert("b".into(), AssignmentAction::Destroy);
+        sent.insert("a".into(), AssignmentAction::Stop);
+        assert_eq!(assignment_changes(&state, "run", &sent), (Vec::new(), Vec::new()));
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! score = 10 000 × min(free_cpu / cpu, free_memory / memory, free_disk / disk)
 //! ```
 //!
-//! i.e. the free fraction of the runner's scarcest resource, as the availability score of
-//! Daytona's scheduler does from usage. (When runners report usage — the gossip issue — the
-//! usage fractions join the `min`.) Placing on the runner with the most headroom spreads load;
+//! i.e. the free fraction of the runner's scarcest resource, capped by the headroom the
+//! runner's latest health report shows (`10 000 × (1 − max(cpu%, memory%, disk%) / 100)`), so
+//! a runner that is busy for reasons allocation does not see (noisy tenants, a full disk) is
+//! ranked down. Placing on the runner with the most headroom spreads load;
 //! choosing at random among the best [`TOP_K`] fitting runners keeps concurrent schedulers and
 //! bursts from all landing on one runner ("herding").
 //!
@@ -55,7 +56,14 @@ struct Slot {
     runner_id: String,
     capacity: Resources,
     allocated: Resources,
+    /// Headroom from reported usage, in basis points ([`SCORE_MAX`] when none was reported).
+    usage_cap: u32,
     score: u32,
+}
+
+/// Headroom from a health report, in basis points.
+pub fn usage_headroom(report: &corral_storage::health::HealthReport) -> u32 {
+    ((100.0 - report.max_usage_pct()) * 100.0).round().clamp(0.0, SCORE_MAX as f32) as u32
 }
 
 /// One region's eligible runners, ranked by availability.
@@ -68,18 +76,33 @@ pub struct RegionPlacementIndex {
 impl RegionPlacementIndex {
     /// Indexes the eligible runners among `runners`.
     pub fn build<'a>(runners: impl IntoIterator<Item = &'a Runner>) -> Self {
+        Self::build_with_usage(runners, |_| None)
+    }
+
+    /// Indexes the eligible runners, capping each score by `headroom(runner id)` (see
+    /// [`usage_headroom`]).
+    pub fn build_with_usage<'a>(
+        runners: impl IntoIterator<Item = &'a Runner>,
+        headroom: impl Fn(&str) -> Option<u32>,
+    ) -> Self {
         let mut index = RegionPlacementIndex::default();
         for runner in runners.into_iter().filter(|r| eligible(r)) {
-            index.insert(&runner.id, runner.capacity, runner.allocated);
+            let cap = headroom(&runner.id).unwrap_or(SCORE_MAX);
+            index.insert_with_usage(&runner.id, runner.capacity, runner.allocated, cap);
         }
         index
     }
 
-    /// Adds a runner (used by `build` and by benchmarks).
+    /// Adds a runner with no usage reported (used by benchmarks and tests).
     pub fn insert(&mut self, runner_id: &str, capacity: Resources, allocated: Resources) {
+        self.insert_with_usage(runner_id, capacity, allocated, SCORE_MAX);
+    }
+
+    /// Adds a runner whose score is capped by `usage_cap` basis points of headroom.
+    pub fn insert_with_usage(&mut self, runner_id: &str, capacity: Resources, allocated: Resources, usage_cap: u32) {
         let slot = self.slots.len() as u32;
-        let score = availability_score(capacity, allocated);
-        self.slots.push(Slot { runner_id: runner_id.to_string(), capacity, allocated, score });
+        let score = availability_score(capacity, allocated).min(usage_cap);
+        self.slots.push(Slot { runner_id: runner_id.to_string(), capacity, allocated, usage_cap, score });
         self.ranked.insert((Reverse(score), slot));
     }
 
@@ -113,7 +136,7 @@ impl RegionPlacementIndex {
         let slot = &mut self.slots[chosen as usize];
         self.ranked.remove(&(Reverse(slot.score), chosen));
         slot.allocated = slot.allocated.saturating_add(&request);
-        slot.score = availability_score(slot.capacity, slot.allocated);
+        slot.score = availability_score(slot.capacity, slot.allocated).min(slot.usage_cap);
         self.ranked.insert((Reverse(slot.score), chosen));
         Some(&self.slots[chosen as usize].runner_id)
     }
@@ -151,6 +174,21 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let chosen = index.place(res(1, 1, 1), &mut rng).map(String::from);
         assert!(matches!(chosen.as_deref(), Some("r0" | "r1" | "r2" | "r3")), "{chosen:?}");
+    }
+
+    #[test]
+    fn reported_usage_ranks_a_busy_runner_down() {
+        let mut index = RegionPlacementIndex::default();
+        // Empty by allocation, but the hosts of r0–r3 report 90 % usage.
+        for i in 0..8 {
+            let cap = if i < 4 { 1_000 } else { SCORE_MAX };
+            index.insert_with_usage(&format!("r{i}"), res(10, 100, 100), res(0, 0, 0), cap);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..4 {
+            let chosen = index.place(res(1, 1, 1), &mut rng).map(String::from);
+            assert!(matches!(chosen.as_deref(), Some("r4" | "r5" | "r6" | "r7")), "{chosen:?}");
+        }
     }
 
     #[test]

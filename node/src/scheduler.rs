@@ -24,7 +24,8 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::placement::RegionPlacementIndex;
+use crate::placement::{usage_headroom, RegionPlacementIndex};
+use corral_storage::health::SharedHealth;
 
 /// Scheduler limits.
 #[derive(Debug, Clone, Copy)]
@@ -68,9 +69,10 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts the scheduling loop on the current runtime.
-    pub fn start(raft: Raft, shared: SharedState, config: SchedulerConfig) -> Scheduler {
+    /// Reported usage in `health` caps runners' scores.
+    pub fn start(raft: Raft, shared: SharedState, health: SharedHealth, config: SchedulerConfig) -> Scheduler {
         let (queue, rx) = mpsc::channel(config.queue_capacity);
-        tokio::spawn(run(raft, shared, config, rx));
+        tokio::spawn(run(raft, shared, IndexCache::with_health(health), config, rx));
         Scheduler { queue }
     }
 }
@@ -87,10 +89,15 @@ impl SandboxPlacement for Scheduler {
     }
 }
 
-async fn run(raft: Raft, shared: SharedState, config: SchedulerConfig, mut rx: mpsc::Receiver<Pending>) {
+async fn run(
+    raft: Raft,
+    shared: SharedState,
+    mut cache: IndexCache,
+    config: SchedulerConfig,
+    mut rx: mpsc::Receiver<Pending>,
+) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut batch: Vec<Pending> = Vec::with_capacity(config.max_batch);
-    let mut cache = IndexCache::default();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         let deadline = Instant::now() + config.max_wait;
@@ -121,18 +128,42 @@ pub const MAX_PLACEMENT_ATTEMPTS: u32 = 3;
 /// The scheduler's placement indexes, kept across batches while nothing but its own
 /// placements changed the runners: rebuilding a region's index costs ~1.7 ms at 10,000
 /// runners (see the `index_build` benchmark), which would otherwise be paid every batch.
+/// With a health table, runners' reported usage caps their scores; as usage moves without
+/// Raft, indexes are then also rebuilt once they are [`USAGE_REFRESH`] old.
 #[derive(Default)]
 pub struct IndexCache {
     indexes: HashMap<String, RegionPlacementIndex>,
     /// `State::runner_epoch` the indexes match.
     epoch: u64,
+    health: Option<SharedHealth>,
+    built_at: Option<Instant>,
 }
 
+/// How stale reported usage may be in a cached index.
+pub const USAGE_REFRESH: Duration = Duration::from_secs(1);
+
 impl IndexCache {
+    pub fn with_health(health: SharedHealth) -> Self {
+        IndexCache { health: Some(health), ..IndexCache::default() }
+    }
+
     fn sync(&mut self, state: &State) {
-        if self.epoch != state.runner_epoch.0 {
+        let usage_stale = self.health.is_some() && self.built_at.is_none_or(|t| t.elapsed() > USAGE_REFRESH);
+        if self.epoch != state.runner_epoch.0 || usage_stale {
             self.indexes.clear();
             self.epoch = state.runner_epoch.0;
+            self.built_at = Some(Instant::now());
+        }
+    }
+
+    fn build(&self, state: &State, region_id: &str) -> RegionPlacementIndex {
+        let runners = state.runners_in_region(region_id);
+        match &self.health {
+            Some(health) => {
+                let table = health.read();
+                RegionPlacementIndex::build_with_usage(runners, |id| table.get(id).map(|e| usage_headroom(&e.report)))
+            }
+            None => RegionPlacementIndex::build(runners),
         }
     }
 }
@@ -179,7 +210,6 @@ pub fn plan(
     cache: &mut IndexCache,
 ) -> Vec<Planned> {
     cache.sync(state);
-    let indexes = &mut cache.indexes;
     let mut planned = Vec::new();
     for pending in batch {
         let request = &pending.request;
@@ -187,9 +217,11 @@ pub fn plan(
             let _ = pending.reply.send(Ok(first));
             continue;
         }
-        let index = indexes
-            .entry(request.region_id.clone())
-            .or_insert_with(|| RegionPlacementIndex::build(state.runners_in_region(&request.region_id)));
+        if !cache.indexes.contains_key(&request.region_id) {
+            let built = cache.build(state, &request.region_id);
+            cache.indexes.insert(request.region_id.clone(), built);
+        }
+        let Some(index) = cache.indexes.get_mut(&request.region_id) else { continue };
         match index.place(request.resources, rng) {
             Some(runner_id) => {
                 let placement = Placement {

@@ -90,7 +90,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await
         .context("cannot start raft")?;
 
-    let scheduler = Scheduler::start(raft.clone(), shared.clone(), SchedulerConfig::default());
+    let health = SharedHealth::default();
+    let scheduler = Scheduler::start(raft.clone(), shared.clone(), health.clone(), SchedulerConfig::default());
     let shared_for_metrics = shared.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let grpc = {
@@ -114,7 +115,6 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     // QUIC (runner sessions and gossip) listens on the UDP port of the Raft address, so the
     // Raft membership tells every node where its peers gossip.
-    let health = SharedHealth::default();
     let endpoint = corral_net::quic::node_endpoint(raft_listen, ServerIdentity::generate()?, Duration::from_secs(10))
         .context("cannot open the QUIC endpoint")?;
     let mut gossip_config = GossipConfig::new(config.node_id, raft_listen);

@@ -117,7 +117,7 @@ fn agent_reports_gets_its_sandbox_fails_over_and_goes_unresponsive_when_killed()
     let mut c = TestCluster::start(3, &node_args());
     let leader = c.wait_leader(Duration::from_secs(20));
     let token = "agent-test-token-0123456789abcdef";
-    let (key, region_id, runner_id) = setup(&c, leader, token);
+    let (key, _region_id, runner_id) = setup(&c, leader, token);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut agent = Agent::start(token, &endpoints(&c), &dir.path().join("agent.log"));
 

@@ -434,9 +434,10 @@ pub struct State {
     /// Index: (region id, runner name) → runner id.
     #[serde(skip)]
     pub runner_names: BTreeMap<(String, String), String>,
-    /// Index: runner id → ids of the sandboxes on it that are not destroyed.
+    /// Index: runner id → the sandboxes on it that are not destroyed, with their state (what
+    /// runner sessions diff against without touching the big sandbox map).
     #[serde(skip)]
-    pub runner_sandboxes: BTreeMap<String, BTreeSet<String>>,
+    pub runner_sandboxes: BTreeMap<String, BTreeMap<String, SandboxState>>,
     /// Index: runner token hash → runner id (runner agents authenticate by token).
     #[serde(skip)]
     pub runner_keys: BTreeMap<String, String>,
@@ -485,7 +486,7 @@ impl State {
         self.idempotency_by_age = self.idempotency.iter().map(|(k, r)| (r.at, k.clone())).collect();
         self.runner_sandboxes.clear();
         for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
-            self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(s.id.clone());
+            self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(s.id.clone(), s.state);
         }
     }
 
@@ -844,7 +845,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             let Some(runner) = state.runners.get(id).filter(|r| in_scope(scope, &r.organization_id)) else {
                 return Err(not_found(ObjectKind::Runner, id));
             };
-            let sandboxes = state.runner_sandboxes.get(id).map_or(0, BTreeSet::len);
+            let sandboxes = state.runner_sandboxes.get(id).map_or(0, BTreeMap::len);
             if sandboxes > 0 {
                 return Err(Rejection::RunnerHasSandboxes { runner_id: id.clone(), sandboxes });
             }
@@ -932,7 +933,7 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
     runner.allocated = after;
     runner.started_sandboxes += 1;
     runner.updated_at = at;
-    state.runner_sandboxes.entry(p.runner_id.clone()).or_default().insert(p.sandbox_id.clone());
+    state.runner_sandboxes.entry(p.runner_id.clone()).or_default().insert(p.sandbox_id.clone(), SandboxState::Started);
     let sandbox = Sandbox {
         id: p.sandbox_id.clone(),
         organization_id: p.organization_id.clone(),
@@ -978,6 +979,8 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
                 state.runner_sandboxes.remove(&runner_id);
             }
         }
+    } else if let Some(indexed) = state.runner_sandboxes.get_mut(&runner_id).and_then(|ids| ids.get_mut(id)) {
+        *indexed = new_state;
     }
     runner.updated_at = at;
     let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;

@@ -66,6 +66,11 @@ struct Args {
     /// QUIC endpoints (the nodes' Raft addresses) the simulated runner agents connect to.
     #[arg(long, default_value = "127.0.0.1:8901,127.0.0.1:8902,127.0.0.1:8903")]
     runner_endpoints: String,
+    /// Make the runners ready through the admin API instead of running agents (a baseline
+    /// without health traffic; the nodes need `CORRAL_RUNNER_SILENCE_MS=0`, or the leader
+    /// demotes the silent runners).
+    #[arg(long)]
+    no_agents: bool,
 }
 
 fn runner_token(target: &str, i: usize) -> String {
@@ -146,6 +151,28 @@ async fn prepare(args: &Args, base: &str, admin: &str) -> anyhow::Result<String>
     Ok(region_id)
 }
 
+async fn ready_by_admin(base: &str, admin: &str, region_id: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let list: Value = client
+        .get(format!("{base}/api/admin/runners?regionId={region_id}"))
+        .bearer_auth(admin)
+        .send()
+        .await?
+        .json()
+        .await?;
+    for runner in list.as_array().into_iter().flatten().filter(|r| r["state"] != "ready") {
+        let id = runner["id"].as_str().context("runner without id")?;
+        client
+            .patch(format!("{base}/api/admin/runners/{id}/state"))
+            .bearer_auth(admin)
+            .json(&json!({ "state": "ready" }))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(())
+}
+
 /// Waits until every runner of the region is `ready` (they report through the agents).
 async fn wait_ready(base: &str, admin: &str, region_id: &str, want: usize) -> anyhow::Result<Duration> {
     let client = reqwest::Client::new();
@@ -180,9 +207,13 @@ async fn main() -> anyhow::Result<()> {
     let mut agents = None;
     if let (Some(admin), Workload::Sandboxes) = (&args.admin_token, args.workload) {
         let region_id = prepare(&args, &addrs[0], admin).await?;
-        let tokens: Vec<String> = (0..args.runners).map(|i| runner_token(&args.target, i)).collect();
-        let endpoints: Vec<String> = args.runner_endpoints.split(',').map(|e| e.trim().to_string()).collect();
-        agents = Some(tokio::spawn(corral_node::runner_agent::simulate(tokens, endpoints, agents_stop)));
+        if args.no_agents {
+            ready_by_admin(&addrs[0], admin, &region_id).await?;
+        } else {
+            let tokens: Vec<String> = (0..args.runners).map(|i| runner_token(&args.target, i)).collect();
+            let endpoints: Vec<String> = args.runner_endpoints.split(',').map(|e| e.trim().to_string()).collect();
+            agents = Some(tokio::spawn(corral_node::runner_agent::simulate(tokens, endpoints, agents_stop)));
+        }
         let took = wait_ready(&addrs[0], admin, &region_id, args.runners).await?;
         eprintln!("{} simulated runners ready after {:.1} s", args.runners, took.as_secs_f64());
     }
