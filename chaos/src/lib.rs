@@ -1,6 +1,14 @@
 //! # corral-chaos
 //!
-//! Will own the fault-injection harness (issue "Chaos: prove failover under faults"): real
-//! `corral serve` processes behind haproxy, a seeded nemesis (kill, pause, partition), a
-//! recorded client history and its checkers. Nothing is implemented yet; the crate exists so
-//! the workspace has the layout of DESIGN.md. It depends on the node only as a process.
+//! The fault-injection harness of the chaos issue, built up in parts. What exists now:
+//! - [`history`]: a recorded client history (invoke/complete times, ok / fail / unknown);
+//! - [`check`]: the checkers — linearizability of register histories (Wing–Gong search with
+//!   memoization and a step budget), lost writes against each node's final state, double
+//!   placement / missing sandboxes / over-capacity runners, and convergence of state hashes.
+//!
+//! Still to come (see the issue): starting real `corral serve` processes in network
+//! namespaces behind haproxy, the seeded nemesis and the workload that records histories.
+//! The crate depends on the node only as a process.
+
+pub mod check;
+pub mod history;
