@@ -126,14 +126,7 @@ async fn prepare(args: &Args, base: &str, admin: &str) -> anyhow::Result<String>
         s => bail!("cannot create region {}: {s} {}", args.target, resp.text().await.unwrap_or_default()),
     };
     let region_id = region["id"].as_str().context("region without id")?.to_string();
-    let existing: Value = client
-        .get(format!("{base}/api/admin/runners?regionId={region_id}"))
-        .bearer_auth(admin)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let have = existing.as_array().map(Vec::len).unwrap_or(0);
+    let have = region_runners(&client, base, admin, &region_id).await?.len();
     for i in have..args.runners {
         let body = json!({ "name": format!("{}-runner-{i}", args.target), "regionId": region_id,
             "apiKey": runner_token(&args.target, i), "apiVersion": "2",
@@ -151,16 +144,27 @@ async fn prepare(args: &Args, base: &str, admin: &str) -> anyhow::Result<String>
     Ok(region_id)
 }
 
-async fn ready_by_admin(base: &str, admin: &str, region_id: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+/// The region's runners as the admin API lists them.
+async fn region_runners(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    region_id: &str,
+) -> anyhow::Result<Vec<Value>> {
     let list: Value = client
         .get(format!("{base}/api/admin/runners?regionId={region_id}"))
         .bearer_auth(admin)
         .send()
         .await?
+        .error_for_status()?
         .json()
         .await?;
-    for runner in list.as_array().into_iter().flatten().filter(|r| r["state"] != "ready") {
+    Ok(list.as_array().cloned().unwrap_or_default())
+}
+
+async fn ready_by_admin(base: &str, admin: &str, region_id: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for runner in region_runners(&client, base, admin, region_id).await?.iter().filter(|r| r["state"] != "ready") {
         let id = runner["id"].as_str().context("runner without id")?;
         client
             .patch(format!("{base}/api/admin/runners/{id}/state"))
@@ -178,14 +182,8 @@ async fn wait_ready(base: &str, admin: &str, region_id: &str, want: usize) -> an
     let client = reqwest::Client::new();
     let started = Instant::now();
     loop {
-        let list: Value = client
-            .get(format!("{base}/api/admin/runners?regionId={region_id}&consistency=stale"))
-            .bearer_auth(admin)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let ready = list.as_array().map(|l| l.iter().filter(|r| r["state"] == "ready").count()).unwrap_or(0);
+        let ready =
+            region_runners(&client, base, admin, region_id).await?.iter().filter(|r| r["state"] == "ready").count();
         if ready >= want {
             return Ok(started.elapsed());
         }
