@@ -29,7 +29,6 @@ pub mod telemetry;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -40,6 +39,7 @@ use corral_storage::model::{Command, Millis, Outcome, Proposal};
 pub use cluster::{
     ClusterError, ClusterHandle, ClusterStatus, GossipMemberStatus, MemberChange, MemberStatus, ReadConsistency,
 };
+pub use corral_storage::model::now_millis;
 pub use error::{ApiError, ErrorBody};
 use idempotency::Idempotency;
 
@@ -167,11 +167,6 @@ pub async fn remove_member(
     axum::extract::Path(node_id): axum::extract::Path<u64>,
 ) -> Result<Json<Vec<MemberStatus>>, ApiError> {
     Ok(Json(app.cluster.change_membership(MemberChange::Remove { node_id }).await?))
-}
-
-/// Wall-clock milliseconds, read by the proposer only (never inside `apply`).
-pub fn now_millis() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
 /// RFC 3339 rendering of a stored timestamp.

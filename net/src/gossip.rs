@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corral_storage::health::{HealthReport, SharedHealth};
+use corral_storage::model::now_millis;
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
 use quinn::{Connection, Endpoint};
 use rand09::SeedableRng;
@@ -147,10 +148,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Gossip {
     inner: Arc<Inner>,
-}
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn foca_config(config: &GossipConfig) -> foca::Config {

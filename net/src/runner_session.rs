@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_storage::health::HealthReport;
-use corral_storage::model::{Millis, Resources};
+use corral_storage::model::{now_millis, Millis, Resources};
 use quinn::{Connection, RecvStream, SendStream};
 use serde::{Deserialize, Serialize};
 
@@ -124,10 +124,6 @@ impl Default for SessionConfig {
             hello_timeout: Duration::from_secs(10),
         }
     }
-}
-
-fn now_millis() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
 /// Serves every session a runner connection opens, until it closes.

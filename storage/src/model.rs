@@ -13,6 +13,12 @@ use sha2::{Digest, Sha256};
 /// Milliseconds since the Unix epoch, chosen by the proposer.
 pub type Millis = u64;
 
+/// Wall-clock milliseconds, for proposers and for stamping soft state; never read inside
+/// [`apply`], which takes time only from the proposal.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
 /// How many idempotency records are kept; the oldest are dropped first. Bounded so that a
 /// client that sends a fresh key with every request cannot grow the state without limit.
 pub const IDEMPOTENCY_RECORDS_MAX: usize = 100_000;
