@@ -40,6 +40,8 @@ pub enum Violation {
     OverCapacity { runner: String, node: u64 },
     /// Nodes disagree on the state after healing.
     Diverged { hashes: BTreeMap<u64, String> },
+    /// After a fault was healed, the cluster did not agree on a leader again in time.
+    NotRecovered { fault: usize, fault_kind: String },
 }
 
 /// The register's values, interned so a configuration hashes cheaply.
@@ -186,6 +188,7 @@ pub fn check_final_state(history: &History, finals: &[(u64, HashMap<String, Stri
                 complete: Some(end + 1),
                 outcome: Outcome::Ok,
                 read: Some(state.get(key).cloned()),
+                detail: Some(format!("final state of node {node}")),
             };
             let mut with_final = ops.clone();
             with_final.push(&final_read);

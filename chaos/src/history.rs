@@ -50,6 +50,10 @@ pub struct Op {
     pub outcome: Outcome,
     /// For an acknowledged read: the value seen (`None`: the key did not exist).
     pub read: Option<Option<String>>,
+    /// Where it went and what came back (e.g. `node 2: 503 no_leader`), for reading a failed
+    /// history; the checkers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Builds histories tersely (tests and the harness).
@@ -61,7 +65,7 @@ pub struct History {
 impl History {
     pub fn push(&mut self, client: u64, call: Call, invoke: Nanos, complete: Option<Nanos>, outcome: Outcome) -> u64 {
         let id = self.ops.len() as u64;
-        self.ops.push(Op { id, client, call, invoke, complete, outcome, read: None });
+        self.ops.push(Op { id, client, call, invoke, complete, outcome, read: None, detail: None });
         id
     }
 
