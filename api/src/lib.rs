@@ -19,12 +19,15 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod extract;
+pub mod http_server;
 pub mod idempotency;
 pub mod openapi;
 pub mod organizations;
+pub mod rate_limit;
 pub mod regions;
 pub mod runners;
 pub mod sandboxes;
+pub mod secret_box;
 pub mod telemetry;
 pub mod validate;
 
@@ -52,6 +55,10 @@ pub struct ApiConfig {
     pub admin_key: String,
     /// Largest request body accepted; larger gets 413.
     pub max_body_bytes: usize,
+    /// Per-key request rate on this node; `None` turns limiting off.
+    pub rate_limit: Option<rate_limit::RateLimit>,
+    /// Encrypts the secrets Corral stores and must use again (same key on every node).
+    pub secret_box: secret_box::SecretBox,
 }
 
 /// Shared by every handler.
@@ -82,8 +89,9 @@ impl AppState {
 /// The whole REST router.
 pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
     let max_body = config.max_body_bytes;
+    let limiter = config.rate_limit.map(rate_limit::RateLimiter::new);
     let state = AppState { cluster, config: Arc::new(config) };
-    Router::new()
+    let router = Router::new()
         .merge(regions::routes())
         .merge(runners::routes())
         .merge(sandboxes::routes())
@@ -100,7 +108,11 @@ pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body))
         .route_layer(axum::middleware::from_fn(telemetry::track))
-        .with_state(state)
+        .with_state(state);
+    match limiter {
+        Some(limiter) => router.layer(axum::middleware::from_fn_with_state(limiter, rate_limit::enforce)),
+        None => router,
+    }
 }
 
 /// For load balancers and probes: 200 when this node knows a leader and has applied close to

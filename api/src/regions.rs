@@ -174,6 +174,7 @@ pub async fn create_region(
     let snapshot_manager_username = body.snapshot_manager_url.as_ref().map(|_| SNAPSHOT_MANAGER_USERNAME.to_string());
     let snapshot_manager_password = body.snapshot_manager_url.as_ref().map(|_| secret("snapshot-manager", ""));
     let fingerprint = idempotency.fingerprint(&body);
+    let sealed_password = snapshot_manager_password.as_deref().map(|p| seal(&app, p)).transpose()?;
     let command = Command::CreateRegion {
         id: uuid::Uuid::new_v4().to_string(),
         organization_id: caller.organization_id.clone(),
@@ -185,7 +186,7 @@ pub async fn create_region(
         proxy_api_key_hash: proxy_api_key.as_deref().map(hash_secret),
         ssh_gateway_api_key_hash: ssh_gateway_api_key.as_deref().map(hash_secret),
         snapshot_manager_username: snapshot_manager_username.clone(),
-        snapshot_manager_password: snapshot_manager_password.clone(),
+        snapshot_manager_password: sealed_password,
     };
     let outcome = app.submit(command, caller.scope(), &idempotency, actor, fingerprint).await?;
     let region = region_outcome(outcome)?;
@@ -279,6 +280,13 @@ pub async fn delete_region(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Encrypts a secret Corral must be able to present again (see [`crate::secret_box`]).
+fn seal(app: &AppState, secret: &str) -> Result<String, ApiError> {
+    app.config.secret_box.seal(secret).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot protect the new secret: {e}"))
+    })
+}
+
 async fn regenerate(
     app: &AppState,
     caller: &Caller,
@@ -288,7 +296,7 @@ async fn regenerate(
     secret: &str,
 ) -> Result<(), ApiError> {
     let stored = match credential {
-        RegionCredential::SnapshotManager => secret.to_string(),
+        RegionCredential::SnapshotManager => seal(app, secret)?,
         _ => hash_secret(secret),
     };
     let command = Command::SetRegionCredential { id: region_id, credential, secret: stored };

@@ -84,18 +84,30 @@ fn linearizable(key: &KeyOps<'_>, budget: &mut u64) -> Option<bool> {
     let n = key.ops.len();
     let words = n.div_ceil(64).max(1);
     let mut done = vec![0u64; words];
-    let mut failed: HashSet<(Vec<u64>, Value)> = HashSet::new();
+    let mut failed: HashSet<(Vec<u64>, Value, bool)> = HashSet::new();
     let must = key.ops.iter().filter(|o| o.complete.is_some()).count();
-    search(key, &mut done, 0, must, None, &mut failed, budget)
+    search(key, &mut done, 0, must, None, false, &mut failed, budget)
 }
 
+/// Depth-first search for a linearization (Wing & Gong, with Lowe's memo of configurations
+/// already proven dead).
+///
+/// An operation with an unknown outcome (a timed-out write or delete) may have taken effect
+/// at any point after its invocation, or never. It matters only if a read observes it, so the
+/// search places it only immediately before a read of its value (`observe`): if a history
+/// has a linearization, it has one where every unknown write is either left out or directly
+/// followed by a read that returns its value (the op after it in any linearization is such a
+/// read, a write that hides it, or nothing). Without this, a few timed-out writes on a busy
+/// key multiply the configurations beyond any budget.
+#[allow(clippy::too_many_arguments)]
 fn search(
     key: &KeyOps<'_>,
     done: &mut Vec<u64>,
     done_ok: usize,
     must: usize,
     state: Value,
-    failed: &mut HashSet<(Vec<u64>, Value)>,
+    observe: bool,
+    failed: &mut HashSet<(Vec<u64>, Value, bool)>,
     budget: &mut u64,
 ) -> Option<bool> {
     if done_ok == must {
@@ -105,7 +117,7 @@ fn search(
         return None;
     }
     *budget -= 1;
-    if failed.contains(&(done.clone(), state)) {
+    if failed.contains(&(done.clone(), state, observe)) {
         return Some(false);
     }
     let is_done = |done: &Vec<u64>, i: usize| done[i / 64] & (1 << (i % 64)) != 0;
@@ -121,18 +133,19 @@ fn search(
             continue;
         }
         let op = key.ops[i];
-        let next = match op.call {
+        let (next, next_observe) = match op.call {
             Call::Read { .. } => {
                 if key.values[i] != state {
                     continue;
                 }
-                state
+                (state, false)
             }
-            Call::Write { .. } | Call::Delete { .. } => key.values[i],
+            Call::Write { .. } | Call::Delete { .. } if observe => continue,
+            Call::Write { .. } | Call::Delete { .. } => (key.values[i], op.complete.is_none()),
         };
         done[i / 64] |= 1 << (i % 64);
         let ok = usize::from(op.complete.is_some());
-        let result = search(key, done, done_ok + ok, must, next, failed, budget);
+        let result = search(key, done, done_ok + ok, must, next, next_observe, failed, budget);
         done[i / 64] &= !(1 << (i % 64));
         match result {
             Some(true) => return Some(true),
@@ -140,7 +153,7 @@ fn search(
             Some(false) => {}
         }
     }
-    failed.insert((done.clone(), state));
+    failed.insert((done.clone(), state, observe));
     Some(false)
 }
 

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_api::ClusterStatus;
+use corral_net::tls::CertDir;
 
 use crate::ChaosError;
 
@@ -55,6 +56,8 @@ pub struct Cluster {
     haproxy: Option<Child>,
     corral_bin: PathBuf,
     dir: PathBuf,
+    /// The cluster CA and the nodes' certificates (node-to-node mutual TLS).
+    certs: CertDir,
     bootstrapped: bool,
     /// Requests to nodes for status and membership.
     pub http: reqwest::Client,
@@ -143,12 +146,15 @@ impl Cluster {
             .timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| ChaosError::Setup(format!("http client: {e}")))?;
+        let certs = CertDir::new(dir.join("certs"));
+        certs.ensure_local_cluster(n as u64).map_err(|e| ChaosError::Setup(format!("certificates: {e}")))?;
         let mut cluster = Cluster {
             nodes,
             network,
             haproxy_addr: String::new(),
             haproxy: None,
             corral_bin,
+            certs,
             dir,
             bootstrapped: false,
             http,
@@ -199,6 +205,7 @@ impl Cluster {
         let peers = self.peers();
         let bootstrap = id == 1 && !self.bootstrapped;
         let bin = self.corral_bin.clone();
+        let tls_args = self.certs.serve_args(id);
         let node = self.node_mut(id);
         if node.child.is_some() {
             return Ok(());
@@ -224,6 +231,9 @@ impl Cluster {
             .args(["--raft-addr", &node.raft_addr, "--api-addr", &node.api_addr, "--peers", &peers])
             // Small snapshots so a wiped node catches up by snapshot, as in production.
             .args(["--snapshot-threshold", "2000", "--keep-logs-after-snapshot", "500"])
+            .args(&tls_args)
+            // haproxy speaks plain HTTP to the nodes; node-to-node traffic is mutual TLS.
+            .arg("--plain-http")
             .env("CORRAL_ADMIN_KEY", ADMIN_KEY)
             // No runner agents run here; runner state is driven through the admin API.
             .env("CORRAL_RUNNER_SILENCE_MS", "0")

@@ -39,6 +39,47 @@ struct Args {
     /// checker is expected to report violations.
     #[arg(long)]
     stale_reads: bool,
+    /// Check the register history of an earlier run (its `history.json`) again, with
+    /// --check-budget, instead of running.
+    #[arg(long, value_name = "HISTORY_JSON")]
+    recheck: Option<PathBuf>,
+}
+
+/// `--recheck`: the linearizability checker over a saved history.
+fn recheck(path: &std::path::Path, budget: u64) -> ExitCode {
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        registers: Vec<corral_chaos::history::Op>,
+    }
+    let saved: Saved = match std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| format!("not a chaos history: {e}")))
+    {
+        Ok(saved) => saved,
+        Err(e) => {
+            eprintln!("corral-chaos: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let history = corral_chaos::history::History { ops: saved.registers };
+    let started = std::time::Instant::now();
+    let violations = corral_chaos::check::check_linearizable(&history, budget);
+    let keys: std::collections::BTreeSet<&str> = history.ops.iter().map(|o| o.call.key()).collect();
+    println!(
+        "rechecked {} operations on {} keys in {:.1} s: {} violations",
+        history.ops.len(),
+        keys.len(),
+        started.elapsed().as_secs_f64(),
+        violations.len()
+    );
+    for v in &violations {
+        println!("  {}", serde_json::to_string(v).unwrap_or_default());
+    }
+    if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -86,6 +127,9 @@ fn corral_bin() -> Result<PathBuf, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.recheck {
+        return recheck(path, args.check_budget);
+    }
     if args.nodes < 3 {
         eprintln!("corral-chaos: --nodes must be at least 3 (a cluster that survives a fault)");
         return ExitCode::from(2);

@@ -60,6 +60,31 @@ fn unknown_outcomes_may_or_may_not_have_happened_but_only_once() {
     assert_eq!(check_linearizable(&h, BUDGET).len(), 1);
 }
 
+/// A busy key with many timed-out writes (as under a partition): the search must stay
+/// conclusive on a small budget, passing the legal history and catching the broken one.
+#[test]
+fn many_timed_out_writes_keep_the_search_conclusive() {
+    let mut h = History::default();
+    // 40 writes that timed out, all invoked early and open to the end; one of them was seen.
+    for j in 0..40u64 {
+        h.write_unknown(100 + j, "k", &format!("u{j}"), j);
+    }
+    let mut t = 100;
+    for i in 0..60u64 {
+        h.write(1, "k", &format!("v{i}"), t, t + 5);
+        h.read(2, "k", Some(&format!("v{i}")), t + 10, t + 15);
+        t += 20;
+    }
+    h.read(3, "k", Some("u7"), t, t + 5);
+    h.read(3, "k", Some("u7"), t + 10, t + 15);
+    assert_eq!(check_linearizable(&h, 200_000), vec![]);
+
+    // v59 was overwritten by u7 and nothing wrote v59 again: reading it now is stale.
+    h.read(4, "k", Some("v59"), t + 20, t + 25);
+    let violations = check_linearizable(&h, 200_000);
+    assert!(matches!(&violations[..], [Violation::NotLinearizable { .. }]), "{violations:?}");
+}
+
 #[test]
 fn a_failed_write_must_not_be_visible() {
     let mut h = History::default();

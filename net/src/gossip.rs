@@ -115,6 +115,18 @@ struct HealthBatch {
     reports: Vec<HealthReport>,
 }
 
+/// Decodes a health batch as a peer sent it (postcard); never panics on any input.
+fn decode_health_batch(bytes: &[u8]) -> Result<HealthBatch, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// The reports of a gossip health batch that [`Gossip`] would merge, in order: what the
+/// receive path keeps of any input. For fuzzing and tests.
+pub fn well_formed_reports(bytes: &[u8]) -> Result<(u64, Vec<HealthReport>), postcard::Error> {
+    let batch = decode_health_batch(bytes)?;
+    Ok((batch.from_node, batch.reports.into_iter().filter(HealthReport::is_well_formed).collect()))
+}
+
 enum FocaInput {
     Data(Bytes),
     Timer(Timer<NodeIdentity>),
@@ -304,7 +316,7 @@ impl Gossip {
     }
 
     fn receive_batch(&self, bytes: &[u8]) {
-        let batch: HealthBatch = match postcard::from_bytes(bytes) {
+        let batch = match decode_health_batch(bytes) {
             Ok(batch) => batch,
             Err(e) => {
                 metrics::counter!("corral_gossip_undecodable_total").increment(1);

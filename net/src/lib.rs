@@ -45,6 +45,7 @@ use tonic::transport::{Channel, Endpoint};
 pub mod gossip;
 pub mod quic;
 pub mod runner_session;
+pub mod tls;
 
 /// Accepts QUIC connections until `stop`, handing runner connections to their sessions and
 /// node connections to gossip.
@@ -79,11 +80,19 @@ pub async fn serve_quic(
                     return;
                 }
             };
-            match quic::negotiated_alpn(&connection).as_deref() {
-                Some(quic::ALPN_RUNNER) => {
+            // The handshake proved the certificate comes from the cluster CA; its role must
+            // also fit the protocol, so a runner's certificate cannot gossip.
+            let role = quic::peer_role(&connection);
+            match (quic::negotiated_alpn(&connection).as_deref(), role) {
+                (Some(quic::ALPN_RUNNER), Some(tls::Role::Runner)) => {
                     runner_session::serve_runner_connection(connection, directory, sessions).await
                 }
-                Some(quic::ALPN_GOSSIP) => gossip.serve_connection(connection).await,
+                (Some(quic::ALPN_GOSSIP), Some(tls::Role::Node)) => gossip.serve_connection(connection).await,
+                (Some(quic::ALPN_RUNNER | quic::ALPN_GOSSIP), _) => {
+                    tracing::warn!(%remote, ?role, "quic peer's certificate does not fit its protocol");
+                    metrics::counter!("corral_tls_refused_total", "transport" => "quic").increment(1);
+                    connection.close(3u32.into(), b"certificate role does not fit the protocol")
+                }
                 _ => connection.close(2u32.into(), b"unknown protocol"),
             }
         });
@@ -236,14 +245,32 @@ pub struct RaftTransportService {
     placement: Arc<dyn SandboxPlacement>,
 }
 
-/// Builds the tonic service for `raft` and the local scheduler, with message size limits.
-pub fn raft_transport_server(
-    raft: Raft,
-    placement: Arc<dyn SandboxPlacement>,
-) -> RaftTransportServer<RaftTransportService> {
-    RaftTransportServer::new(RaftTransportService { raft, placement })
+/// The gRPC service with its peer check in front.
+pub type GuardedRaftTransport = tonic::service::interceptor::InterceptedService<
+    RaftTransportServer<RaftTransportService>,
+    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+>;
+
+/// Builds the tonic service for `raft` and the local scheduler, with message size limits. Every
+/// call must come from a peer whose certificate names a node ([`tls::peer_role`]): the TLS
+/// handshake already proved the certificate comes from the cluster CA, and this refuses a
+/// runner's certificate from the same CA. Serve it with [`tls::ClusterTls::grpc_server`].
+pub fn raft_transport_server(raft: Raft, placement: Arc<dyn SandboxPlacement>) -> GuardedRaftTransport {
+    let server = RaftTransportServer::new(RaftTransportService { raft, placement })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::service::interceptor::InterceptedService::new(server, require_node_peer)
+}
+
+/// Admits a gRPC call only from a node of this cluster.
+fn require_node_peer(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let role = request.peer_certs().and_then(|chain| chain.first().and_then(tls::peer_role));
+    if role == Some(tls::Role::Node) {
+        Ok(request)
+    } else {
+        metrics::counter!("corral_tls_refused_total", "transport" => "grpc").increment(1);
+        Err(tonic::Status::permission_denied("peer is not a node of this cluster"))
+    }
 }
 
 #[tonic::async_trait]
@@ -310,19 +337,33 @@ impl RaftTransport for RaftTransportService {
 
 /// A pool of lazily connected channels to peers, keyed by address. tonic channels reconnect
 /// on their own, so one per peer is kept for the life of the node.
+///
+/// With TLS ([`PeerClients::with_tls`]) every channel is mutual TLS from the cluster CA; the
+/// default, plaintext, is only for single-process tests that never dial a peer.
 #[derive(Clone, Default)]
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl PeerClients {
+    pub fn with_tls(tls: &tls::ClusterTls) -> Self {
+        Self { channels: Arc::default(), tls: Some(tls.grpc_client()) }
+    }
+
     fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, NetError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| NetError::BadAddress { addr: addr.to_string(), reason: e.to_string() })?
+                let bad =
+                    |e: tonic::transport::Error| NetError::BadAddress { addr: addr.to_string(), reason: e.to_string() };
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(bad)?;
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+                }
+                let endpoint = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
@@ -424,6 +465,13 @@ enum Method {
 #[derive(Clone, Default)]
 pub struct GrpcNetworkFactory {
     pub clients: PeerClients,
+}
+
+impl GrpcNetworkFactory {
+    /// Peers are dialed with mutual TLS from the cluster CA.
+    pub fn with_tls(tls: &tls::ClusterTls) -> Self {
+        Self { clients: PeerClients::with_tls(tls) }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {

@@ -3,10 +3,11 @@
 //! ([`ALPN_RUNNER`], [`ALPN_GOSSIP`]). Messages on streams are length-prefixed frames
 //! ([`write_frame`], [`read_frame`]) in postcard, each at most [`MAX_FRAME_BYTES`].
 //!
-//! TLS: QUIC always encrypts. Until the cluster CA lands (the security issue), each node
-//! presents a certificate it generates at start, and clients do not verify the server's
-//! identity ([`UnverifiedServer`]); runners prove who they are with their token, and the data
-//! on the wire is encrypted either way.
+//! TLS is mutual and rooted in the cluster CA ([`crate::tls`]): a node presents its node
+//! certificate as server and, when it dials a peer for gossip, as client; a runner agent
+//! presents its runner certificate. [`peer_role`] tells the accept loop which one connected,
+//! and a connection whose ALPN does not match its certificate's role is closed. Runners still
+//! prove which runner they are with their token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,16 +15,18 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
+
+use crate::tls::{ClusterTls, Role};
 use serde::Serialize;
 
 pub const ALPN_RUNNER: &[u8] = b"corral-runner/1";
 pub const ALPN_GOSSIP: &[u8] = b"corral-gossip/1";
 /// Largest frame on a runner or gossip stream.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
-/// The server name clients ask for; certificates are issued for it.
-pub const SERVER_NAME: &str = "corral-node";
+/// The server name clients ask for; every node certificate names it.
+pub const SERVER_NAME: &str = crate::tls::NODE_NAME;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuicError {
@@ -47,28 +50,6 @@ pub enum FrameError {
     Decode(#[from] postcard::Error),
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A certificate chain and key the endpoint presents.
-pub struct ServerIdentity {
-    pub cert_chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl ServerIdentity {
-    /// A fresh self-signed certificate for [`SERVER_NAME`].
-    pub fn generate() -> Result<Self, QuicError> {
-        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
-            .map_err(|e| QuicError::Tls(e.to_string()))?;
-        Ok(ServerIdentity {
-            cert_chain: vec![certified.cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der())),
-        })
-    }
-}
-
 fn transport(idle_timeout: Duration) -> Result<TransportConfig, QuicError> {
     let mut t = TransportConfig::default();
     // One runner session is one bidirectional stream, so a simulator multiplexes thousands of
@@ -81,15 +62,9 @@ fn transport(idle_timeout: Duration) -> Result<TransportConfig, QuicError> {
     Ok(t)
 }
 
-/// Client-side TLS for `alpn`.
-pub fn client_config(alpn: &[u8], idle_timeout: Duration) -> Result<quinn::ClientConfig, QuicError> {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| QuicError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(UnverifiedServer(provider)))
-        .with_no_client_auth();
+/// Client-side TLS for `alpn`: trusts only the cluster CA, presents `tls`'s certificate.
+pub fn client_config(tls: &ClusterTls, alpn: &[u8], idle_timeout: Duration) -> Result<quinn::ClientConfig, QuicError> {
+    let mut tls = tls.client_config().map_err(|e| QuicError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -98,33 +73,32 @@ pub fn client_config(alpn: &[u8], idle_timeout: Duration) -> Result<quinn::Clien
 }
 
 /// The node's endpoint: serves both ALPNs and dials peers with the gossip ALPN.
-pub fn node_endpoint(
-    addr: SocketAddr,
-    identity: ServerIdentity,
-    idle_timeout: Duration,
-) -> Result<Endpoint, QuicError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| QuicError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(identity.cert_chain, identity.key)
-        .map_err(|e| QuicError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN_RUNNER.to_vec(), ALPN_GOSSIP.to_vec()];
-    tls.max_early_data_size = 0;
-    let quic = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
+pub fn node_endpoint(addr: SocketAddr, tls: &ClusterTls, idle_timeout: Duration) -> Result<Endpoint, QuicError> {
+    let server_tls = tls.server_config().map_err(|e| QuicError::Tls(e.to_string()))?;
+    let mut server_tls = server_tls;
+    server_tls.alpn_protocols = vec![ALPN_RUNNER.to_vec(), ALPN_GOSSIP.to_vec()];
+    server_tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(server_tls).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(Arc::new(transport(idle_timeout)?));
     let mut endpoint = Endpoint::server(server, addr).map_err(|source| QuicError::Bind { addr, source })?;
-    endpoint.set_default_client_config(client_config(ALPN_GOSSIP, idle_timeout)?);
+    endpoint.set_default_client_config(client_config(tls, ALPN_GOSSIP, idle_timeout)?);
     Ok(endpoint)
 }
 
-/// An endpoint that only dials (runner agents).
-pub fn client_endpoint(alpn: &[u8], idle_timeout: Duration) -> Result<Endpoint, QuicError> {
+/// An endpoint that only dials (runner agents), presenting `tls`'s certificate.
+pub fn client_endpoint(tls: &ClusterTls, alpn: &[u8], idle_timeout: Duration) -> Result<Endpoint, QuicError> {
     let addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
     let mut endpoint = Endpoint::client(addr).map_err(|source| QuicError::Bind { addr, source })?;
-    endpoint.set_default_client_config(client_config(alpn, idle_timeout)?);
+    endpoint.set_default_client_config(client_config(tls, alpn, idle_timeout)?);
     Ok(endpoint)
+}
+
+/// The role of the certificate the peer presented (verified against the cluster CA by the
+/// handshake), if any.
+pub fn peer_role(connection: &quinn::Connection) -> Option<Role> {
+    let chain = connection.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().and_then(crate::tls::peer_role)
 }
 
 /// The ALPN a connection negotiated.
@@ -163,44 +137,4 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<Op
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| FrameError::Read(e.to_string()))?;
     Ok(Some(postcard::from_bytes(&body)?))
-}
-
-/// Accepts any server certificate while still checking the handshake signatures. Stands in
-/// until nodes get certificates from a cluster CA; see the module doc.
-#[derive(Debug)]
-pub struct UnverifiedServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for UnverifiedServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -62,6 +62,23 @@ pub struct NodeConfig {
     pub runner_report_interval_ms: u64,
     /// Gossip (SWIM): a suspect node that has not refuted within this is declared down.
     pub gossip_suspect_ms: u64,
+    /// Cluster TLS (mutual, gRPC and QUIC): the CA, this node's certificate and its key.
+    pub ca_cert: PathBuf,
+    pub node_cert: PathBuf,
+    pub node_key: PathBuf,
+    /// REST over HTTPS with this certificate and key; both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve REST over plain HTTP (no `tls_cert`): must be asked for explicitly.
+    pub plain_http: bool,
+    /// Requests per second each API key may make on this node (0: unlimited), and its burst.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// REST connections open at once on this node; more are closed at accept.
+    pub max_connections: usize,
+    /// Key material for encrypting stored secrets (the same on every node). When unset it is
+    /// derived from `admin_key`, which every node shares too.
+    pub secrets_key: Option<String>,
 }
 
 /// The config file's shape; every field optional so env and flags can fill the rest.
@@ -87,6 +104,16 @@ struct FileConfig {
     runner_silence_ms: Option<u64>,
     runner_report_interval_ms: Option<u64>,
     gossip_suspect_ms: Option<u64>,
+    ca_cert: Option<PathBuf>,
+    node_cert: Option<PathBuf>,
+    node_key: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    plain_http: Option<bool>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    max_connections: Option<usize>,
+    secrets_key: Option<String>,
 }
 
 /// Flags of `corral serve`; each also reads a `CORRAL_*` variable.
@@ -136,6 +163,35 @@ pub struct ServeArgs {
     pub runner_report_interval_ms: Option<u64>,
     #[arg(long, env = "CORRAL_GOSSIP_SUSPECT_MS")]
     pub gossip_suspect_ms: Option<u64>,
+    /// The cluster CA certificate (`corral certs init`); peers and runners must hold a
+    /// certificate it issued.
+    #[arg(long, env = "CORRAL_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// This node's certificate from the cluster CA (`corral certs node`).
+    #[arg(long, env = "CORRAL_NODE_CERT")]
+    pub node_cert: Option<PathBuf>,
+    #[arg(long, env = "CORRAL_NODE_KEY")]
+    pub node_key: Option<PathBuf>,
+    /// Serve the REST API over HTTPS with this certificate (PEM chain) ...
+    #[arg(long, env = "CORRAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// ... and this private key.
+    #[arg(long, env = "CORRAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the REST API over plain HTTP (development, or behind a TLS-terminating proxy).
+    #[arg(long, env = "CORRAL_PLAIN_HTTP")]
+    pub plain_http: bool,
+    /// Requests per second per API key on this node (0: unlimited); over it gets 429.
+    #[arg(long, env = "CORRAL_RATE_LIMIT_PER_SECOND")]
+    pub rate_limit_per_second: Option<u32>,
+    #[arg(long, env = "CORRAL_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// REST connections open at once on this node.
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Key for encrypting stored secrets (at least 16 characters, the same on every node).
+    #[arg(long, env = "CORRAL_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +274,16 @@ impl NodeConfig {
                 .or(file.runner_report_interval_ms)
                 .unwrap_or(1_000),
             gossip_suspect_ms: args.gossip_suspect_ms.or(file.gossip_suspect_ms).unwrap_or(2_000),
+            ca_cert: args.ca_cert.clone().or(file.ca_cert).ok_or(ConfigError::Missing("ca_cert"))?,
+            node_cert: args.node_cert.clone().or(file.node_cert).ok_or(ConfigError::Missing("node_cert"))?,
+            node_key: args.node_key.clone().or(file.node_key).ok_or(ConfigError::Missing("node_key"))?,
+            tls_cert: args.tls_cert.clone().or(file.tls_cert),
+            tls_key: args.tls_key.clone().or(file.tls_key),
+            plain_http: args.plain_http || file.plain_http.unwrap_or(false),
+            rate_limit_per_second: args.rate_limit_per_second.or(file.rate_limit_per_second).unwrap_or(20_000),
+            rate_limit_burst: args.rate_limit_burst.or(file.rate_limit_burst).unwrap_or(40_000),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(4_096),
+            secrets_key: args.secrets_key.clone().or(file.secrets_key),
         };
         config.validate()?;
         Ok(config)
@@ -239,6 +305,29 @@ impl NodeConfig {
         }
         if self.gossip_suspect_ms < 100 {
             return Err(ConfigError::Invalid("gossip_suspect_ms must be at least 100".into()));
+        }
+        match (&self.tls_cert, &self.tls_key, self.plain_http) {
+            (Some(_), Some(_), false) | (None, None, true) => {}
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(ConfigError::Invalid("tls_cert and tls_key go together".into()))
+            }
+            (Some(_), Some(_), true) => {
+                return Err(ConfigError::Invalid("plain_http and tls_cert exclude each other".into()))
+            }
+            (None, None, false) => {
+                return Err(ConfigError::Invalid(
+                    "the REST API needs tls_cert and tls_key (HTTPS), or plain_http = true to serve plain HTTP".into(),
+                ))
+            }
+        }
+        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
+            return Err(ConfigError::Invalid("rate_limit_burst must be at least 1".into()));
+        }
+        if self.secrets_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err(ConfigError::Invalid("secrets_key must be at least 16 characters".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
         }
         if self.snapshot_threshold == 0 {
             return Err(ConfigError::Invalid("snapshot_threshold must be at least 1".into()));
@@ -280,7 +369,8 @@ mod tests {
         std::fs::write(
             &path,
             "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n\
-             admin_key = \"0123456789abcdef\"\nheartbeat_ms = 50\n[[peers]]\nid = 1\nraft_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n",
+             admin_key = \"0123456789abcdef\"\nheartbeat_ms = 50\nca_cert = \"c/ca.pem\"\nnode_cert = \"c/n.pem\"\n\
+             node_key = \"c/n-key.pem\"\nplain_http = true\n[[peers]]\nid = 1\nraft_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n",
         )
         .expect("write");
         let args = ServeArgs { config: Some(path.clone()), heartbeat_ms: Some(70), ..Default::default() };
@@ -289,6 +379,11 @@ mod tests {
         assert_eq!(config.heartbeat_ms, 70, "flag wins over file");
         assert_eq!(config.peers.len(), 1);
         assert!(config.fsync);
+        assert!(config.plain_http);
+
+        let https_and_plain = ServeArgs { tls_cert: Some("a".into()), tls_key: Some("b".into()), ..args.clone() };
+        let err = NodeConfig::load(&https_and_plain).expect_err("both");
+        assert!(err.to_string().contains("exclude"), "{err}");
 
         std::fs::write(&path, "node_id = 1\nbogus = 2\n").expect("write");
         let err = NodeConfig::load(&args).expect_err("unknown field");

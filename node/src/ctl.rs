@@ -34,6 +34,9 @@ pub struct CtlArgs {
     /// Idempotency-Key for POST requests: retrying with the same key is safe.
     #[arg(long, global = true)]
     pub idempotency_key: Option<String>,
+    /// Trust this CA certificate (PEM) for an https:// address, e.g. the cluster CA.
+    #[arg(long = "cacert", env = "CORRAL_CACERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -410,7 +413,15 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     if args.stale && call.method == reqwest::Method::GET {
         call.query.push(("consistency", "stale".into()));
     }
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let mut client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(path) = &args.ca_cert {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        client = client.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?,
+        );
+    }
+    let client = client.build()?;
     let url = format!("{}{}", args.addr.trim_end_matches('/'), call.path);
     let mut request = client.request(call.method.clone(), &url).bearer_auth(token).query(&call.query);
     if let Some(org) = &args.organization {

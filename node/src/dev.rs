@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
+use corral_net::tls::CertDir;
+
 use crate::config::{format_peers, PeerConfig};
 
 #[derive(Debug, Args)]
@@ -81,6 +83,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         })
         .collect();
     let exe = std::env::current_exe().context("cannot find the corral executable")?;
+    let certs = CertDir::new(data_dir.join("certs"));
+    certs.ensure_local_cluster(args.nodes).context("cannot prepare the dev cluster's certificates")?;
 
     let mut children: Vec<(u64, Child)> = Vec::new();
     for peer in &peers {
@@ -94,6 +98,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             .arg(&node_dir)
             .args(["--raft-addr", &peer.raft_addr, "--api-addr", &peer.api_addr])
             .args(["--peers", &format_peers(&peers)])
+            .args(certs.serve_args(peer.id))
+            // Dev mode: REST in plain HTTP on loopback (said so below); cluster traffic is
+            // mutual TLS as in production.
+            .arg("--plain-http")
             .env("CORRAL_ADMIN_KEY", &key)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -155,7 +163,18 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         peers[2].api_addr
     );
     println!("  CORRAL_ADDR=http://{} corral ctl region list", peers[2].api_addr);
-    println!("Plain HTTP on loopback (dev mode). Ctrl-C (or SIGTERM) stops all nodes.");
+    println!(
+        "Dev mode: REST is plain HTTP on loopback; node-to-node gRPC and QUIC use mutual TLS from the CA in {}.",
+        certs.dir.display()
+    );
+    println!(
+        "Runner agents: corral runner --ca-cert {} --cert {} --key {} --endpoints {} --token <runner apiKey>",
+        certs.ca_cert().display(),
+        certs.cert("runner").display(),
+        certs.key("runner").display(),
+        peers.iter().map(|p| p.raft_addr.as_str()).collect::<Vec<_>>().join(",")
+    );
+    println!("Ctrl-C (or SIGTERM) stops all nodes.");
 
     let stop = runtime.block_on(async {
         tokio::select! {

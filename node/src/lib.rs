@@ -12,12 +12,14 @@
 //!   (`ready` ↔ `unresponsive` from reports and silence);
 //! - [`runner_agent`]: `corral runner`, the runner agent (and `--simulate N` for scale tests);
 //! - [`dev`]: `corral dev`, a local 3-node cluster of real processes;
+//! - [`certs`]: `corral certs`, the cluster CA and node/runner certificates (mutual TLS);
 //! - [`ctl`]: `corral ctl`, the REST client for every API operation;
 //! - [`shared_regions`]: the leader makes sure the shared regions exist;
 //! - [`telemetry`]: the Prometheus recorder and the gauges fed from Raft and the state.
 //!
 //! This is the only crate that depends on all the others; none depends on it.
 
+pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod ctl;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use corral_node::config::{LogFormat, NodeConfig, ServeArgs};
-use corral_node::{ctl, dev, runner_agent, serve};
+use corral_node::{certs, ctl, dev, runner_agent, serve};
 
 /// Corral: a control plane for bring-your-own-compute fleets.
 #[derive(Debug, Parser)]
@@ -22,6 +22,8 @@ enum Commands {
     Ctl(Box<ctl::CtlArgs>),
     /// Run the runner agent: report this host's health over QUIC, receive assignments.
     Runner(runner_agent::RunnerArgs),
+    /// Create the cluster CA and issue node and runner certificates.
+    Certs(certs::CertsArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve::run(config))
         }
         Commands::Dev(args) => dev::run(args),
+        Commands::Certs(args) => certs::run(args),
         Commands::Runner(args) => {
             init_logging(LogFormat::Text);
             runner_agent::run(args)

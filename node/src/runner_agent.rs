@@ -20,6 +20,7 @@ use anyhow::Context;
 use clap::Args;
 use corral_net::quic::{client_endpoint, read_frame, write_frame, ALPN_RUNNER, SERVER_NAME};
 use corral_net::runner_session::{AgentMessage, AssignmentAction, NodeMessage};
+use corral_net::tls::ClusterTls;
 use corral_storage::health::HealthReport;
 use quinn::{Connection, Endpoint};
 use rand::Rng;
@@ -43,6 +44,15 @@ pub struct RunnerArgs {
     /// One runner token per line, for --simulate.
     #[arg(long)]
     pub tokens_file: Option<PathBuf>,
+    /// The cluster CA certificate (PEM); nodes are trusted only if it issued theirs.
+    #[arg(long, env = "CORRAL_CA_CERT")]
+    pub ca_cert: PathBuf,
+    /// This runner's certificate from the cluster CA (`corral certs runner`).
+    #[arg(long, env = "CORRAL_RUNNER_CERT")]
+    pub cert: PathBuf,
+    /// The private key of --cert.
+    #[arg(long, env = "CORRAL_RUNNER_KEY")]
+    pub key: PathBuf,
 }
 
 /// Where usage numbers come from.
@@ -63,9 +73,12 @@ pub enum AgentError {
     NoEndpoints,
     #[error(transparent)]
     Quic(#[from] corral_net::quic::QuicError),
+    #[error(transparent)]
+    Tls(#[from] corral_net::tls::TlsError),
 }
 
 pub fn run(args: RunnerArgs) -> anyhow::Result<()> {
+    let tls = ClusterTls::load(&args.ca_cert, &args.cert, &args.key)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -85,11 +98,11 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<()> {
                     path.display(),
                     tokens.len()
                 );
-                simulate(tokens, args.endpoints, stop_rx).await
+                simulate(tokens, args.endpoints, tls, stop_rx).await
             }
             None => {
                 let token = args.token.context("--token (or CORRAL_RUNNER_TOKEN) is required")?;
-                let link = Arc::new(NodeLink::new(args.endpoints)?);
+                let link = Arc::new(NodeLink::new(args.endpoints, &tls)?);
                 run_session(link, token, UsageSource::Host, stop_rx).await.map_err(anyhow::Error::from)
             }
         }
@@ -97,7 +110,12 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<()> {
 }
 
 /// Runs simulated runners until `stop`; fails if any runner is refused.
-pub async fn simulate(tokens: Vec<String>, endpoints: Vec<String>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn simulate(
+    tokens: Vec<String>,
+    endpoints: Vec<String>,
+    tls: ClusterTls,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     tracing::info!(runners = tokens.len(), "simulating runners");
     let mut tasks = tokio::task::JoinSet::new();
     for (group, chunk) in tokens.chunks(RUNNERS_PER_CONNECTION).enumerate() {
@@ -107,7 +125,7 @@ pub async fn simulate(tokens: Vec<String>, endpoints: Vec<String>, stop: watch::
             let shift = group % rotated.len();
             rotated.rotate_left(shift);
         }
-        let link = Arc::new(NodeLink::new(rotated)?);
+        let link = Arc::new(NodeLink::new(rotated, &tls)?);
         for token in chunk {
             tasks.spawn(run_session(link.clone(), token.clone(), UsageSource::Synthetic, stop.clone()));
         }
@@ -132,11 +150,12 @@ pub struct NodeLink {
 }
 
 impl NodeLink {
-    pub fn new(endpoints: Vec<String>) -> Result<NodeLink, AgentError> {
+    /// Dials `endpoints` presenting the runner certificate in `tls`.
+    pub fn new(endpoints: Vec<String>, tls: &ClusterTls) -> Result<NodeLink, AgentError> {
         if endpoints.is_empty() {
             return Err(AgentError::NoEndpoints);
         }
-        let endpoint = client_endpoint(ALPN_RUNNER, Duration::from_secs(5))?;
+        let endpoint = client_endpoint(tls, ALPN_RUNNER, Duration::from_secs(5))?;
         Ok(NodeLink { endpoint, endpoints, current: tokio::sync::Mutex::new((0, None)) })
     }
 

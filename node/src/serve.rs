@@ -19,8 +19,8 @@ use crate::config::NodeConfig;
 use crate::health::{MonitorConfig, NodeRunnerDirectory};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use corral_net::gossip::{Gossip, GossipConfig};
-use corral_net::quic::ServerIdentity;
 use corral_net::runner_session::SessionConfig;
+use corral_net::tls::ClusterTls;
 use corral_storage::health::SharedHealth;
 
 async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -72,6 +72,14 @@ pub async fn shutdown_signal() {
 
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let metrics = crate::telemetry::install()?;
+    let cluster_tls = ClusterTls::load(&config.ca_cert, &config.node_cert, &config.node_key)
+        .context("cluster TLS (create the files with `corral certs init` and `corral certs node`)")?;
+    let https = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(Arc::new(corral_api::http_server::https_config(cert, key).map_err(anyhow::Error::msg)?))
+        }
+        _ => None,
+    };
     let raft_listen = resolve(&config.raft_addr).await?;
     let api_listener = tokio::net::TcpListener::bind(&config.api_addr)
         .await
@@ -84,7 +92,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (log_store, state_machine, shared) =
         open_storage(&db_dir, StorageConfig { fsync: config.fsync }).context("cannot open storage")?;
 
-    let network = GrpcNetworkFactory::default();
+    let network = GrpcNetworkFactory::with_tls(&cluster_tls);
     let clients = network.clients.clone();
     let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), network, log_store, state_machine)
         .await
@@ -97,6 +105,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let grpc = {
         let mut stop = stop_rx.clone();
         let server = tonic::transport::Server::builder()
+            .tls_config(cluster_tls.grpc_server())
+            .context("gRPC TLS")?
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
             .add_service(raft_transport_server(raft.clone(), Arc::new(scheduler.clone())));
@@ -115,7 +125,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     // QUIC (runner sessions and gossip) listens on the UDP port of the Raft address, so the
     // Raft membership tells every node where its peers gossip.
-    let endpoint = corral_net::quic::node_endpoint(raft_listen, ServerIdentity::generate()?, Duration::from_secs(10))
+    let endpoint = corral_net::quic::node_endpoint(raft_listen, &cluster_tls, Duration::from_secs(10))
         .context("cannot open the QUIC endpoint")?;
     let mut gossip_config = GossipConfig::new(config.node_id, raft_listen);
     gossip_config.suspect_to_down = Duration::from_millis(config.gossip_suspect_ms);
@@ -166,21 +176,36 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Duration::from_secs(5),
         stop_rx.clone(),
     ));
-    let api_config = ApiConfig { admin_key: config.admin_key.clone(), max_body_bytes: config.max_body_bytes };
+    let api_config = ApiConfig {
+        admin_key: config.admin_key.clone(),
+        max_body_bytes: config.max_body_bytes,
+        rate_limit: (config.rate_limit_per_second > 0).then(|| corral_api::rate_limit::RateLimit {
+            per_second: f64::from(config.rate_limit_per_second),
+            burst: f64::from(config.rate_limit_burst),
+        }),
+        secret_box: corral_api::secret_box::SecretBox::new(
+            config.secrets_key.as_deref().unwrap_or(&format!("derived from the admin key: {}", config.admin_key)),
+        ),
+    };
     let app = corral_api::router(cluster, api_config)
         .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
-    tracing::info!(node_id = config.node_id, api = %config.api_addr, raft = %config.raft_addr, "corral node serving");
-
-    let api = {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(api_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        })
+    let scheme = if https.is_some() { "https" } else { "http" };
+    if https.is_none() {
+        tracing::warn!("the REST API serves plain HTTP (plain_http): API keys cross the network in clear");
+    }
+    tracing::info!(
+        node_id = config.node_id,
+        api = %config.api_addr,
+        scheme,
+        raft = %config.raft_addr,
+        "corral node serving (cluster traffic: mutual TLS)"
+    );
+    let http_config = corral_api::http_server::HttpServerConfig {
+        tls: https,
+        max_connections: config.max_connections,
+        ..Default::default()
     };
+    let api = tokio::spawn(corral_api::http_server::serve(api_listener, app, http_config, stop_rx.clone()));
 
     shutdown_signal().await;
     // Drain: report not ready, hand leadership to a caught-up follower, give load balancers
@@ -191,10 +216,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(config.drain_ms)).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(10), api).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "api server ended with an error"),
-        Err(_) => tracing::warn!("api server did not drain within 10 s"),
-        _ => {}
+    if tokio::time::timeout(Duration::from_secs(12), api).await.is_err() {
+        tracing::warn!("api server did not drain within 12 s");
     }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestCluster, ADMIN_KEY};
+use corral_net::tls::CertDir;
 use serde_json::{json, Value};
 
 const SILENCE_MS: u64 = 3_000;
@@ -29,11 +30,15 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(token: &str, endpoints: &str, log: &Path) -> Agent {
+    /// Starts `corral runner` presenting the certificate `cert_name` from `certs`.
+    fn start(token: &str, endpoints: &str, certs: &CertDir, cert_name: &str, log: &Path) -> Agent {
         let file = fs::File::create(log).expect("agent log");
         let child = Command::new(env!("CARGO_BIN_EXE_corral"))
             .args(["runner", "--endpoints", endpoints])
             .env("CORRAL_RUNNER_TOKEN", token)
+            .env("CORRAL_CA_CERT", certs.ca_cert())
+            .env("CORRAL_RUNNER_CERT", certs.cert(cert_name))
+            .env("CORRAL_RUNNER_KEY", certs.key(cert_name))
             .env("CORRAL_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -119,7 +124,7 @@ fn agent_reports_gets_its_sandbox_fails_over_and_goes_unresponsive_when_killed()
     let token = "agent-test-token-0123456789abcdef";
     let (key, _region_id, runner_id) = setup(&c, leader, token);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut agent = Agent::start(token, &endpoints(&c), &dir.path().join("agent.log"));
+    let mut agent = Agent::start(token, &endpoints(&c), &c.certs, "runner", &dir.path().join("agent.log"));
 
     // Health reaches every node, and the leader commits `ready`.
     wait_for("ready with usage on every node", Duration::from_secs(20), || {
@@ -209,12 +214,18 @@ fn wrong_and_deleted_runner_tokens_are_refused() {
     let (key, _region_id, runner_id) = setup(&c, leader, token);
     let dir = tempfile::tempdir().expect("tempdir");
 
-    let mut wrong = Agent::start("not-a-token-of-this-cluster-xxxxxx", &endpoints(&c), &dir.path().join("wrong.log"));
+    let mut wrong = Agent::start(
+        "not-a-token-of-this-cluster-xxxxxx",
+        &endpoints(&c),
+        &c.certs,
+        "runner",
+        &dir.path().join("wrong.log"),
+    );
     let status = wrong.wait_exit(Duration::from_secs(20)).expect("a refused agent exits");
     assert!(!status.success());
     assert!(wrong.log().contains("unknown or revoked runner token"), "{}", wrong.log());
 
-    let mut agent = Agent::start(token, &endpoints(&c), &dir.path().join("agent.log"));
+    let mut agent = Agent::start(token, &endpoints(&c), &c.certs, "runner", &dir.path().join("agent.log"));
     wait_for("ready", Duration::from_secs(20), || {
         (runner_on(&c, leader, &key, &runner_id)["state"] == "ready").then_some(())
     });

@@ -4,10 +4,11 @@
 //!
 //! - [`model`]: the data model (Region, Runner, Sandbox, Organization), the [`model::Command`]
 //!   enum and the pure, deterministic [`model::apply`]. Nothing in `model` does I/O.
-//! - [`store`]: the openraft log store ([`store::LogStore`]) and state machine
-//!   ([`store::StateMachineStore`]) on one RocksDB database with three column families:
-//!   `log` (entries by index), `meta` (vote, committed, last purged) and `state` (the latest
-//!   snapshot of the state machine).
+//! - `store` (feature `rocksdb`, on by default): the openraft log store (`LogStore`) and state
+//!   machine (`StateMachineStore`) on one RocksDB database with three column families: `log`
+//!   (entries by index), `meta` (vote, committed, last purged) and `state` (the latest snapshot
+//!   of the state machine).
+//! - [`shared`]: the state machine's in-memory data and the handle readers share.
 //! - [`health`]: runner health reports and the per-node table of the latest one per runner
 //!   (soft state: spread by gossip, never written to Raft).
 //! - [`TypeConfig`]: the openraft type configuration every other crate uses.
@@ -23,6 +24,8 @@
 
 pub mod health;
 pub mod model;
+pub mod shared;
+#[cfg(feature = "rocksdb")]
 pub mod store;
 
 use std::fmt;
@@ -30,7 +33,9 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-pub use store::{open_storage, LogStore, SharedState, StateMachineStore, StorageConfig, StorageError};
+pub use shared::{MachineData, SharedState};
+#[cfg(feature = "rocksdb")]
+pub use store::{open_storage, LogStore, StateMachineStore, StorageConfig, StorageError};
 
 pub type NodeId = u64;
 

@@ -16,7 +16,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -27,6 +27,7 @@ use openraft::{
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use crate::model::{self, Outcome, State};
+use crate::shared::SharedState;
 use crate::{ApplyResponse, CorralNode, NodeId, TypeConfig};
 
 const CF_LOG: &str = "log";
@@ -61,38 +62,6 @@ pub enum StorageError {
     Rocks(#[from] rocksdb::Error),
     #[error("stored snapshot is unreadable: {0}")]
     CorruptSnapshot(String),
-}
-
-/// The state machine's data, shared between openraft (which applies to it) and readers
-/// (the REST API). Lock holders never await.
-#[derive(Debug, Default)]
-pub struct MachineData {
-    pub last_applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, CorralNode>,
-    pub state: State,
-    /// Index of the newest snapshot this node built or installed.
-    pub snapshot_index: Option<u64>,
-    pub snapshots_built: u64,
-    pub snapshots_installed: u64,
-    /// How long the newest snapshot this node built took (encode + write), in seconds.
-    pub last_snapshot_build_seconds: f64,
-}
-
-/// Cheap-to-clone handle on the state machine's data.
-#[derive(Debug, Clone, Default)]
-pub struct SharedState(Arc<RwLock<MachineData>>);
-
-impl SharedState {
-    /// Read access; hold it briefly and never across an await.
-    pub fn read(&self) -> RwLockReadGuard<'_, MachineData> {
-        // A poisoned lock means a panic inside apply, which already aborted the node's
-        // invariants; serving the data is still better than taking the node down.
-        self.0.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, MachineData> {
-        self.0.write().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StorageIOError<NodeId>> {

@@ -66,6 +66,10 @@ struct Args {
     /// QUIC endpoints (the nodes' Raft addresses) the simulated runner agents connect to.
     #[arg(long, default_value = "127.0.0.1:8901,127.0.0.1:8902,127.0.0.1:8903")]
     runner_endpoints: String,
+    /// Where the cluster's CA and the runner certificate (`runner.pem`) are; `corral dev`
+    /// writes them to `data/certs`.
+    #[arg(long, default_value = "data/certs")]
+    certs_dir: std::path::PathBuf,
     /// Make the runners ready through the admin API instead of running agents (a baseline
     /// without health traffic; the nodes need `CORRAL_RUNNER_SILENCE_MS=0`, or the leader
     /// demotes the silent runners).
@@ -210,7 +214,8 @@ async fn main() -> anyhow::Result<()> {
         } else {
             let tokens: Vec<String> = (0..args.runners).map(|i| runner_token(&args.target, i)).collect();
             let endpoints: Vec<String> = args.runner_endpoints.split(',').map(|e| e.trim().to_string()).collect();
-            agents = Some(tokio::spawn(corral_node::runner_agent::simulate(tokens, endpoints, agents_stop)));
+            let tls = corral_net::tls::CertDir::new(&args.certs_dir).load("runner")?;
+            agents = Some(tokio::spawn(corral_node::runner_agent::simulate(tokens, endpoints, tls, agents_stop)));
         }
         let took = wait_ready(&addrs[0], admin, &region_id, args.runners).await?;
         eprintln!("{} simulated runners ready after {:.1} s", args.runners, took.as_secs_f64());

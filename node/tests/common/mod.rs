@@ -34,12 +34,67 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     pub extra_args: Vec<String>,
     pub http: reqwest::blocking::Client,
+    /// The cluster CA and the nodes' and runners' certificates (mutual TLS between nodes).
+    pub certs: corral_net::tls::CertDir,
+    /// REST over HTTPS (each node presents its node certificate, valid for 127.0.0.1).
+    pub https: bool,
+    /// Every secret seen in a request or response ([`SECRET_FIELDS`]); when the cluster is
+    /// dropped, none of them may appear in a node's log or anywhere in its data directory.
+    secrets: std::sync::Mutex<Vec<String>>,
     dir: tempfile::TempDir,
+}
+
+/// JSON fields that carry secrets in the REST API.
+pub const SECRET_FIELDS: &[&str] =
+    &["apiKey", "proxyApiKey", "sshGatewayApiKey", "snapshotManagerPassword", "password", "token"];
+
+/// Appends the values of secret fields anywhere in `value` to `out`.
+pub fn collect_secrets(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (name, v) in map {
+                match v.as_str() {
+                    Some(secret) if SECRET_FIELDS.contains(&name.as_str()) && secret.len() >= 8 => {
+                        out.push(secret.to_string())
+                    }
+                    _ => collect_secrets(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_secrets(v, out)),
+        _ => {}
+    }
+}
+
+/// Files under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if let Ok(bytes) = fs::read(&path) {
+            if !needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 impl TestCluster {
     /// Starts `n` nodes; node 1 bootstraps. `extra_args` go to every `corral serve`.
     pub fn start(n: u64, extra_args: &[&str]) -> TestCluster {
+        Self::start_with(n, extra_args, false)
+    }
+
+    /// Like [`TestCluster::start`], with REST over HTTPS; `http` trusts the cluster CA.
+    pub fn start_https(n: u64, extra_args: &[&str]) -> TestCluster {
+        Self::start_with(n, extra_args, true)
+    }
+
+    fn start_with(n: u64, extra_args: &[&str], https: bool) -> TestCluster {
         let dir = tempfile::Builder::new().prefix("corral-test-").tempdir().expect("tempdir");
         let nodes = (1..=n)
             .map(|id| {
@@ -54,9 +109,17 @@ impl TestCluster {
                 }
             })
             .collect();
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-        let mut cluster =
-            TestCluster { nodes, extra_args: extra_args.iter().map(|s| s.to_string()).collect(), http, dir };
+        let certs = corral_net::tls::CertDir::new(dir.path().join("certs"));
+        certs.ensure_local_cluster(n).expect("cluster certificates");
+        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        if https {
+            let ca = fs::read(certs.ca_cert()).expect("ca.pem");
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca certificate"));
+        }
+        let http = http.build().expect("client");
+        let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        let secrets = std::sync::Mutex::new(vec![ADMIN_KEY.to_string()]);
+        let mut cluster = TestCluster { nodes, extra_args, http, certs, https, secrets, dir };
         for id in 1..=n {
             cluster.start_node(id);
         }
@@ -75,6 +138,14 @@ impl TestCluster {
     pub fn start_node(&mut self, id: u64) {
         let peers = self.peers();
         let extra = self.extra_args.clone();
+        self.certs.ensure_local_cluster(self.nodes.len() as u64).expect("cluster certificates");
+        let tls_args = self.certs.serve_args(id);
+        let rest_tls: Vec<std::ffi::OsString> = if self.https {
+            let name = format!("node-{id}");
+            vec!["--tls-cert".into(), self.certs.cert(&name).into(), "--tls-key".into(), self.certs.key(&name).into()]
+        } else {
+            vec!["--plain-http".into()]
+        };
         let node = &mut self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} already running");
         let log = fs::OpenOptions::new().create(true).append(true).open(&node.log_path).expect("log file");
@@ -84,6 +155,8 @@ impl TestCluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--raft-addr", &node.raft_addr, "--api-addr", &node.api_addr, "--peers", &peers])
+            .args(&tls_args)
+            .args(&rest_tls)
             .args(&extra)
             .env("CORRAL_ADMIN_KEY", ADMIN_KEY)
             // Tests that drive runner state through the admin API run no agents, so the leader's
@@ -158,7 +231,8 @@ impl TestCluster {
     }
 
     pub fn url(&self, id: u64, path: &str) -> String {
-        format!("http://{}{}", self.node(id).api_addr, path)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.node(id).api_addr, path)
     }
 
     pub fn status(&self, id: u64) -> Option<ClusterStatus> {
@@ -195,7 +269,36 @@ impl TestCluster {
             .send()
             .unwrap_or_else(|e| panic!("POST {path} to node {id}: {e}"));
         let status = resp.status().as_u16();
-        (status, resp.json().unwrap_or(Value::Null))
+        let reply = resp.json().unwrap_or(Value::Null);
+        self.remember_secrets(&[body, &reply]);
+        (status, reply)
+    }
+
+    /// Records the secrets in these bodies for the check on drop.
+    pub fn remember_secrets(&self, bodies: &[&Value]) {
+        let mut found = Vec::new();
+        for body in bodies {
+            collect_secrets(body, &mut found);
+        }
+        if !found.is_empty() {
+            self.secrets.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
+        }
+    }
+
+    /// Where each remembered secret shows up in a node's log or data directory.
+    pub fn leaked_secrets(&self) -> Vec<(String, PathBuf)> {
+        let secrets = self.secrets.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut leaks = Vec::new();
+        for secret in secrets {
+            for node in &self.nodes {
+                let mut places = files_containing(&node.data_dir, secret.as_bytes());
+                if fs::read(&node.log_path).is_ok_and(|log| log.windows(secret.len()).any(|w| w == secret.as_bytes())) {
+                    places.push(node.log_path.clone());
+                }
+                leaks.extend(places.into_iter().map(|p| (secret.clone(), p)));
+            }
+        }
+        leaks
     }
 
     pub fn get(&self, id: u64, path: &str) -> (u16, Value) {
@@ -233,7 +336,12 @@ impl TestCluster {
         let resp = request.send().unwrap_or_else(|e| panic!("{path} on node {id}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.text().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let reply = serde_json::from_str(&text).unwrap_or(Value::Null);
+        self.remember_secrets(&[body.unwrap_or(&Value::Null), &reply]);
+        if let Some(token) = token {
+            self.remember_secrets(&[&serde_json::json!({ "token": token })]);
+        }
+        (status, reply)
     }
 
     /// Creates an organization through node `via`; returns (id, api key).
@@ -301,6 +409,11 @@ impl Drop for TestCluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        if !std::thread::panicking() {
+            // Secrets are stored only as hashes or encrypted, and never logged.
+            let leaks = self.leaked_secrets();
+            assert!(leaks.is_empty(), "secrets found in clear: {leaks:?}");
         }
         if std::thread::panicking() {
             for node in &self.nodes {

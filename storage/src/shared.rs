@@ -1,0 +1,41 @@
+//! The state machine's in-memory data and the handle readers share. Free of RocksDB, so the
+//! API and the fuzz targets can use it without the storage engine.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::{LogId, StoredMembership};
+
+use crate::model::State;
+use crate::{CorralNode, NodeId};
+
+/// The state machine's data, shared between openraft (which applies to it) and readers
+/// (the REST API). Lock holders never await.
+#[derive(Debug, Default)]
+pub struct MachineData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, CorralNode>,
+    pub state: State,
+    /// Index of the newest snapshot this node built or installed.
+    pub snapshot_index: Option<u64>,
+    pub snapshots_built: u64,
+    pub snapshots_installed: u64,
+    /// How long the newest snapshot this node built took (encode + write), in seconds.
+    pub last_snapshot_build_seconds: f64,
+}
+
+/// Cheap-to-clone handle on the state machine's data.
+#[derive(Debug, Clone, Default)]
+pub struct SharedState(Arc<RwLock<MachineData>>);
+
+impl SharedState {
+    /// Read access; hold it briefly and never across an await.
+    pub fn read(&self) -> RwLockReadGuard<'_, MachineData> {
+        // A poisoned lock means a panic inside apply, which already aborted the node's
+        // invariants; serving the data is still better than taking the node down.
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, MachineData> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
