@@ -35,6 +35,7 @@ impl SharedState {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, MachineData> {
         self.0.write().unwrap_or_else(|p| p.into_inner())
     }
