@@ -74,8 +74,7 @@ pub fn client_config(tls: &ClusterTls, alpn: &[u8], idle_timeout: Duration) -> R
 
 /// The node's endpoint: serves both ALPNs and dials peers with the gossip ALPN.
 pub fn node_endpoint(addr: SocketAddr, tls: &ClusterTls, idle_timeout: Duration) -> Result<Endpoint, QuicError> {
-    let server_tls = tls.server_config().map_err(|e| QuicError::Tls(e.to_string()))?;
-    let mut server_tls = server_tls;
+    let mut server_tls = tls.server_config().map_err(|e| QuicError::Tls(e.to_string()))?;
     server_tls.alpn_protocols = vec![ALPN_RUNNER.to_vec(), ALPN_GOSSIP.to_vec()];
     server_tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(server_tls).map_err(|e| QuicError::Tls(e.to_string()))?;
