@@ -71,13 +71,15 @@ impl From<Rejection> for ApiError {
             Rejection::RunnerHasSandboxes { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "runner_has_sandboxes", message)
             }
+            // The fleet's state refuses the request: a definite answer, so a 4xx. 5xx stays
+            // for answers whose outcome the client cannot know (no leader, timeout).
             Rejection::InsufficientCapacity { .. }
             | Rejection::RunnerNotSchedulable { .. }
-            | Rejection::NoCapacity { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message),
+            | Rejection::NoCapacity { .. } => ApiError::new(StatusCode::CONFLICT, "no_capacity", message),
             Rejection::IdempotencyKeyReused => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", message)
             }
-            Rejection::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message),
+            Rejection::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
         }
     }
 }

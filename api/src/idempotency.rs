@@ -40,15 +40,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
         let key = match parts.headers.get(IDEMPOTENCY_HEADER) {
             None => None,
             Some(v) => {
-                let k = v
-                    .to_str()
-                    .map_err(|_| ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII"))?;
-                if k.is_empty() || k.len() > IDEMPOTENCY_KEY_MAX_LEN {
+                let bytes = v.as_bytes();
+                if bytes.is_empty() || bytes.len() > IDEMPOTENCY_KEY_MAX_LEN {
                     return Err(ApiError::bad_request(
                         "invalid_header",
                         format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LEN} characters"),
                     ));
                 }
+                // Spaces are refused too: a proxy may trim or fold them, and the key would change.
+                let k = std::str::from_utf8(bytes)
+                    .ok()
+                    .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII without spaces")
+                    })?;
                 Some(k.to_string())
             }
         };

@@ -137,6 +137,7 @@ pub async fn cluster_status(State(app): State<AppState>, _admin: auth::Admin) ->
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddMemberRequest {
+    #[serde(deserialize_with = "extract::whole_number")]
     pub node_id: u64,
     /// host:port of the new node's gRPC listener.
     pub raft_addr: String,

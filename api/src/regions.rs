@@ -306,9 +306,11 @@ async fn regenerate(
 
 /// Regenerate the proxy API key (the proxy must be redeployed with it).
 #[utoipa::path(post, path = "/api/regions/{region_id}/regenerate-proxy-api-key", tag = "regions",
-    params(("region_id" = String, Path, description = "Region id")),
+    params(("region_id" = String, Path, description = "Region id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays return the first key")),
     responses((status = 200, body = RegeneratedApiKey), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 409, body = ErrorBody, description = "`conflict`: the region has no such service configured"),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn regenerate_proxy_api_key(
     State(app): State<AppState>,
@@ -323,9 +325,11 @@ pub async fn regenerate_proxy_api_key(
 
 /// Regenerate the SSH gateway API key.
 #[utoipa::path(post, path = "/api/regions/{region_id}/regenerate-ssh-gateway-api-key", tag = "regions",
-    params(("region_id" = String, Path, description = "Region id")),
+    params(("region_id" = String, Path, description = "Region id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays return the first key")),
     responses((status = 200, body = RegeneratedApiKey), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 409, body = ErrorBody, description = "`conflict`: the region has no such service configured"),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn regenerate_ssh_gateway_api_key(
     State(app): State<AppState>,
@@ -340,9 +344,11 @@ pub async fn regenerate_ssh_gateway_api_key(
 
 /// Regenerate the snapshot manager credentials.
 #[utoipa::path(post, path = "/api/regions/{region_id}/regenerate-snapshot-manager-credentials", tag = "regions",
-    params(("region_id" = String, Path, description = "Region id")),
+    params(("region_id" = String, Path, description = "Region id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays return the first credentials")),
     responses((status = 200, body = SnapshotManagerCredentials), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "`conflict`: the region has no such service configured"),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn regenerate_snapshot_manager_credentials(
     State(app): State<AppState>,

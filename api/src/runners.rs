@@ -30,8 +30,8 @@ pub fn routes() -> Router<AppState> {
 
 /// Prefix of runner tokens Corral generates.
 pub const RUNNER_TOKEN_PREFIX: &str = "crl_";
-/// Longest runner token accepted from an operator.
-pub const RUNNER_TOKEN_MAX_LEN: usize = 256;
+/// Largest capacity an operator may declare for a runner (each of cpu, memory GiB, disk GiB).
+pub const MAX_RUNNER_CAPACITY: u64 = u32::MAX as u64;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -53,7 +53,10 @@ pub struct CreatedRunner {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdminCreateRunnerRequest {
+    #[schema(example = "runner-1")]
     pub name: String,
+    /// Any region's id; the shared regions' ids are their names.
+    #[schema(example = "us")]
     pub region_id: String,
     /// The token the runner will authenticate with; stored only as a hash.
     pub api_key: String,
@@ -63,10 +66,11 @@ pub struct AdminCreateRunnerRequest {
     pub domain: Option<String>,
     pub api_url: Option<String>,
     pub proxy_url: Option<String>,
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
     pub cpu: Option<u64>,
-    #[serde(rename = "memoryGiB")]
+    #[serde(rename = "memoryGiB", default, deserialize_with = "crate::extract::optional_whole_number")]
     pub memory_gib: Option<u64>,
-    #[serde(rename = "diskGiB")]
+    #[serde(rename = "diskGiB", default, deserialize_with = "crate::extract::optional_whole_number")]
     pub disk_gib: Option<u64>,
 }
 
@@ -87,6 +91,7 @@ pub struct RunnerStateRequest {
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RunnerListParams {
     /// Only runners of this region.
     pub region_id: Option<String>,
@@ -250,11 +255,12 @@ fn runner_outcome(outcome: Outcome) -> Result<Runner, ApiError> {
     }
 }
 
-/// The body of a scheduling PATCH is optional: none (or an empty body) toggles.
+/// The body of a scheduling PATCH is optional: none (an empty body, or JSON `null`) toggles.
 fn scheduling_body(body: &Bytes) -> Result<Option<bool>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
         return Ok(None);
     }
+    crate::extract::require_object(body)?;
     serde_json::from_slice::<SchedulingRequest>(body)
         .map(|r| Some(r.schedulable))
         .map_err(|e| ApiError::unprocessable(format!("expected {{\"schedulable\": true|false}}: {e}")))
@@ -343,7 +349,7 @@ pub async fn get_runner(
 
 /// Mark a runner schedulable or not; with no body, toggle.
 #[utoipa::path(patch, path = "/api/runners/{runner_id}/scheduling", tag = "runners",
-    params(("runner_id" = String, Path, description = "Runner id")), request_body(content = SchedulingRequest, description = "Optional: without a body the flag is toggled"),
+    params(("runner_id" = String, Path, description = "Runner id")), request_body(content = Option<SchedulingRequest>, description = "Optional: without a body the flag is toggled"),
     responses((status = 200, body = RunnerView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -390,8 +396,11 @@ pub async fn admin_create_runner(
     if body.api_version != "0" && body.api_version != "2" {
         return Err(ApiError::unprocessable("apiVersion must be \"0\" or \"2\""));
     }
-    if body.api_key.trim().is_empty() || body.api_key.len() > RUNNER_TOKEN_MAX_LEN {
-        return Err(ApiError::unprocessable(format!("apiKey must be 1 to {RUNNER_TOKEN_MAX_LEN} characters")));
+    validate::token("apiKey", &body.api_key)?;
+    for (field, value) in [("cpu", body.cpu), ("memoryGiB", body.memory_gib), ("diskGiB", body.disk_gib)] {
+        if value.is_some_and(|v| v > MAX_RUNNER_CAPACITY) {
+            return Err(ApiError::unprocessable(format!("{field} must be at most {MAX_RUNNER_CAPACITY}")));
+        }
     }
     for (field, value) in [("apiUrl", &body.api_url), ("proxyUrl", &body.proxy_url)] {
         if let Some(v) = value {
@@ -473,7 +482,7 @@ pub async fn admin_get_runner(
 
 /// Mark any runner schedulable or not; with no body, toggle (operator).
 #[utoipa::path(patch, path = "/api/admin/runners/{runner_id}/scheduling", tag = "admin",
-    params(("runner_id" = String, Path, description = "Runner id")), request_body(content = SchedulingRequest, description = "Optional: without a body the flag is toggled"),
+    params(("runner_id" = String, Path, description = "Runner id")), request_body(content = Option<SchedulingRequest>, description = "Optional: without a body the flag is toggled"),
     responses((status = 200, body = RunnerFull), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -494,7 +503,9 @@ pub async fn admin_update_scheduling(
 #[utoipa::path(patch, path = "/api/admin/runners/{runner_id}/state", tag = "admin",
     params(("runner_id" = String, Path, description = "Runner id")), request_body = RunnerStateRequest,
     responses((status = 200, body = RunnerFull), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`conflict`: a decommissioned runner stays decommissioned"),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn admin_set_state(
     State(app): State<AppState>,
@@ -540,6 +551,8 @@ mod tests {
     #[test]
     fn scheduling_body_is_optional() {
         assert_eq!(scheduling_body(&Bytes::from_static(b"")).ok(), Some(None));
+        assert_eq!(scheduling_body(&Bytes::from_static(b" null ")).ok(), Some(None));
+        assert!(scheduling_body(&Bytes::from_static(b"[true]")).is_err(), "only an object sets the flag");
         assert_eq!(scheduling_body(&Bytes::from_static(b"{\"schedulable\":false}")).ok(), Some(Some(false)));
         assert!(scheduling_body(&Bytes::from_static(b"{\"schedulable\":1}")).is_err());
         assert!(scheduling_body(&Bytes::from_static(b"{\"other\":true}")).is_err());

@@ -29,8 +29,6 @@ pub fn routes() -> Router<AppState> {
 pub const DEFAULT_RESOURCES: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3 };
 /// Largest single sandbox accepted (cpu, memory GiB, disk GiB).
 pub const MAX_RESOURCES: Resources = Resources { cpu: 256, memory_gib: 4096, disk_gib: 65_536 };
-/// Labels: at most this many, keys and values at most 63 / 255 characters.
-pub const MAX_LABELS: usize = 64;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -39,12 +37,13 @@ pub struct CreateSandboxRequest {
     #[schema(example = "us")]
     pub target: String,
     /// Cores; default 1.
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
     pub cpu: Option<u64>,
     /// Default 1.
-    #[serde(rename = "memoryGiB")]
+    #[serde(rename = "memoryGiB", default, deserialize_with = "crate::extract::optional_whole_number")]
     pub memory_gib: Option<u64>,
     /// Default 3.
-    #[serde(rename = "diskGiB")]
+    #[serde(rename = "diskGiB", default, deserialize_with = "crate::extract::optional_whole_number")]
     pub disk_gib: Option<u64>,
     pub labels: Option<BTreeMap<String, String>>,
 }
@@ -91,6 +90,7 @@ impl From<&Sandbox> for SandboxView {
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SandboxListParams {
     /// Only sandboxes in this state.
     #[param(value_type = Option<String>, example = "started")]
@@ -119,12 +119,7 @@ fn validate_resources(body: &CreateSandboxRequest) -> Result<Resources, ApiError
         }
     }
     if let Some(labels) = &body.labels {
-        if labels.len() > MAX_LABELS {
-            return Err(ApiError::unprocessable(format!("at most {MAX_LABELS} labels")));
-        }
-        if labels.iter().any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 255) {
-            return Err(ApiError::unprocessable("label keys must be 1–63 characters and values at most 255"));
-        }
+        crate::validate::labels("labels", labels)?;
     }
     Ok(resources)
 }
@@ -134,8 +129,8 @@ fn validate_resources(body: &CreateSandboxRequest) -> Result<Resources, ApiError
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the first sandbox")),
     responses((status = 201, body = SandboxView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "unknown target region"), (status = 413, body = ErrorBody),
-        (status = 422, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "`no_capacity`: no runner has room; or no leader")),
+        (status = 409, body = ErrorBody, description = "`no_capacity`: no runner of the region has room"),
+        (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_sandbox(
     State(app): State<AppState>,
@@ -240,7 +235,8 @@ async fn set_state(app: &AppState, caller: &Caller, id: String, state: SandboxSt
 #[utoipa::path(post, path = "/api/sandboxes/{sandbox_id}/stop", tag = "sandboxes",
     params(("sandbox_id" = String, Path, description = "Sandbox id")),
     responses((status = 200, body = SandboxView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 409, body = ErrorBody, description = "`conflict`: the sandbox is destroyed; `no_capacity`: its runner has no room to start it"),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn stop_sandbox(
     State(app): State<AppState>,
@@ -254,7 +250,8 @@ pub async fn stop_sandbox(
 #[utoipa::path(post, path = "/api/sandboxes/{sandbox_id}/start", tag = "sandboxes",
     params(("sandbox_id" = String, Path, description = "Sandbox id")),
     responses((status = 200, body = SandboxView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 409, body = ErrorBody, description = "`conflict`: the sandbox is destroyed; `no_capacity`: its runner has no room to start it"),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn start_sandbox(
     State(app): State<AppState>,

@@ -189,9 +189,8 @@ async fn send(request: reqwest::RequestBuilder) -> Answer {
 fn write_outcome(answer: &Answer, via_balancer: bool) -> Outcome {
     match answer {
         Answer::Status(s, _) if (200..300).contains(s) => Outcome::Ok,
-        // The scheduler refused: nothing was placed.
-        Answer::Status(503, body) if body["code"] == "no_capacity" => Outcome::Fail,
         Answer::Status(404, _) if via_balancer => Outcome::Unknown,
+        // Refused, e.g. 409 `no_capacity` from the scheduler: nothing was written.
         Answer::Status(s, _) if (400..500).contains(s) && *s != 408 && *s != 429 => Outcome::Fail,
         Answer::NotSent => Outcome::Fail,
         _ => Outcome::Unknown,

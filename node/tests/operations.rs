@@ -300,7 +300,7 @@ fn prometheus_scrapes_every_node() {
     // Every metric the dashboard and alerts use is exported by some node once the cluster has
     // served a sandbox request (the scheduler's metrics appear on first use).
     let (s, _) = c.call(leader, "POST", "/api/sandboxes", Some(ADMIN_KEY), Some(&json!({ "target": "us" })), &[]);
-    assert_eq!(s, 503, "no runners in the shared region: no capacity");
+    assert_eq!(s, 409, "no runners in the shared region: no capacity");
     std::thread::sleep(Duration::from_secs(6)); // the state gauges refresh every 5 s
     let exported: String = (1..=3)
         .map(|id| {

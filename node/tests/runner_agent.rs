@@ -203,7 +203,7 @@ fn agent_reports_gets_its_sandbox_fails_over_and_goes_unresponsive_when_killed()
     );
     // The scheduler never places on it now.
     let (s, body) = c.call(survivors[0], "POST", "/api/sandboxes", Some(&key), Some(&json!({ "target": "edge" })), &[]);
-    assert_eq!(s, 503, "{body}");
+    assert_eq!((s, body["code"].as_str()), (409, Some("no_capacity")), "{body}");
 }
 
 #[test]

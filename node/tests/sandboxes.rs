@@ -57,7 +57,7 @@ fn sandboxes_are_placed_within_capacity_and_follow_their_lifecycle() {
         c.call(follower, "POST", "/api/sandboxes", k, Some(&json!({ "target": target, "memoryGiB": 100000 })), &[]);
     assert_eq!(s, 422);
     let (s, body) = c.call(follower, "POST", "/api/sandboxes", k, Some(&json!({ "target": "us" })), &[]);
-    assert_eq!((s, body["code"].as_str()), (503, Some("no_capacity")), "shared region without runners: {body}");
+    assert_eq!((s, body["code"].as_str()), (409, Some("no_capacity")), "shared region without runners: {body}");
 
     // Defaults: 1 cpu / 1 GiB / 3 GiB; labels kept.
     let (s, first) = c.call(
@@ -84,7 +84,7 @@ fn sandboxes_are_placed_within_capacity_and_follow_their_lifecycle() {
         placed.push(sb);
     }
     let (s, body) = c.call(leader, "POST", "/api/sandboxes", k, Some(&json!({ "target": target })), &[]);
-    assert_eq!((s, body["code"].as_str()), (503, Some("no_capacity")), "{body}");
+    assert_eq!((s, body["code"].as_str()), (409, Some("no_capacity")), "{body}");
     for (id, (allocated, capacity)) in allocation(&c, follower) {
         assert!(allocated <= capacity, "runner {id} over capacity");
         assert_eq!(allocated, 4, "12 one-cpu sandboxes spread over three 4-cpu runners fill each");
@@ -102,7 +102,7 @@ fn sandboxes_are_placed_within_capacity_and_follow_their_lifecycle() {
     let (_, list) = c.call(follower, "GET", "/api/sandboxes?state=stopped", k, None, &[]);
     assert_eq!(list.as_array().map(Vec::len), Some(1));
     let (s, body) = c.call(leader, "POST", "/api/sandboxes", k, Some(&json!({ "target": target })), &[]);
-    assert_eq!(s, 503, "a stopped sandbox keeps its reservation: {body}");
+    assert_eq!(s, 409, "a stopped sandbox keeps its reservation: {body}");
     let (s, started) = c.call(follower, "POST", &format!("/api/sandboxes/{id}/start"), k, None, &[]);
     assert_eq!((s, started["state"].as_str()), (200, Some("started")));
     let (s, _) = c.call(follower, "DELETE", &format!("/api/sandboxes/{id}"), k, None, &[]);
@@ -173,7 +173,7 @@ fn concurrent_requests_are_batched_and_never_overcommit() {
         handles.into_iter().flat_map(|h| h.join().expect("thread")).collect()
     });
     let created = results.iter().filter(|(s, _)| *s == 201).count();
-    let refused = results.iter().filter(|(s, b)| *s == 503 && b["code"] == "no_capacity").count();
+    let refused = results.iter().filter(|(s, b)| *s == 409 && b["code"] == "no_capacity").count();
     assert_eq!((created, refused), (20, 28), "{results:?}");
     for (id, (allocated, capacity)) in allocation(&c, follower) {
         assert_eq!((allocated, capacity), (4, 4), "runner {id}");

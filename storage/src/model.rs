@@ -33,6 +33,11 @@ pub enum RegionType {
     Custom,
 }
 
+impl RegionType {
+    /// Every variant, for documents that list the accepted values.
+    pub const ALL: [RegionType; 3] = [RegionType::Shared, RegionType::Dedicated, RegionType::Custom];
+}
+
 /// A named group of runners. Service credentials are kept only as hashes, except the snapshot
 /// manager password, which Corral itself must be able to present.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -60,6 +65,17 @@ pub enum RunnerState {
     Unresponsive,
     Disabled,
     Decommissioned,
+}
+
+impl RunnerState {
+    /// Every variant, for documents that list the accepted values.
+    pub const ALL: [RunnerState; 5] = [
+        RunnerState::Initializing,
+        RunnerState::Ready,
+        RunnerState::Unresponsive,
+        RunnerState::Disabled,
+        RunnerState::Decommissioned,
+    ];
 }
 
 /// cpu in cores, memory and disk in GiB.
@@ -124,6 +140,17 @@ pub enum SandboxState {
     Stopped,
     Error,
     Destroyed,
+}
+
+impl SandboxState {
+    /// Every variant, for documents that list the accepted values.
+    pub const ALL: [SandboxState; 5] = [
+        SandboxState::Pending,
+        SandboxState::Started,
+        SandboxState::Stopped,
+        SandboxState::Error,
+        SandboxState::Destroyed,
+    ];
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -389,8 +416,12 @@ pub enum Rejection {
     NoCapacity { region_id: String },
     #[error("the Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
+    /// The request is well formed but the current state does not allow it (a region without
+    /// that service, a decommissioned runner, a destroyed sandbox, a token already in use).
+    /// Records written before the rename say `Invalid`.
     #[error("{0}")]
-    Invalid(String),
+    #[serde(alias = "Invalid")]
+    Conflict(String),
 }
 
 /// What a successful `apply` returns to the proposer.
@@ -721,12 +752,12 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
         Command::SetRegionCredential { id, credential, secret } => {
             let region = owned_region(state, id, scope)?;
             let (configured, service) = match credential {
-                RegionCredential::ProxyApiKey => (region.proxy_url.is_some(), "a proxy"),
-                RegionCredential::SshGatewayApiKey => (region.ssh_gateway_url.is_some(), "an SSH gateway"),
-                RegionCredential::SnapshotManager => (region.snapshot_manager_url.is_some(), "a snapshot manager"),
+                RegionCredential::ProxyApiKey => (region.proxy_url.is_some(), "proxy"),
+                RegionCredential::SshGatewayApiKey => (region.ssh_gateway_url.is_some(), "SSH gateway"),
+                RegionCredential::SnapshotManager => (region.snapshot_manager_url.is_some(), "snapshot manager"),
             };
             if !configured {
-                return Err(Rejection::Invalid(format!("region '{id}' has no {service} configured")));
+                return Err(Rejection::Conflict(format!("region '{id}' has no {service} configured")));
             }
             match credential {
                 RegionCredential::ProxyApiKey => region.proxy_api_key_hash = Some(secret.clone()),
@@ -765,7 +796,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             if scope.is_some() {
                 // Shared regions are visible to every organization, so say why, not "not found".
                 if region.region_type == RegionType::Shared {
-                    return Err(Rejection::Invalid(format!(
+                    return Err(Rejection::Conflict(format!(
                         "region '{region_id}' is a shared region; runners can be added only to custom regions"
                     )));
                 }
@@ -773,7 +804,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
                     return Err(not_found(ObjectKind::Region, region_id));
                 }
                 if region.region_type != RegionType::Custom {
-                    return Err(Rejection::Invalid(format!(
+                    return Err(Rejection::Conflict(format!(
                         "region '{region_id}' is not a custom region; runners can be added only to custom regions"
                     )));
                 }
@@ -788,7 +819,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             }
             // A runner agent is known by its token alone, so no two runners may share one.
             if state.runner_keys.contains_key(api_key_hash) {
-                return Err(Rejection::Invalid(
+                return Err(Rejection::Conflict(
                     "another runner already uses this token; each runner needs its own".into(),
                 ));
             }
@@ -825,7 +856,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
         Command::SetRunnerState { id, state: new_state } => {
             let runner = owned_runner(state, id, scope)?;
             if runner.state == RunnerState::Decommissioned && *new_state != RunnerState::Decommissioned {
-                return Err(Rejection::Invalid(format!("runner '{id}' is decommissioned")));
+                return Err(Rejection::Conflict(format!("runner '{id}' is decommissioned")));
             }
             runner.state = *new_state;
             runner.updated_at = at;
@@ -923,7 +954,7 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
     }
     let runner = state.runners.get_mut(&p.runner_id).ok_or_else(|| not_found(ObjectKind::Runner, &p.runner_id))?;
     if runner.region_id != p.region_id {
-        return Err(Rejection::Invalid(format!("runner '{}' is not in region '{}'", runner.id, p.region_id)));
+        return Err(Rejection::Conflict(format!("runner '{}' is not in region '{}'", runner.id, p.region_id)));
     }
     if runner.state != RunnerState::Ready || !runner.schedulable {
         return Err(Rejection::RunnerNotSchedulable {
@@ -964,7 +995,7 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
     let sandbox = state.sandboxes.get(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
     let old_state = sandbox.state;
     if old_state == SandboxState::Destroyed && new_state != SandboxState::Destroyed {
-        return Err(Rejection::Invalid(format!("sandbox '{id}' is destroyed")));
+        return Err(Rejection::Conflict(format!("sandbox '{id}' is destroyed")));
     }
     let runner_id = sandbox.runner_id.clone();
     let resources = sandbox.resources;

@@ -122,7 +122,7 @@ fn regions_create_update_credentials_delete() {
     // Credentials exist only for configured services: the proxy URL was just cleared.
     let proxy_key =
         Command::SetRegionCredential { id: "a".into(), credential: RegionCredential::ProxyApiKey, secret: "x".into() };
-    assert!(matches!(run(&mut s, proxy_key), Err(Rejection::Invalid(_))));
+    assert!(matches!(run(&mut s, proxy_key), Err(Rejection::Conflict(_))));
     let urls = Command::UpdateRegionUrls {
         id: "a".into(),
         proxy_url: FieldUpdate::Set("https://p".into()),
@@ -203,7 +203,7 @@ fn runners() {
         .expect("decommission");
     assert!(matches!(
         run(&mut s, Command::SetRunnerState { id: "run".into(), state: RunnerState::Ready }),
-        Err(Rejection::Invalid(_))
+        Err(Rejection::Conflict(_))
     ));
     assert!(matches!(run(&mut s, Command::DeleteRunner { id: "no".into() }), Err(Rejection::NotFound { .. })));
     assert_eq!(s.check_invariants(), Ok(()));
@@ -227,7 +227,7 @@ fn two_runners_cannot_share_a_token() {
         proxy_url: None,
         capacity: Resources::default(),
     };
-    assert!(matches!(run(&mut s, twin), Err(Rejection::Invalid(_))));
+    assert!(matches!(run(&mut s, twin), Err(Rejection::Conflict(_))));
     assert_eq!(s.runner_keys.get("k-a").map(String::as_str), Some("a"));
     run(&mut s, Command::DeleteRunner { id: "a".into() }).expect("deleted");
     assert!(s.runner_keys.is_empty(), "a deleted runner's token opens nothing");
@@ -284,7 +284,7 @@ fn placement_respects_capacity_and_state() {
     assert!(results[2].is_ok());
     assert!(matches!(results[3], Err(Rejection::DuplicateId { .. })));
     assert!(matches!(results[4], Err(Rejection::NotFound { .. })));
-    assert!(matches!(results[5], Err(Rejection::Invalid(_))));
+    assert!(matches!(results[5], Err(Rejection::Conflict(_))));
     let runner = &s.runners["run"];
     assert_eq!(runner.allocated.cpu, 4);
     assert_eq!(runner.started_sandboxes, 2);
@@ -332,7 +332,7 @@ fn sandbox_lifecycle_updates_runner_allocation() {
     run(&mut s, Command::SetSandboxState { id: "s2".into(), state: SandboxState::Destroyed }).expect("destroy");
     assert!(matches!(
         run(&mut s, Command::SetSandboxState { id: "s2".into(), state: SandboxState::Started }),
-        Err(Rejection::Invalid(_))
+        Err(Rejection::Conflict(_))
     ));
     // Runner can go once its only sandbox is destroyed.
     assert!(run(&mut s, Command::DeleteRunner { id: "run".into() }).is_ok());
@@ -411,7 +411,7 @@ fn a_scope_sees_only_its_organization() {
         assert!(matches!(apply(&mut s, &as_o1(cmd)), Err(Rejection::NotFound { kind: ObjectKind::Region, .. })));
     }
     // Shared regions take no custom runners from organizations; the operator may add them.
-    assert!(matches!(apply(&mut s, &as_o1(create_runner("r3", "us", "n", 1))), Err(Rejection::Invalid(_))));
+    assert!(matches!(apply(&mut s, &as_o1(create_runner("r3", "us", "n", 1))), Err(Rejection::Conflict(_))));
     assert!(run(&mut s, create_runner("r3", "us", "n", 1)).is_ok());
 
     let Ok(Outcome::Runner(r)) = apply(&mut s, &as_o1(create_runner("r1", "mine", "n", 1))) else { panic!("runner") };
@@ -562,4 +562,12 @@ proptest! {
         for p in &proposals[cut..] { let _ = apply(&mut resumed, p); }
         prop_assert_eq!(resumed.hash(), full.hash());
     }
+}
+
+#[test]
+fn refusals_recorded_before_the_conflict_rename_still_decode() {
+    let old: Rejection = serde_json::from_str(r#"{"Invalid":"sandbox 's' is destroyed"}"#).expect("old record");
+    assert_eq!(old, Rejection::Conflict("sandbox 's' is destroyed".into()));
+    let new = serde_json::to_string(&old).expect("encode");
+    assert_eq!(new, r#"{"Conflict":"sandbox 's' is destroyed"}"#);
 }
