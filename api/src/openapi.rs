@@ -1,4 +1,4 @@
-//! The OpenAPI 3 document, served at `/api/openapi.json`; and `/docs`, a self-contained page
+//! The OpenAPI 3.1 document, served at `/api/openapi.json`; and `/docs`, a self-contained page
 //! that renders it (no CDN, so it works on an air-gapped cluster).
 //!
 //! The document starts from the handlers' `#[utoipa::path]` annotations and the types'
@@ -173,10 +173,13 @@ fn operations(doc: &mut Value) -> impl Iterator<Item = &mut Map<String, Value>> 
 
 /// The rules [`crate::validate`] and the handlers enforce, in the document's terms.
 fn add_input_rules(doc: &mut Value) {
-    for schema in ["CreateRegionRequest", "CreateRunnerRequest", "AdminCreateRunnerRequest"] {
-        constrain(doc, schema, "name", name_rule());
-    }
-    for schema in ["CreateOrganizationRequest", "CreateApiKeyRequest"] {
+    for schema in [
+        "CreateRegionRequest",
+        "CreateRunnerRequest",
+        "AdminCreateRunnerRequest",
+        "CreateOrganizationRequest",
+        "CreateApiKeyRequest",
+    ] {
         constrain(doc, schema, "name", name_rule());
     }
     for schema in ["CreateRegionRequest", "UpdateRegionRequest"] {
