@@ -75,27 +75,20 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 /// For optional counts (`cpu`, `memoryGiB`, `diskGiB`): JSON has one number type, and JSON
 /// Schema calls `2.0` an integer, so a whole number written with a fraction part is accepted.
 pub fn optional_whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match Option::<serde_json::Number>::deserialize(d)? {
-        None => Ok(None),
-        Some(n) => whole_number_of(&n).map(Some).ok_or_else(|| {
-            serde::de::Error::invalid_value(serde::de::Unexpected::Other(&n.to_string()), &"a whole number >= 0")
-        }),
-    }
+    Option::<serde_json::Number>::deserialize(d)?.map(|n| whole_number_of(&n)).transpose()
 }
 
 /// A required count, as [`optional_whole_number`].
 pub fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let n = serde_json::Number::deserialize(d)?;
-    whole_number_of(&n).ok_or_else(|| {
-        serde::de::Error::invalid_value(serde::de::Unexpected::Other(&n.to_string()), &"a whole number >= 0")
-    })
+    whole_number_of(&serde_json::Number::deserialize(d)?)
 }
 
-fn whole_number_of(n: &serde_json::Number) -> Option<u64> {
+fn whole_number_of<E: serde::de::Error>(n: &serde_json::Number) -> Result<u64, E> {
     /// Above 2^53 a float no longer says which integer it means.
     const EXACT_FLOAT_LIMIT: f64 = 9_007_199_254_740_992.0;
     n.as_u64()
         .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=EXACT_FLOAT_LIMIT).contains(f)).map(|f| f as u64))
+        .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Other(&n.to_string()), &"a whole number >= 0"))
 }
 
 /// Query parameters every read accepts.

@@ -21,7 +21,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::idempotency::IDEMPOTENCY_KEY_MAX_LEN;
-use crate::runners::MAX_RUNNER_CAPACITY;
+use crate::runners::{API_VERSIONS, MAX_RUNNER_CAPACITY};
 use crate::sandboxes::MAX_RESOURCES;
 use crate::validate::{
     DOMAIN_MAX_LEN, DOMAIN_PATTERN, LABEL_KEY_MAX_LEN, LABEL_VALUE_MAX_LEN, MAX_LABELS, NAME_MAX_LEN, NAME_PATTERN,
@@ -201,7 +201,7 @@ fn add_input_rules(doc: &mut Value) {
         "apiKey",
         json!({ "pattern": TOKEN_PATTERN, "minLength": 1, "maxLength": TOKEN_MAX_LEN }),
     );
-    constrain(doc, "AdminCreateRunnerRequest", "apiVersion", json!({ "enum": ["0", "2"] }));
+    constrain(doc, "AdminCreateRunnerRequest", "apiVersion", json!({ "enum": API_VERSIONS }));
     for field in ["cpu", "memoryGiB", "diskGiB"] {
         constrain(doc, "AdminCreateRunnerRequest", field, json!({ "minimum": 0, "maximum": MAX_RUNNER_CAPACITY }));
     }

@@ -30,6 +30,8 @@ pub fn routes() -> Router<AppState> {
 
 /// Prefix of runner tokens Corral generates.
 pub const RUNNER_TOKEN_PREFIX: &str = "crl_";
+/// The runner API versions an operator may declare.
+pub const API_VERSIONS: [&str; 2] = ["0", "2"];
 /// Largest capacity an operator may declare for a runner (each of cpu, memory GiB, disk GiB).
 pub const MAX_RUNNER_CAPACITY: u64 = u32::MAX as u64;
 
@@ -257,7 +259,7 @@ fn runner_outcome(outcome: Outcome) -> Result<Runner, ApiError> {
 
 /// The body of a scheduling PATCH is optional: none (an empty body, or JSON `null`) toggles.
 fn scheduling_body(body: &Bytes) -> Result<Option<bool>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
+    if matches!(body.trim_ascii(), b"" | b"null") {
         return Ok(None);
     }
     crate::extract::require_object(body)?;
@@ -393,7 +395,7 @@ pub async fn admin_create_runner(
     ApiJson(body): ApiJson<AdminCreateRunnerRequest>,
 ) -> Result<(StatusCode, Json<RunnerFull>), ApiError> {
     validate::name("name", &body.name)?;
-    if body.api_version != "0" && body.api_version != "2" {
+    if !API_VERSIONS.contains(&body.api_version.as_str()) {
         return Err(ApiError::unprocessable("apiVersion must be \"0\" or \"2\""));
     }
     validate::token("apiKey", &body.api_key)?;
