@@ -171,24 +171,35 @@ fn operations(doc: &mut Value) -> impl Iterator<Item = &mut Map<String, Value>> 
         .filter_map(Value::as_object_mut)
 }
 
+/// Request bodies whose `name` follows [`NAME_PATTERN`].
+const NAMED_BODIES: [&str; 5] = [
+    "CreateRegionRequest",
+    "CreateRunnerRequest",
+    "AdminCreateRunnerRequest",
+    "CreateOrganizationRequest",
+    "CreateApiKeyRequest",
+];
+
+/// Request body fields that hold a URL ([`URL_PATTERN`]).
+const URL_FIELDS: [(&str, &str); 8] = [
+    ("CreateRegionRequest", "proxyUrl"),
+    ("CreateRegionRequest", "sshGatewayUrl"),
+    ("CreateRegionRequest", "snapshotManagerUrl"),
+    ("UpdateRegionRequest", "proxyUrl"),
+    ("UpdateRegionRequest", "sshGatewayUrl"),
+    ("UpdateRegionRequest", "snapshotManagerUrl"),
+    ("AdminCreateRunnerRequest", "apiUrl"),
+    ("AdminCreateRunnerRequest", "proxyUrl"),
+];
+
 /// The rules [`crate::validate`] and the handlers enforce, in the document's terms.
 fn add_input_rules(doc: &mut Value) {
-    for schema in [
-        "CreateRegionRequest",
-        "CreateRunnerRequest",
-        "AdminCreateRunnerRequest",
-        "CreateOrganizationRequest",
-        "CreateApiKeyRequest",
-    ] {
+    for schema in NAMED_BODIES {
         constrain(doc, schema, "name", name_rule());
     }
-    for schema in ["CreateRegionRequest", "UpdateRegionRequest"] {
-        for field in ["proxyUrl", "sshGatewayUrl", "snapshotManagerUrl"] {
-            constrain(doc, schema, field, url_rule());
-        }
+    for (schema, field) in URL_FIELDS {
+        constrain(doc, schema, field, url_rule());
     }
-    constrain(doc, "AdminCreateRunnerRequest", "apiUrl", url_rule());
-    constrain(doc, "AdminCreateRunnerRequest", "proxyUrl", url_rule());
     constrain(
         doc,
         "AdminCreateRunnerRequest",
@@ -406,25 +417,10 @@ mod tests {
     fn every_input_rule_reaches_its_field() {
         let doc = document();
         let schemas = "/components/schemas";
-        for schema in [
-            "CreateRegionRequest",
-            "CreateRunnerRequest",
-            "AdminCreateRunnerRequest",
-            "CreateOrganizationRequest",
-            "CreateApiKeyRequest",
-        ] {
+        for schema in NAMED_BODIES {
             assert_eq!(at(doc, &format!("{schemas}/{schema}/properties/name/pattern")), NAME_PATTERN);
         }
-        for (schema, field) in [
-            ("CreateRegionRequest", "proxyUrl"),
-            ("CreateRegionRequest", "sshGatewayUrl"),
-            ("CreateRegionRequest", "snapshotManagerUrl"),
-            ("UpdateRegionRequest", "proxyUrl"),
-            ("UpdateRegionRequest", "sshGatewayUrl"),
-            ("UpdateRegionRequest", "snapshotManagerUrl"),
-            ("AdminCreateRunnerRequest", "apiUrl"),
-            ("AdminCreateRunnerRequest", "proxyUrl"),
-        ] {
+        for (schema, field) in URL_FIELDS {
             assert_eq!(at(doc, &format!("{schemas}/{schema}/properties/{field}/pattern")), URL_PATTERN);
         }
         let admin = format!("{schemas}/AdminCreateRunnerRequest/properties");
