@@ -331,10 +331,10 @@ fn add_links(doc: &mut Value) {
         created.insert("links".into(), Value::Object(links));
     }
     // A new region can take runners: the link fills the body's regionId.
-    if let Some(created) =
+    if let Some(region_links) =
         doc.pointer_mut("/paths/~1api~1regions/post/responses/201/links").and_then(Value::as_object_mut)
     {
-        created.insert(
+        region_links.insert(
             "create_runner".into(),
             json!({ "operationId": "create_runner", "requestBody": { "name": "linked-runner", "regionId": "$response.body#/id" } }),
         );
