@@ -17,11 +17,19 @@ pub const NAME_MAX_LEN: usize = 63;
 /// Letters, digits, `.`, `_`, `-`.
 pub const NAME_PATTERN: &str = r"^[A-Za-z0-9._-]+$";
 
+/// The characters of Unicode's White_Space property (what Rust's `\s` means), written out so
+/// that ECMAScript (whose `\s` lacks U+0085) and Python read the same set.
+macro_rules! white_space_chars {
+    () => {
+        r"\x09-\x0D\x20\x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000"
+    };
+}
+
 /// Longest URL accepted, in characters.
 pub const URL_MAX_LEN: usize = 2048;
 /// `scheme://host[:port][/path…|?query…|#fragment…]`, where host is a DNS name whose last
 /// label starts with a letter (so it cannot be read as a number) or a dotted IPv4 address,
-/// and the port is 0–65535. No user info: a URL in a region's settings must not carry a
+/// and the port is 0–65535; the rest has no control characters and no white space. No user info: a URL in a region's settings must not carry a
 /// password. Labels are letters and digits joined by single hyphens (so no `xn--` labels,
 /// whose punycode the URL parser would have to accept too).
 pub const URL_PATTERN: &str = concat!(
@@ -29,7 +37,9 @@ pub const URL_PATTERN: &str = concat!(
     r"(?:(?:[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*",
     r"|(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})",
     r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
-    r"(?:[/?#][^\s]*)?$",
+    r"(?:[/?#][^\x00-\x1F\x7F-\x9F",
+    white_space_chars!(),
+    r"]*)?$",
 );
 
 /// Longest DNS name accepted.
@@ -41,7 +51,7 @@ pub const DOMAIN_PATTERN: &str =
 /// Longest runner token accepted from an operator, in characters.
 pub const TOKEN_MAX_LEN: usize = 256;
 /// A token must contain something other than whitespace.
-pub const TOKEN_PATTERN: &str = r"\S";
+pub const TOKEN_PATTERN: &str = concat!("[^", white_space_chars!(), "]");
 
 /// Labels on a sandbox: at most this many.
 pub const MAX_LABELS: usize = 64;
@@ -166,6 +176,10 @@ mod tests {
         assert!(url("proxyUrl", "https://1.2.3").is_err(), "a numeric last label is no DNS name");
         assert!(url("proxyUrl", "https://999.1.1.1").is_err());
         assert!(url("proxyUrl", "https://proxy.example.com\n").is_err());
+        // Found by schemathesis: U+0085 is white space to Rust but not to ECMAScript's `\s`.
+        assert!(url("sshGatewayUrl", "ssh://k0A9:62921?\u{85}").is_err());
+        assert!(url("sshGatewayUrl", "ssh://k0A9:62921?\u{5}").is_err(), "no control characters");
+        assert!(url("sshGatewayUrl", "ssh://k0A9:62921?\u{2F90A}").is_ok());
         assert!(url("proxyUrl", &format!("https://a.example/{}", "é".repeat(2000))).is_ok(), "chars, not bytes");
     }
 
@@ -173,6 +187,7 @@ mod tests {
     fn tokens_and_labels() {
         assert!(token("apiKey", "crl_x").is_ok());
         assert!(token("apiKey", "  ").is_err());
+        assert!(token("apiKey", "\u{85}\u{3000}\t").is_err(), "all of Unicode's white space");
         assert!(token("apiKey", "").is_err());
         assert!(token("apiKey", &"é".repeat(256)).is_ok(), "chars, not bytes");
         assert!(token("apiKey", &"a".repeat(257)).is_err());
