@@ -7,17 +7,23 @@
 //! ```text
 //! agent → node   Hello { token, version }
 //! node  → agent  Welcome { runner_id, node_id, report_interval_ms } | Refused { reason } (+ close)
-//! agent → node   Report(HealthReport) every interval, Ack { sandbox_id, action } per assignment
-//! node  → agent  Assign(Assignment)…, Synced (after the first full set), Refused (runner deleted)
+//! agent → node   Report(HealthReport) every interval, Acks([..]) for each Assignments frame
+//! node  → agent  Assignments([..])…, Synced (after the first full set), Refused (runner deleted)
 //! ```
 //!
 //! The node sends the runner every sandbox placed on it (start or stop) and a destroy for each
-//! one that goes away; after the first full set it sends `Synced`, so an agent that reconnects
-//! drops whatever it still runs that is no longer assigned. A wrong token, or a runner deleted
-//! while connected, gets `Refused` and the whole connection is closed.
+//! one that goes away, in frames of at most [`ASSIGNMENTS_PER_FRAME`]; after the first full set
+//! it sends `Synced`, so an agent that reconnects drops whatever it still runs that is no
+//! longer assigned. A wrong token, or a runner deleted while connected, gets `Refused` and the
+//! whole connection is closed.
+//!
+//! Both directions flow at once: each side reads the stream in a task of its own, so a large
+//! set of assignments (a reconnecting runner may hold tens of thousands) never stops the node
+//! from reading reports and acks, and the two sides cannot wait on each other's flow-control
+//! window. A frame is read by one task from start to end, never abandoned half read.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use corral_storage::health::HealthReport;
@@ -30,6 +36,10 @@ use crate::quic::{read_frame, write_frame, FrameError};
 /// Close code for a refused runner (wrong or deleted token).
 pub const CLOSE_UNAUTHORIZED: u32 = 1;
 
+/// Assignments per frame: a reconnecting runner's full set goes out in frames of about
+/// 100 KB, far under the frame cap, and is acknowledged one frame at a time.
+pub const ASSIGNMENTS_PER_FRAME: usize = 1_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AgentMessage {
     Hello {
@@ -38,10 +48,14 @@ pub enum AgentMessage {
     },
     /// `runner_id`, `via_node` and `received_at` are filled in by the node.
     Report(HealthReport),
-    Ack {
-        sandbox_id: String,
-        action: AssignmentAction,
-    },
+    /// The agent applied these assignments (one `Acks` per `Assignments` frame).
+    Acks(Vec<AssignmentAck>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentAck {
+    pub sandbox_id: String,
+    pub action: AssignmentAction,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +68,8 @@ pub enum NodeMessage {
     Refused {
         reason: String,
     },
-    Assign(Assignment),
+    /// At most [`ASSIGNMENTS_PER_FRAME`] assignments.
+    Assignments(Vec<Assignment>),
     /// Everything assigned has been sent once.
     Synced,
 }
@@ -206,8 +221,9 @@ async fn session(
     )
     .await?;
 
-    // sandbox id → last action sent; the runner acknowledges each.
-    let mut sent: HashMap<String, AssignmentAction> = HashMap::new();
+    // sandbox id → last action sent; the reader drops destroys once the runner acknowledges them.
+    let sent: SentAssignments = Arc::new(Mutex::new(HashMap::new()));
+    let mut reader = AbortOnDrop(tokio::spawn(read_agent(recv, runner_id.clone(), directory.clone(), sent.clone())));
     let mut known_version: Option<Millis> = None;
     let mut synced = false;
     let mut last_full = tokio::time::Instant::now();
@@ -215,34 +231,20 @@ async fn session(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            message = read_frame::<AgentMessage>(&mut recv) => {
-                match message? {
-                    None => return Ok(()),
-                    Some(AgentMessage::Report(mut report)) => {
-                        report.runner_id = runner_id.clone();
-                        report.via_node = directory.node_id();
-                        report.received_at = now_millis();
-                        if report.is_well_formed() {
-                            metrics::counter!("corral_runner_reports_total").increment(1);
-                            directory.record(report);
-                        } else {
-                            metrics::counter!("corral_runner_reports_rejected_total").increment(1);
-                        }
-                    }
-                    Some(AgentMessage::Ack { sandbox_id, action }) => {
-                        metrics::counter!("corral_runner_assignment_acks_total").increment(1);
-                        tracing::debug!(runner_id, sandbox_id, ?action, "assignment acknowledged");
-                        if action == AssignmentAction::Destroy {
-                            sent.remove(&sandbox_id);
-                        }
-                    }
-                    Some(AgentMessage::Hello { .. }) => return Err(SessionError::Protocol),
-                }
+            ended = &mut reader.0 => {
+                return match ended {
+                    Ok(result) => result,
+                    Err(_) => Err(SessionError::Protocol),
+                };
             }
             _ = poll.tick() => {
                 let full = last_full.elapsed() >= config.full_recheck;
                 let since = if full { None } else { known_version };
-                match directory.poll_assignments(&runner_id, since, &sent) {
+                let polled = {
+                    let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+                    directory.poll_assignments(&runner_id, since, &sent)
+                };
+                match polled {
                     AssignmentPoll::Gone => {
                         tracing::warn!(runner_id, "runner deleted; closing its session");
                         return Err(refuse(connection, &mut send, "runner deleted").await);
@@ -253,7 +255,7 @@ async fn session(
                             last_full = tokio::time::Instant::now();
                         }
                         known_version = Some(version);
-                        send_changes(&mut send, &mut sent, changed, gone).await?;
+                        send_changes(&mut send, &sent, changed, gone).await?;
                         if !synced {
                             write_frame(&mut send, &NodeMessage::Synced).await?;
                             synced = true;
@@ -265,28 +267,82 @@ async fn session(
     }
 }
 
-/// Sends the changed assignments, and a destroy for each sandbox that is gone.
+/// What a session sent, shared with its reader.
+type SentAssignments = Arc<Mutex<HashMap<String, AssignmentAction>>>;
+
+/// A task that is cancelled when its owner goes (a session's reader ends with its session).
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads what the agent sends until it finishes the stream: reports go to the directory, acks
+/// of destroys retire their sandboxes from `sent`.
+async fn read_agent(
+    mut recv: RecvStream,
+    runner_id: String,
+    directory: Arc<dyn RunnerDirectory>,
+    sent: SentAssignments,
+) -> Result<(), SessionError> {
+    loop {
+        match read_frame::<AgentMessage>(&mut recv).await? {
+            None => return Ok(()),
+            Some(AgentMessage::Report(mut report)) => {
+                report.runner_id = runner_id.clone();
+                report.via_node = directory.node_id();
+                report.received_at = now_millis();
+                if report.is_well_formed() {
+                    metrics::counter!("corral_runner_reports_total").increment(1);
+                    directory.record(report);
+                } else {
+                    metrics::counter!("corral_runner_reports_rejected_total").increment(1);
+                }
+            }
+            Some(AgentMessage::Acks(acks)) => {
+                metrics::counter!("corral_runner_assignment_acks_total").increment(acks.len() as u64);
+                tracing::debug!(runner_id, acks = acks.len(), "assignments acknowledged");
+                let mut sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+                for ack in acks {
+                    if ack.action == AssignmentAction::Destroy
+                        && sent.get(&ack.sandbox_id) == Some(&AssignmentAction::Destroy)
+                    {
+                        sent.remove(&ack.sandbox_id);
+                    }
+                }
+            }
+            Some(AgentMessage::Hello { .. }) => return Err(SessionError::Protocol),
+        }
+    }
+}
+
+/// Sends the changed assignments, and a destroy for each sandbox that is gone, in frames of
+/// at most [`ASSIGNMENTS_PER_FRAME`].
 async fn send_changes(
     send: &mut SendStream,
-    sent: &mut HashMap<String, AssignmentAction>,
+    sent: &SentAssignments,
     changed: Vec<Assignment>,
     gone: Vec<String>,
 ) -> Result<(), FrameError> {
-    for assignment in changed {
-        sent.insert(assignment.sandbox_id.clone(), assignment.action);
-        metrics::counter!("corral_runner_assignments_sent_total").increment(1);
-        write_frame(send, &NodeMessage::Assign(assignment)).await?;
-    }
-    for sandbox_id in gone {
-        sent.insert(sandbox_id.clone(), AssignmentAction::Destroy);
-        metrics::counter!("corral_runner_assignments_sent_total").increment(1);
-        let destroy = Assignment {
-            sandbox_id,
-            action: AssignmentAction::Destroy,
-            target: String::new(),
-            resources: Resources::default(),
-        };
-        write_frame(send, &NodeMessage::Assign(destroy)).await?;
+    let destroys = gone.into_iter().map(|sandbox_id| Assignment {
+        sandbox_id,
+        action: AssignmentAction::Destroy,
+        target: String::new(),
+        resources: Resources::default(),
+    });
+    let mut all = changed.into_iter().chain(destroys).peekable();
+    while all.peek().is_some() {
+        let frame: Vec<Assignment> = all.by_ref().take(ASSIGNMENTS_PER_FRAME).collect();
+        {
+            let mut sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+            for assignment in &frame {
+                sent.insert(assignment.sandbox_id.clone(), assignment.action);
+            }
+        }
+        metrics::counter!("corral_runner_assignments_sent_total").increment(frame.len() as u64);
+        write_frame(send, &NodeMessage::Assignments(frame)).await?;
     }
     Ok(())
 }

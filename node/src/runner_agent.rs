@@ -2,7 +2,7 @@
 //!
 //! It connects over QUIC to one of `--endpoints` (the nodes' Raft addresses, UDP), proves its
 //! token, reports the host's cpu/memory/disk usage every interval the node asks for, and
-//! receives the sandboxes assigned to it, acknowledging each. When its node dies or the
+//! receives the sandboxes assigned to it, acknowledging each frame of them. When its node dies or the
 //! connection breaks it moves to the next endpoint, with jittered exponential backoff. A
 //! refused token ends the agent with an error (retrying a revoked token would only hammer the
 //! cluster).
@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
-use corral_net::quic::{client_endpoint, read_frame, write_frame, ALPN_RUNNER, SERVER_NAME};
-use corral_net::runner_session::{AgentMessage, AssignmentAction, NodeMessage};
+use corral_net::quic::{client_endpoint, read_frame, write_frame, FrameError, ALPN_RUNNER, SERVER_NAME};
+use corral_net::runner_session::{AbortOnDrop, AgentMessage, AssignmentAck, AssignmentAction, NodeMessage};
 use corral_net::tls::ClusterTls;
 use corral_storage::health::HealthReport;
 use quinn::{Connection, Endpoint};
@@ -325,9 +325,23 @@ async fn session_once(
         Ok(Ok(Some(NodeMessage::Refused { reason }))) => return Err(AgentError::Refused(reason)),
         _ => return Ok(SessionEnd::Lost),
     };
+    // Frames from the node, read by a task of its own so that a frame is never abandoned half
+    // read and the node's assignments keep flowing while this loop writes reports and acks.
+    let (inbound_tx, mut inbound) = tokio::sync::mpsc::channel::<Result<Option<NodeMessage>, FrameError>>(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<NodeMessage>(&mut recv).await;
+            let last = !matches!(frame, Ok(Some(_)));
+            if inbound_tx.send(frame).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let _reader = AbortOnDrop(reader);
     // Assignments the node has confirmed since this session opened; at `Synced` anything else
     // still held here was taken away while we were disconnected.
     let mut confirmed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut synced = false;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -353,31 +367,36 @@ async fn session_once(
                     return Ok(SessionEnd::Lost);
                 }
             }
-            message = read_frame::<NodeMessage>(&mut recv) => match message {
-                Ok(Some(NodeMessage::Assign(assignment))) => {
-                    tracing::info!(runner_id, sandbox_id = %assignment.sandbox_id, action = ?assignment.action,
-                        target = %assignment.target, "assignment");
-                    confirmed.insert(assignment.sandbox_id.clone());
-                    if assignment.action == AssignmentAction::Destroy {
-                        sandboxes.remove(&assignment.sandbox_id);
-                    } else {
-                        sandboxes.insert(assignment.sandbox_id.clone(), assignment.action);
+            message = inbound.recv() => match message {
+                Some(Ok(Some(NodeMessage::Assignments(assignments)))) => {
+                    let mut acks = Vec::with_capacity(assignments.len());
+                    for assignment in assignments {
+                        if synced {
+                            tracing::info!(runner_id, sandbox_id = %assignment.sandbox_id, action = ?assignment.action,
+                                target = %assignment.target, "assignment");
+                        }
+                        confirmed.insert(assignment.sandbox_id.clone());
+                        if assignment.action == AssignmentAction::Destroy {
+                            sandboxes.remove(&assignment.sandbox_id);
+                        } else {
+                            sandboxes.insert(assignment.sandbox_id.clone(), assignment.action);
+                        }
+                        acks.push(AssignmentAck { sandbox_id: assignment.sandbox_id, action: assignment.action });
                     }
-                    let ack = AgentMessage::Ack { sandbox_id: assignment.sandbox_id, action: assignment.action };
-                    if write_frame(&mut send, &ack).await.is_err() {
+                    if write_frame(&mut send, &AgentMessage::Acks(acks)).await.is_err() {
                         return Ok(SessionEnd::Lost);
                     }
                 }
-                Ok(Some(NodeMessage::Synced)) => {
+                Some(Ok(Some(NodeMessage::Synced))) => {
+                    synced = true;
                     let before = sandboxes.len();
                     sandboxes.retain(|id, _| confirmed.contains(id));
-                    if sandboxes.len() != before {
-                        tracing::info!(runner_id, dropped = before - sandboxes.len(), "dropped sandboxes no longer assigned");
-                    }
+                    tracing::info!(runner_id, assigned = sandboxes.len(), dropped = before - sandboxes.len(),
+                        "in step with the node's assignments");
                 }
-                Ok(Some(NodeMessage::Refused { reason })) => return Err(AgentError::Refused(reason)),
-                Ok(Some(NodeMessage::Welcome { .. })) => return Ok(SessionEnd::Lost),
-                Ok(None) | Err(_) => {
+                Some(Ok(Some(NodeMessage::Refused { reason }))) => return Err(AgentError::Refused(reason)),
+                Some(Ok(Some(NodeMessage::Welcome { .. }))) => return Ok(SessionEnd::Lost),
+                Some(Ok(None) | Err(_)) | None => {
                     tracing::warn!(runner_id, endpoint, "lost the node; reconnecting");
                     return Ok(SessionEnd::Lost);
                 }
@@ -387,5 +406,145 @@ async fn session_once(
                 return Ok(SessionEnd::Stopped);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use corral_net::quic::node_endpoint;
+    use corral_net::runner_session::{
+        serve_runner_connection, Assignment, AssignmentPoll, RunnerDirectory, SessionConfig,
+    };
+    use corral_net::tls::{CertDir, Role};
+    use corral_storage::model::{Millis, Resources};
+
+    use super::*;
+
+    /// A runner's assignments held in memory, with the node-side diff the real directory does
+    /// over the replicated state, and every report the session hands over.
+    struct Fleet {
+        assigned: Mutex<(Millis, BTreeMap<String, AssignmentAction>)>,
+        reports: Mutex<Vec<HealthReport>>,
+    }
+
+    impl RunnerDirectory for Fleet {
+        fn authenticate(&self, token: &str) -> Option<String> {
+            (token == "token-1").then(|| "runner-1".to_string())
+        }
+        fn poll_assignments(
+            &self,
+            _runner_id: &str,
+            known_version: Option<Millis>,
+            sent: &HashMap<String, AssignmentAction>,
+        ) -> AssignmentPoll {
+            let assigned = self.assigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if known_version == Some(assigned.0) {
+                return AssignmentPoll::Unchanged;
+            }
+            let changed = assigned
+                .1
+                .iter()
+                .filter(|(id, action)| sent.get(*id) != Some(action))
+                .map(|(id, action)| Assignment {
+                    sandbox_id: id.clone(),
+                    action: *action,
+                    target: "ubuntu:24.04".into(),
+                    resources: Resources::default(),
+                })
+                .collect();
+            let gone = sent
+                .iter()
+                .filter(|(id, action)| **action != AssignmentAction::Destroy && !assigned.1.contains_key(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            AssignmentPoll::Changes { version: assigned.0, changed, gone }
+        }
+        fn record(&self, report: HealthReport) {
+            self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(report);
+        }
+        fn node_id(&self) -> u64 {
+            1
+        }
+    }
+
+    impl Fleet {
+        /// The last report, and how many reports arrived.
+        fn last_report(&self) -> (Option<HealthReport>, usize) {
+            let reports = self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (reports.last().cloned(), reports.len())
+        }
+    }
+
+    async fn wait_for_started(fleet: &Fleet, started: u64, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (last, count) = fleet.last_report();
+            if last.as_ref().is_some_and(|r| r.started_sandboxes == started) {
+                return count;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no report of {started} started sandboxes within {within:?}; last report: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A runner that holds tens of thousands of sandboxes when it (re)connects gets them all,
+    /// acknowledges them, and goes on reporting: the full set once deadlocked the session
+    /// (the node wrote assignments without reading acks while the agent wrote acks without
+    /// reading assignments, until both flow-control windows were full).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runner_with_tens_of_thousands_of_sandboxes_syncs_and_keeps_reporting() {
+        const SANDBOXES: usize = 60_000;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = CertDir::new(dir.path());
+        certs.init().expect("CA");
+        certs.issue(Role::Node, "node-1", &["127.0.0.1".to_string()]).expect("node cert");
+        certs.issue(Role::Runner, "runner", &[]).expect("runner cert");
+        let node_tls = certs.load("node-1").expect("node tls");
+        let runner_tls = certs.load("runner").expect("runner tls");
+
+        let assigned = (0..SANDBOXES).map(|i| (format!("sandbox-{i:06}"), AssignmentAction::Start)).collect();
+        let fleet = Arc::new(Fleet { assigned: Mutex::new((1, assigned)), reports: Mutex::new(Vec::new()) });
+        let endpoint = node_endpoint("127.0.0.1:0".parse().expect("addr"), &node_tls, Duration::from_secs(5))
+            .expect("node endpoint");
+        let addr = endpoint.local_addr().expect("bound");
+        let config = SessionConfig {
+            report_interval: Duration::from_millis(200),
+            assignment_poll: Duration::from_millis(100),
+            ..SessionConfig::default()
+        };
+        let directory: Arc<dyn RunnerDirectory> = fleet.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                if let Ok(connection) = incoming.await {
+                    tokio::spawn(serve_runner_connection(connection, directory.clone(), config.clone()));
+                }
+            }
+        });
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let link = Arc::new(NodeLink::new(vec![addr.to_string()], &runner_tls).expect("link"));
+        let agent = tokio::spawn(run_session(link, "token-1".into(), UsageSource::Synthetic, stop_rx));
+
+        let reports_at_sync = wait_for_started(&fleet, SANDBOXES as u64, Duration::from_secs(60)).await;
+        // Reports go on after the sync, and a change reaches the runner.
+        {
+            let mut assigned = fleet.assigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            assigned.1.retain(|id, _| !id.ends_with('7'));
+            assigned.1.insert("sandbox-000001".into(), AssignmentAction::Stop);
+            assigned.0 = 2;
+        }
+        let remaining = (SANDBOXES - SANDBOXES / 10 - 1) as u64;
+        let reports_after = wait_for_started(&fleet, remaining, Duration::from_secs(30)).await;
+        assert!(reports_after > reports_at_sync, "reports stopped after the sync");
+
+        stop_tx.send(true).expect("agent listening");
+        let ended = tokio::time::timeout(Duration::from_secs(5), agent).await.expect("agent stops");
+        assert!(matches!(ended, Ok(Ok(()))), "agent ended with {ended:?}");
     }
 }
