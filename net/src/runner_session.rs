@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use corral_storage::health::HealthReport;
-use corral_storage::model::{now_millis, Millis, Resources};
+use corral_storage::model::{now_millis, Resources};
 use quinn::{Connection, RecvStream, SendStream};
 use serde::{Deserialize, Serialize};
 
@@ -93,11 +93,11 @@ pub struct Assignment {
 pub enum AssignmentPoll {
     /// The runner is gone (deleted): end the session.
     Gone,
-    /// Nothing changed since `version`.
+    /// Nothing changed since the cursor.
     Unchanged,
     /// What changed against what the session sent: sandboxes to send (new, or in another
-    /// state) and ids sent before that are gone (destroyed), at `version`.
-    Changes { version: Millis, changed: Vec<Assignment>, gone: Vec<String> },
+    /// state) and ids sent before that are gone (destroyed), as of `cursor`.
+    Changes { cursor: u64, changed: Vec<Assignment>, gone: Vec<String> },
 }
 
 /// What a session needs from the node (implemented by `corral-node` over the replicated state
@@ -105,13 +105,12 @@ pub enum AssignmentPoll {
 pub trait RunnerDirectory: Send + Sync + 'static {
     /// The runner a token belongs to, if any (compares hashes, never stores the token).
     fn authenticate(&self, token: &str) -> Option<String>;
-    /// The runner's assignments that differ from `sent`, unless nothing changed since
-    /// `known_version`. Diffing here, under the state's lock, costs nothing for the (usual)
-    /// sandboxes that did not change.
+    /// The runner's assignments that differ from `sent`, looking only at what changed after
+    /// `cursor` (an earlier answer's) when it can, at the whole set when `cursor` is `None`.
     fn poll_assignments(
         &self,
         runner_id: &str,
-        known_version: Option<Millis>,
+        cursor: Option<u64>,
         sent: &HashMap<String, AssignmentAction>,
     ) -> AssignmentPoll;
     /// A report arrived (already stamped with runner id, node and receipt time).
@@ -125,7 +124,8 @@ pub struct SessionConfig {
     pub report_interval: Duration,
     /// How often the node looks for new assignments for a runner.
     pub assignment_poll: Duration,
-    /// Look at the full set at least this often even if the runner's version did not move.
+    /// Diff the runner's whole set at least this often, besides the changes polled each
+    /// `assignment_poll`: a reconciliation that does not trust the change journal.
     pub full_recheck: Duration,
     pub hello_timeout: Duration,
 }
@@ -135,7 +135,7 @@ impl Default for SessionConfig {
         SessionConfig {
             report_interval: Duration::from_secs(1),
             assignment_poll: Duration::from_secs(1),
-            full_recheck: Duration::from_secs(5),
+            full_recheck: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
         }
     }
@@ -224,7 +224,7 @@ async fn session(
     // sandbox id → last action sent; the reader drops destroys once the runner acknowledges them.
     let sent: SentAssignments = Arc::new(Mutex::new(HashMap::new()));
     let mut reader = AbortOnDrop(tokio::spawn(read_agent(recv, runner_id.clone(), directory.clone(), sent.clone())));
-    let mut known_version: Option<Millis> = None;
+    let mut cursor: Option<u64> = None;
     let mut synced = false;
     let mut last_full = tokio::time::Instant::now();
     let mut poll = tokio::time::interval(config.assignment_poll);
@@ -239,7 +239,7 @@ async fn session(
             }
             _ = poll.tick() => {
                 let full = last_full.elapsed() >= config.full_recheck;
-                let since = if full { None } else { known_version };
+                let since = if full { None } else { cursor };
                 let polled = {
                     let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
                     directory.poll_assignments(&runner_id, since, &sent)
@@ -250,11 +250,11 @@ async fn session(
                         return Err(refuse(connection, &mut send, "runner deleted").await);
                     }
                     AssignmentPoll::Unchanged => {}
-                    AssignmentPoll::Changes { version, changed, gone } => {
+                    AssignmentPoll::Changes { cursor: at, changed, gone } => {
                         if full {
                             last_full = tokio::time::Instant::now();
                         }
-                        known_version = Some(version);
+                        cursor = Some(at);
                         send_changes(&mut send, &sent, changed, gone).await?;
                         if !synced {
                             write_frame(&mut send, &NodeMessage::Synced).await?;

@@ -16,7 +16,7 @@ use corral_api::ClusterHandle;
 use corral_net::gossip::Gossip;
 use corral_net::runner_session::{Assignment, AssignmentAction, AssignmentPoll, RunnerDirectory};
 use corral_storage::health::{HealthReport, HealthTable, SharedHealth};
-use corral_storage::model::{Command, Millis, Proposal, RunnerState, SandboxState, State};
+use corral_storage::model::{Command, Proposal, RunnerState, SandboxState, State};
 use corral_storage::{Raft, SharedState};
 use tokio::sync::watch;
 
@@ -37,19 +37,20 @@ impl RunnerDirectory for NodeRunnerDirectory {
     fn poll_assignments(
         &self,
         runner_id: &str,
-        known_version: Option<Millis>,
+        cursor: Option<u64>,
         sent: &HashMap<String, AssignmentAction>,
     ) -> AssignmentPoll {
         let machine = self.shared.read();
         let state = &machine.state;
-        let Some(runner) = state.runners.get(runner_id) else {
+        if !state.runners.contains_key(runner_id) {
             return AssignmentPoll::Gone;
-        };
-        if known_version == Some(runner.updated_at) {
+        }
+        let position = state.runner_journals.position(runner_id);
+        if cursor == Some(position) {
             return AssignmentPoll::Unchanged;
         }
-        let (changed, gone) = assignment_changes(state, runner_id, sent);
-        AssignmentPoll::Changes { version: runner.updated_at, changed, gone }
+        let (changed, gone) = assignment_changes(state, runner_id, cursor, sent);
+        AssignmentPoll::Changes { cursor: position, changed, gone }
     }
 
     fn record(&self, report: HealthReport) {
@@ -65,34 +66,54 @@ impl RunnerDirectory for NodeRunnerDirectory {
 
 /// What a runner should run, against what its session already sent: each sandbox on it that
 /// is not destroyed (started or stopped) whose action differs from `sent`, and the ids in
-/// `sent` that are no longer on it (to destroy).
+/// `sent` that are no longer on it (to destroy). With `since` (a position of the runner's
+/// journal) only the sandboxes that changed after it are looked at, when the journal can tell;
+/// otherwise the runner's whole set.
 pub fn assignment_changes(
     state: &State,
     runner_id: &str,
+    since: Option<u64>,
     sent: &HashMap<String, AssignmentAction>,
 ) -> (Vec<Assignment>, Vec<String>) {
     let empty = BTreeMap::new();
     let on_runner = state.runner_sandboxes.get(runner_id).unwrap_or(&empty);
+    let action_of = |sandbox_state: &SandboxState| match sandbox_state {
+        SandboxState::Started | SandboxState::Pending => Some(AssignmentAction::Start),
+        SandboxState::Stopped => Some(AssignmentAction::Stop),
+        SandboxState::Error | SandboxState::Destroyed => None,
+    };
+    let assignment = |id: &str, action: AssignmentAction| {
+        let s = state.sandboxes.get(id)?;
+        Some(Assignment { sandbox_id: s.id.clone(), action, target: s.target.clone(), resources: s.resources })
+    };
+    let was_sent = |id: &str| sent.get(id).is_some_and(|action| *action != AssignmentAction::Destroy);
+    if let Some(ids) = since.and_then(|cursor| state.runner_journals.changed_since(runner_id, cursor)) {
+        let mut changed = Vec::new();
+        let mut gone = Vec::new();
+        for id in ids {
+            match on_runner.get(id) {
+                Some(sandbox_state) => {
+                    if let Some(action) = action_of(sandbox_state).filter(|action| sent.get(id) != Some(action)) {
+                        changed.extend(assignment(id, action));
+                    }
+                }
+                None if was_sent(id) => gone.push(id.to_string()),
+                None => {}
+            }
+        }
+        return (changed, gone);
+    }
     let changed = on_runner
         .iter()
         .filter_map(|(id, sandbox_state)| {
-            let action = match sandbox_state {
-                SandboxState::Started | SandboxState::Pending => AssignmentAction::Start,
-                SandboxState::Stopped => AssignmentAction::Stop,
-                SandboxState::Error | SandboxState::Destroyed => return None,
-            };
+            let action = action_of(sandbox_state)?;
             if sent.get(id) == Some(&action) {
                 return None;
             }
-            let s = state.sandboxes.get(id)?;
-            Some(Assignment { sandbox_id: s.id.clone(), action, target: s.target.clone(), resources: s.resources })
+            assignment(id, action)
         })
         .collect();
-    let gone = sent
-        .iter()
-        .filter(|(id, action)| **action != AssignmentAction::Destroy && !on_runner.contains_key(*id))
-        .map(|(id, _)| id.clone())
-        .collect();
+    let gone = sent.keys().filter(|id| was_sent(id) && !on_runner.contains_key(*id)).cloned().collect();
     (changed, gone)
 }
 
@@ -319,27 +340,45 @@ mod tests {
         for command in [region, create, ready, Command::PlaceSandboxes { placements }] {
             corral_storage::model::apply(&mut state, &Proposal::new(command, at)).expect("applied");
         }
-        let (changed, gone) = assignment_changes(&state, "run", &HashMap::new());
+        let (changed, gone) = assignment_changes(&state, "run", None, &HashMap::new());
         assert_eq!(changed.len(), 3);
         assert!(gone.is_empty());
 
         let mut sent: HashMap<String, AssignmentAction> =
             changed.into_iter().map(|a| (a.sandbox_id, a.action)).collect();
+        let cursor = state.runner_journals.position("run");
+        assert_eq!(assignment_changes(&state, "run", Some(cursor), &sent), (Vec::new(), Vec::new()));
         for command in [
             Command::SetSandboxState { id: "a".into(), state: SandboxState::Stopped },
             Command::DeleteSandbox { id: "b".into() },
         ] {
             corral_storage::model::apply(&mut state, &Proposal::new(command, at)).expect("applied");
         }
-        let (changed, gone) = assignment_changes(&state, "run", &sent);
+        // The whole set, the changes since the cursor, and a cursor from before a rebuild
+        // (which the journal refuses, so the whole set again) all agree.
+        let rebuilt = State::decode(&state.encode().expect("encodes")).expect("decodes");
+        for (state, since) in [(&state, None), (&state, Some(cursor)), (&rebuilt, Some(cursor))] {
+            let (changed, gone) = assignment_changes(state, "run", since, &sent);
+            assert_eq!(
+                changed.iter().map(|a| (a.sandbox_id.as_str(), a.action)).collect::<Vec<_>>(),
+                vec![("a", AssignmentAction::Stop)],
+                "since {since:?}"
+            );
+            assert_eq!(gone, vec!["b".to_string()], "since {since:?}");
+        }
+        assert_eq!(rebuilt.runner_journals.changed_since("run", cursor), None);
         assert_eq!(
-            changed.iter().map(|a| (a.sandbox_id.as_str(), a.action)).collect::<Vec<_>>(),
-            vec![("a", AssignmentAction::Stop)]
+            state.runner_journals.changed_since("run", cursor).map(|mut ids| {
+                ids.sort_unstable();
+                ids
+            }),
+            Some(vec!["a", "b"]),
+            "only what changed is looked at"
         );
-        assert_eq!(gone, vec!["b".to_string()]);
         sent.insert("b".into(), AssignmentAction::Destroy);
         sent.insert("a".into(), AssignmentAction::Stop);
-        assert_eq!(assignment_changes(&state, "run", &sent), (Vec::new(), Vec::new()));
+        assert_eq!(assignment_changes(&state, "run", None, &sent), (Vec::new(), Vec::new()));
+        assert_eq!(assignment_changes(&state, "run", Some(cursor), &sent), (Vec::new(), Vec::new()));
     }
 
     #[test]

@@ -419,14 +419,14 @@ mod tests {
         serve_runner_connection, Assignment, AssignmentPoll, RunnerDirectory, SessionConfig,
     };
     use corral_net::tls::{CertDir, Role};
-    use corral_storage::model::{Millis, Resources};
+    use corral_storage::model::Resources;
 
     use super::*;
 
     /// A runner's assignments held in memory, with the node-side diff the real directory does
     /// over the replicated state, and every report the session hands over.
     struct Fleet {
-        assigned: Mutex<(Millis, BTreeMap<String, AssignmentAction>)>,
+        assigned: Mutex<(u64, BTreeMap<String, AssignmentAction>)>,
         reports: Mutex<Vec<HealthReport>>,
     }
 
@@ -437,11 +437,11 @@ mod tests {
         fn poll_assignments(
             &self,
             _runner_id: &str,
-            known_version: Option<Millis>,
+            cursor: Option<u64>,
             sent: &HashMap<String, AssignmentAction>,
         ) -> AssignmentPoll {
             let assigned = self.assigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if known_version == Some(assigned.0) {
+            if cursor == Some(assigned.0) {
                 return AssignmentPoll::Unchanged;
             }
             let changed = assigned
@@ -460,7 +460,7 @@ mod tests {
                 .filter(|(id, action)| **action != AssignmentAction::Destroy && !assigned.1.contains_key(*id))
                 .map(|(id, _)| id.clone())
                 .collect();
-            AssignmentPoll::Changes { version: assigned.0, changed, gone }
+            AssignmentPoll::Changes { cursor: assigned.0, changed, gone }
         }
         fn record(&self, report: HealthReport) {
             self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(report);

@@ -8,6 +8,8 @@
 //!   machine (`StateMachineStore`) on one RocksDB database with three column families: `log`
 //!   (entries by index), `meta` (vote, committed, last purged) and `state` (the latest snapshot
 //!   of the state machine).
+//! - [`runner_journal`]: per runner, which sandboxes changed in what order (replica-local), so
+//!   runner sessions send changes without diffing a runner's whole set.
 //! - [`shared`]: the state machine's in-memory data and the handle readers share.
 //! - [`health`]: runner health reports and the per-node table of the latest one per runner
 //!   (soft state: spread by gossip, never written to Raft).
@@ -24,6 +26,7 @@
 
 pub mod health;
 pub mod model;
+pub mod runner_journal;
 pub mod shared;
 #[cfg(feature = "rocksdb")]
 pub mod store;

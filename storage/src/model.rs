@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::runner_journal::RunnerJournals;
+
 /// Milliseconds since the Unix epoch, chosen by the proposer.
 pub type Millis = u64;
 
@@ -486,6 +488,9 @@ pub struct State {
     /// cached placement index still matches the state.
     #[serde(skip)]
     pub runner_epoch: LocalEpoch,
+    /// Per runner, which sandboxes changed in what order. Local only, like `runner_epoch`.
+    #[serde(skip)]
+    pub runner_journals: RunnerJournals,
 }
 
 /// A replica-local change counter. Two states are equal whatever their epochs: the counter
@@ -525,6 +530,11 @@ impl State {
         for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
             self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(s.id.clone(), s.state);
         }
+        self.runner_journals.rebuild(
+            self.runner_sandboxes
+                .iter()
+                .flat_map(|(runner, ids)| ids.keys().map(move |id| (runner.as_str(), id.as_str()))),
+        );
     }
 
     /// SHA-256 over the canonical JSON encoding, hex encoded.
@@ -894,6 +904,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             }
             state.runners.remove(id);
             state.runner_sandboxes.remove(id);
+            state.runner_journals.forget(id);
             Ok(Outcome::Deleted { kind: ObjectKind::Runner, id: id.clone() })
         }
         Command::PlaceSandboxes { placements } => {
@@ -971,6 +982,7 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
     runner.started_sandboxes += 1;
     runner.updated_at = at;
     state.runner_sandboxes.entry(p.runner_id.clone()).or_default().insert(p.sandbox_id.clone(), SandboxState::Started);
+    state.runner_journals.record(&p.runner_id, &p.sandbox_id, false);
     let sandbox = Sandbox {
         id: p.sandbox_id.clone(),
         organization_id: p.organization_id.clone(),
@@ -1019,6 +1031,7 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
     } else if let Some(indexed) = state.runner_sandboxes.get_mut(&runner_id).and_then(|ids| ids.get_mut(id)) {
         *indexed = new_state;
     }
+    state.runner_journals.record(&runner_id, id, new_state == SandboxState::Destroyed);
     runner.updated_at = at;
     let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
     sandbox.state = new_state;

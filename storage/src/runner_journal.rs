@@ -1,0 +1,180 @@
+//! Runner journals: which sandboxes on each runner changed, in the order this replica applied
+//! the changes.
+//!
+//! A runner session keeps its runner in step with the state by sending what changed since it
+//! last looked. Diffing the runner's whole set on every poll costs O(sandboxes on the runner)
+//! under the state's read lock, every second, for every runner; with the journal a poll costs
+//! O(what changed). Each journal holds the latest change of each sandbox once (placed,
+//! started, stopped, destroyed), keyed by a position.
+//!
+//! Positions come from one process-wide counter and only grow. A journal answers for every
+//! change after its `complete_after` position. A rebuilt journal (a snapshot was installed)
+//! starts at a fresh position, and so does one that dropped old destroy entries. A session
+//! whose cursor is older than that gets `None` and falls back to the full diff; a cursor can
+//! therefore never be mistaken for "nothing changed".
+//!
+//! Replica-local and derived: not serialized, not hashed, and two journals compare equal
+//! whatever they hold (like [`crate::model::LocalEpoch`]), since they say how a replica got
+//! to its state, not what the state is. Nothing here reads a clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Destroy entries a journal keeps before it drops the oldest ones (and with them the claim to
+/// be complete before that point). Sessions poll every second, so this covers far more destroys
+/// than one runner sees between two polls.
+pub const MAX_DESTROYS_KEPT: usize = 4_096;
+
+static LAST_POSITION: AtomicU64 = AtomicU64::new(0);
+
+fn next_position() -> u64 {
+    LAST_POSITION.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// The journals of every runner of one state.
+#[derive(Clone, Debug, Default)]
+pub struct RunnerJournals {
+    by_runner: HashMap<String, RunnerJournal>,
+    /// Journals created from now on are complete after this position (the last rebuild).
+    complete_after: u64,
+}
+
+#[derive(Clone, Debug)]
+struct RunnerJournal {
+    complete_after: u64,
+    /// position → sandbox id: each sandbox's latest change only.
+    by_position: BTreeMap<u64, String>,
+    position_of: HashMap<String, u64>,
+    /// Positions whose latest change is a destroy, oldest first.
+    destroys: BTreeSet<u64>,
+}
+
+impl PartialEq for RunnerJournals {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RunnerJournals {}
+
+impl RunnerJournal {
+    fn new(complete_after: u64) -> Self {
+        RunnerJournal {
+            complete_after,
+            by_position: BTreeMap::new(),
+            position_of: HashMap::new(),
+            destroys: BTreeSet::new(),
+        }
+    }
+
+    fn position(&self) -> u64 {
+        self.by_position.last_key_value().map_or(self.complete_after, |(p, _)| *p).max(self.complete_after)
+    }
+
+    fn record(&mut self, sandbox_id: &str, destroyed: bool) {
+        let position = next_position();
+        if let Some(old) = self.position_of.insert(sandbox_id.to_string(), position) {
+            self.by_position.remove(&old);
+            self.destroys.remove(&old);
+        }
+        self.by_position.insert(position, sandbox_id.to_string());
+        if destroyed {
+            self.destroys.insert(position);
+            while self.destroys.len() > MAX_DESTROYS_KEPT {
+                let Some(oldest) = self.destroys.pop_first() else { break };
+                if let Some(id) = self.by_position.remove(&oldest) {
+                    self.position_of.remove(&id);
+                }
+                self.complete_after = self.complete_after.max(oldest);
+            }
+        }
+    }
+}
+
+impl RunnerJournals {
+    /// Starts over from the runners' current sandboxes (after a snapshot was installed): every
+    /// one is recorded afresh, and no cursor taken before is honoured.
+    pub fn rebuild<'a>(&mut self, sandboxes: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        self.by_runner.clear();
+        self.complete_after = next_position();
+        for (runner_id, sandbox_id) in sandboxes {
+            self.record(runner_id, sandbox_id, false);
+        }
+    }
+
+    /// `sandbox_id` on `runner_id` changed (was placed, started, stopped or, with `destroyed`,
+    /// destroyed).
+    pub fn record(&mut self, runner_id: &str, sandbox_id: &str, destroyed: bool) {
+        let complete_after = self.complete_after;
+        self.by_runner
+            .entry(runner_id.to_string())
+            .or_insert_with(|| RunnerJournal::new(complete_after))
+            .record(sandbox_id, destroyed);
+    }
+
+    /// The runner is gone.
+    pub fn forget(&mut self, runner_id: &str) {
+        self.by_runner.remove(runner_id);
+    }
+
+    /// Where `runner_id`'s journal stands: equal to an earlier answer exactly when nothing on
+    /// the runner changed in between.
+    pub fn position(&self, runner_id: &str) -> u64 {
+        self.by_runner.get(runner_id).map_or(self.complete_after, RunnerJournal::position)
+    }
+
+    /// The sandboxes on `runner_id` whose latest change came after `cursor` (a
+    /// [`RunnerJournals::position`]), or `None` when the journal cannot tell (the cursor is
+    /// older than what it holds): diff the whole set then.
+    pub fn changed_since(&self, runner_id: &str, cursor: u64) -> Option<Vec<&str>> {
+        match self.by_runner.get(runner_id) {
+            Some(journal) if cursor >= journal.complete_after => {
+                Some(journal.by_position.range(cursor + 1..).map(|(_, id)| id.as_str()).collect())
+            }
+            Some(_) => None,
+            None => (cursor >= self.complete_after).then(Vec::new),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_after_a_cursor_are_each_sandbox_once() {
+        let mut journals = RunnerJournals::default();
+        journals.record("r1", "a", false);
+        let cursor = journals.position("r1");
+        assert_eq!(journals.changed_since("r1", cursor), Some(vec![]));
+        journals.record("r1", "b", false);
+        journals.record("r2", "x", false);
+        journals.record("r1", "a", false);
+        journals.record("r1", "b", true);
+        assert_eq!(journals.changed_since("r1", cursor), Some(vec!["a", "b"]));
+        assert_ne!(journals.position("r1"), cursor);
+        assert_eq!(journals.changed_since("r2", 0), Some(vec!["x"]));
+        assert_eq!(journals.changed_since("r3", 0), Some(vec![]), "no journal, nothing changed");
+    }
+
+    #[test]
+    fn a_rebuild_or_dropped_destroys_refuse_older_cursors() {
+        let mut journals = RunnerJournals::default();
+        journals.record("r1", "a", false);
+        let before = journals.position("r1");
+        let empty_before = journals.position("r9");
+        journals.rebuild([("r1", "a"), ("r1", "b")]);
+        assert_eq!(journals.changed_since("r1", before), None);
+        assert_eq!(journals.changed_since("r9", empty_before), None, "a runner without sandboxes too");
+        assert_ne!(journals.position("r9"), empty_before, "a rebuild never looks unchanged");
+
+        let cursor = journals.position("r1");
+        for i in 0..=MAX_DESTROYS_KEPT {
+            journals.record("r1", &format!("d{i}"), true);
+        }
+        assert_eq!(journals.changed_since("r1", cursor), None, "the oldest destroy was dropped");
+        let recent = journals.position("r1");
+        journals.record("r1", "c", false);
+        assert_eq!(journals.changed_since("r1", recent), Some(vec!["c"]));
+    }
+}
