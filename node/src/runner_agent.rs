@@ -338,8 +338,8 @@ async fn session_once(
         }
     });
     let _reader = AbortOnDrop(reader);
-    // Assignments the node has confirmed since this session opened; at `Synced` anything else
-    // still held here was taken away while we were disconnected.
+    // Assignments the node has confirmed since this session opened, until `Synced`: anything
+    // else still held here then was taken away while we were disconnected.
     let mut confirmed: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut synced = false;
     let mut tick = tokio::time::interval(interval);
@@ -374,8 +374,9 @@ async fn session_once(
                         if synced {
                             tracing::info!(runner_id, sandbox_id = %assignment.sandbox_id, action = ?assignment.action,
                                 target = %assignment.target, "assignment");
+                        } else {
+                            confirmed.insert(assignment.sandbox_id.clone());
                         }
-                        confirmed.insert(assignment.sandbox_id.clone());
                         if assignment.action == AssignmentAction::Destroy {
                             sandboxes.remove(&assignment.sandbox_id);
                         } else {
@@ -391,6 +392,8 @@ async fn session_once(
                     synced = true;
                     let before = sandboxes.len();
                     sandboxes.retain(|id, _| confirmed.contains(id));
+                    // Only the first full set is checked against; later ones need no record.
+                    confirmed = std::collections::HashSet::new();
                     tracing::info!(runner_id, assigned = sandboxes.len(), dropped = before - sandboxes.len(),
                         "in step with the node's assignments");
                 }
