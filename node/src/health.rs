@@ -87,33 +87,25 @@ pub fn assignment_changes(
         Some(Assignment { sandbox_id: s.id.clone(), action, target: s.target.clone(), resources: s.resources })
     };
     let was_sent = |id: &str| sent.get(id).is_some_and(|action| *action != AssignmentAction::Destroy);
-    if let Some(ids) = since.and_then(|cursor| state.runner_journals.changed_since(runner_id, cursor)) {
-        let mut changed = Vec::new();
-        let mut gone = Vec::new();
-        for id in ids {
-            match on_runner.get(id) {
-                Some(sandbox_state) => {
-                    if let Some(action) = action_of(sandbox_state).filter(|action| sent.get(id) != Some(action)) {
-                        changed.extend(assignment(id, action));
-                    }
-                }
-                None if was_sent(id) => gone.push(id.to_string()),
-                None => {}
+    let mut changed = Vec::new();
+    let mut gone = Vec::new();
+    // One sandbox, with its state on the runner (`None`: not on it, or destroyed).
+    let mut look_at = |id: &str, on_runner: Option<&SandboxState>| match on_runner {
+        Some(sandbox_state) => {
+            if let Some(action) = action_of(sandbox_state).filter(|action| sent.get(id) != Some(action)) {
+                changed.extend(assignment(id, action));
             }
         }
-        return (changed, gone);
+        None if was_sent(id) => gone.push(id.to_string()),
+        None => {}
+    };
+    match since.and_then(|cursor| state.runner_journals.changed_since(runner_id, cursor)) {
+        Some(ids) => ids.into_iter().for_each(|id| look_at(id, on_runner.get(id))),
+        None => {
+            on_runner.iter().for_each(|(id, sandbox_state)| look_at(id, Some(sandbox_state)));
+            sent.keys().filter(|id| !on_runner.contains_key(*id)).for_each(|id| look_at(id, None));
+        }
     }
-    let changed = on_runner
-        .iter()
-        .filter_map(|(id, sandbox_state)| {
-            let action = action_of(sandbox_state)?;
-            if sent.get(id) == Some(&action) {
-                return None;
-            }
-            assignment(id, action)
-        })
-        .collect();
-    let gone = sent.keys().filter(|id| was_sent(id) && !on_runner.contains_key(*id)).cloned().collect();
     (changed, gone)
 }
 
