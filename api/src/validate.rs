@@ -29,9 +29,10 @@ macro_rules! white_space_chars {
 pub const URL_MAX_LEN: usize = 2048;
 /// `scheme://host[:port][/path…|?query…|#fragment…]`, where host is a DNS name whose last
 /// label starts with a letter (so it cannot be read as a number) or a dotted IPv4 address,
-/// and the port is 0–65535; the rest has no control characters and no white space. No user info: a URL in a region's settings must not carry a
-/// password. Labels are letters and digits joined by single hyphens (so no `xn--` labels,
-/// whose punycode the URL parser would have to accept too).
+/// and the port is 0–65535; the rest has no control characters and no white space. No user
+/// info: a URL in a region's settings must not carry a password. Labels are letters and
+/// digits joined by single hyphens (so no `xn--` labels, whose punycode the URL parser would
+/// have to accept too).
 pub const URL_PATTERN: &str = concat!(
     r"^[A-Za-z][A-Za-z0-9+.-]*://",
     r"(?:(?:[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*",
