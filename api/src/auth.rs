@@ -10,7 +10,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use sha2::{Digest, Sha256};
+pub use corral_model::secret::hash_secret;
 
 use crate::{ApiError, AppState, ReadConsistency};
 
@@ -18,11 +18,6 @@ use crate::{ApiError, AppState, ReadConsistency};
 pub const ORGANIZATION_HEADER: &str = "x-organization-id";
 /// Organization an admin key acts on when no header names one.
 pub const DEFAULT_ORGANIZATION: &str = "default";
-
-/// Hex SHA-256 of a secret, the form in which secrets are stored.
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -1,9 +1,9 @@
 //! What the API needs from the cluster, as a trait the node implements. The API never sees
 //! openraft or gRPC; it proposes, waits for a read barrier, and reads the shared state.
 
-use corral_storage::health::SharedHealth;
-use corral_storage::model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
-use corral_storage::SharedState;
+use corral_model::health::SharedHealth;
+use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_model::SharedState;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

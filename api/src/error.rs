@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use corral_storage::model::Rejection;
+use corral_model::Rejection;
 use serde::Serialize;
 
 use crate::cluster::ClusterError;
@@ -46,7 +46,7 @@ impl ApiError {
     }
 
     /// `apply` returned an outcome of another kind than the command implies: a bug.
-    pub fn unexpected(outcome: &corral_storage::model::Outcome) -> Self {
+    pub fn unexpected(outcome: &corral_model::Outcome) -> Self {
         tracing::error!(?outcome, "unexpected apply outcome");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected apply outcome")
     }

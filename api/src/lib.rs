@@ -37,14 +37,19 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use corral_storage::model::{Command, Millis, Outcome, Proposal};
+use corral_model::{Command, Millis, Outcome, Proposal};
 
 pub use cluster::{
     ClusterError, ClusterHandle, ClusterStatus, GossipMemberStatus, MemberChange, MemberStatus, ReadConsistency,
 };
-pub use corral_storage::model::now_millis;
 pub use error::{ApiError, ErrorBody};
 use idempotency::Idempotency;
+
+/// Wall-clock milliseconds since the Unix epoch: the time this node, as the proposer, stamps
+/// into the proposals it builds (`apply` never reads a clock).
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
 
 /// The API's configuration (a part of the node's config).
 #[derive(Debug, Clone)]
@@ -83,6 +88,29 @@ impl AppState {
         proposal.idempotency_key = idempotency.scoped_key(actor);
         proposal.fingerprint = fingerprint;
         Ok(self.cluster.propose(proposal).await??)
+    }
+
+    /// Waits until the local state may be read with `consistency`, then runs `view` over the
+    /// state and this node's health table (both locks held only for `view`, never across an
+    /// await). Every read handler goes through here.
+    pub async fn read<T>(
+        &self,
+        consistency: ReadConsistency,
+        view: impl FnOnce(&corral_model::State, &corral_model::health::HealthTable) -> T,
+    ) -> Result<T, ApiError> {
+        self.cluster.read_barrier(consistency).await?;
+        Ok(self.read_local(view))
+    }
+
+    /// [`AppState::read`] of the local state as it is now (after a write this node just
+    /// committed, whose effects it has applied).
+    pub fn read_local<T>(
+        &self,
+        view: impl FnOnce(&corral_model::State, &corral_model::health::HealthTable) -> T,
+    ) -> T {
+        let machine = self.cluster.state().read();
+        let health = self.cluster.health().read();
+        view(&machine.state, &health)
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use axum::response::Html;
 use axum::routing::get;
 use axum::{Json, Router};
-use corral_storage::model::{RegionType, RunnerState, SandboxState};
+use corral_model::{RegionType, RunnerState, SandboxState};
 use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use corral_storage::model::{Command, Organization, Outcome};
+use corral_model::{Command, Organization, Outcome};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -119,9 +119,9 @@ pub async fn list_organizations(
     _admin: Admin,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<Vec<OrganizationView>>, ApiError> {
-    app.cluster.read_barrier(params.consistency).await?;
-    let machine = app.cluster.state().read();
-    Ok(Json(machine.state.organizations.values().map(OrganizationView::from).collect()))
+    let organizations =
+        app.read(params.consistency, |state, _| state.organizations.values().map(OrganizationView::from).collect()).await?;
+    Ok(Json(organizations))
 }
 
 /// Create another API key for an organization.

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use corral_storage::model::{Command, Outcome, Region, RegionCredential, RegionType};
+use corral_model::{Command, NewRegion, Outcome, Region, RegionCredential, RegionType};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
@@ -175,7 +175,7 @@ pub async fn create_region(
     let snapshot_manager_password = body.snapshot_manager_url.as_ref().map(|_| secret("snapshot-manager", ""));
     let fingerprint = idempotency.fingerprint(&body);
     let sealed_password = snapshot_manager_password.as_deref().map(|p| seal(&app, p)).transpose()?;
-    let command = Command::CreateRegion {
+    let command = Command::CreateRegion(NewRegion {
         id: uuid::Uuid::new_v4().to_string(),
         organization_id: caller.organization_id.clone(),
         name: body.name,
@@ -187,7 +187,7 @@ pub async fn create_region(
         ssh_gateway_api_key_hash: ssh_gateway_api_key.as_deref().map(hash_secret),
         snapshot_manager_username: snapshot_manager_username.clone(),
         snapshot_manager_password: sealed_password,
-    };
+    });
     let outcome = app.submit(command, caller.scope(), &idempotency, actor, fingerprint).await?;
     let region = region_outcome(outcome)?;
     let created = CreatedRegion {
@@ -210,9 +210,11 @@ pub async fn list_regions(
     caller: Caller,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<Vec<RegionView>>, ApiError> {
-    app.cluster.read_barrier(params.consistency).await?;
-    let machine = app.cluster.state().read();
-    let regions = machine.state.regions.values().filter(|r| visible(r, &caller)).map(RegionView::from).collect();
+    let regions = app
+        .read(params.consistency, |state, _| {
+            state.regions.values().filter(|r| visible(r, &caller)).map(RegionView::from).collect()
+        })
+        .await?;
     Ok(Json(regions))
 }
 
@@ -227,15 +229,12 @@ pub async fn get_region(
     Path(region_id): Path<String>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<RegionView>, ApiError> {
-    app.cluster.read_barrier(params.consistency).await?;
-    let machine = app.cluster.state().read();
-    machine
-        .state
-        .regions
-        .get(&region_id)
-        .filter(|r| visible(r, &caller))
-        .map(|r| Json(RegionView::from(r)))
-        .ok_or_else(|| ApiError::not_found(format!("region '{region_id}' not found")))
+    app.read(params.consistency, |state, _| {
+        state.regions.get(&region_id).filter(|r| visible(r, &caller)).map(RegionView::from)
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::not_found(format!("region '{region_id}' not found")))
 }
 
 /// Update a custom region's service URLs.

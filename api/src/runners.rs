@@ -7,8 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, patch};
 use axum::{Json, Router};
-use corral_storage::health::HealthTable;
-use corral_storage::model::{Command, Outcome, Resources, Runner, RunnerState, State as ReplicatedState};
+use corral_model::health::HealthTable;
+use corral_model::{Command, NewRunner, Outcome, Resources, Runner, RunnerState, State as ReplicatedState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -168,7 +168,7 @@ pub struct RunnerFull {
     /// A recognisable fragment of the token; the token itself is never stored.
     pub api_key_hint: String,
     #[schema(value_type = String, example = "custom")]
-    pub region_type: corral_storage::model::RegionType,
+    pub region_type: corral_model::RegionType,
     pub organization_id: String,
 }
 
@@ -230,7 +230,7 @@ pub fn runner_view(r: &Runner, health: &HealthTable) -> RunnerView {
 
 fn runner_full(state: &ReplicatedState, health: &HealthTable, r: &Runner) -> RunnerFull {
     let region_type =
-        state.regions.get(&r.region_id).map(|g| g.region_type).unwrap_or(corral_storage::model::RegionType::Custom);
+        state.regions.get(&r.region_id).map(|g| g.region_type).unwrap_or(corral_model::RegionType::Custom);
     RunnerFull {
         runner: runner_view(r, health),
         api_key_hint: r.api_key_hint.clone(),
@@ -285,7 +285,7 @@ pub async fn create_runner(
     let actor = caller.organization_id.as_str();
     let api_key = idempotency.secret(&app.config.admin_key, actor, "runner-token", RUNNER_TOKEN_PREFIX);
     let fingerprint = idempotency.fingerprint(&body);
-    let command = Command::CreateRunner {
+    let command = Command::CreateRunner(NewRunner {
         id: uuid::Uuid::new_v4().to_string(),
         region_id: body.region_id,
         name: body.name,
@@ -296,7 +296,7 @@ pub async fn create_runner(
         api_url: None,
         proxy_url: None,
         capacity: Resources::default(),
-    };
+    });
     let runner = runner_outcome(app.submit(command, caller.scope(), &idempotency, actor, fingerprint).await?)?;
     Ok((StatusCode::CREATED, Json(CreatedRunner { id: runner.id, api_key })))
 }
@@ -311,17 +311,12 @@ pub async fn list_runners(
     caller: Caller,
     ApiQuery(params): ApiQuery<RunnerListParams>,
 ) -> Result<Json<Vec<RunnerView>>, ApiError> {
-    app.cluster.read_barrier(params.consistency).await?;
-    let machine = app.cluster.state().read();
-    let health = app.cluster.health().read();
-    let runners = machine
-        .state
-        .runners
-        .values()
-        .filter(|r| r.organization_id == caller.organization_id)
-        .filter(|r| params.region_id.as_ref().is_none_or(|g| &r.region_id == g))
-        .map(|r| runner_view(r, &health))
-        .collect();
+    let org = caller.organization_id.as_str();
+    let runners = app
+        .read(params.consistency, |state, health| {
+            runners_of(state, Some(org), params.region_id.as_deref()).map(|r| runner_view(r, health)).collect()
+        })
+        .await?;
     Ok(Json(runners))
 }
 
@@ -337,16 +332,10 @@ pub async fn get_runner(
     Path(runner_id): Path<String>,
     ApiQuery(params): ApiQuery<crate::extract::ReadParams>,
 ) -> Result<Json<RunnerView>, ApiError> {
-    app.cluster.read_barrier(params.consistency).await?;
-    let machine = app.cluster.state().read();
-    let health = app.cluster.health().read();
-    machine
-        .state
-        .runners
-        .get(&runner_id)
-        .filter(|r| r.organization_id == caller.organization_id)
-        .map(|r| Json(runner_view(r, &health)))
-        .ok_or_else(|| ApiError::not_found(format!("runner '{runner_id}' not found")))
+    let org = caller.organization_id.as_str();
+    app.read(params.consistency, |state, health| runner_of(state, Some(org), &runner_id).map(|r| runner_view(r, health)))
+        .await?
+        .map(Json)
 }
 
 /// Mark a runner schedulable or not; with no body, toggle.
@@ -414,7 +403,7 @@ pub async fn admin_create_runner(
     }
     // The token is hashed before it leaves this handler; the fingerprint covers the rest.
     let fingerprint = idempotency.fingerprint(&(&body.name, &body.region_id, hash_secret(&body.api_key)));
-    let command = Command::CreateRunner {
+    let command = Command::CreateRunner(NewRunner {
         id: uuid::Uuid::new_v4().to_string(),
         region_id: body.region_id,
         name: body.name,
@@ -429,11 +418,9 @@ pub async fn admin_create_runner(
             memory_gib: body.memory_gib.unwrap_or(0),
             disk_gib: body.disk_gib.unwrap_or(0),
         },
-    };
+    });
     let runner = runner_outcome(app.submit(command, None, &idempotency, "admin", fingerprint).await?)?;
-    let machine = app.cluster.state().read();
-    let health = app.cluster.health().read();
-    Ok((StatusCode::CREATED, Json(runner_full(&machine.state, &health, &runner))))
+    Ok((StatusCode::CREATED, Json(app.read_local(|state, health| runner_full(state, health, &runner)))))
 }
 
 /// List all runners, optionally of one region (operator).
@@ -446,16 +433,11 @@ pub async fn admin_list_runners(
     _admin: Admin,
     ApiQuery(params): ApiQuery<RunnerListParams>,
 ) -> Result<Json<Vec<RunnerFull>>, ApiError> {
-    app.cluster.read_barrier(params.consistency).await?;
-    let machine = app.cluster.state().read();
-    let health = app.cluster.health().read();
-    let runners = machine
-        .state
-        .runners
-        .values()
-        .filter(|r| params.region_id.as_ref().is_none_or(|g| &r.region_id == g))
-        .map(|r| runner_full(&machine.state, &health, r))
-        .collect();
+    let runners = app
+        .read(params.consistency, |state, health| {
+            runners_of(state, None, params.region_id.as_deref()).map(|r| runner_full(state, health, r)).collect()
+        })
+        .await?;
     Ok(Json(runners))
 }
 
@@ -471,15 +453,9 @@ pub async fn admin_get_runner(
     Path(runner_id): Path<String>,
     ApiQuery(params): ApiQuery<crate::extract::ReadParams>,
 ) -> Result<Json<RunnerFull>, ApiError> {
-    app.cluster.read_barrier(params.consistency).await?;
-    let machine = app.cluster.state().read();
-    let health = app.cluster.health().read();
-    machine
-        .state
-        .runners
-        .get(&runner_id)
-        .map(|r| Json(runner_full(&machine.state, &health, r)))
-        .ok_or_else(|| ApiError::not_found(format!("runner '{runner_id}' not found")))
+    app.read(params.consistency, |state, health| runner_of(state, None, &runner_id).map(|r| runner_full(state, health, r)))
+        .await?
+        .map(Json)
 }
 
 /// Mark any runner schedulable or not; with no body, toggle (operator).
@@ -496,9 +472,7 @@ pub async fn admin_update_scheduling(
 ) -> Result<Json<RunnerFull>, ApiError> {
     let command = Command::SetRunnerSchedulable { id: runner_id, schedulable: scheduling_body(&body)? };
     let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
-    let machine = app.cluster.state().read();
-    let health = app.cluster.health().read();
-    Ok(Json(runner_full(&machine.state, &health, &runner)))
+    Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
 }
 
 /// Set a runner's state (operator): `ready`, `unresponsive`, `disabled`, `decommissioned`.
@@ -517,9 +491,7 @@ pub async fn admin_set_state(
 ) -> Result<Json<RunnerFull>, ApiError> {
     let command = Command::SetRunnerState { id: runner_id, state: body.state };
     let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
-    let machine = app.cluster.state().read();
-    let health = app.cluster.health().read();
-    Ok(Json(runner_full(&machine.state, &health, &runner)))
+    Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
 }
 
 /// Delete any runner (operator; 409 while it has sandboxes).
@@ -559,4 +531,27 @@ mod tests {
         assert!(scheduling_body(&Bytes::from_static(b"{\"schedulable\":1}")).is_err());
         assert!(scheduling_body(&Bytes::from_static(b"{\"other\":true}")).is_err());
     }
+}
+
+/// The runners visible to `scope` (an organization; `None`: the operator, every runner),
+/// optionally of one region.
+fn runners_of<'a>(
+    state: &'a ReplicatedState,
+    scope: Option<&'a str>,
+    region_id: Option<&'a str>,
+) -> impl Iterator<Item = &'a Runner> + 'a {
+    state
+        .runners
+        .values()
+        .filter(move |r| scope.is_none_or(|org| r.organization_id == org))
+        .filter(move |r| region_id.is_none_or(|g| r.region_id == g))
+}
+
+/// One runner visible to `scope`, or 404 (another organization's runner is not found either).
+fn runner_of<'a>(state: &'a ReplicatedState, scope: Option<&str>, runner_id: &str) -> Result<&'a Runner, ApiError> {
+    state
+        .runners
+        .get(runner_id)
+        .filter(|r| scope.is_none_or(|org| r.organization_id == org))
+        .ok_or_else(|| ApiError::not_found(format!("runner '{runner_id}' not found")))
 }

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use corral_storage::model::{Command, Outcome, Resources, Sandbox, SandboxRequest, SandboxState};
+use corral_model::{Command, Outcome, Resources, Sandbox, SandboxRequest, SandboxState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -185,18 +185,20 @@ pub async fn list_sandboxes(
     caller: Caller,
     ApiQuery(params): ApiQuery<SandboxListParams>,
 ) -> Result<Json<Vec<SandboxView>>, ApiError> {
-    app.cluster.read_barrier(params.consistency).await?;
-    let machine = app.cluster.state().read();
-    let sandboxes = machine
-        .state
-        .sandboxes
-        .values()
-        .filter(|s| s.organization_id == caller.organization_id)
-        .filter(|s| params.state.is_none_or(|st| s.state == st))
-        .filter(|s| params.region_id.as_ref().is_none_or(|r| &s.region_id == r))
-        .filter(|s| params.runner_id.as_ref().is_none_or(|r| &s.runner_id == r))
-        .map(SandboxView::from)
-        .collect();
+    let org = caller.organization_id.as_str();
+    let sandboxes = app
+        .read(params.consistency, |state, _| {
+            state
+                .sandboxes
+                .values()
+                .filter(|s| s.organization_id == org)
+                .filter(|s| params.state.is_none_or(|st| s.state == st))
+                .filter(|s| params.region_id.as_ref().is_none_or(|r| &s.region_id == r))
+                .filter(|s| params.runner_id.as_ref().is_none_or(|r| &s.runner_id == r))
+                .map(SandboxView::from)
+                .collect()
+        })
+        .await?;
     Ok(Json(sandboxes))
 }
 
@@ -212,15 +214,13 @@ pub async fn get_sandbox(
     Path(sandbox_id): Path<String>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<SandboxView>, ApiError> {
-    app.cluster.read_barrier(params.consistency).await?;
-    let machine = app.cluster.state().read();
-    machine
-        .state
-        .sandboxes
-        .get(&sandbox_id)
-        .filter(|s| s.organization_id == caller.organization_id)
-        .map(|s| Json(SandboxView::from(s)))
-        .ok_or_else(|| ApiError::not_found(format!("sandbox '{sandbox_id}' not found")))
+    let org = caller.organization_id.as_str();
+    app.read(params.consistency, |state, _| {
+        state.sandboxes.get(&sandbox_id).filter(|s| s.organization_id == org).map(SandboxView::from)
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::not_found(format!("sandbox '{sandbox_id}' not found")))
 }
 
 async fn set_state(app: &AppState, caller: &Caller, id: String, state: SandboxState) -> Result<SandboxView, ApiError> {

@@ -2,7 +2,7 @@
 //! what every replica does per scheduler batch.
 
 use corral_benches::{fleet, placements};
-use corral_storage::model::{apply, Command, Proposal};
+use corral_model::{apply, Command, Proposal};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 fn apply_batch(c: &mut Criterion) {

@@ -1,7 +1,7 @@
 //! Placement core throughput: placements per second on one core, at 1k, 10k and 100k runners.
 
 use corral_benches::{fleet, RUNNER_CAPACITY, SANDBOX};
-use corral_node::placement::RegionPlacementIndex;
+use corral_model::placement::RegionPlacementIndex;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand::SeedableRng;
 
@@ -13,7 +13,7 @@ fn placement(c: &mut Criterion) {
         // Runners start a quarter full so the ranking has real spread.
         let mut index = RegionPlacementIndex::default();
         for i in 0..runners {
-            let used = corral_storage::model::Resources { cpu: (i % 16) as u64, memory_gib: 0, disk_gib: 0 };
+            let used = corral_model::Resources { cpu: (i % 16) as u64, memory_gib: 0, disk_gib: 0 };
             index.insert(&format!("runner-{i:06}"), RUNNER_CAPACITY, used);
         }
         group.throughput(Throughput::Elements(BATCH as u64));

@@ -8,7 +8,7 @@
 //!
 //! [`fleet`] builds the synthetic fleets the benchmarks share.
 
-use corral_storage::model::{apply, Command, Placement, Proposal, RegionType, Resources, RunnerState, State};
+use corral_model::{apply, Command, NewRegion, NewRunner, Placement, Proposal, RegionType, Resources, RunnerState, State};
 
 /// Capacity of every synthetic runner.
 pub const RUNNER_CAPACITY: Resources = Resources { cpu: 64, memory_gib: 256, disk_gib: 2_000 };
@@ -18,34 +18,11 @@ pub const SANDBOX: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3 };
 /// A state with one custom region `bench` of `runners` ready runners.
 pub fn fleet(runners: usize) -> State {
     let mut state = State::default();
-    let region = Command::CreateRegion {
-        id: "bench".into(),
-        organization_id: "org".into(),
-        name: "bench".into(),
-        region_type: RegionType::Custom,
-        proxy_url: None,
-        ssh_gateway_url: None,
-        snapshot_manager_url: None,
-        proxy_api_key_hash: None,
-        ssh_gateway_api_key_hash: None,
-        snapshot_manager_username: None,
-        snapshot_manager_password: None,
-    };
+    let region = Command::CreateRegion(NewRegion::new("bench", "org", "bench", RegionType::Custom));
     let _ = apply(&mut state, &Proposal::new(region, 1));
     for i in 0..runners {
         let id = format!("runner-{i:06}");
-        let create = Command::CreateRunner {
-            id: id.clone(),
-            region_id: "bench".into(),
-            name: id.clone(),
-            api_key_hash: format!("hash-{id}"),
-            api_key_hint: String::new(),
-            api_version: "2".into(),
-            domain: None,
-            api_url: None,
-            proxy_url: None,
-            capacity: RUNNER_CAPACITY,
-        };
+        let create = Command::CreateRunner(NewRunner::new(&id, "bench", &id, format!("hash-{id}"), RUNNER_CAPACITY));
         let _ = apply(&mut state, &Proposal::new(create, 1));
         let _ = apply(&mut state, &Proposal::new(Command::SetRunnerState { id, state: RunnerState::Ready }, 1));
     }

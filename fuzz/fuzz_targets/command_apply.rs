@@ -4,7 +4,7 @@
 //! hash (determinism is what keeps replicas identical).
 #![no_main]
 
-use corral_storage::model::{apply, Proposal, State};
+use corral_model::{apply, Proposal, State};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let mut first = State::default();
     for proposal in &proposals {
         let _ = apply(&mut first, proposal);
-        if let Err(broken) = first.check_invariants() {
+        if let Err(broken) = first.validate() {
             panic!("invariant broken after {:?}: {broken}", proposal.command);
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use corral_net::gossip::well_formed_reports;
 use corral_net::runner_session::{AgentMessage, NodeMessage};
-use corral_storage::health::HealthTable;
+use corral_model::health::HealthTable;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -26,11 +26,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use corral_storage::health::HealthReport;
-use corral_storage::model::{now_millis, Resources};
+// The assignment types and the diff are the model's; they travel in this protocol's frames.
+pub use corral_model::assignment::{Assignment, AssignmentAction, AssignmentPoll};
+use corral_model::health::HealthReport;
+use corral_model::Resources;
 use quinn::{Connection, RecvStream, SendStream};
 use serde::{Deserialize, Serialize};
 
+use crate::now_millis;
 use crate::quic::{read_frame, write_frame, FrameError};
 
 /// Close code for a refused runner (wrong or deleted token).
@@ -72,32 +75,6 @@ pub enum NodeMessage {
     Assignments(Vec<Assignment>),
     /// Everything assigned has been sent once.
     Synced,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum AssignmentAction {
-    Start,
-    Stop,
-    Destroy,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Assignment {
-    pub sandbox_id: String,
-    pub action: AssignmentAction,
-    pub target: String,
-    pub resources: Resources,
-}
-
-/// What the node knows of a runner's sandboxes right now.
-pub enum AssignmentPoll {
-    /// The runner is gone (deleted): end the session.
-    Gone,
-    /// Nothing changed since the cursor.
-    Unchanged,
-    /// What changed against what the session sent: sandboxes to send (new, or in another
-    /// state) and ids sent before that are gone (destroyed), as of `cursor`.
-    Changes { cursor: u64, changed: Vec<Assignment>, gone: Vec<String> },
 }
 
 /// What a session needs from the node (implemented by `corral-node` over the replicated state

@@ -1,4 +1,8 @@
-//! [`RaftCluster`]: the node's implementation of the API's `ClusterHandle` on openraft.
+//! [`RaftCluster`]: the node's one handle on the cluster. Everything that must happen on the
+//! leader (propose, read index, place a sandbox, change membership) goes through it: run on
+//! the local [`Leader`] when this node leads, forwarded over gRPC otherwise. The API reaches it
+//! through its `ClusterHandle` trait, peers through net's `LeaderService` trait, and the
+//! node's own tasks (health monitor, shared regions) call its methods directly.
 //!
 //! Writes go to the leader: proposed locally when this node leads, otherwise forwarded over
 //! gRPC. Every proposal carries an idempotency key (the client's, or one made up here), so
@@ -14,16 +18,16 @@ use std::sync::Arc;
 use corral_api::{
     ClusterError, ClusterHandle, ClusterStatus, GossipMemberStatus, MemberChange, MemberStatus, ReadConsistency,
 };
+use corral_model::health::SharedHealth;
+use corral_model::{ApplyResult, CorralNode, NodeId, Proposal, Raft, Rejection, Sandbox, SandboxRequest, SharedState};
 use corral_net::gossip::Gossip;
 use corral_net::{
-    change_membership_on_leader, read_index_on_leader, write_on_leader, ForwardError, MembershipChange, NetError,
-    PeerClients, SandboxPlacement,
+    CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, NetError, PeerClients,
 };
-use corral_storage::health::SharedHealth;
-use corral_storage::model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
-use corral_storage::{CorralNode, NodeId, Raft, SharedState};
 use openraft::ServerState;
 use tokio::time::Instant;
+
+use crate::leader::{Leader, LeaderError};
 
 /// How far the applied index may trail the local log for the node to report ready.
 const READY_MAX_LAG: u64 = 1_000;
@@ -33,6 +37,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 pub struct RaftCluster {
     pub node_id: NodeId,
     pub raft: Raft,
+    pub leader: Leader,
     pub shared: SharedState,
     pub clients: PeerClients,
     pub scheduler: crate::scheduler::Scheduler,
@@ -125,7 +130,7 @@ impl RaftCluster {
             .on_leader(
                 deadline,
                 true,
-                || write_on_leader(&self.raft, proposal.clone()),
+                || self.leader.write(proposal.clone()),
                 |node, timeout| {
                     let proposal = &proposal;
                     async move { self.clients.forward_write(&node.raft_addr, proposal, timeout).await }
@@ -149,13 +154,13 @@ impl RaftCluster {
     ) -> Result<T, ClusterError>
     where
         L: Fn() -> LF,
-        LF: std::future::Future<Output = Result<T, ForwardError>>,
+        LF: std::future::Future<Output = Result<T, LeaderError>>,
         R: Fn(CorralNode, Duration) -> RF,
         RF: std::future::Future<Output = Result<Result<T, ForwardError>, NetError>>,
     {
         loop {
             let attempt = match self.leader(deadline).await? {
-                Target::Local => Ok(local().await),
+                Target::Local => Ok(local().await.map_err(ForwardError::from)),
                 Target::Remote(node) => remote(node, deadline.saturating_duration_since(Instant::now())).await,
             };
             let last = match attempt {
@@ -194,9 +199,10 @@ fn net_error(e: NetError) -> ClusterError {
     }
 }
 
-#[async_trait::async_trait]
-impl ClusterHandle for RaftCluster {
-    async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ClusterError> {
+impl RaftCluster {
+    /// Commits `proposal` through the leader (forwarding when needed, retrying under one
+    /// idempotency key while leadership moves) and returns what `apply` answered.
+    pub async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ClusterError> {
         let started = std::time::Instant::now();
         let result = self.propose_with_retries(proposal).await;
         let outcome = if result.is_ok() { "committed" } else { "failed" };
@@ -205,7 +211,9 @@ impl ClusterHandle for RaftCluster {
         result
     }
 
-    async fn readiness(&self) -> Result<(), String> {
+    /// `Ok` when this node can serve: it knows a leader, its state machine is caught up, and
+    /// it is not draining for shutdown.
+    pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining for shutdown".into());
         }
@@ -221,7 +229,8 @@ impl ClusterHandle for RaftCluster {
         Ok(())
     }
 
-    async fn change_membership(&self, change: MemberChange) -> Result<Vec<MemberStatus>, ClusterError> {
+    /// Runs a membership change on the leader; returns the members after it.
+    pub async fn change_membership(&self, change: MemberChange) -> Result<Vec<MemberStatus>, ClusterError> {
         let change = match change {
             MemberChange::Add { node_id, raft_addr, api_addr } => {
                 MembershipChange::Add { node_id, node: CorralNode { raft_addr, api_addr } }
@@ -233,7 +242,7 @@ impl ClusterHandle for RaftCluster {
             .on_leader(
                 deadline,
                 false,
-                || change_membership_on_leader(&self.raft, change.clone()),
+                || self.leader.change_membership(change.clone()),
                 |node, timeout| {
                     let change = &change;
                     async move { self.clients.change_membership(&node.raft_addr, change, timeout).await }
@@ -252,7 +261,11 @@ impl ClusterHandle for RaftCluster {
             .collect())
     }
 
-    async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError> {
+    /// Hands a sandbox request to the leader's scheduler; returns once it is applied.
+    pub async fn create_sandbox(
+        &self,
+        request: SandboxRequest,
+    ) -> Result<Result<Sandbox, Rejection>, ClusterError> {
         // Safe to retry: the request keeps its sandbox id and idempotency key.
         let deadline = Instant::now() + self.request_timeout;
         self.on_leader(
@@ -267,7 +280,8 @@ impl ClusterHandle for RaftCluster {
         .await
     }
 
-    async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError> {
+    /// Returns once the local state may be read with `consistency`.
+    pub async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError> {
         if consistency == ReadConsistency::Stale {
             return Ok(());
         }
@@ -276,22 +290,15 @@ impl ClusterHandle for RaftCluster {
             .on_leader(
                 deadline,
                 true,
-                || read_index_on_leader(&self.raft),
+                || self.leader.read_index(),
                 |node, timeout| async move { self.clients.read_index(&node.raft_addr, timeout).await },
             )
             .await?;
         self.wait_applied(index, deadline).await
     }
 
-    fn state(&self) -> &SharedState {
-        &self.shared
-    }
-
-    fn health(&self) -> &SharedHealth {
-        &self.health
-    }
-
-    async fn status(&self) -> ClusterStatus {
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
@@ -332,10 +339,69 @@ impl ClusterHandle for RaftCluster {
                 .map(|g| GossipMemberStatus {
                     node_id: g.node_id,
                     addr: g.addr.to_string(),
-                    liveness: format!("{:?}", g.liveness).to_lowercase(),
+                    liveness: g.liveness.label().to_string(),
                 })
                 .collect(),
             runners_reporting: self.health.read().len() as u64,
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterHandle for RaftCluster {
+    async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ClusterError> {
+        RaftCluster::propose(self, proposal).await
+    }
+
+    async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError> {
+        RaftCluster::create_sandbox(self, request).await
+    }
+
+    async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError> {
+        RaftCluster::read_barrier(self, consistency).await
+    }
+
+    async fn change_membership(&self, change: MemberChange) -> Result<Vec<MemberStatus>, ClusterError> {
+        RaftCluster::change_membership(self, change).await
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
+        RaftCluster::readiness(self)
+    }
+
+    fn state(&self) -> &SharedState {
+        &self.shared
+    }
+
+    fn health(&self) -> &SharedHealth {
+        &self.health
+    }
+
+    async fn status(&self) -> ClusterStatus {
+        RaftCluster::status(self)
+    }
+}
+
+/// What peers ask of this node when it leads (called by net's gRPC server).
+#[tonic::async_trait]
+impl LeaderService for RaftCluster {
+    async fn write(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError> {
+        Ok(self.leader.write(proposal).await?)
+    }
+
+    async fn read_index(&self) -> Result<u64, ForwardError> {
+        Ok(self.leader.read_index().await?)
+    }
+
+    async fn place_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ForwardError> {
+        Ok(self.scheduler.place(request).await?)
+    }
+
+    async fn campaign(&self) -> Result<(), ForwardError> {
+        Ok(self.leader.campaign().await?)
+    }
+
+    async fn change_membership(&self, change: MembershipChange) -> Result<MembershipChanged, ForwardError> {
+        Ok(self.leader.change_membership(change).await?)
     }
 }

@@ -62,6 +62,9 @@ pub struct NodeConfig {
     pub runner_report_interval_ms: u64,
     /// Gossip (SWIM): a suspect node that has not refuted within this is declared down.
     pub gossip_suspect_ms: u64,
+    /// Seed of the scheduler's choice among the best runners (`None`: drawn at start and
+    /// logged, so a run can be replayed with it).
+    pub scheduler_seed: Option<u64>,
     /// Cluster TLS (mutual, gRPC and QUIC): the CA, this node's certificate and its key.
     pub ca_cert: PathBuf,
     pub node_cert: PathBuf,
@@ -104,6 +107,7 @@ struct FileConfig {
     runner_silence_ms: Option<u64>,
     runner_report_interval_ms: Option<u64>,
     gossip_suspect_ms: Option<u64>,
+    scheduler_seed: Option<u64>,
     ca_cert: Option<PathBuf>,
     node_cert: Option<PathBuf>,
     node_key: Option<PathBuf>,
@@ -163,6 +167,9 @@ pub struct ServeArgs {
     pub runner_report_interval_ms: Option<u64>,
     #[arg(long, env = "CORRAL_GOSSIP_SUSPECT_MS")]
     pub gossip_suspect_ms: Option<u64>,
+    /// Seed the scheduler's placement choices (replays a logged run); default: random, logged.
+    #[arg(long, env = "CORRAL_SCHEDULER_SEED")]
+    pub scheduler_seed: Option<u64>,
     /// The cluster CA certificate (`corral certs init`); peers and runners must hold a
     /// certificate it issued.
     #[arg(long, env = "CORRAL_CA_CERT")]
@@ -274,6 +281,7 @@ impl NodeConfig {
                 .or(file.runner_report_interval_ms)
                 .unwrap_or(1_000),
             gossip_suspect_ms: args.gossip_suspect_ms.or(file.gossip_suspect_ms).unwrap_or(2_000),
+            scheduler_seed: args.scheduler_seed.or(file.scheduler_seed),
             ca_cert: args.ca_cert.clone().or(file.ca_cert).ok_or(ConfigError::Missing("ca_cert"))?,
             node_cert: args.node_cert.clone().or(file.node_cert).ok_or(ConfigError::Missing("node_cert"))?,
             node_key: args.node_key.clone().or(file.node_key).ok_or(ConfigError::Missing("node_key"))?,

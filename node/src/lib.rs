@@ -4,11 +4,14 @@
 //! - [`config`]: the one typed `NodeConfig` (TOML file → `CORRAL_*` env → flags);
 //! - [`serve`]: one node — RocksDB storage, openraft, the gRPC server for peers, the REST
 //!   server for clients, bootstrap and graceful shutdown;
-//! - [`cluster`]: `RaftCluster`, the API's `ClusterHandle` on openraft (leader forwarding,
-//!   read index);
-//! - [`scheduler`] and [`placement`]: the leader's batched scheduler and its pure placement
-//!   core;
-//! - [`health`]: the runner directory behind runner sessions and the leader's health monitor
+//! - [`leader`]: [`leader::Leader`], the operations only the leader performs (commit a
+//!   proposal, read index, campaign, membership) on this node's Raft;
+//! - [`cluster`]: [`cluster::RaftCluster`], the node's one handle on the cluster: runs leader
+//!   operations locally or forwards them to the leader over gRPC; implements api's
+//!   `ClusterHandle` and net's `LeaderService`;
+//! - [`scheduler`]: the leader's batched scheduler over the model's placement core;
+//! - [`runner_directory`]: the node's side of runner sessions (net's `RunnerDirectory`);
+//! - [`health_monitor`]: the leader's loop that commits the model's health verdict
 //!   (`ready` ↔ `unresponsive` from reports and silence);
 //! - [`runner_agent`]: `corral runner`, the runner agent (and `--simulate N` for scale tests);
 //! - [`dev`]: `corral dev`, a local 3-node cluster of real processes;
@@ -17,16 +20,19 @@
 //! - [`shared_regions`]: the leader makes sure the shared regions exist;
 //! - [`telemetry`]: the Prometheus recorder and the gauges fed from Raft and the state.
 //!
-//! This is the only crate that depends on all the others; none depends on it.
+//! This is the only crate that depends on all the others; none depends on it but `benches`
+//! (and `sim`, when it lands), which run it in-process. Domain decisions are the model's;
+//! this crate does the I/O around them (time, randomness, Raft, sockets).
 
 pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod dev;
-pub mod health;
-pub mod placement;
+pub mod health_monitor;
+pub mod leader;
 pub mod runner_agent;
+pub mod runner_directory;
 pub mod scheduler;
 pub mod serve;
 pub mod shared_regions;

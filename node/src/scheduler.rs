@@ -15,17 +15,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use corral_net::{write_on_leader, ForwardError, SandboxPlacement};
-use corral_storage::model::{
-    recorded_placement, Command, ObjectKind, Outcome, Placement, Proposal, Rejection, Sandbox, SandboxRequest, State,
+use corral_model::health::SharedHealth;
+use corral_model::placement::{usage_headroom, RegionPlacementIndex};
+use corral_model::{
+    recorded_placement, Command, ObjectKind, Outcome, Placement, Proposal, Rejection, Sandbox, SandboxRequest,
+    SharedState, State,
 };
-use corral_storage::{Raft, SharedState};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::placement::{usage_headroom, RegionPlacementIndex};
-use corral_storage::health::SharedHealth;
+use crate::leader::{Leader, LeaderError};
 
 /// Scheduler limits.
 #[derive(Debug, Clone, Copy)]
@@ -36,16 +36,19 @@ pub struct SchedulerConfig {
     pub max_batch: usize,
     /// How long a batch waits for more requests after its first.
     pub max_wait: Duration,
+    /// Seed of the generator that picks among the best runners (`None`: from the OS). The
+    /// seed in use is logged at start, so a run's choices can be replayed.
+    pub seed: Option<u64>,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { queue_capacity: 16_384, max_batch: 1_024, max_wait: Duration::from_millis(1) }
+        SchedulerConfig { queue_capacity: 16_384, max_batch: 1_024, max_wait: Duration::from_millis(1), seed: None }
     }
 }
 
 /// What a caller gets: the sandbox or why not (`Ok(Err)`), or why the cluster could not say.
-pub type Reply = Result<Result<Sandbox, Rejection>, ForwardError>;
+pub type Reply = Result<Result<Sandbox, Rejection>, LeaderError>;
 
 /// A request waiting in the queue, with where its answer goes.
 pub struct Pending {
@@ -70,33 +73,35 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts the scheduling loop on the current runtime.
     /// Reported usage in `health` caps runners' scores.
-    pub fn start(raft: Raft, shared: SharedState, health: SharedHealth, config: SchedulerConfig) -> Scheduler {
+    pub fn start(leader: Leader, shared: SharedState, health: SharedHealth, config: SchedulerConfig) -> Scheduler {
         let (queue, rx) = mpsc::channel(config.queue_capacity);
-        tokio::spawn(run(raft, shared, IndexCache::with_health(health), config, rx));
+        let seed = config.seed.unwrap_or_else(rand::random);
+        tracing::info!(seed, "scheduler placement seed (set scheduler_seed to replay)");
+        let rng = rand::rngs::StdRng::seed_from_u64(seed);
+        tokio::spawn(run(leader, shared, IndexCache::with_health(health), config, rng, rx));
         Scheduler { queue }
     }
-}
 
-#[tonic::async_trait]
-impl SandboxPlacement for Scheduler {
-    async fn place(&self, request: SandboxRequest) -> Reply {
+    /// Places one sandbox (batched with others) and returns once the placement is applied. A
+    /// full queue answers `Overloaded` at once.
+    pub async fn place(&self, request: SandboxRequest) -> Reply {
         let (pending, answer) = Pending::new(request);
         self.queue.try_send(pending).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ForwardError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => ForwardError::Unavailable("scheduler stopped".into()),
+            mpsc::error::TrySendError::Full(_) => LeaderError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => LeaderError::Unavailable("scheduler stopped".into()),
         })?;
-        answer.await.map_err(|_| ForwardError::Unavailable("scheduler dropped the request".into()))?
+        answer.await.map_err(|_| LeaderError::Unavailable("scheduler dropped the request".into()))?
     }
 }
 
 async fn run(
-    raft: Raft,
+    leader: Leader,
     shared: SharedState,
     mut cache: IndexCache,
     config: SchedulerConfig,
+    mut rng: rand::rngs::StdRng,
     mut rx: mpsc::Receiver<Pending>,
 ) {
-    let mut rng = rand::rngs::StdRng::from_entropy();
     let mut batch: Vec<Pending> = Vec::with_capacity(config.max_batch);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -114,7 +119,7 @@ async fn run(
         metrics::gauge!("corral_scheduler_queue_depth").set(rx.len() as f64);
         metrics::histogram!("corral_scheduler_batch_size").record(batch.len() as f64);
         let started = std::time::Instant::now();
-        schedule_batch(&raft, &shared, &mut batch, &mut rng, &mut cache).await;
+        schedule_batch(&leader, &shared, &mut batch, &mut rng, &mut cache).await;
         metrics::histogram!("corral_scheduler_batch_duration_seconds").record(started.elapsed().as_secs_f64());
         batch.clear();
     }
@@ -174,31 +179,22 @@ pub struct Planned {
     placement: Placement,
 }
 
-fn not_leader(raft: &Raft) -> Option<ForwardError> {
-    let metrics = raft.metrics();
-    let m = metrics.borrow();
-    (m.current_leader != Some(m.id)).then(|| ForwardError::NotLeader {
-        leader_id: m.current_leader,
-        leader: m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned()),
-    })
-}
-
 /// Places one batch and answers every request in it.
 async fn schedule_batch(
-    raft: &Raft,
+    leader: &Leader,
     shared: &SharedState,
     batch: &mut Vec<Pending>,
     rng: &mut rand::rngs::StdRng,
     cache: &mut IndexCache,
 ) {
-    if let Some(e) = not_leader(raft) {
+    if let Some(e) = leader.not_leader() {
         for p in batch.drain(..) {
             let _ = p.reply.send(Err(e.clone()));
         }
         return;
     }
     let planned = plan(&shared.read().state, batch.drain(..), rng, cache);
-    commit_and_retry(raft, shared, planned, rng, cache).await;
+    commit_and_retry(leader, shared, planned, rng, cache).await;
 }
 
 /// Decides every placement of a batch on one consistent view of the state. Replays of an
@@ -261,7 +257,7 @@ fn changed_under_us(rejection: &Rejection) -> bool {
 /// The cache stays valid only when the entry was the one change to the runners since the plan
 /// and every placement in it was applied as planned.
 pub async fn commit_and_retry(
-    raft: &Raft,
+    leader: &Leader,
     shared: &SharedState,
     mut planned: Vec<Planned>,
     rng: &mut impl Rng,
@@ -274,14 +270,14 @@ pub async fn commit_and_retry(
         cache.epoch = u64::MAX;
         let (pendings, placements): (Vec<Pending>, Vec<Placement>) =
             planned.into_iter().map(|p| (p.pending, p.placement)).unzip();
-        let proposal = Proposal::new(Command::PlaceSandboxes { placements }, corral_api::now_millis());
-        let results = match write_on_leader(raft, proposal).await {
+        let proposal = Proposal::new(Command::PlaceSandboxes { placements }, corral_net::now_millis());
+        let results = match leader.write(proposal).await {
             Ok(committed) => match committed.response.0 {
                 Ok(Outcome::Placed(results)) if results.len() == pendings.len() => results,
                 other => {
                     tracing::error!(?other, "PlaceSandboxes applied with an unexpected outcome");
                     for p in pendings {
-                        let _ = p.reply.send(Err(ForwardError::Unavailable("unexpected apply outcome".into())));
+                        let _ = p.reply.send(Err(LeaderError::Unavailable("unexpected apply outcome".into())));
                     }
                     return;
                 }

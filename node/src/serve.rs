@@ -10,18 +10,22 @@ use std::time::Duration;
 use anyhow::Context;
 use corral_api::ApiConfig;
 use corral_net::{raft_transport_server, GrpcNetworkFactory};
-use corral_storage::{open_storage, CorralNode, Raft, StorageConfig};
+use corral_model::{CorralNode, Raft};
+use corral_storage::{open_storage, StorageConfig};
 use openraft::SnapshotPolicy;
 use tokio::sync::watch;
 
-use crate::cluster::RaftCluster;
-use crate::config::NodeConfig;
-use crate::health::{MonitorConfig, NodeRunnerDirectory};
-use crate::scheduler::{Scheduler, SchedulerConfig};
+use corral_model::health::SharedHealth;
 use corral_net::gossip::{Gossip, GossipConfig};
 use corral_net::runner_session::SessionConfig;
 use corral_net::tls::ClusterTls;
-use corral_storage::health::SharedHealth;
+
+use crate::cluster::RaftCluster;
+use crate::config::NodeConfig;
+use crate::health_monitor::MonitorConfig;
+use crate::leader::Leader;
+use crate::runner_directory::NodeRunnerDirectory;
+use crate::scheduler::{Scheduler, SchedulerConfig};
 
 async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host(addr)
@@ -99,9 +103,31 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .context("cannot start raft")?;
 
     let health = SharedHealth::default();
-    let scheduler = Scheduler::start(raft.clone(), shared.clone(), health.clone(), SchedulerConfig::default());
+    let leader = Leader::new(raft.clone());
+    let scheduler_config = SchedulerConfig { seed: config.scheduler_seed, ..SchedulerConfig::default() };
+    let scheduler = Scheduler::start(leader.clone(), shared.clone(), health.clone(), scheduler_config);
     let shared_for_metrics = shared.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // QUIC (runner sessions and gossip) listens on the UDP port of the Raft address, so the
+    // Raft membership tells every node where its peers gossip.
+    let endpoint = corral_net::quic::node_endpoint(raft_listen, &cluster_tls, Duration::from_secs(10))
+        .context("cannot open the QUIC endpoint")?;
+    let mut gossip_config = GossipConfig::new(config.node_id, raft_listen);
+    gossip_config.suspect_to_down = Duration::from_millis(config.gossip_suspect_ms);
+    let gossip = Gossip::start(gossip_config, endpoint.clone(), health.clone(), stop_rx.clone());
+    let raft_cluster = Arc::new(RaftCluster {
+        node_id: config.node_id,
+        raft: raft.clone(),
+        leader,
+        shared: shared.clone(),
+        clients,
+        scheduler,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+        draining: draining.clone(),
+        health: health.clone(),
+        gossip: gossip.clone(),
+    });
     let grpc = {
         let mut stop = stop_rx.clone();
         let server = tonic::transport::Server::builder()
@@ -109,7 +135,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .context("gRPC TLS")?
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
-            .add_service(raft_transport_server(raft.clone(), Arc::new(scheduler.clone())));
+            .add_service(raft_transport_server(raft.clone(), raft_cluster.clone()));
         tokio::spawn(async move {
             server
                 .serve_with_shutdown(raft_listen, async move {
@@ -123,13 +149,6 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         bootstrap(&raft, &config).await?;
     }
 
-    // QUIC (runner sessions and gossip) listens on the UDP port of the Raft address, so the
-    // Raft membership tells every node where its peers gossip.
-    let endpoint = corral_net::quic::node_endpoint(raft_listen, &cluster_tls, Duration::from_secs(10))
-        .context("cannot open the QUIC endpoint")?;
-    let mut gossip_config = GossipConfig::new(config.node_id, raft_listen);
-    gossip_config.suspect_to_down = Duration::from_millis(config.gossip_suspect_ms);
-    let gossip = Gossip::start(gossip_config, endpoint.clone(), health.clone(), stop_rx.clone());
     let directory = Arc::new(NodeRunnerDirectory {
         node_id: config.node_id,
         shared: shared.clone(),
@@ -141,35 +160,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ..SessionConfig::default()
     };
     tokio::spawn(corral_net::serve_quic(endpoint, gossip.clone(), directory, sessions, stop_rx.clone()));
-    tokio::spawn(follow_membership(raft.clone(), gossip.clone(), stop_rx.clone()));
+    tokio::spawn(follow_membership(raft.clone(), gossip, stop_rx.clone()));
 
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let raft_cluster = Arc::new(RaftCluster {
-        node_id: config.node_id,
-        raft: raft.clone(),
-        shared,
-        clients,
-        scheduler,
-        request_timeout: Duration::from_millis(config.request_timeout_ms),
-        draining: draining.clone(),
-        health: health.clone(),
-        gossip,
-    });
-    let cluster: Arc<dyn corral_api::ClusterHandle> = raft_cluster.clone();
-    tokio::spawn(crate::shared_regions::ensure_on_leadership(raft.clone(), cluster.clone(), stop_rx.clone()));
+    tokio::spawn(crate::shared_regions::ensure_on_leadership(raft_cluster.clone(), stop_rx.clone()));
     tokio::spawn(crate::telemetry::watch_raft(raft.clone(), stop_rx.clone()));
     let monitor = MonitorConfig {
         silence: (config.runner_silence_ms > 0).then(|| Duration::from_millis(config.runner_silence_ms)),
         interval: Duration::from_millis(500),
     };
-    tokio::spawn(crate::health::run_monitor(
-        raft.clone(),
-        cluster.clone(),
-        health,
-        config.node_id,
-        monitor,
-        stop_rx.clone(),
-    ));
+    tokio::spawn(crate::health_monitor::run_monitor(raft_cluster.clone(), health, monitor, stop_rx.clone()));
     tokio::spawn(crate::telemetry::watch_state(
         shared_for_metrics,
         db_dir.clone(),
@@ -187,6 +186,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             config.secrets_key.as_deref().unwrap_or(&format!("derived from the admin key: {}", config.admin_key)),
         ),
     };
+    let cluster: Arc<dyn corral_api::ClusterHandle> = raft_cluster.clone();
     let app = corral_api::router(cluster, api_config)
         .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
     let scheme = if https.is_some() { "https" } else { "http" };

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use corral_storage::model::{RunnerState, SandboxState};
-use corral_storage::{Raft, SharedState};
+use corral_model::{RunnerState, SandboxState};
+use corral_model::{Raft, SharedState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use openraft::ServerState;
 use tokio::sync::watch;
@@ -80,11 +80,11 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
         }
         let (runners, sandboxes, built, installed, build_seconds) = {
             let machine = shared.read();
-            let mut runners = [0u64; 5];
+            let mut runners = [0u64; RunnerState::ALL.len()];
             for r in machine.state.runners.values() {
                 runners[r.state as usize] += 1;
             }
-            let mut sandboxes = [0u64; 5];
+            let mut sandboxes = [0u64; SandboxState::ALL.len()];
             for s in machine.state.sandboxes.values() {
                 sandboxes[s.state as usize] += 1;
             }
@@ -96,27 +96,11 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
                 machine.last_snapshot_build_seconds,
             )
         };
-        let runner_states = [
-            RunnerState::Initializing,
-            RunnerState::Ready,
-            RunnerState::Unresponsive,
-            RunnerState::Disabled,
-            RunnerState::Decommissioned,
-        ];
-        for state in runner_states {
-            let name = format!("{state:?}").to_lowercase();
-            metrics::gauge!("corral_runners", "state" => name).set(runners[state as usize] as f64);
+        for state in RunnerState::ALL {
+            metrics::gauge!("corral_runners", "state" => state.label()).set(runners[state as usize] as f64);
         }
-        let sandbox_states = [
-            SandboxState::Pending,
-            SandboxState::Started,
-            SandboxState::Stopped,
-            SandboxState::Error,
-            SandboxState::Destroyed,
-        ];
-        for state in sandbox_states {
-            let name = format!("{state:?}").to_lowercase();
-            metrics::gauge!("corral_sandboxes", "state" => name).set(sandboxes[state as usize] as f64);
+        for state in SandboxState::ALL {
+            metrics::gauge!("corral_sandboxes", "state" => state.label()).set(sandboxes[state as usize] as f64);
         }
         metrics::gauge!("corral_snapshots_built").set(built as f64);
         metrics::gauge!("corral_snapshots_installed").set(installed as f64);

@@ -6,30 +6,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_net::{write_on_leader, GrpcNetworkFactory};
+use corral_model::{
+    Command, CorralNode, NewRegion, NewRunner, Proposal, Raft, RegionType, Resources, RunnerState, SandboxRequest,
+};
+use corral_net::GrpcNetworkFactory;
+use corral_node::leader::Leader;
 use corral_node::scheduler::{commit_and_retry, plan, IndexCache, Pending};
-use corral_storage::model::{Command, Proposal, RegionType, Resources, RunnerState, SandboxRequest};
-use corral_storage::{open_storage, CorralNode, Raft, StorageConfig};
+use corral_storage::{open_storage, StorageConfig};
 use rand::SeedableRng;
 
 async fn write(raft: &Raft, command: Command) {
-    let reply = write_on_leader(raft, Proposal::new(command, 1)).await.expect("committed");
+    let reply = Leader::new(raft.clone()).write(Proposal::new(command, 1)).await.expect("committed");
     assert!(reply.response.0.is_ok(), "{:?}", reply.response.0);
 }
 
 fn runner(id: &str) -> Command {
-    Command::CreateRunner {
-        id: id.into(),
-        region_id: "reg".into(),
-        name: id.into(),
-        api_key_hash: format!("hash-{id}"),
-        api_key_hint: String::new(),
-        api_version: "2".into(),
-        domain: None,
-        api_url: None,
-        proxy_url: None,
-        capacity: Resources { cpu: 4, memory_gib: 8, disk_gib: 40 },
-    }
+    Command::CreateRunner(NewRunner::new(id, "reg", id, format!("hash-{id}"), Resources { cpu: 4, memory_gib: 8, disk_gib: 40 }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,19 +43,7 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
 
     write(
         &raft,
-        Command::CreateRegion {
-            id: "reg".into(),
-            organization_id: "org".into(),
-            name: "reg".into(),
-            region_type: RegionType::Custom,
-            proxy_url: None,
-            ssh_gateway_url: None,
-            snapshot_manager_url: None,
-            proxy_api_key_hash: None,
-            ssh_gateway_api_key_hash: None,
-            snapshot_manager_username: None,
-            snapshot_manager_password: None,
-        },
+        Command::CreateRegion(NewRegion::new("reg", "org", "reg", RegionType::Custom)),
     )
     .await;
     write(&raft, runner("a")).await;
@@ -96,7 +76,7 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
     write(&raft, Command::SetRunnerSchedulable { id: "a".into(), schedulable: Some(false) }).await;
     write(&raft, Command::SetRunnerState { id: "b".into(), state: RunnerState::Ready }).await;
 
-    commit_and_retry(&raft, &shared, planned, &mut rng, &mut cache).await;
+    commit_and_retry(&Leader::new(raft.clone()), &shared, planned, &mut rng, &mut cache).await;
     for answer in answers {
         let sandbox = answer.await.expect("answered").expect("no cluster error").expect("placed on retry");
         assert_eq!(sandbox.runner_id, "b", "placed again, on the runner that can take it");
@@ -105,7 +85,7 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
         let machine = shared.read();
         assert_eq!(machine.state.runners["a"].allocated.cpu, 0, "nothing landed on the cordoned runner");
         assert_eq!(machine.state.runners["b"].allocated.cpu, 2);
-        assert_eq!(machine.state.check_invariants(), Ok(()));
+        assert_eq!(machine.state.validate(), Ok(()));
     }
     raft.shutdown().await.expect("shutdown");
 }

@@ -26,9 +26,7 @@ use openraft::{
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
-use crate::model::{self, Outcome, State};
-use crate::shared::SharedState;
-use crate::{ApplyResponse, CorralNode, NodeId, TypeConfig};
+use corral_model::{ApplyResponse, CorralNode, NodeId, Outcome, SharedState, State, TypeConfig};
 
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
@@ -333,7 +331,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             machine.last_applied = Some(entry.log_id);
             let result = match entry.payload {
                 EntryPayload::Blank => Ok(Outcome::None),
-                EntryPayload::Normal(proposal) => model::apply(&mut machine.state, &proposal),
+                EntryPayload::Normal(proposal) => corral_model::apply(&mut machine.state, &proposal),
                 EntryPayload::Membership(membership) => {
                     machine.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Ok(Outcome::None)
@@ -358,9 +356,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> RaftResult<()> {
         let data = snapshot.into_inner();
-        let state = State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut state =
+            State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.save_snapshot(meta, &data)?;
         let mut machine = self.shared.write();
+        state.carry_local_from(&machine.state);
         machine.state = state;
         machine.last_applied = meta.last_log_id;
         machine.membership = meta.last_membership.clone();

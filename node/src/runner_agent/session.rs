@@ -1,271 +1,30 @@
-//! `corral runner`: the runner agent.
-//!
-//! It connects over QUIC to one of `--endpoints` (the nodes' Raft addresses, UDP), proves its
-//! token, reports the host's cpu/memory/disk usage every interval the node asks for, and
-//! receives the sandboxes assigned to it, acknowledging each frame of them. When its node dies or the
-//! connection breaks it moves to the next endpoint, with jittered exponential backoff. A
-//! refused token ends the agent with an error (retrying a revoked token would only hammer the
-//! cluster).
-//!
-//! `--simulate N --tokens-file F` runs N runners in one process with synthetic usage: each
-//! runner is its own session (one QUIC stream), and the sessions share one connection per
-//! [`RUNNERS_PER_CONNECTION`] runners, so ten thousand runners cost a few connections.
+//! One runner's session with a node over QUIC. [`run_session`] takes the shared connection from
+//! the [`NodeLink`] and opens one bidirectional stream on it per session (so simulated runners
+//! share a connection): it says hello with the token, reads the node's welcome or refusal, then
+//! writes a usage report every interval the node asks for while it applies and acknowledges the
+//! assignments the node sends, dropping what the node's first full set (`Synced`) no longer
+//! holds. A refusal ends the runner for good; a session lost any other way is opened again
+//! after a short jittered pause, on the next endpoint.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-use clap::Args;
-use corral_net::quic::{client_endpoint, read_frame, write_frame, FrameError, ALPN_RUNNER, SERVER_NAME};
+use corral_model::health::HealthReport;
+use corral_net::quic::{read_frame, write_frame, FrameError};
 use corral_net::runner_session::{AbortOnDrop, AgentMessage, AssignmentAck, AssignmentAction, NodeMessage};
-use corral_net::tls::ClusterTls;
-use corral_storage::health::HealthReport;
-use quinn::{Connection, Endpoint};
+use quinn::Connection;
 use rand::Rng;
 use tokio::sync::watch;
 
-/// Simulated runners that share one QUIC connection.
-pub const RUNNERS_PER_CONNECTION: usize = 1_000;
+use super::endpoints::NodeLink;
+use super::usage::{UsageProbe, UsageSource};
+use super::AgentError;
+
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-#[derive(Debug, Args, Clone)]
-pub struct RunnerArgs {
-    /// The runner's token (shown once when the runner was created).
-    #[arg(long, env = "CORRAL_RUNNER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Nodes to connect to (their Raft addresses, host:port), comma separated.
-    #[arg(long, env = "CORRAL_ENDPOINTS", value_delimiter = ',', required = true)]
-    pub endpoints: Vec<String>,
-    /// Run this many simulated runners with synthetic usage (tokens from --tokens-file).
-    #[arg(long)]
-    pub simulate: Option<usize>,
-    /// One runner token per line, for --simulate.
-    #[arg(long)]
-    pub tokens_file: Option<PathBuf>,
-    /// The cluster CA certificate (PEM); nodes are trusted only if it issued theirs.
-    #[arg(long, env = "CORRAL_CA_CERT")]
-    pub ca_cert: PathBuf,
-    /// This runner's certificate from the cluster CA (`corral certs runner`).
-    #[arg(long, env = "CORRAL_RUNNER_CERT")]
-    pub cert: PathBuf,
-    /// The private key of --cert.
-    #[arg(long, env = "CORRAL_RUNNER_KEY")]
-    pub key: PathBuf,
-}
-
-/// Where usage numbers come from.
-#[derive(Debug, Clone, Copy)]
-pub enum UsageSource {
-    /// This host, read with sysinfo.
-    Host,
-    /// A random walk, for simulated runners.
-    Synthetic,
-}
-
-/// Why an agent stopped for good.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("the cluster refused this runner: {0}")]
-    Refused(String),
-    #[error("no endpoints given")]
-    NoEndpoints,
-    #[error(transparent)]
-    Quic(#[from] corral_net::quic::QuicError),
-    #[error(transparent)]
-    Tls(#[from] corral_net::tls::TlsError),
-}
-
-pub fn run(args: RunnerArgs) -> anyhow::Result<()> {
-    let tls = ClusterTls::load(&args.ca_cert, &args.cert, &args.key)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            crate::serve::shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        });
-        match args.simulate {
-            Some(n) => {
-                let path = args.tokens_file.as_ref().context("--simulate needs --tokens-file")?;
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                let tokens: Vec<String> =
-                    text.lines().map(str::trim).filter(|l| !l.is_empty()).take(n).map(String::from).collect();
-                anyhow::ensure!(
-                    tokens.len() == n,
-                    "{} holds {} tokens, --simulate asked for {n}",
-                    path.display(),
-                    tokens.len()
-                );
-                simulate(tokens, args.endpoints, tls, stop_rx).await
-            }
-            None => {
-                let token = args.token.context("--token (or CORRAL_RUNNER_TOKEN) is required")?;
-                let link = Arc::new(NodeLink::new(args.endpoints, &tls)?);
-                run_session(link, token, UsageSource::Host, stop_rx).await.map_err(anyhow::Error::from)
-            }
-        }
-    })
-}
-
-/// Runs simulated runners until `stop`; fails if any runner is refused.
-pub async fn simulate(
-    tokens: Vec<String>,
-    endpoints: Vec<String>,
-    tls: ClusterTls,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    tracing::info!(runners = tokens.len(), "simulating runners");
-    let mut tasks = tokio::task::JoinSet::new();
-    for (group, chunk) in tokens.chunks(RUNNERS_PER_CONNECTION).enumerate() {
-        // Spread groups over the endpoints so the load lands on every node.
-        let mut rotated = endpoints.clone();
-        if !rotated.is_empty() {
-            let shift = group % rotated.len();
-            rotated.rotate_left(shift);
-        }
-        let link = Arc::new(NodeLink::new(rotated, &tls)?);
-        for token in chunk {
-            tasks.spawn(run_session(link.clone(), token.clone(), UsageSource::Synthetic, stop.clone()));
-        }
-    }
-    let mut refused = 0usize;
-    while let Some(result) = tasks.join_next().await {
-        if let Ok(Err(e)) = result {
-            refused += 1;
-            tracing::error!(error = %e, "simulated runner stopped");
-        }
-    }
-    anyhow::ensure!(refused == 0, "{refused} simulated runners were refused");
-    Ok(())
-}
-
-/// A connection to one of the endpoints, shared by the sessions of one agent process (or one
-/// group of simulated runners), re-dialled on the next endpoint when it breaks.
-pub struct NodeLink {
-    endpoint: Endpoint,
-    endpoints: Vec<String>,
-    current: tokio::sync::Mutex<(usize, Option<Connection>)>,
-}
-
-impl NodeLink {
-    /// Dials `endpoints` presenting the runner certificate in `tls`.
-    pub fn new(endpoints: Vec<String>, tls: &ClusterTls) -> Result<NodeLink, AgentError> {
-        if endpoints.is_empty() {
-            return Err(AgentError::NoEndpoints);
-        }
-        let endpoint = client_endpoint(tls, ALPN_RUNNER, Duration::from_secs(5))?;
-        Ok(NodeLink { endpoint, endpoints, current: tokio::sync::Mutex::new((0, None)) })
-    }
-
-    /// The live connection, dialling endpoints in turn (with backoff) until one answers.
-    async fn connection(&self, stop: &watch::Receiver<bool>) -> Option<(Connection, String)> {
-        let mut current = self.current.lock().await;
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            if *stop.borrow() {
-                return None;
-            }
-            let name = self.endpoints[current.0 % self.endpoints.len()].clone();
-            if let Some(c) = current.1.as_ref().filter(|c| c.close_reason().is_none()) {
-                return Some((c.clone(), name));
-            }
-            match self.dial(&name).await {
-                Ok(c) => {
-                    tracing::info!(endpoint = %name, "connected");
-                    current.1 = Some(c.clone());
-                    return Some((c, name));
-                }
-                Err(e) => {
-                    tracing::warn!(endpoint = %name, error = %e, "cannot reach node; trying the next");
-                    current.0 += 1;
-                    current.1 = None;
-                    let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
-                    tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// Called when `failed` broke: the next caller dials the next endpoint.
-    async fn failed(&self, failed: &Connection) {
-        let mut current = self.current.lock().await;
-        if current.1.as_ref().is_some_and(|c| c.stable_id() == failed.stable_id()) {
-            current.0 += 1;
-            current.1 = None;
-        }
-    }
-
-    async fn dial(&self, name: &str) -> anyhow::Result<Connection> {
-        let addr = tokio::net::lookup_host(name).await?.next().context("resolves to no address")?;
-        let connecting = self.endpoint.connect(addr, SERVER_NAME)?;
-        Ok(tokio::time::timeout(Duration::from_secs(3), connecting).await.context("timed out")??)
-    }
-}
 
 fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
-
-/// Reads usage numbers.
-struct UsageProbe {
-    source: UsageSource,
-    system: sysinfo::System,
-    disks: sysinfo::Disks,
-    synthetic: [f32; 3],
-}
-
-impl UsageProbe {
-    fn new(source: UsageSource) -> Self {
-        let mut rng = rand::thread_rng();
-        let (system, disks) = match source {
-            UsageSource::Host => (sysinfo::System::new(), sysinfo::Disks::new_with_refreshed_list()),
-            UsageSource::Synthetic => (sysinfo::System::new(), sysinfo::Disks::new()),
-        };
-        UsageProbe {
-            source,
-            system,
-            disks,
-            synthetic: [rng.gen_range(5.0..60.0), rng.gen_range(5.0..60.0), rng.gen_range(5.0..60.0)],
-        }
-    }
-
-    /// cpu, memory and disk usage in percent.
-    fn sample(&mut self) -> [f32; 3] {
-        match self.source {
-            UsageSource::Host => {
-                self.system.refresh_cpu_usage();
-                self.system.refresh_memory();
-                self.disks.refresh(true);
-                let cpu = self.system.global_cpu_usage();
-                let memory = percent(self.system.used_memory(), self.system.total_memory());
-                let (total, available) = self
-                    .disks
-                    .list()
-                    .iter()
-                    .fold((0u64, 0u64), |(t, a), d| (t + d.total_space(), a + d.available_space()));
-                let disk = percent(total.saturating_sub(available), total);
-                [cpu, memory, disk].map(|v| if v.is_finite() { v.clamp(0.0, 100.0) } else { 0.0 })
-            }
-            UsageSource::Synthetic => {
-                let mut rng = rand::thread_rng();
-                for v in &mut self.synthetic {
-                    *v = (*v + rng.gen_range(-3.0..3.0)).clamp(1.0, 95.0);
-                }
-                self.synthetic
-            }
-        }
-    }
-}
-
-fn percent(used: u64, total: u64) -> f32 {
-    if total == 0 {
-        0.0
-    } else {
-        (used as f64 * 100.0 / total as f64) as f32
-    }
 }
 
 /// One runner's session loop: connect, hello, then reports out and assignments in, forever
@@ -417,12 +176,12 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
+    use corral_model::Resources;
     use corral_net::quic::node_endpoint;
     use corral_net::runner_session::{
         serve_runner_connection, Assignment, AssignmentPoll, RunnerDirectory, SessionConfig,
     };
     use corral_net::tls::{CertDir, Role};
-    use corral_storage::model::Resources;
 
     use super::*;
 

@@ -7,7 +7,9 @@
 //! O(what changed). Each journal holds the latest change of each sandbox once (placed,
 //! started, stopped, destroyed), keyed by a position.
 //!
-//! Positions come from one process-wide counter and only grow. A journal answers for every
+//! Positions come from a counter of the journals' own and only grow, also across a snapshot
+//! install (the node carries the counter over, see `State::carry_local_from`). A journal
+//! answers for every
 //! change after its `complete_after` position. A rebuilt journal (a snapshot was installed)
 //! starts at a fresh position, and so does one that dropped old destroy entries. A session
 //! whose cursor is older than that gets `None` and falls back to the full diff; a cursor can
@@ -18,18 +20,11 @@
 //! to its state, not what the state is. Nothing here reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Destroy entries a journal keeps before it drops the oldest ones (and with them the claim to
 /// be complete before that point). Sessions poll every second, so this covers far more destroys
 /// than one runner sees between two polls.
 pub const MAX_DESTROYS_KEPT: usize = 4_096;
-
-static LAST_POSITION: AtomicU64 = AtomicU64::new(0);
-
-fn next_position() -> u64 {
-    LAST_POSITION.fetch_add(1, Ordering::Relaxed) + 1
-}
 
 /// The journals of every runner of one state.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +32,8 @@ pub struct RunnerJournals {
     by_runner: HashMap<String, RunnerJournal>,
     /// Journals created from now on are complete after this position (the last rebuild).
     complete_after: u64,
+    /// The last position handed out.
+    last_position: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -71,8 +68,7 @@ impl RunnerJournal {
         self.by_position.last_key_value().map_or(self.complete_after, |(p, _)| *p).max(self.complete_after)
     }
 
-    fn record(&mut self, sandbox_id: &str, destroyed: bool) {
-        let position = next_position();
+    fn record(&mut self, position: u64, sandbox_id: &str, destroyed: bool) {
         if let Some(old) = self.position_of.insert(sandbox_id.to_string(), position) {
             self.by_position.remove(&old);
             self.destroys.remove(&old);
@@ -96,7 +92,7 @@ impl RunnerJournals {
     /// one is recorded afresh, and no cursor taken before is honoured.
     pub fn rebuild<'a>(&mut self, sandboxes: impl IntoIterator<Item = (&'a str, &'a str)>) {
         self.by_runner.clear();
-        self.complete_after = next_position();
+        self.complete_after = self.next_position();
         for (runner_id, sandbox_id) in sandboxes {
             self.record(runner_id, sandbox_id, false);
         }
@@ -106,10 +102,28 @@ impl RunnerJournals {
     /// destroyed).
     pub fn record(&mut self, runner_id: &str, sandbox_id: &str, destroyed: bool) {
         let complete_after = self.complete_after;
+        let position = self.next_position();
         self.by_runner
             .entry(runner_id.to_string())
             .or_insert_with(|| RunnerJournal::new(complete_after))
-            .record(sandbox_id, destroyed);
+            .record(position, sandbox_id, destroyed);
+    }
+
+    fn next_position(&mut self) -> u64 {
+        self.last_position += 1;
+        self.last_position
+    }
+
+    /// The last position these journals handed out.
+    pub fn last_position(&self) -> u64 {
+        self.last_position
+    }
+
+    /// Hands out positions after `position` from now on: journals that replace others (a
+    /// snapshot was installed) continue their numbering, so no cursor taken from the old ones
+    /// can look current.
+    pub fn continue_after(&mut self, position: u64) {
+        self.last_position = self.last_position.max(position);
     }
 
     /// The runner is gone.

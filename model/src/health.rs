@@ -7,16 +7,19 @@
 //! times a report arrives do not matter, and every node that has seen the same reports holds
 //! the same table.
 //!
-//! The leader reads the table to decide `ready` ↔ `unresponsive` (see `corral-node`'s health
-//! monitor); the REST API reads it to show usage and the availability score.
+//! The leader's verdict, `ready` ↔ `unresponsive`, is the pure [`health_verdict`] of the state,
+//! the table and the time (the node's health monitor calls it and proposes the result); the
+//! REST API reads the table to show usage and the availability score. Nothing here reads a
+//! clock: `now` and arrival times are arguments.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Millis;
+use crate::state::State;
+use crate::types::{Millis, RunnerState};
 
 /// One measurement from a runner, as it travels between agent and nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +111,34 @@ impl HealthTable {
     }
 }
 
+/// Runners to move to `ready` (they report) and to `unresponsive` (silent for longer than
+/// `silence`, counted from no earlier than `watching_since`).
+pub fn health_verdict(
+    state: &State,
+    health: &HealthTable,
+    now: Instant,
+    silence: Duration,
+    watching_since: Instant,
+) -> (Vec<String>, Vec<String>) {
+    let mut reporting = Vec::new();
+    let mut silent = Vec::new();
+    for runner in state.runners.values() {
+        let last_seen = health.get(&runner.id).map(|e| e.seen_at);
+        let fresh = last_seen.is_some_and(|seen| now.saturating_duration_since(seen) <= silence);
+        match runner.state {
+            RunnerState::Initializing | RunnerState::Unresponsive if fresh => reporting.push(runner.id.clone()),
+            RunnerState::Ready => {
+                let since = last_seen.map_or(watching_since, |seen| seen.max(watching_since));
+                if now.saturating_duration_since(since) > silence {
+                    silent.push(runner.id.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    (reporting, silent)
+}
+
 /// The table shared by the node's tasks (runner sessions, gossip, monitor, API).
 #[derive(Debug, Clone, Default)]
 pub struct SharedHealth(Arc<RwLock<HealthTable>>);
@@ -126,6 +157,30 @@ impl SharedHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{Resources, Runner};
+
+    fn runner(id: &str, state: RunnerState) -> Runner {
+        Runner {
+            id: id.into(),
+            name: id.into(),
+            region_id: "reg".into(),
+            organization_id: "org".into(),
+            state,
+            schedulable: true,
+            api_version: "2".into(),
+            domain: None,
+            api_url: None,
+            proxy_url: None,
+            capacity: Resources { cpu: 4, memory_gib: 8, disk_gib: 40 },
+            allocated: Resources::default(),
+            started_sandboxes: 0,
+            api_key_hash: format!("hash-{id}"),
+            api_key_hint: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
 
     fn report(id: &str, seq: u64) -> HealthReport {
         HealthReport {
@@ -167,5 +222,49 @@ mod tests {
         assert!(!r.is_well_formed());
         r.cpu_pct = 101.0;
         assert!(!r.is_well_formed());
+    }
+
+    #[test]
+    fn verdict_follows_reports_and_silence() {
+        let start = Instant::now();
+        let silence = Duration::from_secs(10);
+        let mut state = State::default();
+        for (id, st) in [
+            ("new", RunnerState::Initializing),
+            ("ok", RunnerState::Ready),
+            ("quiet", RunnerState::Ready),
+            ("back", RunnerState::Unresponsive),
+            ("off", RunnerState::Disabled),
+        ] {
+            state.runners.insert(id.into(), runner(id, st));
+        }
+        let mut table = HealthTable::default();
+        table.merge(report("new", 1), start);
+        table.merge(report("ok", 1), start + Duration::from_secs(15));
+        table.merge(report("quiet", 1), start);
+        table.merge(report("back", 1), start + Duration::from_secs(15));
+        table.merge(report("off", 1), start + Duration::from_secs(15));
+
+        let now = start + Duration::from_secs(16);
+        let (reporting, silent) = health_verdict(&state, &table, now, silence, start);
+        assert_eq!(reporting, vec!["back".to_string()], "`new` reported, but 16 s ago");
+        assert_eq!(silent, vec!["quiet".to_string()]);
+
+        // A leader that started watching 5 s ago gives every runner the full silence first.
+        let (_, silent) = health_verdict(&state, &table, now, silence, now - Duration::from_secs(5));
+        assert!(silent.is_empty());
+    }
+
+    #[test]
+    fn a_runner_that_never_reported_is_demoted_after_the_silence() {
+        let start = Instant::now();
+        let mut state = State::default();
+        state.runners.insert("mute".into(), runner("mute", RunnerState::Ready));
+        let table = HealthTable::default();
+        let silence = Duration::from_secs(10);
+        let (_, silent) = health_verdict(&state, &table, start + Duration::from_secs(9), silence, start);
+        assert!(silent.is_empty());
+        let (_, silent) = health_verdict(&state, &table, start + Duration::from_secs(11), silence, start);
+        assert_eq!(silent, vec!["mute".to_string()]);
     }
 }

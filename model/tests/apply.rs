@@ -1,6 +1,6 @@
 //! `apply`: every command, every rejection, idempotency, and determinism (proptest).
 
-use corral_storage::model::*;
+use corral_model::*;
 use proptest::prelude::*;
 
 const T0: Millis = 1_700_000_000_000;
@@ -10,23 +10,15 @@ fn run(state: &mut State, command: Command) -> ApplyResult {
 }
 
 fn create_region(id: &str, org: &str, name: &str) -> Command {
-    Command::CreateRegion {
-        id: id.into(),
-        organization_id: org.into(),
-        name: name.into(),
-        region_type: RegionType::Custom,
+    Command::CreateRegion(NewRegion {
         proxy_url: Some("https://proxy.example.com".into()),
-        ssh_gateway_url: None,
-        snapshot_manager_url: None,
         proxy_api_key_hash: Some("h".into()),
-        ssh_gateway_api_key_hash: None,
-        snapshot_manager_username: None,
-        snapshot_manager_password: None,
-    }
+        ..NewRegion::new(id, org, name, RegionType::Custom)
+    })
 }
 
 fn create_runner(id: &str, region: &str, name: &str, cpu: u64) -> Command {
-    Command::CreateRunner {
+    Command::CreateRunner(NewRunner {
         id: id.into(),
         region_id: region.into(),
         name: name.into(),
@@ -37,7 +29,7 @@ fn create_runner(id: &str, region: &str, name: &str, cpu: u64) -> Command {
         api_url: None,
         proxy_url: None,
         capacity: Resources { cpu, memory_gib: cpu * 2, disk_gib: cpu * 10 },
-    }
+    })
 }
 
 fn placement(sandbox: &str, region: &str, runner: &str, cpu: u64) -> Placement {
@@ -82,7 +74,7 @@ fn organizations_and_keys() {
         run(&mut s, Command::CreateApiKey { key_hash: "x".into(), organization_id: "nope".into(), name: "n".into() }),
         Err(Rejection::NotFound { kind: ObjectKind::Organization, .. })
     ));
-    assert_eq!(s.check_invariants(), Ok(()));
+    assert_eq!(s.validate(), Ok(()));
 }
 
 #[test]
@@ -156,7 +148,7 @@ fn regions_create_update_credentials_delete() {
     assert!(matches!(run(&mut s, Command::DeleteRegion { id: "a".into() }), Err(Rejection::NotFound { .. })));
     // The name is free again.
     assert!(run(&mut s, create_region("c", "org", "eu-custom")).is_ok());
-    assert_eq!(s.check_invariants(), Ok(()));
+    assert_eq!(s.validate(), Ok(()));
 }
 
 #[test]
@@ -206,7 +198,7 @@ fn runners() {
         Err(Rejection::Conflict(_))
     ));
     assert!(matches!(run(&mut s, Command::DeleteRunner { id: "no".into() }), Err(Rejection::NotFound { .. })));
-    assert_eq!(s.check_invariants(), Ok(()));
+    assert_eq!(s.validate(), Ok(()));
 }
 
 #[test]
@@ -214,8 +206,10 @@ fn two_runners_cannot_share_a_token() {
     let mut s = State::default();
     run(&mut s, create_region("reg", "org", "r")).expect("region");
     run(&mut s, create_runner("a", "reg", "a", 4)).expect("runner");
-    let Command::CreateRunner { api_key_hash, .. } = create_runner("a", "reg", "a", 4) else { unreachable!() };
-    let twin = Command::CreateRunner {
+    let Command::CreateRunner(NewRunner { api_key_hash, .. }) = create_runner("a", "reg", "a", 4) else {
+        unreachable!()
+    };
+    let twin = Command::CreateRunner(NewRunner {
         id: "b".into(),
         region_id: "reg".into(),
         name: "b".into(),
@@ -226,7 +220,7 @@ fn two_runners_cannot_share_a_token() {
         api_url: None,
         proxy_url: None,
         capacity: Resources::default(),
-    };
+    });
     assert!(matches!(run(&mut s, twin), Err(Rejection::Conflict(_))));
     assert_eq!(s.runner_keys.get("k-a").map(String::as_str), Some("a"));
     run(&mut s, Command::DeleteRunner { id: "a".into() }).expect("deleted");
@@ -262,7 +256,7 @@ fn runner_health_moves_only_between_ready_and_unresponsive() {
     assert_eq!(changed, vec!["ready".to_string()]);
     assert_eq!(s.runners["ready"].state, RunnerState::Ready);
     assert_eq!(s.runners["off"].state, RunnerState::Disabled);
-    assert_eq!(s.check_invariants(), Ok(()));
+    assert_eq!(s.validate(), Ok(()));
 }
 
 #[test]
@@ -303,7 +297,7 @@ fn placement_respects_capacity_and_state() {
         run(&mut s, Command::DeleteRunner { id: "run".into() }),
         Err(Rejection::RunnerHasSandboxes { sandboxes: 2, .. })
     ));
-    assert_eq!(s.check_invariants(), Ok(()));
+    assert_eq!(s.validate(), Ok(()));
 }
 
 #[test]
@@ -336,7 +330,7 @@ fn sandbox_lifecycle_updates_runner_allocation() {
     ));
     // Runner can go once its only sandbox is destroyed.
     assert!(run(&mut s, Command::DeleteRunner { id: "run".into() }).is_ok());
-    assert_eq!(s.check_invariants(), Ok(()));
+    assert_eq!(s.validate(), Ok(()));
 }
 
 #[test]
@@ -376,19 +370,7 @@ fn a_scope_sees_only_its_organization() {
     let mut s = State::default();
     run(&mut s, create_region("mine", "o1", "r")).expect("region");
     run(&mut s, create_region("theirs", "o2", "r")).expect("region");
-    let shared = Command::CreateRegion {
-        id: "us".into(),
-        organization_id: String::new(),
-        name: "us".into(),
-        region_type: RegionType::Shared,
-        proxy_url: None,
-        ssh_gateway_url: None,
-        snapshot_manager_url: None,
-        proxy_api_key_hash: None,
-        ssh_gateway_api_key_hash: None,
-        snapshot_manager_username: None,
-        snapshot_manager_password: None,
-    };
+    let shared = Command::CreateRegion(NewRegion::new("us", "", "us", RegionType::Shared));
     run(&mut s, shared).expect("shared");
     let as_o1 = |c: Command| Proposal::scoped(c, T0, Some("o1".into()));
 
@@ -426,7 +408,7 @@ fn a_scope_sees_only_its_organization() {
     }
     assert!(apply(&mut s, &as_o1(Command::DeleteRunner { id: "r1".into() })).is_ok());
     assert!(apply(&mut s, &as_o1(Command::DeleteRegion { id: "mine".into() })).is_ok());
-    assert_eq!(s.check_invariants(), Ok(()));
+    assert_eq!(s.validate(), Ok(()));
 }
 
 #[test]
@@ -542,7 +524,7 @@ proptest! {
             prop_assert_eq!(&wire, p);
             let rb = apply(&mut b, &wire);
             prop_assert_eq!(ra, rb);
-            prop_assert_eq!(a.check_invariants(), Ok(()));
+            prop_assert_eq!(a.validate(), Ok(()));
         }
         prop_assert_eq!(a.hash(), b.hash());
         let restored = State::decode(&a.encode().expect("encode")).expect("decode");

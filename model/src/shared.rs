@@ -1,12 +1,12 @@
-//! The state machine's in-memory data and the handle readers share. Free of RocksDB, so the
-//! API and the fuzz targets can use it without the storage engine.
+//! The state machine's in-memory data and the handle readers share: storage applies to it,
+//! the API and the node read it.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::{LogId, StoredMembership};
 
-use crate::model::State;
-use crate::{CorralNode, NodeId};
+use crate::raft::{CorralNode, NodeId};
+use crate::state::State;
 
 /// The state machine's data, shared between openraft (which applies to it) and readers
 /// (the REST API). Lock holders never await.
@@ -35,8 +35,8 @@ impl SharedState {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
-    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, MachineData> {
+    /// Write access, for the state machine (apply, snapshot install); never across an await.
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, MachineData> {
         self.0.write().unwrap_or_else(|p| p.into_inner())
     }
 }

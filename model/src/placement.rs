@@ -1,4 +1,5 @@
-//! The placement core: a pure function over an indexed view of one region's runners. The
+//! The placement core: the one capacity rule ([`fits`]) and eligibility ([`eligible`]) that
+//! `apply` re-checks too, and a pure function over an indexed view of one region's runners. The
 //! leader's scheduler builds a [`RegionPlacementIndex`] for each region in a batch and calls
 //! [`RegionPlacementIndex::place`] once per request; criterion measures it on its own.
 //!
@@ -22,8 +23,10 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use corral_storage::model::{Resources, Runner, RunnerState};
 use rand::Rng;
+
+use crate::health::HealthReport;
+use crate::types::{Resources, Runner, RunnerState};
 
 /// How many of the best-fitting runners a placement chooses among.
 pub const TOP_K: usize = 4;
@@ -46,7 +49,14 @@ pub fn availability_score(capacity: Resources, allocated: Resources) -> u32 {
         .min(free(capacity.disk_gib, allocated.disk_gib)) as u32
 }
 
-/// Whether the scheduler may place on `runner` at all.
+/// The one capacity rule, used by the scheduler's placement and by `apply`'s re-check alike:
+/// `request` fits on a runner with `capacity` of which `allocated` is taken when no resource
+/// would go over.
+pub fn fits(capacity: Resources, allocated: Resources, request: Resources) -> bool {
+    allocated.saturating_add(&request).fits_within(&capacity)
+}
+
+/// Whether a sandbox may be placed on `runner` at all (by the scheduler, and on `apply`).
 pub fn eligible(runner: &Runner) -> bool {
     runner.state == RunnerState::Ready && runner.schedulable
 }
@@ -62,7 +72,7 @@ struct Slot {
 }
 
 /// Headroom from a health report, in basis points.
-pub fn usage_headroom(report: &corral_storage::health::HealthReport) -> u32 {
+pub fn usage_headroom(report: &HealthReport) -> u32 {
     ((100.0 - report.max_usage_pct()) * 100.0).round().clamp(0.0, SCORE_MAX as f32) as u32
 }
 
@@ -121,7 +131,7 @@ impl RegionPlacementIndex {
         let mut found = 0;
         for &(_, slot) in self.ranked.iter().take(MAX_SCAN) {
             let s = &self.slots[slot as usize];
-            if s.allocated.saturating_add(&request).fits_within(&s.capacity) {
+            if fits(s.capacity, s.allocated, request) {
                 fitting[found] = slot;
                 found += 1;
                 if found == TOP_K {
@@ -218,11 +228,11 @@ mod tests {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             for (cpu, mem, disk) in requests {
                 let request = res(cpu, mem, disk);
-                let could_fit = index.allocations().any(|(_, cap, alloc)| alloc.saturating_add(&request).fits_within(&cap));
+                let could_fit = index.allocations().any(|(_, cap, alloc)| fits(cap, alloc, request));
                 let placed = index.place(request, &mut rng).is_some();
                 prop_assert_eq!(placed, could_fit);
                 for (id, cap, alloc) in index.allocations() {
-                    prop_assert!(alloc.fits_within(&cap), "{} over capacity: {:?} > {:?}", id, alloc, cap);
+                    prop_assert!(fits(cap, Resources::default(), alloc), "{} over capacity: {:?} > {:?}", id, alloc, cap);
                 }
             }
         }

@@ -1,0 +1,249 @@
+//! What changes replicated state: [`Command`], wrapped in a [`Proposal`] by the node that
+//! proposes it (which stamps the time, the scope and the idempotency key).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Millis, RegionType, Resources, RunnerState, SandboxState};
+
+/// One sandbox placement decided by the leader's scheduler.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub sandbox_id: String,
+    pub organization_id: String,
+    pub target: String,
+    pub region_id: String,
+    pub runner_id: String,
+    pub resources: Resources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The client's scoped idempotency key for this one sandbox: a placement whose key was
+    /// applied before returns that first sandbox and places nothing.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A request to create a sandbox, as it travels to the leader's scheduler.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SandboxRequest {
+    /// Chosen by the node that received the request.
+    pub sandbox_id: String,
+    pub organization_id: String,
+    /// The region name the client asked for.
+    pub target: String,
+    pub region_id: String,
+    pub resources: Resources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A change to an optional field. (Not `Option<Option<T>>`: JSON, which carries proposals
+/// through the log and between nodes, cannot tell `Some(None)` from `None`.)
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub enum FieldUpdate<T> {
+    #[default]
+    Keep,
+    Clear,
+    Set(T),
+}
+
+impl<T: Clone> FieldUpdate<T> {
+    /// Applies the change to `field`.
+    pub fn apply_to(&self, field: &mut Option<T>) {
+        match self {
+            FieldUpdate::Keep => {}
+            FieldUpdate::Clear => *field = None,
+            FieldUpdate::Set(v) => *field = Some(v.clone()),
+        }
+    }
+}
+
+impl<T> From<Option<Option<T>>> for FieldUpdate<T> {
+    /// Absent → keep, `null` → clear, value → set.
+    fn from(v: Option<Option<T>>) -> Self {
+        match v {
+            None => FieldUpdate::Keep,
+            Some(None) => FieldUpdate::Clear,
+            Some(Some(v)) => FieldUpdate::Set(v),
+        }
+    }
+}
+
+/// Which of a region's service credentials to replace.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionCredential {
+    ProxyApiKey,
+    SshGatewayApiKey,
+    SnapshotManager,
+}
+
+/// A region to create, as [`Command::CreateRegion`] carries it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NewRegion {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub region_type: RegionType,
+    pub proxy_url: Option<String>,
+    pub ssh_gateway_url: Option<String>,
+    pub snapshot_manager_url: Option<String>,
+    pub proxy_api_key_hash: Option<String>,
+    pub ssh_gateway_api_key_hash: Option<String>,
+    pub snapshot_manager_username: Option<String>,
+    pub snapshot_manager_password: Option<String>,
+}
+
+impl NewRegion {
+    /// A region with no services configured (and so no credentials).
+    pub fn new(id: impl Into<String>, organization_id: impl Into<String>, name: impl Into<String>, region_type: RegionType) -> Self {
+        NewRegion {
+            id: id.into(),
+            organization_id: organization_id.into(),
+            name: name.into(),
+            region_type,
+            proxy_url: None,
+            ssh_gateway_url: None,
+            snapshot_manager_url: None,
+            proxy_api_key_hash: None,
+            ssh_gateway_api_key_hash: None,
+            snapshot_manager_username: None,
+            snapshot_manager_password: None,
+        }
+    }
+}
+
+/// A runner to create, as [`Command::CreateRunner`] carries it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NewRunner {
+    pub id: String,
+    pub region_id: String,
+    pub name: String,
+    pub api_key_hash: String,
+    pub api_key_hint: String,
+    pub api_version: String,
+    pub domain: Option<String>,
+    pub api_url: Option<String>,
+    pub proxy_url: Option<String>,
+    pub capacity: Resources,
+}
+
+impl NewRunner {
+    /// A runner of API version 2 with the given token hash and capacity, and no URLs.
+    pub fn new(
+        id: impl Into<String>,
+        region_id: impl Into<String>,
+        name: impl Into<String>,
+        api_key_hash: impl Into<String>,
+        capacity: Resources,
+    ) -> Self {
+        NewRunner {
+            id: id.into(),
+            region_id: region_id.into(),
+            name: name.into(),
+            api_key_hash: api_key_hash.into(),
+            api_key_hint: String::new(),
+            api_version: "2".into(),
+            domain: None,
+            api_url: None,
+            proxy_url: None,
+            capacity,
+        }
+    }
+}
+
+/// Everything that changes replicated state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    CreateOrganization {
+        id: String,
+        name: String,
+    },
+    CreateApiKey {
+        key_hash: String,
+        organization_id: String,
+        name: String,
+    },
+    /// Serialized exactly as the struct variant it replaced (`{"CreateRegion": {fields}}`), so
+    /// logs written before read the same.
+    CreateRegion(NewRegion),
+    UpdateRegionUrls {
+        id: String,
+        proxy_url: FieldUpdate<String>,
+        ssh_gateway_url: FieldUpdate<String>,
+        snapshot_manager_url: FieldUpdate<String>,
+    },
+    /// Replaces one credential; `secret` is a hash for API keys and the password for the
+    /// snapshot manager (username stays).
+    SetRegionCredential {
+        id: String,
+        credential: RegionCredential,
+        secret: String,
+    },
+    DeleteRegion {
+        id: String,
+    },
+    /// The runner belongs to its region's organization.
+    CreateRunner(NewRunner),
+    /// `None` toggles.
+    SetRunnerSchedulable {
+        id: String,
+        schedulable: Option<bool>,
+    },
+    SetRunnerState {
+        id: String,
+        state: RunnerState,
+    },
+    DeleteRunner {
+        id: String,
+    },
+    /// One Raft entry for a whole scheduler batch; each placement succeeds or fails alone.
+    PlaceSandboxes {
+        placements: Vec<Placement>,
+    },
+    SetSandboxState {
+        id: String,
+        state: SandboxState,
+    },
+    DeleteSandbox {
+        id: String,
+    },
+    /// The leader's verdict from runner health reports: runners that report become `ready`,
+    /// silent ones `unresponsive`. Only those two moves are made (`initializing`/`unresponsive`
+    /// → `ready`, `ready` → `unresponsive`); a runner an operator disabled or decommissioned,
+    /// or one deleted meanwhile, is left alone.
+    RecordRunnerHealth {
+        reporting: Vec<String>,
+        silent: Vec<String>,
+    },
+}
+
+/// What a node proposes to Raft: a command plus what the proposer chose for it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    pub command: Command,
+    /// Proposer's wall clock; `apply` uses it as the object's timestamp.
+    pub at: Millis,
+    /// Already scoped by the caller (e.g. `organization/key`).
+    pub idempotency_key: Option<String>,
+    /// Digest of the request that carried the idempotency key; a replay with another request
+    /// under the same key is refused instead of answered with the first result.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// The organization the caller acts for; `None` for the operator (admin key) and the
+    /// system. `apply` treats objects of other organizations as not found.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl Proposal {
+    pub fn new(command: Command, at: Millis) -> Self {
+        Proposal { command, at, idempotency_key: None, fingerprint: None, scope: None }
+    }
+
+    pub fn scoped(command: Command, at: Millis, scope: Option<String>) -> Self {
+        Proposal { scope, ..Proposal::new(command, at) }
+    }
+}

@@ -1,0 +1,54 @@
+//! # corral-model
+//!
+//! Corral's replicated domain, pure: what the cluster agrees on and how it changes.
+//!
+//! - [`types`]: Region, Runner, Sandbox, Organization, API keys, resources, states.
+//! - [`command`]: [`Command`], everything that changes the state, and [`Proposal`], a command
+//!   with the time, scope and idempotency key its proposer chose.
+//! - [`outcome`]: what `apply` answers, an [`Outcome`] or a [`Rejection`] (a value every
+//!   replica computes alike).
+//! - [`state`]: [`State`] with its derived indexes, canonical encoding, hash and
+//!   [`State::validate`] (the invariants).
+//! - [`apply`](mod@apply): [`apply()`], one committed proposal into the state, one file per entity.
+//! - [`placement`]: the one capacity rule ([`placement::fits`]), eligibility, and the ranked
+//!   per-region index the leader's scheduler places with.
+//! - [`health`]: runner health reports, the per-node table of the latest one per runner, and
+//!   the leader's verdict ([`health::health_verdict`]).
+//! - [`runner_journal`] and [`assignment`]: which sandboxes changed on a runner, and the diff a
+//!   runner session sends.
+//! - [`secret`]: how secrets are stored (hashed).
+//! - [`shared`]: the state machine's data and the handle readers share.
+//! - [`raft`]: openraft's type configuration ([`TypeConfig`]).
+//!
+//! Architecture invariants: nothing here does I/O, awaits, reads a clock or draws an unseeded
+//! random number; time, ids and randomness are arguments. `apply` is deterministic, so replicas
+//! that apply the same log have equal [`State::hash`]es. Replica-local counters (the runner
+//! epoch, journal positions) live inside the state they describe, never in a global.
+//!
+//! Never depends on: tokio (directly), RocksDB, tonic, quinn, axum, or any other Corral crate.
+
+pub mod apply;
+pub mod assignment;
+pub mod command;
+pub mod health;
+pub mod outcome;
+pub mod placement;
+pub mod raft;
+pub mod runner_journal;
+pub mod secret;
+pub mod shared;
+pub mod state;
+pub mod types;
+
+pub use apply::{apply, recorded_placement};
+pub use command::{
+    Command, FieldUpdate, NewRegion, NewRunner, Placement, Proposal, RegionCredential, SandboxRequest,
+};
+pub use outcome::{ApplyResult, Outcome, Rejection};
+pub use raft::{ApplyResponse, CorralNode, NodeId, Raft, TypeConfig};
+pub use shared::{MachineData, SharedState};
+pub use state::{IdempotencyRecord, LocalEpoch, State, IDEMPOTENCY_RECORDS_MAX, IDEMPOTENCY_TTL_MS};
+pub use types::{
+    ApiKeyRecord, Millis, ObjectKind, Organization, Region, RegionType, Resources, Runner, RunnerState, Sandbox,
+    SandboxState,
+};

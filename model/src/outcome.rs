@@ -1,0 +1,57 @@
+//! What `apply` answers: an [`Outcome`] or a [`Rejection`]. A rejection is a value that every
+//! replica computes alike, not an error of the node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ApiKeyRecord, ObjectKind, Organization, Region, Runner, RunnerState, Sandbox};
+
+/// Why `apply` refused a command. A rejected command changes nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("a {kind} named '{name}' already exists")]
+    DuplicateName { kind: ObjectKind, name: String },
+    #[error("a {kind} with id '{id}' already exists")]
+    DuplicateId { kind: ObjectKind, id: String },
+    #[error("{kind} '{id}' not found")]
+    NotFound { kind: ObjectKind, id: String },
+    #[error("region '{region_id}' has {runners} runner(s) assigned; delete them first")]
+    RegionHasRunners { region_id: String, runners: usize },
+    #[error("runner '{runner_id}' has {sandboxes} sandbox(es); delete them first")]
+    RunnerHasSandboxes { runner_id: String, sandboxes: usize },
+    #[error("runner '{runner_id}' has not enough free capacity")]
+    InsufficientCapacity { runner_id: String },
+    #[error("runner '{runner_id}' does not accept sandboxes (state {state:?}, schedulable {schedulable})")]
+    RunnerNotSchedulable { runner_id: String, state: RunnerState, schedulable: bool },
+    #[error("no runner in region '{region_id}' has room for the sandbox")]
+    NoCapacity { region_id: String },
+    #[error("the Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// The request is well formed but the current state does not allow it (a region without
+    /// that service, a decommissioned runner, a destroyed sandbox, a token already in use).
+    /// Records written before the rename say `Invalid`.
+    #[error("{0}")]
+    #[serde(alias = "Invalid")]
+    Conflict(String),
+}
+
+/// What a successful `apply` returns to the proposer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Raft's own entries (blank, membership) carry no command.
+    None,
+    Organization(Organization),
+    ApiKey(ApiKeyRecord),
+    Region(Region),
+    Runner(Runner),
+    Sandbox(Sandbox),
+    Placed(Vec<Result<Sandbox, Rejection>>),
+    /// Ids of the runners a [`Command::RecordRunnerHealth`] moved.
+    RunnersChanged(Vec<String>),
+    Deleted {
+        kind: ObjectKind,
+        id: String,
+    },
+}
+
+/// The result of applying one log entry, as returned by the state machine to openraft.
+pub type ApplyResult = Result<Outcome, Rejection>;

@@ -1,0 +1,190 @@
+//! [`State`], the whole replicated state, with its derived indexes, its canonical encoding
+//! and hash, and [`State::validate`], the invariants `apply` keeps.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::outcome::ApplyResult;
+use crate::placement::fits;
+use crate::runner_journal::RunnerJournals;
+use crate::types::{ApiKeyRecord, Millis, Organization, Region, Resources, Runner, Sandbox, SandboxState};
+
+/// How many idempotency records are kept; the oldest are dropped first. Bounded so that a
+/// client that sends a fresh key with every request cannot grow the state without limit.
+pub const IDEMPOTENCY_RECORDS_MAX: usize = 100_000;
+/// Idempotency records older than this (relative to the newest proposal) are dropped.
+pub const IDEMPOTENCY_TTL_MS: Millis = 24 * 60 * 60 * 1000;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub at: Millis,
+    pub fingerprint: Option<String>,
+    pub result: ApplyResult,
+}
+
+/// The whole replicated state. Ordered maps make its serialization canonical, so the hash of
+/// the encoding is equal on replicas with equal state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub organizations: BTreeMap<String, Organization>,
+    pub api_keys: BTreeMap<String, ApiKeyRecord>,
+    pub regions: BTreeMap<String, Region>,
+    pub runners: BTreeMap<String, Runner>,
+    pub sandboxes: BTreeMap<String, Sandbox>,
+    pub idempotency: BTreeMap<String, IdempotencyRecord>,
+    /// The newest proposal time seen; drives idempotency expiry deterministically.
+    pub clock: Millis,
+    /// Derived from the maps above; not serialized, rebuilt by [`State::decode`].
+    #[serde(skip)]
+    pub region_names: BTreeMap<(String, String), String>,
+    /// Index: (region id, runner name) → runner id.
+    #[serde(skip)]
+    pub runner_names: BTreeMap<(String, String), String>,
+    /// Index: runner id → the sandboxes on it that are not destroyed, with their state (what
+    /// runner sessions diff against without touching the big sandbox map).
+    #[serde(skip)]
+    pub runner_sandboxes: BTreeMap<String, BTreeMap<String, SandboxState>>,
+    /// Index: runner token hash → runner id (runner agents authenticate by token).
+    #[serde(skip)]
+    pub runner_keys: BTreeMap<String, String>,
+    /// Index: idempotency records by (time, key), oldest first, for expiry.
+    #[serde(skip)]
+    pub idempotency_by_age: BTreeSet<(Millis, String)>,
+    /// Bumped by every applied command that may change a runner's eligibility or allocation.
+    /// Local only (not serialized, not hashed): the scheduler uses it to know whether its
+    /// cached placement index still matches the state.
+    #[serde(skip)]
+    pub runner_epoch: LocalEpoch,
+    /// Per runner, which sandboxes changed in what order. Local only, like `runner_epoch`.
+    #[serde(skip)]
+    pub runner_journals: RunnerJournals,
+}
+
+/// A replica-local change counter. Two states are equal whatever their epochs: the counter
+/// says how a replica got to its state, not what the state is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalEpoch(pub u64);
+
+impl PartialEq for LocalEpoch {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LocalEpoch {}
+
+impl State {
+    /// The canonical encoding (used for snapshots and the state hash).
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Decodes [`State::encode`]'s output and rebuilds the derived indexes.
+    pub fn decode(bytes: &[u8]) -> Result<State, serde_json::Error> {
+        let mut state: State = serde_json::from_slice(bytes)?;
+        state.rebuild_indexes();
+        Ok(state)
+    }
+
+    /// Carries the replica-local counters over from `previous`, the state this one replaces
+    /// on a snapshot install: the runner epoch moves on (the scheduler's cached indexes are
+    /// stale) and journal positions continue, so no runner session's cursor looks current.
+    pub fn carry_local_from(&mut self, previous: &State) {
+        self.runner_epoch = LocalEpoch(previous.runner_epoch.0.wrapping_add(1));
+        self.runner_journals.continue_after(previous.runner_journals.last_position());
+        self.rebuild_journals();
+    }
+
+    fn rebuild_indexes(&mut self) {
+        self.region_names =
+            self.regions.values().map(|r| ((r.organization_id.clone(), r.name.clone()), r.id.clone())).collect();
+        self.runner_names =
+            self.runners.values().map(|r| ((r.region_id.clone(), r.name.clone()), r.id.clone())).collect();
+        self.runner_keys = self.runners.values().map(|r| (r.api_key_hash.clone(), r.id.clone())).collect();
+        self.idempotency_by_age = self.idempotency.iter().map(|(k, r)| (r.at, k.clone())).collect();
+        self.runner_sandboxes.clear();
+        for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
+            self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(s.id.clone(), s.state);
+        }
+        self.rebuild_journals();
+    }
+
+    fn rebuild_journals(&mut self) {
+        self.runner_journals.rebuild(
+            self.runner_sandboxes
+                .iter()
+                .flat_map(|(runner, ids)| ids.keys().map(move |id| (runner.as_str(), id.as_str()))),
+        );
+    }
+
+    /// SHA-256 over the canonical JSON encoding, hex encoded.
+    pub fn hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        // Serializing BTreeMaps and plain structs to a writer cannot fail.
+        if let Err(e) = serde_json::to_writer(HashWriter(&mut hasher), self) {
+            return format!("unhashable:{e}");
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    pub fn region_by_name(&self, organization_id: &str, name: &str) -> Option<&Region> {
+        self.region_names.get(&(organization_id.to_string(), name.to_string())).and_then(|id| self.regions.get(id))
+    }
+
+    pub fn runners_in_region<'a>(&'a self, region_id: &'a str) -> impl Iterator<Item = &'a Runner> + 'a {
+        self.runner_names
+            .range((region_id.to_string(), String::new())..)
+            .take_while(move |((r, _), _)| r == region_id)
+            .filter_map(|(_, id)| self.runners.get(id))
+    }
+
+    /// Checks the invariants `apply` keeps (allocations are the sum of their sandboxes and
+    /// within capacity, references resolve, indexes match); used by tests after every apply
+    /// and by a debug assertion in `apply`.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut allocated: BTreeMap<&str, Resources> = BTreeMap::new();
+        for s in self.sandboxes.values() {
+            if s.state == SandboxState::Destroyed {
+                continue;
+            }
+            let a = allocated.entry(s.runner_id.as_str()).or_default();
+            *a = a.saturating_add(&s.resources);
+            if !self.runners.contains_key(&s.runner_id) {
+                return Err(format!("sandbox {} is on missing runner {}", s.id, s.runner_id));
+            }
+        }
+        for r in self.runners.values() {
+            let a = allocated.get(r.id.as_str()).copied().unwrap_or_default();
+            if a != r.allocated {
+                return Err(format!("runner {} allocation {:?} != sum of sandboxes {:?}", r.id, r.allocated, a));
+            }
+            if !fits(r.capacity, Resources::default(), r.allocated) {
+                return Err(format!("runner {} over capacity: {:?} > {:?}", r.id, r.allocated, r.capacity));
+            }
+            if !self.regions.contains_key(&r.region_id) {
+                return Err(format!("runner {} is in missing region {}", r.id, r.region_id));
+            }
+        }
+        if self.region_names.len() != self.regions.len() {
+            return Err("region name index out of step".into());
+        }
+        if self.runner_names.len() != self.runners.len() {
+            return Err("runner name index out of step".into());
+        }
+        Ok(())
+    }
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! The replicated domain's objects: regions, runners, sandboxes, organizations and their keys.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, chosen by the proposer.
+pub type Millis = u64;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum RegionType {
+    Shared,
+    Dedicated,
+    Custom,
+}
+
+impl RegionType {
+    /// Every variant, for documents and metrics that list the values.
+    pub const ALL: [RegionType; 3] = [RegionType::Shared, RegionType::Dedicated, RegionType::Custom];
+
+    /// The name the API and metrics use (as serialized).
+    pub fn label(self) -> &'static str {
+        match self {
+            RegionType::Shared => "shared",
+            RegionType::Dedicated => "dedicated",
+            RegionType::Custom => "custom",
+        }
+    }
+}
+
+/// A named group of runners. Service credentials are kept only as hashes, except the snapshot
+/// manager password, which Corral itself must be able to present.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub id: String,
+    pub name: String,
+    pub region_type: RegionType,
+    pub organization_id: String,
+    pub proxy_url: Option<String>,
+    pub ssh_gateway_url: Option<String>,
+    pub snapshot_manager_url: Option<String>,
+    pub proxy_api_key_hash: Option<String>,
+    pub ssh_gateway_api_key_hash: Option<String>,
+    pub snapshot_manager_username: Option<String>,
+    pub snapshot_manager_password: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerState {
+    Initializing,
+    Ready,
+    Unresponsive,
+    Disabled,
+    Decommissioned,
+}
+
+impl RunnerState {
+    /// Every variant, for documents and metrics that list the values.
+    pub const ALL: [RunnerState; 5] = [
+        RunnerState::Initializing,
+        RunnerState::Ready,
+        RunnerState::Unresponsive,
+        RunnerState::Disabled,
+        RunnerState::Decommissioned,
+    ];
+
+    /// The name the API and metrics use (as serialized).
+    pub fn label(self) -> &'static str {
+        match self {
+            RunnerState::Initializing => "initializing",
+            RunnerState::Ready => "ready",
+            RunnerState::Unresponsive => "unresponsive",
+            RunnerState::Disabled => "disabled",
+            RunnerState::Decommissioned => "decommissioned",
+        }
+    }
+}
+
+/// cpu in cores, memory and disk in GiB.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Resources {
+    pub cpu: u64,
+    pub memory_gib: u64,
+    pub disk_gib: u64,
+}
+
+impl Resources {
+    /// Every resource of `self` at most that of `other`; the capacity rule is
+    /// [`crate::placement::fits`].
+    pub(crate) fn fits_within(&self, other: &Resources) -> bool {
+        self.cpu <= other.cpu && self.memory_gib <= other.memory_gib && self.disk_gib <= other.disk_gib
+    }
+
+    pub fn saturating_add(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu: self.cpu.saturating_add(other.cpu),
+            memory_gib: self.memory_gib.saturating_add(other.memory_gib),
+            disk_gib: self.disk_gib.saturating_add(other.disk_gib),
+        }
+    }
+
+    pub fn saturating_sub(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu: self.cpu.saturating_sub(other.cpu),
+            memory_gib: self.memory_gib.saturating_sub(other.memory_gib),
+            disk_gib: self.disk_gib.saturating_sub(other.disk_gib),
+        }
+    }
+}
+
+/// A machine in a region. Health (usage, availability score) is soft state that travels by
+/// gossip, not through Raft; only the state changes that matter are committed here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Runner {
+    pub id: String,
+    pub name: String,
+    pub region_id: String,
+    pub organization_id: String,
+    pub state: RunnerState,
+    pub schedulable: bool,
+    pub api_version: String,
+    pub domain: Option<String>,
+    pub api_url: Option<String>,
+    pub proxy_url: Option<String>,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    pub started_sandboxes: u64,
+    pub api_key_hash: String,
+    /// A recognisable fragment of the token (`dtn_…7890`) for operators; never the token.
+    pub api_key_hint: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Pending,
+    Started,
+    Stopped,
+    Error,
+    Destroyed,
+}
+
+impl SandboxState {
+    /// Every variant, for documents and metrics that list the values.
+    pub const ALL: [SandboxState; 5] = [
+        SandboxState::Pending,
+        SandboxState::Started,
+        SandboxState::Stopped,
+        SandboxState::Error,
+        SandboxState::Destroyed,
+    ];
+
+    /// The name the API and metrics use (as serialized).
+    pub fn label(self) -> &'static str {
+        match self {
+            SandboxState::Pending => "pending",
+            SandboxState::Started => "started",
+            SandboxState::Stopped => "stopped",
+            SandboxState::Error => "error",
+            SandboxState::Destroyed => "destroyed",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Sandbox {
+    pub id: String,
+    pub organization_id: String,
+    pub target: String,
+    pub region_id: String,
+    pub runner_id: String,
+    pub resources: Resources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub state: SandboxState,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+/// An organization's bearer key, stored by the hash of the key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub key_hash: String,
+    pub organization_id: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    Organization,
+    ApiKey,
+    Region,
+    Runner,
+    Sandbox,
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            ObjectKind::Organization => "organization",
+            ObjectKind::ApiKey => "api key",
+            ObjectKind::Region => "region",
+            ObjectKind::Runner => "runner",
+            ObjectKind::Sandbox => "sandbox",
+        };
+        f.write_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_the_serialized_names() {
+        for state in RunnerState::ALL {
+            assert_eq!(serde_json::to_value(state).ok(), Some(state.label().into()));
+        }
+        for state in SandboxState::ALL {
+            assert_eq!(serde_json::to_value(state).ok(), Some(state.label().into()));
+        }
+        for region_type in RegionType::ALL {
+            assert_eq!(serde_json::to_value(region_type).ok(), Some(region_type.label().into()));
+        }
+    }
+}

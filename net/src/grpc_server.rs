@@ -1,0 +1,121 @@
+//! The gRPC service a node serves to its peers: Raft's own RPCs go to the local
+//! `openraft::Raft`; the leader operations (forwarded writes, read index, sandbox placement,
+//! campaign, membership) go to the node's [`LeaderService`]. Every call must come from a node
+//! of the cluster (mutual TLS, and a certificate whose role is `node`).
+
+use std::sync::Arc;
+
+use corral_model::{NodeId, Proposal, Raft, SandboxRequest, TypeConfig};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::leader_ops::{LeaderService, MembershipChange};
+use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
+use crate::pb::Payload;
+use crate::{tls, MAX_MESSAGE_BYTES};
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Payload, tonic::Status> {
+    serde_json::to_vec(value).map(|json| Payload { json }).map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+}
+
+fn decode_request<T: DeserializeOwned>(payload: &Payload) -> Result<T, tonic::Status> {
+    serde_json::from_slice(&payload.json).map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
+}
+
+/// The gRPC service a node serves to its peers.
+pub struct RaftTransportService {
+    raft: Raft,
+    leader: Arc<dyn LeaderService>,
+}
+
+/// The gRPC service with its peer check in front.
+pub type GuardedRaftTransport = tonic::service::interceptor::InterceptedService<
+    RaftTransportServer<RaftTransportService>,
+    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+>;
+
+/// Builds the tonic service for `raft` and the node's leader operations, with message size
+/// limits. Every
+/// call must come from a peer whose certificate names a node ([`tls::peer_role`]): the TLS
+/// handshake already proved the certificate comes from the cluster CA, and this refuses a
+/// runner's certificate from the same CA. Serve it with [`tls::ClusterTls::grpc_server`].
+pub fn raft_transport_server(raft: Raft, leader: Arc<dyn LeaderService>) -> GuardedRaftTransport {
+    let server = RaftTransportServer::new(RaftTransportService { raft, leader })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::service::interceptor::InterceptedService::new(server, require_node_peer)
+}
+
+/// Admits a gRPC call only from a node of this cluster.
+fn require_node_peer(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let role = request.peer_certs().and_then(|chain| chain.first().and_then(tls::peer_role));
+    if role == Some(tls::Role::Node) {
+        Ok(request)
+    } else {
+        metrics::counter!("corral_tls_refused_total", "transport" => "grpc").increment(1);
+        Err(tonic::Status::permission_denied("peer is not a node of this cluster"))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftTransportService {
+    async fn append_entries(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request.get_ref())?;
+        let reply = self.raft.append_entries(rpc).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn vote(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let rpc: VoteRequest<NodeId> = decode_request(request.get_ref())?;
+        let reply = self.raft.vote(rpc).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request.get_ref())?;
+        let reply = self.raft.install_snapshot(rpc).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn forward_write(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let proposal: Proposal = decode_request(request.get_ref())?;
+        let reply = self.leader.write(proposal).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn read_index(&self, _request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let reply = self.leader.read_index().await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn trigger_election(
+        &self,
+        _request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let reply = self.leader.campaign().await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn change_membership(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let change: MembershipChange = decode_request(request.get_ref())?;
+        let reply = self.leader.change_membership(change).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn place_sandbox(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let sandbox: SandboxRequest = decode_request(request.get_ref())?;
+        let reply = self.leader.place_sandbox(sandbox).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+}
+

@@ -1,0 +1,58 @@
+//! The leader operations a follower asks of the leader over gRPC, as types on the wire and as
+//! the [`LeaderService`] trait the gRPC server calls. The node implements the trait (its
+//! leader handle and scheduler); this crate only carries the calls.
+
+use corral_model::{ApplyResponse, CorralNode, NodeId, Proposal, Rejection, Sandbox, SandboxRequest};
+use serde::{Deserialize, Serialize};
+
+/// Why the leader side of ForwardWrite/ReadIndex could not serve a request.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("this node is not the leader (leader: {leader_id:?})")]
+    NotLeader { leader_id: Option<NodeId>, leader: Option<CorralNode> },
+    #[error("raft is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the scheduler queue is full; retry shortly")]
+    Overloaded,
+}
+
+/// A change to the Raft membership, executed by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add as a learner, wait until it has caught up, then promote it to voter.
+    Add { node_id: NodeId, node: CorralNode },
+    /// Remove from the voters and from the cluster.
+    Remove { node_id: NodeId },
+}
+
+/// The membership after a change: voter ids, and every member.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MembershipChanged {
+    pub log_index: u64,
+    pub voters: Vec<NodeId>,
+    pub members: Vec<(NodeId, CorralNode)>,
+}
+
+/// A proposal committed and applied by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommittedWrite {
+    pub log_index: u64,
+    pub response: ApplyResponse,
+}
+
+/// What the leader serves to its followers, implemented by the node. Every method acts on
+/// this node's Raft and answers [`ForwardError::NotLeader`] when it does not lead.
+#[tonic::async_trait]
+pub trait LeaderService: Send + Sync + 'static {
+    /// Commits `proposal` and returns what `apply` answered.
+    async fn write(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError>;
+    /// Confirms leadership with a quorum and returns the log index a linearizable reader must
+    /// have applied.
+    async fn read_index(&self) -> Result<u64, ForwardError>;
+    /// Places one sandbox (batched with others by the scheduler) once it is applied.
+    async fn place_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ForwardError>;
+    /// Campaigns for leadership now (a leader hands off to this node before it stops).
+    async fn campaign(&self) -> Result<(), ForwardError>;
+    /// Runs a membership change.
+    async fn change_membership(&self, change: MembershipChange) -> Result<MembershipChanged, ForwardError>;
+}

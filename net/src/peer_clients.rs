@@ -1,0 +1,143 @@
+//! [`PeerClients`]: the gRPC client side, one lazily connected channel per peer address, with
+//! a deadline on every call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_model::{Proposal, Rejection, Sandbox, SandboxRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::leader_ops::{CommittedWrite, ForwardError, MembershipChange, MembershipChanged};
+use crate::pb::raft_transport_client::RaftTransportClient;
+use crate::pb::Payload;
+use crate::{tls, NetError, CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
+
+/// A pool of lazily connected channels to peers, keyed by address. tonic channels reconnect
+/// on their own, so one per peer is kept for the life of the node.
+///
+/// With TLS ([`PeerClients::with_tls`]) every channel is mutual TLS from the cluster CA; the
+/// default, plaintext, is only for single-process tests that never dial a peer.
+#[derive(Clone, Default)]
+pub struct PeerClients {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl PeerClients {
+    pub fn with_tls(tls: &tls::ClusterTls) -> Self {
+        Self { channels: Arc::default(), tls: Some(tls.grpc_client()) }
+    }
+
+    fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, NetError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let bad =
+                    |e: tonic::transport::Error| NetError::BadAddress { addr: addr.to_string(), reason: e.to_string() };
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(bad)?;
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+                }
+                let endpoint = endpoint
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let channel = endpoint.connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftTransportClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    pub(crate) async fn call<Req: Serialize, Reply: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: Method,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Reply, NetError> {
+        let mut client = self.client(addr)?;
+        let json = serde_json::to_vec(request)
+            .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })?;
+        let mut request = tonic::Request::new(Payload { json });
+        request.set_timeout(timeout);
+        let reply = match method {
+            Method::AppendEntries => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::InstallSnapshot => client.install_snapshot(request).await,
+            Method::ForwardWrite => client.forward_write(request).await,
+            Method::ReadIndex => client.read_index(request).await,
+            Method::PlaceSandbox => client.place_sandbox(request).await,
+            Method::TriggerElection => client.trigger_election(request).await,
+            Method::ChangeMembership => client.change_membership(request).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable => NetError::Unreachable { addr: addr.to_string(), reason: status.to_string() },
+            _ => NetError::Rpc { addr: addr.to_string(), status: status.to_string() },
+        })?;
+        serde_json::from_slice(&reply.get_ref().json)
+            .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })
+    }
+
+    /// Sends `proposal` to the leader at `addr`; returns once it is committed and applied there.
+    pub async fn forward_write(
+        &self,
+        addr: &str,
+        proposal: &Proposal,
+        timeout: Duration,
+    ) -> Result<Result<CommittedWrite, ForwardError>, NetError> {
+        self.call(addr, Method::ForwardWrite, proposal, timeout).await
+    }
+
+    /// Hands a sandbox request to the scheduler of the leader at `addr`.
+    pub async fn place_sandbox(
+        &self,
+        addr: &str,
+        request: &SandboxRequest,
+        timeout: Duration,
+    ) -> Result<Result<Result<Sandbox, Rejection>, ForwardError>, NetError> {
+        self.call(addr, Method::PlaceSandbox, request, timeout).await
+    }
+
+    /// Asks the node at `addr` to campaign for leadership now.
+    pub async fn trigger_election(&self, addr: &str, timeout: Duration) -> Result<Result<(), ForwardError>, NetError> {
+        self.call(addr, Method::TriggerElection, &(), timeout).await
+    }
+
+    /// Hands a membership change to the leader at `addr`.
+    pub async fn change_membership(
+        &self,
+        addr: &str,
+        change: &MembershipChange,
+        timeout: Duration,
+    ) -> Result<Result<MembershipChanged, ForwardError>, NetError> {
+        self.call(addr, Method::ChangeMembership, change, timeout).await
+    }
+
+    /// Asks the leader at `addr` for a read index.
+    pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<Result<u64, ForwardError>, NetError> {
+        self.call(addr, Method::ReadIndex, &(), timeout).await
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    ForwardWrite,
+    ReadIndex,
+    PlaceSandbox,
+    TriggerElection,
+    ChangeMembership,
+}
+

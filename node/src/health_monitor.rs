@@ -1,0 +1,89 @@
+//! The leader's health monitor: every interval, the verdict of the model's
+//! [`health_verdict`] (runners that report become `ready`, silent ones `unresponsive`) is
+//! committed through the node's handle. Silence is measured from the later of the runner's
+//! last report seen here and the moment this node started watching (became leader), so a new
+//! leader whose table is still filling does not demote a healthy fleet. On every node it also
+//! drops health entries of deleted runners.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral_model::health::{health_verdict, SharedHealth};
+use corral_model::{Command, Outcome, Proposal};
+use tokio::sync::watch;
+
+use crate::cluster::RaftCluster;
+
+/// How the monitor runs.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// Silence after which a ready runner becomes unresponsive; `None` turns the monitor off
+    /// (runners then change state only through the admin API).
+    pub silence: Option<Duration>,
+    pub interval: Duration,
+}
+
+/// Most runners one health entry carries.
+const MAX_RUNNERS_PER_ENTRY: usize = 5_000;
+
+/// The leader's loop: every `interval`, commit the verdict (if any) through Raft. Also drops
+/// health entries of deleted runners, on every node.
+pub async fn run_monitor(
+    cluster: Arc<RaftCluster>,
+    health: SharedHealth,
+    config: MonitorConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let node_id = cluster.node_id;
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading_since: Option<Instant> = None;
+    let mut last_prune = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if last_prune.elapsed() > Duration::from_secs(30) {
+            last_prune = Instant::now();
+            let machine = cluster.shared.read();
+            health.write().retain(|id| machine.state.runners.contains_key(id));
+        }
+        let leading = cluster.raft.metrics().borrow().current_leader == Some(node_id);
+        if !leading {
+            leading_since = None;
+            continue;
+        }
+        let since = *leading_since.get_or_insert_with(Instant::now);
+        let Some(silence) = config.silence else { continue };
+        let (reporting, silent) = {
+            let machine = cluster.shared.read();
+            let table = health.read();
+            health_verdict(&machine.state, &table, Instant::now(), silence, since)
+        };
+        if reporting.is_empty() && silent.is_empty() {
+            continue;
+        }
+        tracing::info!(ready = reporting.len(), unresponsive = silent.len(), "runner health changes");
+        let (reporting_chunks, silent_chunks) =
+            (reporting.chunks(MAX_RUNNERS_PER_ENTRY), silent.chunks(MAX_RUNNERS_PER_ENTRY));
+        for chunk in reporting_chunks {
+            commit(&cluster, Command::RecordRunnerHealth { reporting: chunk.to_vec(), silent: Vec::new() }).await;
+        }
+        for chunk in silent_chunks {
+            commit(&cluster, Command::RecordRunnerHealth { reporting: Vec::new(), silent: chunk.to_vec() }).await;
+        }
+    }
+}
+
+async fn commit(cluster: &RaftCluster, command: Command) {
+    let proposal = Proposal::new(command, corral_net::now_millis());
+    match cluster.propose(proposal).await {
+        Ok(Ok(Outcome::RunnersChanged(ids))) => {
+            metrics::counter!("corral_runner_health_transitions_total").increment(ids.len() as u64);
+        }
+        Ok(other) => tracing::warn!(?other, "unexpected outcome of a runner health entry"),
+        Err(e) => tracing::warn!(error = %e, "runner health entry not committed; retrying next round"),
+    }
+}
+
