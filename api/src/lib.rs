@@ -12,8 +12,15 @@
 //! and every write carries the caller's scope, which `apply` checks (objects of another
 //! organization are "not found", never "forbidden", so ids do not leak).
 //!
-//! Never: depend on `corral-node`; block while holding the state's read lock; echo a secret
-//! back except in the response that created it.
+//! Every read handler goes through [`AppState::read`] (read barrier, then a view of the state
+//! and health table under their locks); every write through [`AppState::submit`]. The domain
+//! types, `apply` and the invariants are `corral-model`'s.
+//!
+//! Never: depend on `corral-node`, `corral-net` or `corral-storage` (no RocksDB, no
+//! tonic/quinn); block while holding the state's read lock; echo a secret back except in the
+//! response that created it.
+
+#![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod cluster;
@@ -104,10 +111,7 @@ impl AppState {
 
     /// [`AppState::read`] of the local state as it is now (after a write this node just
     /// committed, whose effects it has applied).
-    pub fn read_local<T>(
-        &self,
-        view: impl FnOnce(&corral_model::State, &corral_model::health::HealthTable) -> T,
-    ) -> T {
+    pub fn read_local<T>(&self, view: impl FnOnce(&corral_model::State, &corral_model::health::HealthTable) -> T) -> T {
         let machine = self.cluster.state().read();
         let health = self.cluster.health().read();
         view(&machine.state, &health)

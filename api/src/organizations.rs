@@ -119,8 +119,9 @@ pub async fn list_organizations(
     _admin: Admin,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<Vec<OrganizationView>>, ApiError> {
-    let organizations =
-        app.read(params.consistency, |state, _| state.organizations.values().map(OrganizationView::from).collect()).await?;
+    let organizations = app
+        .read(params.consistency, |state, _| state.organizations.values().map(OrganizationView::from).collect())
+        .await?;
     Ok(Json(organizations))
 }
 

@@ -333,9 +333,11 @@ pub async fn get_runner(
     ApiQuery(params): ApiQuery<crate::extract::ReadParams>,
 ) -> Result<Json<RunnerView>, ApiError> {
     let org = caller.organization_id.as_str();
-    app.read(params.consistency, |state, health| runner_of(state, Some(org), &runner_id).map(|r| runner_view(r, health)))
-        .await?
-        .map(Json)
+    app.read(params.consistency, |state, health| {
+        runner_of(state, Some(org), &runner_id).map(|r| runner_view(r, health))
+    })
+    .await?
+    .map(Json)
 }
 
 /// Mark a runner schedulable or not; with no body, toggle.
@@ -453,9 +455,11 @@ pub async fn admin_get_runner(
     Path(runner_id): Path<String>,
     ApiQuery(params): ApiQuery<crate::extract::ReadParams>,
 ) -> Result<Json<RunnerFull>, ApiError> {
-    app.read(params.consistency, |state, health| runner_of(state, None, &runner_id).map(|r| runner_full(state, health, r)))
-        .await?
-        .map(Json)
+    app.read(params.consistency, |state, health| {
+        runner_of(state, None, &runner_id).map(|r| runner_full(state, health, r))
+    })
+    .await?
+    .map(Json)
 }
 
 /// Mark any runner schedulable or not; with no body, toggle (operator).

@@ -8,7 +8,9 @@
 //!
 //! [`fleet`] builds the synthetic fleets the benchmarks share.
 
-use corral_model::{apply, Command, NewRegion, NewRunner, Placement, Proposal, RegionType, Resources, RunnerState, State};
+use corral_model::{
+    apply, Command, NewRegion, NewRunner, Placement, Proposal, RegionType, Resources, RunnerState, State,
+};
 
 /// Capacity of every synthetic runner.
 pub const RUNNER_CAPACITY: Resources = Resources { cpu: 64, memory_gib: 256, disk_gib: 2_000 };

@@ -39,7 +39,12 @@ pub enum AssignmentPoll {
 
 /// A session's poll: `Gone` when the runner was deleted, `Unchanged` when its journal has not
 /// moved since `cursor`, else what changed against `sent` as of the journal's new position.
-pub fn poll(state: &State, runner_id: &str, cursor: Option<u64>, sent: &HashMap<String, AssignmentAction>) -> AssignmentPoll {
+pub fn poll(
+    state: &State,
+    runner_id: &str,
+    cursor: Option<u64>,
+    sent: &HashMap<String, AssignmentAction>,
+) -> AssignmentPoll {
     if !state.runners.contains_key(runner_id) {
         return AssignmentPoll::Gone;
     }
@@ -107,7 +112,13 @@ mod tests {
         let mut state = State::default();
         let at = 1_700_000_000_000;
         let region = Command::CreateRegion(NewRegion::new("reg", "org", "r", RegionType::Custom));
-        let create = Command::CreateRunner(NewRunner::new("run", "reg", "run", "h", Resources { cpu: 8, memory_gib: 8, disk_gib: 80 }));
+        let create = Command::CreateRunner(NewRunner::new(
+            "run",
+            "reg",
+            "run",
+            "h",
+            Resources { cpu: 8, memory_gib: 8, disk_gib: 80 },
+        ));
         let ready = Command::SetRunnerState { id: "run".into(), state: RunnerState::Ready };
         let placements = ["a", "b", "c"]
             .iter()
@@ -166,5 +177,4 @@ mod tests {
         assert_eq!(assignment_changes(&state, "run", None, &sent), (Vec::new(), Vec::new()));
         assert_eq!(assignment_changes(&state, "run", Some(cursor), &sent), (Vec::new(), Vec::new()));
     }
-
 }

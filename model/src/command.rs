@@ -98,7 +98,12 @@ pub struct NewRegion {
 
 impl NewRegion {
     /// A region with no services configured (and so no credentials).
-    pub fn new(id: impl Into<String>, organization_id: impl Into<String>, name: impl Into<String>, region_type: RegionType) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        organization_id: impl Into<String>,
+        name: impl Into<String>,
+        region_type: RegionType,
+    ) -> Self {
         NewRegion {
             id: id.into(),
             organization_id: organization_id.into(),

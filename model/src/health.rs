@@ -181,7 +181,6 @@ mod tests {
         }
     }
 
-
     fn report(id: &str, seq: u64) -> HealthReport {
         HealthReport {
             runner_id: id.into(),

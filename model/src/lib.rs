@@ -27,6 +27,8 @@
 //!
 //! Never depends on: tokio (directly), RocksDB, tonic, quinn, axum, or any other Corral crate.
 
+#![forbid(unsafe_code)]
+
 pub mod apply;
 pub mod assignment;
 pub mod command;
@@ -41,9 +43,7 @@ pub mod state;
 pub mod types;
 
 pub use apply::{apply, recorded_placement};
-pub use command::{
-    Command, FieldUpdate, NewRegion, NewRunner, Placement, Proposal, RegionCredential, SandboxRequest,
-};
+pub use command::{Command, FieldUpdate, NewRegion, NewRunner, Placement, Proposal, RegionCredential, SandboxRequest};
 pub use outcome::{ApplyResult, Outcome, Rejection};
 pub use raft::{ApplyResponse, CorralNode, NodeId, Raft, TypeConfig};
 pub use shared::{MachineData, SharedState};

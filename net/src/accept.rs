@@ -57,4 +57,3 @@ pub async fn serve_quic(
         });
     }
 }
-

@@ -118,4 +118,3 @@ impl RaftTransport for RaftTransportService {
         Ok(tonic::Response::new(encode(&reply)?))
     }
 }
-

@@ -79,4 +79,3 @@ pub enum NetError {
     #[error("bad message from {addr}: {reason}")]
     Decode { addr: String, reason: String },
 }
-

@@ -140,4 +140,3 @@ pub(crate) enum Method {
     TriggerElection,
     ChangeMembership,
 }
-

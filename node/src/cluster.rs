@@ -262,10 +262,7 @@ impl RaftCluster {
     }
 
     /// Hands a sandbox request to the leader's scheduler; returns once it is applied.
-    pub async fn create_sandbox(
-        &self,
-        request: SandboxRequest,
-    ) -> Result<Result<Sandbox, Rejection>, ClusterError> {
+    pub async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError> {
         // Safe to retry: the request keeps its sandbox id and idempotency key.
         let deadline = Instant::now() + self.request_timeout;
         self.on_leader(

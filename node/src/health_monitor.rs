@@ -86,4 +86,3 @@ async fn commit(cluster: &RaftCluster, command: Command) {
         Err(e) => tracing::warn!(error = %e, "runner health entry not committed; retrying next round"),
     }
 }
-

@@ -21,7 +21,13 @@ async fn write(raft: &Raft, command: Command) {
 }
 
 fn runner(id: &str) -> Command {
-    Command::CreateRunner(NewRunner::new(id, "reg", id, format!("hash-{id}"), Resources { cpu: 4, memory_gib: 8, disk_gib: 40 }))
+    Command::CreateRunner(NewRunner::new(
+        id,
+        "reg",
+        id,
+        format!("hash-{id}"),
+        Resources { cpu: 4, memory_gib: 8, disk_gib: 40 },
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,11 +47,7 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
     raft.initialize(members).await.expect("initialize");
     raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.expect("leader");
 
-    write(
-        &raft,
-        Command::CreateRegion(NewRegion::new("reg", "org", "reg", RegionType::Custom)),
-    )
-    .await;
+    write(&raft, Command::CreateRegion(NewRegion::new("reg", "org", "reg", RegionType::Custom))).await;
     write(&raft, runner("a")).await;
     write(&raft, runner("b")).await;
     write(&raft, Command::SetRunnerState { id: "a".into(), state: RunnerState::Ready }).await;

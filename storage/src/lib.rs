@@ -18,6 +18,7 @@
 
 // openraft fixes the error types; their size is not ours to shrink.
 #![allow(clippy::result_large_err)]
+#![forbid(unsafe_code)]
 
 pub mod store;
 

@@ -356,8 +356,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> RaftResult<()> {
         let data = snapshot.into_inner();
-        let mut state =
-            State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut state = State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.save_snapshot(meta, &data)?;
         let mut machine = self.shared.write();
         state.carry_local_from(&machine.state);

@@ -67,7 +67,9 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
         }
         Command::DeleteRegion { id } => region::delete(state, id, scope),
         Command::CreateRunner(new) => runner::create(state, new, scope, at),
-        Command::SetRunnerSchedulable { id, schedulable } => runner::set_schedulable(state, id, scope, *schedulable, at),
+        Command::SetRunnerSchedulable { id, schedulable } => {
+            runner::set_schedulable(state, id, scope, *schedulable, at)
+        }
         Command::SetRunnerState { id, state: new_state } => runner::set_state(state, id, scope, *new_state, at),
         Command::RecordRunnerHealth { reporting, silent } => runner::record_health(state, reporting, silent, at),
         Command::DeleteRunner { id } => runner::delete(state, id, scope),
