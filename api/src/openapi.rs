@@ -213,7 +213,7 @@ fn add_input_rules(doc: &mut Value) {
         json!({ "pattern": TOKEN_PATTERN, "minLength": 1, "maxLength": TOKEN_MAX_LEN }),
     );
     constrain(doc, "AdminCreateRunnerRequest", "apiVersion", json!({ "enum": API_VERSIONS }));
-    for field in ["cpu", "memoryGiB", "diskGiB"] {
+    for field in ["cpu", "memoryGiB", "diskGiB", "gpu"] {
         constrain(doc, "AdminCreateRunnerRequest", field, json!({ "minimum": 0, "maximum": MAX_RUNNER_CAPACITY }));
     }
     for (field, max) in

@@ -74,6 +74,11 @@ pub struct AdminCreateRunnerRequest {
     pub memory_gib: Option<u64>,
     #[serde(rename = "diskGiB", default, deserialize_with = "crate::extract::optional_whole_number")]
     pub disk_gib: Option<u64>,
+    /// GPU devices. With any of cpu, memoryGiB, diskGiB or gpu given, the capacity is the
+    /// operator's and the agent's reports no longer change it; with none, the runner takes
+    /// the capacity its agent reports from the host.
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
+    pub gpu: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -103,7 +108,7 @@ pub struct RunnerListParams {
     pub consistency: crate::ReadConsistency,
 }
 
-/// cpu in cores, memory and disk in GiB.
+/// cpu in cores, memory and disk in GiB, GPUs in devices.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourcesView {
@@ -112,11 +117,12 @@ pub struct ResourcesView {
     pub memory_gib: u64,
     #[serde(rename = "diskGiB")]
     pub disk_gib: u64,
+    pub gpu: u64,
 }
 
 impl From<Resources> for ResourcesView {
     fn from(r: Resources) -> Self {
-        ResourcesView { cpu: r.cpu, memory_gib: r.memory_gib, disk_gib: r.disk_gib }
+        ResourcesView { cpu: r.cpu, memory_gib: r.memory_gib, disk_gib: r.disk_gib, gpu: r.gpu }
     }
 }
 
@@ -390,7 +396,9 @@ pub async fn admin_create_runner(
         return Err(ApiError::unprocessable("apiVersion must be \"0\" or \"2\""));
     }
     validate::token("apiKey", &body.api_key)?;
-    for (field, value) in [("cpu", body.cpu), ("memoryGiB", body.memory_gib), ("diskGiB", body.disk_gib)] {
+    for (field, value) in
+        [("cpu", body.cpu), ("memoryGiB", body.memory_gib), ("diskGiB", body.disk_gib), ("gpu", body.gpu)]
+    {
         if value.is_some_and(|v| v > MAX_RUNNER_CAPACITY) {
             return Err(ApiError::unprocessable(format!("{field} must be at most {MAX_RUNNER_CAPACITY}")));
         }
@@ -419,6 +427,7 @@ pub async fn admin_create_runner(
             cpu: body.cpu.unwrap_or(0),
             memory_gib: body.memory_gib.unwrap_or(0),
             disk_gib: body.disk_gib.unwrap_or(0),
+            gpu: body.gpu.unwrap_or(0),
         },
     });
     let runner = runner_outcome(app.submit(command, None, &idempotency, "admin", fingerprint).await?)?;
@@ -518,9 +527,9 @@ mod tests {
 
     #[test]
     fn scores_and_hints() {
-        let cap = Resources { cpu: 4, memory_gib: 8, disk_gib: 100 };
+        let cap = Resources { cpu: 4, memory_gib: 8, disk_gib: 100, gpu: 0 };
         assert_eq!(allocation_score(cap, Resources::default()), 100);
-        assert_eq!(allocation_score(cap, Resources { cpu: 2, memory_gib: 2, disk_gib: 10 }), 50);
+        assert_eq!(allocation_score(cap, Resources { cpu: 2, memory_gib: 2, disk_gib: 10, gpu: 0 }), 50);
         assert_eq!(allocation_score(Resources::default(), Resources::default()), 0);
         assert_eq!(token_hint("dtn_1234567890"), "dtn_…7890");
         assert_eq!(token_hint("short"), "…");

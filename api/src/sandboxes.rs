@@ -26,9 +26,9 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Defaults when a request leaves a resource out.
-pub const DEFAULT_RESOURCES: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3 };
+pub const DEFAULT_RESOURCES: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3, gpu: 0 };
 /// Largest single sandbox accepted (cpu, memory GiB, disk GiB).
-pub const MAX_RESOURCES: Resources = Resources { cpu: 256, memory_gib: 4096, disk_gib: 65_536 };
+pub const MAX_RESOURCES: Resources = Resources { cpu: 256, memory_gib: 4096, disk_gib: 65_536, gpu: 0 };
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -108,6 +108,7 @@ fn validate_resources(body: &CreateSandboxRequest) -> Result<Resources, ApiError
         cpu: body.cpu.unwrap_or(DEFAULT_RESOURCES.cpu),
         memory_gib: body.memory_gib.unwrap_or(DEFAULT_RESOURCES.memory_gib),
         disk_gib: body.disk_gib.unwrap_or(DEFAULT_RESOURCES.disk_gib),
+        gpu: 0,
     };
     for (field, value, max) in [
         ("cpu", resources.cpu, MAX_RESOURCES.cpu),

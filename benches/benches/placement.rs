@@ -13,7 +13,7 @@ fn placement(c: &mut Criterion) {
         // Runners start a quarter full so the ranking has real spread.
         let mut index = RegionPlacementIndex::default();
         for i in 0..runners {
-            let used = corral_model::Resources { cpu: (i % 16) as u64, memory_gib: 0, disk_gib: 0 };
+            let used = corral_model::Resources { cpu: (i % 16) as u64, memory_gib: 0, disk_gib: 0, gpu: 0 };
             index.insert(&format!("runner-{i:06}"), RUNNER_CAPACITY, used);
         }
         group.throughput(Throughput::Elements(BATCH as u64));

@@ -13,9 +13,9 @@ use corral_model::{
 };
 
 /// Capacity of every synthetic runner.
-pub const RUNNER_CAPACITY: Resources = Resources { cpu: 64, memory_gib: 256, disk_gib: 2_000 };
+pub const RUNNER_CAPACITY: Resources = Resources { cpu: 64, memory_gib: 256, disk_gib: 2_000, gpu: 0 };
 /// The default sandbox size.
-pub const SANDBOX: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3 };
+pub const SANDBOX: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3, gpu: 0 };
 
 /// A state with one custom region `bench` of `runners` ready runners.
 pub fn fleet(runners: usize) -> State {

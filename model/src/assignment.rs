@@ -117,7 +117,7 @@ mod tests {
             "reg",
             "run",
             "h",
-            Resources { cpu: 8, memory_gib: 8, disk_gib: 80 },
+            Resources { cpu: 8, memory_gib: 8, disk_gib: 80, gpu: 0 },
         ));
         let ready = Command::SetRunnerState { id: "run".into(), state: RunnerState::Ready };
         let placements = ["a", "b", "c"]
@@ -128,7 +128,7 @@ mod tests {
                 target: "r".into(),
                 region_id: "reg".into(),
                 runner_id: "run".into(),
-                resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1 },
+                resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1, gpu: 0 },
                 labels: Default::default(),
                 idempotency_key: None,
             })

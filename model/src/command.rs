@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Millis, RegionType, Resources, RunnerState, SandboxState};
+use crate::types::{CapacitySource, Millis, RegionType, Resources, RunnerState, SandboxState};
 
 /// One sandbox placement decided by the leader's scheduler.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -200,6 +200,13 @@ pub enum Command {
     SetRunnerState {
         id: String,
         state: RunnerState,
+    },
+    /// A runner's capacity: from its agent (taken only while the operator has not set one) or
+    /// from the operator. Never below what is allocated on the runner.
+    SetRunnerCapacity {
+        id: String,
+        capacity: Resources,
+        source: CapacitySource,
     },
     DeleteRunner {
         id: String,

@@ -49,6 +49,6 @@ pub use raft::{ApplyResponse, CorralNode, NodeId, Raft, TypeConfig};
 pub use shared::{MachineData, SharedState};
 pub use state::{IdempotencyRecord, LocalEpoch, State, IDEMPOTENCY_RECORDS_MAX, IDEMPOTENCY_TTL_MS};
 pub use types::{
-    ApiKeyRecord, Millis, ObjectKind, Organization, Region, RegionType, Resources, Runner, RunnerState, Sandbox,
-    SandboxState,
+    ApiKeyRecord, CapacitySource, Millis, ObjectKind, Organization, Region, RegionType, Resources, Runner, RunnerState,
+    Sandbox, SandboxState,
 };

@@ -44,9 +44,12 @@ pub fn availability_score(capacity: Resources, allocated: Resources) -> u32 {
             (cap.saturating_sub(used) as u128 * SCORE_MAX as u128 / cap as u128) as u64
         }
     };
-    free(capacity.cpu, allocated.cpu)
+    let score = free(capacity.cpu, allocated.cpu)
         .min(free(capacity.memory_gib, allocated.memory_gib))
-        .min(free(capacity.disk_gib, allocated.disk_gib)) as u32
+        .min(free(capacity.disk_gib, allocated.disk_gib));
+    // GPUs count only on runners that have them; most have none.
+    let score = if capacity.gpu > 0 { score.min(free(capacity.gpu, allocated.gpu)) } else { score };
+    score as u32
 }
 
 /// The one capacity rule, used by the scheduler's placement and by `apply`'s re-check alike:
@@ -164,7 +167,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn res(cpu: u64, memory_gib: u64, disk_gib: u64) -> Resources {
-        Resources { cpu, memory_gib, disk_gib }
+        Resources { cpu, memory_gib, disk_gib, gpu: 0 }
     }
 
     #[test]

@@ -80,19 +80,29 @@ impl RunnerState {
     }
 }
 
-/// cpu in cores, memory and disk in GiB.
+/// cpu in cores, memory and disk in GiB, GPUs in devices.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Resources {
     pub cpu: u64,
     pub memory_gib: u64,
     pub disk_gib: u64,
+    /// Absent in entries written before GPUs were counted: none.
+    #[serde(default)]
+    pub gpu: u64,
 }
 
 impl Resources {
     /// Every resource of `self` at most that of `other`; the capacity rule is
     /// [`crate::placement::fits`].
     pub(crate) fn fits_within(&self, other: &Resources) -> bool {
-        self.cpu <= other.cpu && self.memory_gib <= other.memory_gib && self.disk_gib <= other.disk_gib
+        self.cpu <= other.cpu
+            && self.memory_gib <= other.memory_gib
+            && self.disk_gib <= other.disk_gib
+            && self.gpu <= other.gpu
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Resources::default()
     }
 
     pub fn saturating_add(&self, other: &Resources) -> Resources {
@@ -100,6 +110,7 @@ impl Resources {
             cpu: self.cpu.saturating_add(other.cpu),
             memory_gib: self.memory_gib.saturating_add(other.memory_gib),
             disk_gib: self.disk_gib.saturating_add(other.disk_gib),
+            gpu: self.gpu.saturating_add(other.gpu),
         }
     }
 
@@ -108,8 +119,21 @@ impl Resources {
             cpu: self.cpu.saturating_sub(other.cpu),
             memory_gib: self.memory_gib.saturating_sub(other.memory_gib),
             disk_gib: self.disk_gib.saturating_sub(other.disk_gib),
+            gpu: self.gpu.saturating_sub(other.gpu),
         }
     }
+}
+
+/// Who set a runner's capacity.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum CapacitySource {
+    /// Not set by the operator: the runner's agent reports its host's totals and the runner
+    /// takes them (a runner created without capacity starts here, at zero).
+    #[default]
+    Agent,
+    /// Set through the admin API; reports from the agent no longer change it.
+    Operator,
 }
 
 /// A machine in a region. Health (usage, availability score) is soft state that travels by
@@ -127,6 +151,9 @@ pub struct Runner {
     pub api_url: Option<String>,
     pub proxy_url: Option<String>,
     pub capacity: Resources,
+    /// Who set `capacity`: the runner's agent (from its host) or the operator, whose word wins.
+    #[serde(default)]
+    pub capacity_source: CapacitySource,
     pub allocated: Resources,
     pub started_sandboxes: u64,
     pub api_key_hash: String,

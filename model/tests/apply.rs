@@ -28,7 +28,7 @@ fn create_runner(id: &str, region: &str, name: &str, cpu: u64) -> Command {
         domain: None,
         api_url: None,
         proxy_url: None,
-        capacity: Resources { cpu, memory_gib: cpu * 2, disk_gib: cpu * 10 },
+        capacity: Resources { cpu, memory_gib: cpu * 2, disk_gib: cpu * 10, gpu: 0 },
     })
 }
 
@@ -39,7 +39,7 @@ fn placement(sandbox: &str, region: &str, runner: &str, cpu: u64) -> Placement {
         target: "r".into(),
         region_id: region.into(),
         runner_id: runner.into(),
-        resources: Resources { cpu, memory_gib: cpu, disk_gib: cpu },
+        resources: Resources { cpu, memory_gib: cpu, disk_gib: cpu, gpu: 0 },
         labels: Default::default(),
         idempotency_key: None,
     }
@@ -552,4 +552,54 @@ fn refusals_recorded_before_the_conflict_rename_still_decode() {
     assert_eq!(old, Rejection::Conflict("sandbox 's' is destroyed".into()));
     let new = serde_json::to_string(&old).expect("encode");
     assert_eq!(new, r#"{"Conflict":"sandbox 's' is destroyed"}"#);
+}
+
+#[test]
+fn a_runner_takes_its_agents_capacity_until_the_operator_sets_one() {
+    let mut s = State::default();
+    run(&mut s, create_region("reg", "org", "r")).expect("region");
+    let new = NewRunner::new("a", "reg", "a", "k-a", Resources::default());
+    let Ok(Outcome::Runner(created)) = run(&mut s, Command::CreateRunner(new)) else { panic!("runner") };
+    assert_eq!((created.capacity, created.capacity_source), (Resources::default(), CapacitySource::Agent));
+    let host = Resources { cpu: 8, memory_gib: 32, disk_gib: 200, gpu: 1 };
+    let report = |capacity| Command::SetRunnerCapacity { id: "a".into(), capacity, source: CapacitySource::Agent };
+    let Ok(Outcome::Runner(r)) = run(&mut s, report(host)) else { panic!("capacity") };
+    assert_eq!(r.capacity, host);
+
+    // The operator's capacity wins; later reports leave it alone.
+    let operator = Resources { cpu: 4, memory_gib: 8, disk_gib: 50, gpu: 0 };
+    let set = Command::SetRunnerCapacity { id: "a".into(), capacity: operator, source: CapacitySource::Operator };
+    run(&mut s, set).expect("operator capacity");
+    let Ok(Outcome::Runner(r)) = run(&mut s, report(host)) else { panic!("report") };
+    assert_eq!((r.capacity, r.capacity_source), (operator, CapacitySource::Operator));
+    assert_eq!(s.validate(), Ok(()));
+
+    // A runner created with a capacity has the operator's.
+    let sized = NewRunner::new("b", "reg", "b", "k-b", operator);
+    let Ok(Outcome::Runner(b)) = run(&mut s, Command::CreateRunner(sized)) else { panic!("runner b") };
+    assert_eq!(b.capacity_source, CapacitySource::Operator);
+}
+
+#[test]
+fn capacity_never_drops_below_the_allocation() {
+    let mut s = State::default();
+    run(&mut s, create_region("reg", "org", "r")).expect("region");
+    run(&mut s, Command::CreateRunner(NewRunner::new("a", "reg", "a", "k-a", Resources::default()))).expect("runner");
+    let report = |cpu| Command::SetRunnerCapacity {
+        id: "a".into(),
+        capacity: Resources { cpu, memory_gib: cpu, disk_gib: cpu, gpu: 0 },
+        source: CapacitySource::Agent,
+    };
+    run(&mut s, report(4)).expect("capacity");
+    run(&mut s, Command::SetRunnerState { id: "a".into(), state: RunnerState::Ready }).expect("ready");
+    let Ok(Outcome::Placed(placed)) =
+        run(&mut s, Command::PlaceSandboxes { placements: vec![placement("x", "reg", "a", 3)] })
+    else {
+        panic!("placed")
+    };
+    assert!(placed.iter().all(Result::is_ok), "{placed:?}");
+    assert!(matches!(run(&mut s, report(2)), Err(Rejection::Conflict(_))), "below the 3 allocated");
+    assert_eq!(s.runners["a"].capacity.cpu, 4);
+    run(&mut s, report(3)).expect("down to the allocation");
+    assert_eq!(s.validate(), Ok(()));
 }

@@ -7,7 +7,8 @@
 //! ```text
 //! agent → node   Hello { token, version }
 //! node  → agent  Welcome { runner_id, node_id, report_interval_ms } | Refused { reason } (+ close)
-//! agent → node   Report(HealthReport) every interval, Acks([..]) for each Assignments frame
+//! agent → node   Capacity(totals), then Report(HealthReport) every interval (and Capacity
+//!                again every CAPACITY_RESEND_REPORTS), Acks([..]) for each Assignments frame
 //! node  → agent  Assignments([..])…, Synced (after the first full set), Refused (runner deleted)
 //! ```
 //!
@@ -53,7 +54,14 @@ pub enum AgentMessage {
     Report(HealthReport),
     /// The agent applied these assignments (one `Acks` per `Assignments` frame).
     Acks(Vec<AssignmentAck>),
+    /// The host's totals (logical CPUs, memory and disk GiB, GPUs), sent after `Welcome` and
+    /// again every [`CAPACITY_RESEND_REPORTS`] reports; the node commits only a change.
+    Capacity(Resources),
 }
+
+/// Every this many reports the agent sends its host's capacity again, so a change (or a
+/// capacity the node could not commit at once) reaches the cluster without a reconnect.
+pub const CAPACITY_RESEND_REPORTS: u64 = 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentAck {
@@ -92,6 +100,8 @@ pub trait RunnerDirectory: Send + Sync + 'static {
     ) -> AssignmentPoll;
     /// A report arrived (already stamped with runner id, node and receipt time).
     fn record(&self, report: HealthReport);
+    /// The runner's agent reported its host's capacity.
+    fn report_capacity(&self, runner_id: &str, capacity: Resources);
     fn node_id(&self) -> u64;
 }
 
@@ -289,6 +299,10 @@ async fn read_agent(
                         sent.remove(&ack.sandbox_id);
                     }
                 }
+            }
+            Some(AgentMessage::Capacity(capacity)) => {
+                metrics::counter!("corral_runner_capacity_reports_total").increment(1);
+                directory.report_capacity(&runner_id, capacity);
             }
             Some(AgentMessage::Hello { .. }) => return Err(SessionError::Protocol),
         }

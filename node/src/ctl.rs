@@ -49,6 +49,9 @@ pub enum CtlCommand {
     /// Custom runners of your organization.
     #[command(subcommand)]
     Runner(RunnerCommand),
+    /// Sandboxes of your organization.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
     /// Operator commands (admin key).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -129,6 +132,68 @@ pub enum RunnerCommand {
     },
 }
 
+/// cpu cores, memory and disk GiB, each optional.
+#[derive(Debug, Args)]
+pub struct ResourceArgs {
+    #[arg(long)]
+    pub cpu: Option<u64>,
+    #[arg(long)]
+    pub memory_gib: Option<u64>,
+    #[arg(long)]
+    pub disk_gib: Option<u64>,
+}
+
+impl ResourceArgs {
+    fn fields(&self) -> [(&'static str, Option<u64>); 3] {
+        [("cpu", self.cpu), ("memoryGiB", self.memory_gib), ("diskGiB", self.disk_gib)]
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Ask for a sandbox in a region (by name); prints it once placed.
+    Create {
+        /// The region's name (a shared region such as `us`, or one of yours).
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        resources: ResourceArgs,
+        /// A label, `KEY=VALUE`; repeat for more.
+        #[arg(long = "label", value_parser = key_value)]
+        labels: Vec<(String, String)>,
+    },
+    /// List sandboxes, filtered as the API does.
+    List {
+        /// `pending`, `started`, `stopped`, `error` or `destroyed`.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        runner: Option<String>,
+    },
+    Get {
+        id: String,
+    },
+    Stop {
+        id: String,
+    },
+    Start {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+/// `KEY=VALUE`, for labels.
+fn key_value(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("'{arg}' is not KEY=VALUE")),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
     #[command(subcommand)]
@@ -153,12 +218,12 @@ pub enum AdminRunnerCommand {
         api_url: Option<String>,
         #[arg(long)]
         proxy_url: Option<String>,
+        /// With any of the resources given, the capacity is the operator's (the agent's
+        /// reports no longer change it).
+        #[command(flatten)]
+        resources: ResourceArgs,
         #[arg(long)]
-        cpu: Option<u64>,
-        #[arg(long)]
-        memory_gib: Option<u64>,
-        #[arg(long)]
-        disk_gib: Option<u64>,
+        gpu: Option<u64>,
     },
     List {
         #[arg(long)]
@@ -222,6 +287,7 @@ const REGION_COLUMNS: &[&str] =
     &["id", "name", "regionType", "proxyUrl", "sshGatewayUrl", "snapshotManagerUrl", "createdAt"];
 const RUNNER_COLUMNS: &[&str] =
     &["id", "name", "regionId", "state", "schedulable", "availabilityScore", "startedSandboxes"];
+const SANDBOX_COLUMNS: &[&str] = &["id", "target", "runnerId", "state", "cpu", "memoryGiB", "diskGiB", "createdAt"];
 const ORG_COLUMNS: &[&str] = &["id", "name", "createdAt"];
 const MEMBER_COLUMNS: &[&str] = &["nodeId", "raftAddr", "apiAddr", "voter"];
 
@@ -237,6 +303,15 @@ fn urls_body(urls: RegionUrls) -> Map<String, Value> {
     put(&mut body, "sshGatewayUrl", urls.ssh_gateway_url);
     put(&mut body, "snapshotManagerUrl", urls.snapshot_manager_url);
     body
+}
+
+/// Puts each number that is given.
+fn put_numbers<const N: usize>(map: &mut Map<String, Value>, numbers: [(&str, Option<u64>); N]) {
+    for (key, value) in numbers {
+        if let Some(v) = value {
+            map.insert(key.into(), json!(v));
+        }
+    }
 }
 
 fn scheduling_body(schedulable: Option<bool>) -> Option<Value> {
@@ -297,6 +372,31 @@ fn plan(command: CtlCommand) -> Call {
             }
             RunnerCommand::Delete { id } => call(M::DELETE, format!("/api/runners/{id}"), None, &[]),
         },
+        CtlCommand::Sandbox(c) => match c {
+            SandboxCommand::Create { target, resources, labels } => {
+                let mut body = Map::new();
+                put(&mut body, "target", Some(target));
+                put_numbers(&mut body, resources.fields());
+                if !labels.is_empty() {
+                    body.insert(
+                        "labels".into(),
+                        Value::Object(labels.into_iter().map(|(k, v)| (k, Value::String(v))).collect()),
+                    );
+                }
+                call(M::POST, "/api/sandboxes".into(), Some(Value::Object(body)), SANDBOX_COLUMNS)
+            }
+            SandboxCommand::List { state, region, runner } => {
+                let mut c = call(M::GET, "/api/sandboxes".into(), None, SANDBOX_COLUMNS);
+                c.query.extend(state.map(|s| ("state", s)));
+                c.query.extend(region.map(|r| ("regionId", r)));
+                c.query.extend(runner.map(|r| ("runnerId", r)));
+                c
+            }
+            SandboxCommand::Get { id } => call(M::GET, format!("/api/sandboxes/{id}"), None, SANDBOX_COLUMNS),
+            SandboxCommand::Stop { id } => call(M::POST, format!("/api/sandboxes/{id}/stop"), None, SANDBOX_COLUMNS),
+            SandboxCommand::Start { id } => call(M::POST, format!("/api/sandboxes/{id}/start"), None, SANDBOX_COLUMNS),
+            SandboxCommand::Delete { id } => call(M::DELETE, format!("/api/sandboxes/{id}"), None, &[]),
+        },
         CtlCommand::Admin(AdminCommand::Runner(c)) => match c {
             AdminRunnerCommand::Create {
                 name,
@@ -306,9 +406,8 @@ fn plan(command: CtlCommand) -> Call {
                 domain,
                 api_url,
                 proxy_url,
-                cpu,
-                memory_gib,
-                disk_gib,
+                resources,
+                gpu,
             } => {
                 let mut body = Map::new();
                 put(&mut body, "name", Some(name));
@@ -318,11 +417,8 @@ fn plan(command: CtlCommand) -> Call {
                 put(&mut body, "domain", domain);
                 put(&mut body, "apiUrl", api_url);
                 put(&mut body, "proxyUrl", proxy_url);
-                for (key, value) in [("cpu", cpu), ("memoryGiB", memory_gib), ("diskGiB", disk_gib)] {
-                    if let Some(v) = value {
-                        body.insert(key.into(), json!(v));
-                    }
-                }
+                put_numbers(&mut body, resources.fields());
+                put_numbers(&mut body, [("gpu", gpu)]);
                 call(M::POST, "/api/admin/runners".into(), Some(Value::Object(body)), RUNNER_COLUMNS)
             }
             AdminRunnerCommand::List { region } => {

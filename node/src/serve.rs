@@ -149,11 +149,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         bootstrap(&raft, &config).await?;
     }
 
+    let (capacity_reports, capacity_rx) = tokio::sync::mpsc::channel(crate::runner_directory::CAPACITY_QUEUE_MAX);
+    tokio::spawn(crate::runner_directory::commit_reported_capacity(raft_cluster.clone(), capacity_rx, stop_rx.clone()));
     let directory = Arc::new(NodeRunnerDirectory {
         node_id: config.node_id,
         shared: shared.clone(),
         health: health.clone(),
         gossip: gossip.clone(),
+        capacity_reports,
     });
     let sessions = SessionConfig {
         report_interval: Duration::from_millis(config.runner_report_interval_ms),

@@ -191,7 +191,7 @@ fn exercise(c: &TestCluster, via: u64, org_key: &str, suffix: &str) {
         (Some("custom"), Some("dtn_…cdef")),
         "{full}"
     );
-    assert_eq!(full["capacity"], json!({ "cpu": 8, "memoryGiB": 16, "diskGiB": 100 }));
+    assert_eq!(full["capacity"], json!({ "cpu": 8, "memoryGiB": 16, "diskGiB": 100, "gpu": 0 }));
     let mut bad = admin_runner.clone();
     bad["apiVersion"] = json!("1");
     bad["name"] = json!("other");

@@ -316,3 +316,78 @@ fn gossip_declares_a_partitioned_node_down_and_takes_it_back() {
     });
     eprintln!("partition healed; all alive after {:.2} s", healed_at.elapsed().as_secs_f64());
 }
+
+/// `corral ctl` against node `via` with `token`, JSON output; panics on failure.
+fn ctl(c: &TestCluster, via: u64, token: &str, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["ctl", "--output", "json"])
+        .args(args)
+        .env("CORRAL_ADDR", format!("http://{}", c.node(via).api_addr))
+        .env("CORRAL_TOKEN", token)
+        .env_remove("CORRAL_ORGANIZATION")
+        .output()
+        .expect("run corral ctl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "corral ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&stdout).unwrap_or(Value::Null)
+}
+
+/// The new user's path, with real processes: a custom region and a runner made with
+/// `corral ctl` (no capacity given), a real `corral runner` agent whose host capacity the
+/// runner takes, and a sandbox asked for with `corral ctl sandbox create` that is placed on the
+/// runner and reaches the agent.
+#[test]
+fn a_custom_runner_takes_its_agents_host_capacity_and_hosts_a_ctl_sandbox() {
+    let c = TestCluster::start(3, &node_args());
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let follower = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
+    let (_, key) = c.create_organization(leader, "byo");
+
+    let region = ctl(&c, follower, &key, &["region", "create", "byo-region"]);
+    let region_id = region["id"].as_str().expect("region id").to_string();
+    let created = ctl(&c, follower, &key, &["runner", "create", "byo-1", "--region", &region_id]);
+    let runner_id = created["id"].as_str().expect("runner id").to_string();
+    let token = created["apiKey"].as_str().expect("token shown once").to_string();
+    let before = ctl(&c, follower, &key, &["runner", "get", &runner_id]);
+    assert_eq!(before["capacity"]["cpu"], 0, "created without capacity: {before}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&token, &endpoints(&c), &c.certs, "runner", &dir.path().join("agent.log"));
+    let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u64).expect("cpu count");
+    // The agent's host capacity is committed through Raft and visible on every node.
+    let runner = wait_for("ready with the host's capacity on every node", Duration::from_secs(30), || {
+        let views: Vec<Value> = c.nodes.iter().map(|n| runner_on(&c, n.id, &key, &runner_id)).collect();
+        views
+            .iter()
+            .all(|r| r["state"] == "ready" && r["capacity"]["cpu"].as_u64().is_some_and(|cpu| cpu > 0))
+            .then(|| views[0].clone())
+    });
+    let capacity = &runner["capacity"];
+    assert!(capacity["cpu"].as_u64() >= Some(host_cpus), "logical CPUs of this host: {runner}");
+    assert!(capacity["memoryGiB"].as_u64() >= Some(1) && capacity["diskGiB"].as_u64() >= Some(1), "{runner}");
+    assert!(capacity["gpu"].is_u64(), "{runner}");
+
+    let sandbox = ctl(
+        &c,
+        follower,
+        &key,
+        &["sandbox", "create", "--target", "byo-region", "--cpu", "1", "--memory-gib", "1", "--disk-gib", "1"],
+    );
+    assert_eq!(sandbox["runnerId"].as_str(), Some(runner_id.as_str()), "{sandbox}");
+    let sandbox_id = sandbox["id"].as_str().expect("sandbox id").to_string();
+    wait_for("the assignment at the agent", Duration::from_secs(15), || {
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("assignment") && l.contains(&sandbox_id) && l.contains("Start"))
+            .then_some(())
+    });
+    let listed = ctl(&c, follower, &key, &["sandbox", "list", "--runner", &runner_id, "--state", "started"]);
+    assert!(listed.as_array().is_some_and(|l| l.iter().any(|s| s["id"] == sandbox["id"])), "{listed}");
+    assert_eq!(ctl(&c, follower, &key, &["sandbox", "stop", &sandbox_id])["state"], "stopped");
+    assert_eq!(ctl(&c, follower, &key, &["sandbox", "get", &sandbox_id])["state"], "stopped");
+    assert_eq!(ctl(&c, follower, &key, &["sandbox", "start", &sandbox_id])["state"], "started");
+    ctl(&c, follower, &key, &["sandbox", "delete", &sandbox_id]);
+    let after = ctl(&c, follower, &key, &["runner", "get", &runner_id]);
+    assert_eq!(after["allocated"]["cpu"], 0, "{after}");
+}

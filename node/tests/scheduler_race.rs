@@ -26,7 +26,7 @@ fn runner(id: &str) -> Command {
         "reg",
         id,
         format!("hash-{id}"),
-        Resources { cpu: 4, memory_gib: 8, disk_gib: 40 },
+        Resources { cpu: 4, memory_gib: 8, disk_gib: 40, gpu: 0 },
     ))
 }
 
@@ -62,7 +62,7 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
                 organization_id: "org".into(),
                 target: "reg".into(),
                 region_id: "reg".into(),
-                resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1 },
+                resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1, gpu: 0 },
                 labels: Default::default(),
                 idempotency_key: None,
             });

@@ -71,6 +71,9 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             runner::set_schedulable(state, id, scope, *schedulable, at)
         }
         Command::SetRunnerState { id, state: new_state } => runner::set_state(state, id, scope, *new_state, at),
+        Command::SetRunnerCapacity { id, capacity, source } => {
+            runner::set_capacity(state, id, scope, *capacity, *source, at)
+        }
         Command::RecordRunnerHealth { reporting, silent } => runner::record_health(state, reporting, silent, at),
         Command::DeleteRunner { id } => runner::delete(state, id, scope),
         Command::PlaceSandboxes { placements } => sandbox::place_all(state, placements, at),

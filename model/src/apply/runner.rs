@@ -6,7 +6,7 @@ use super::{in_scope, not_found, owned_runner};
 use crate::command::NewRunner;
 use crate::outcome::{ApplyResult, Outcome, Rejection};
 use crate::state::State;
-use crate::types::{Millis, ObjectKind, RegionType, Resources, Runner, RunnerState};
+use crate::types::{CapacitySource, Millis, ObjectKind, RegionType, Resources, Runner, RunnerState};
 
 /// An organization (`scope`) may add runners only to its own custom regions; the operator
 /// (no scope) to any region.
@@ -53,6 +53,8 @@ pub(super) fn create(state: &mut State, new: &NewRunner, scope: Option<&str>, at
         api_url: new.api_url.clone(),
         proxy_url: new.proxy_url.clone(),
         capacity: new.capacity,
+        // Created with a capacity, the operator chose it; without, the agent will report it.
+        capacity_source: if new.capacity.is_zero() { CapacitySource::Agent } else { CapacitySource::Operator },
         allocated: Resources::default(),
         started_sandboxes: 0,
         api_key_hash: new.api_key_hash.clone(),
@@ -93,6 +95,33 @@ pub(super) fn set_state(
         return Err(Rejection::Conflict(format!("runner '{id}' is decommissioned")));
     }
     runner.state = new_state;
+    runner.updated_at = at;
+    Ok(Outcome::Runner(runner.clone()))
+}
+
+/// The operator's capacity always applies; the agent's only while the operator has set none
+/// (then the runner is answered unchanged). Capacity never drops below the allocation: a host
+/// that shrank under its sandboxes is refused until they are gone.
+pub(super) fn set_capacity(
+    state: &mut State,
+    id: &str,
+    scope: Option<&str>,
+    capacity: Resources,
+    source: CapacitySource,
+    at: Millis,
+) -> ApplyResult {
+    let runner = owned_runner(state, id, scope)?;
+    if source == CapacitySource::Agent && runner.capacity_source == CapacitySource::Operator {
+        return Ok(Outcome::Runner(runner.clone()));
+    }
+    if !runner.allocated.fits_within(&capacity) {
+        return Err(Rejection::Conflict(format!(
+            "runner '{id}' has more allocated ({:?}) than the capacity {:?}",
+            runner.allocated, capacity
+        )));
+    }
+    runner.capacity = capacity;
+    runner.capacity_source = source;
     runner.updated_at = at;
     Ok(Outcome::Runner(runner.clone()))
 }

@@ -63,6 +63,10 @@ pub struct RunnerArgs {
     /// The private key of --cert.
     #[arg(long, env = "CORRAL_RUNNER_KEY")]
     pub key: PathBuf,
+    /// Where sandboxes keep their data: the disk capacity this runner reports is that of the
+    /// filesystem holding it.
+    #[arg(long, env = "CORRAL_RUNNER_WORK_DIR", default_value = ".")]
+    pub work_dir: PathBuf,
 }
 
 /// Why an agent stopped for good.
@@ -104,7 +108,9 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<()> {
             None => {
                 let token = args.token.context("--token (or CORRAL_RUNNER_TOKEN) is required")?;
                 let link = Arc::new(NodeLink::new(args.endpoints, &tls)?);
-                run_session(link, token, UsageSource::Host, stop_rx).await.map_err(anyhow::Error::from)
+                run_session(link, token, UsageSource::Host { work_dir: args.work_dir }, stop_rx)
+                    .await
+                    .map_err(anyhow::Error::from)
             }
         }
     })

@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use corral_model::health::HealthReport;
 use corral_net::quic::{read_frame, write_frame, FrameError};
-use corral_net::runner_session::{AbortOnDrop, AgentMessage, AssignmentAck, AssignmentAction, NodeMessage};
+use corral_net::runner_session::{
+    AbortOnDrop, AgentMessage, AssignmentAck, AssignmentAction, NodeMessage, CAPACITY_RESEND_REPORTS,
+};
 use quinn::Connection;
 use rand::Rng;
 use tokio::sync::watch;
@@ -103,9 +105,17 @@ async fn session_once(
     let mut synced = false;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reports_sent = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if reports_sent % CAPACITY_RESEND_REPORTS == 0 {
+                    let capacity = probe.capacity();
+                    if write_frame(&mut send, &AgentMessage::Capacity(capacity)).await.is_err() {
+                        return Ok(SessionEnd::Lost);
+                    }
+                }
+                reports_sent += 1;
                 let [cpu, memory, disk] = probe.sample();
                 *seq = now_micros().max(*seq + 1);
                 let started = sandboxes.values().filter(|a| **a == AssignmentAction::Start).count() as u64;
@@ -190,6 +200,7 @@ mod tests {
     struct Fleet {
         assigned: Mutex<(u64, BTreeMap<String, AssignmentAction>)>,
         reports: Mutex<Vec<HealthReport>>,
+        capacity: Mutex<Option<Resources>>,
     }
 
     impl RunnerDirectory for Fleet {
@@ -226,6 +237,9 @@ mod tests {
         }
         fn record(&self, report: HealthReport) {
             self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(report);
+        }
+        fn report_capacity(&self, _runner_id: &str, capacity: Resources) {
+            *self.capacity.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(capacity);
         }
         fn node_id(&self) -> u64 {
             1
@@ -271,7 +285,11 @@ mod tests {
         let runner_tls = certs.load("runner").expect("runner tls");
 
         let assigned = (0..SANDBOXES).map(|i| (format!("sandbox-{i:06}"), AssignmentAction::Start)).collect();
-        let fleet = Arc::new(Fleet { assigned: Mutex::new((1, assigned)), reports: Mutex::new(Vec::new()) });
+        let fleet = Arc::new(Fleet {
+            assigned: Mutex::new((1, assigned)),
+            reports: Mutex::new(Vec::new()),
+            capacity: Mutex::new(None),
+        });
         let endpoint = node_endpoint("127.0.0.1:0".parse().expect("addr"), &node_tls, Duration::from_secs(5))
             .expect("node endpoint");
         let addr = endpoint.local_addr().expect("bound");

@@ -1,18 +1,27 @@
-//! The host usage probe: the cpu, memory and disk percentages a runner reports, read from this
-//! host with sysinfo ([`UsageSource::Host`]) or, for simulated runners, a bounded random walk
-//! ([`UsageSource::Synthetic`]). It knows nothing of sessions or the wire; the session takes one
-//! sample per report.
+//! The host probe: the cpu, memory and disk percentages a runner reports, and the host's
+//! capacity (logical CPUs, memory GiB, disk GiB of the filesystem holding the work directory,
+//! GPU devices), read from this host with sysinfo ([`UsageSource::Host`]) or, for simulated
+//! runners, a bounded random walk and a fixed capacity ([`UsageSource::Synthetic`]). It knows
+//! nothing of sessions or the wire; the session takes one sample per report.
 
+use std::path::{Path, PathBuf};
+
+use corral_model::Resources;
 use rand::Rng;
 
 /// Where usage numbers come from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum UsageSource {
-    /// This host, read with sysinfo.
-    Host,
+    /// This host, read with sysinfo; disk capacity is that of the filesystem holding the
+    /// given work directory.
+    Host { work_dir: PathBuf },
     /// A random walk, for simulated runners.
     Synthetic,
 }
+
+/// What a simulated runner reports as its capacity.
+const SYNTHETIC_CAPACITY: Resources = Resources { cpu: 16, memory_gib: 64, disk_gib: 500, gpu: 0 };
+const GIB: u64 = 1 << 30;
 
 /// Reads usage numbers.
 pub(super) struct UsageProbe {
@@ -26,7 +35,7 @@ impl UsageProbe {
     pub(super) fn new(source: UsageSource) -> Self {
         let mut rng = rand::thread_rng();
         let (system, disks) = match source {
-            UsageSource::Host => (sysinfo::System::new(), sysinfo::Disks::new_with_refreshed_list()),
+            UsageSource::Host { .. } => (sysinfo::System::new(), sysinfo::Disks::new_with_refreshed_list()),
             UsageSource::Synthetic => (sysinfo::System::new(), sysinfo::Disks::new()),
         };
         UsageProbe {
@@ -40,7 +49,7 @@ impl UsageProbe {
     /// cpu, memory and disk usage in percent.
     pub(super) fn sample(&mut self) -> [f32; 3] {
         match self.source {
-            UsageSource::Host => {
+            UsageSource::Host { .. } => {
                 self.system.refresh_cpu_usage();
                 self.system.refresh_memory();
                 self.disks.refresh(true);
@@ -65,10 +74,89 @@ impl UsageProbe {
     }
 }
 
+impl UsageProbe {
+    /// The host's totals: logical CPUs, whole GiB of memory, whole GiB of the filesystem that
+    /// holds the work directory (the disk sandboxes will use), and GPU devices.
+    pub(super) fn capacity(&mut self) -> Resources {
+        let work_dir = match &self.source {
+            UsageSource::Synthetic => return SYNTHETIC_CAPACITY,
+            UsageSource::Host { work_dir } => work_dir.clone(),
+        };
+        self.system.refresh_memory();
+        self.system.refresh_cpu_list(sysinfo::CpuRefreshKind::nothing());
+        self.disks.refresh(true);
+        let cpu = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(0);
+        let cpu = cpu.max(self.system.cpus().len() as u64);
+        let work_dir = std::fs::canonicalize(&work_dir).unwrap_or(work_dir);
+        let mounts: Vec<(&Path, u64)> = self.disks.list().iter().map(|d| (d.mount_point(), d.total_space())).collect();
+        Resources {
+            cpu,
+            memory_gib: self.system.total_memory() / GIB,
+            disk_gib: disk_holding(&work_dir, &mounts) / GIB,
+            gpu: gpu_devices(Path::new("/dev")),
+        }
+    }
+}
+
+/// Total bytes of the filesystem mounted at the longest mount point that holds `path`.
+fn disk_holding(path: &Path, mounts: &[(&Path, u64)]) -> u64 {
+    mounts
+        .iter()
+        .filter(|(mount, _)| path.starts_with(mount))
+        .max_by_key(|(mount, _)| mount.as_os_str().len())
+        .map_or(0, |(_, total)| *total)
+}
+
+/// GPU devices the host exposes: NVIDIA's `/dev/nvidia0`, `/dev/nvidia1`, … (not the control
+/// nodes `nvidiactl`, `nvidia-uvm`); 0 when there are none.
+fn gpu_devices(dev: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dev) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix("nvidia").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count() as u64
+}
+
 fn percent(used: u64, total: u64) -> f32 {
     if total == 0 {
         0.0
     } else {
         (used as f64 * 100.0 / total as f64) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_is_the_longest_mount_holding_the_work_dir() {
+        let mounts = [(Path::new("/"), 100 * GIB), (Path::new("/var"), 40 * GIB), (Path::new("/var/lib"), 7 * GIB)];
+        assert_eq!(disk_holding(Path::new("/var/lib/corral"), &mounts), 7 * GIB);
+        assert_eq!(disk_holding(Path::new("/var/log"), &mounts), 40 * GIB);
+        assert_eq!(disk_holding(Path::new("/home/x"), &mounts), 100 * GIB);
+        assert_eq!(disk_holding(Path::new("/variable"), &mounts), 100 * GIB, "path components, not prefixes");
+        assert_eq!(disk_holding(Path::new("/x"), &[]), 0);
+    }
+
+    #[test]
+    fn gpus_are_the_numbered_nvidia_devices() {
+        let dev = tempfile::tempdir().expect("tempdir");
+        for name in ["nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "null"] {
+            std::fs::write(dev.path().join(name), b"").expect("write");
+        }
+        assert_eq!(gpu_devices(dev.path()), 2);
+        assert_eq!(gpu_devices(&dev.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn this_host_has_cpus_memory_and_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let capacity = UsageProbe::new(UsageSource::Host { work_dir: dir.path().to_path_buf() }).capacity();
+        assert!(capacity.cpu >= 1 && capacity.memory_gib >= 1 && capacity.disk_gib >= 1, "{capacity:?}");
     }
 }
