@@ -22,9 +22,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/runners", get(list_runners).post(create_runner))
         .route("/api/runners/:runner_id", get(get_runner).delete(delete_runner))
         .route("/api/runners/:runner_id/scheduling", patch(update_scheduling))
+        .route("/api/runners/:runner_id/draining", patch(update_draining))
         .route("/api/admin/runners", get(admin_list_runners).post(admin_create_runner))
         .route("/api/admin/runners/:runner_id", get(admin_get_runner).delete(admin_delete_runner))
         .route("/api/admin/runners/:runner_id/scheduling", patch(admin_update_scheduling))
+        .route("/api/admin/runners/:runner_id/draining", patch(admin_update_draining))
         .route("/api/admin/runners/:runner_id/state", patch(admin_set_state))
 }
 
@@ -87,6 +89,13 @@ pub struct SchedulingRequest {
     pub schedulable: bool,
 }
 
+/// Start (`true`) or end (`false`) draining a runner.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DrainingRequest {
+    pub draining: bool,
+}
+
 /// An operator's override of a runner's state (e.g. `disabled` for maintenance, `ready` to
 /// admit a runner by hand).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -146,6 +155,8 @@ pub struct RunnerView {
     #[schema(value_type = String, example = "initializing")]
     pub state: RunnerState,
     pub schedulable: bool,
+    /// A draining runner takes no new sandboxes; those on it keep running.
+    pub draining: bool,
     pub api_version: String,
     pub domain: Option<String>,
     pub api_url: Option<String>,
@@ -196,6 +207,7 @@ impl From<&Runner> for RunnerView {
             region_id: r.region_id.clone(),
             state: r.state,
             schedulable: r.schedulable,
+            draining: r.draining,
             api_version: r.api_version.clone(),
             domain: r.domain.clone(),
             api_url: r.api_url.clone(),
@@ -363,6 +375,24 @@ pub async fn update_scheduling(
     Ok(Json(runner_view(&runner_outcome(outcome)?, &app.cluster.health().read())))
 }
 
+/// Start or end draining one of the organization's runners: a draining runner takes no new
+/// sandboxes, and those on it keep running.
+#[utoipa::path(patch, path = "/api/runners/{runner_id}/draining", tag = "runners",
+    params(("runner_id" = String, Path, description = "Runner id")), request_body = DrainingRequest,
+    responses((status = 200, body = RunnerView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_draining(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(runner_id): Path<String>,
+    ApiJson(body): ApiJson<DrainingRequest>,
+) -> Result<Json<RunnerView>, ApiError> {
+    let command = Command::SetRunnerDraining { id: runner_id, draining: body.draining };
+    let outcome = app.submit(command, caller.scope(), &Idempotency::none(), &caller.organization_id, None).await?;
+    Ok(Json(runner_view(&runner_outcome(outcome)?, &app.cluster.health().read())))
+}
+
 /// Delete one of the organization's runners (409 while it has sandboxes).
 #[utoipa::path(delete, path = "/api/runners/{runner_id}", tag = "runners", params(("runner_id" = String, Path, description = "Runner id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -484,6 +514,24 @@ pub async fn admin_update_scheduling(
     body: Bytes,
 ) -> Result<Json<RunnerFull>, ApiError> {
     let command = Command::SetRunnerSchedulable { id: runner_id, schedulable: scheduling_body(&body)? };
+    let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
+    Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
+}
+
+/// Start or end draining any runner (operator).
+#[utoipa::path(patch, path = "/api/admin/runners/{runner_id}/draining", tag = "admin",
+    params(("runner_id" = String, Path, description = "Runner id")), request_body = DrainingRequest,
+    responses((status = 200, body = RunnerFull), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_update_draining(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(runner_id): Path<String>,
+    ApiJson(body): ApiJson<DrainingRequest>,
+) -> Result<Json<RunnerFull>, ApiError> {
+    let command = Command::SetRunnerDraining { id: runner_id, draining: body.draining };
     let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
     Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
 }

@@ -1,7 +1,10 @@
-//! Placement core throughput: placements per second on one core, at 1k, 10k and 100k runners.
+//! Placement core throughput: placements per second on one core, at 1k, 10k and 100k runners,
+//! and at the capacity edge (only a few big runners far down the ranking can take a request).
+//! Every placement is checked: a benchmark whose placements failed would measure nothing.
 
 use corral_benches::{fleet, RUNNER_CAPACITY, SANDBOX};
 use corral_model::placement::RegionPlacementIndex;
+use corral_model::Resources;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand::SeedableRng;
 
@@ -23,13 +26,43 @@ fn placement(c: &mut Criterion) {
                 || index.clone(),
                 |index| {
                     for _ in 0..BATCH {
-                        criterion::black_box(index.place(SANDBOX, &mut rng));
+                        assert!(criterion::black_box(index.place(SANDBOX, &mut rng)).is_some(), "placed");
                     }
                 },
                 BatchSize::LargeInput,
             )
         });
     }
+    // The capacity edge: 9,900 small runners half full rank first; a request only the 100 big
+    // ones (half full too, ranked last) can hold is found by the free-cpu fallback.
+    let small = Resources { cpu: 4, memory_gib: 8, disk_gib: 40, gpu: 0 };
+    let big = Resources { cpu: 64, memory_gib: 256, disk_gib: 2_000, gpu: 0 };
+    let half =
+        |r: Resources| Resources { cpu: r.cpu / 2, memory_gib: r.memory_gib / 2, disk_gib: r.disk_gib / 2, gpu: 0 };
+    let mut edge = RegionPlacementIndex::default();
+    for i in 0..9_900 {
+        edge.insert(&format!("small-{i:05}"), small, half(small));
+    }
+    for i in 0..100 {
+        edge.insert(&format!("big-{i:03}"), big, half(big));
+    }
+    let large = Resources { cpu: 8, memory_gib: 16, disk_gib: 80, gpu: 0 };
+    // Each big runner has room for four: 400 placements fill the fleet's edge exactly.
+    const EDGE_BATCH: usize = 400;
+    group.throughput(Throughput::Elements(EDGE_BATCH as u64));
+    group.bench_function(format!("place_{EDGE_BATCH}_at_capacity_edge_on_10000_runners"), |b| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        b.iter_batched_ref(
+            || edge.clone(),
+            |index| {
+                for _ in 0..EDGE_BATCH {
+                    assert!(criterion::black_box(index.place(large, &mut rng)).is_some(), "a big runner has room");
+                }
+                assert!(index.place(large, &mut rng).is_none(), "and then none has");
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.finish();
 
     // Building a region's index from the replicated state (done once per region per batch).

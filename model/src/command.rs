@@ -201,6 +201,11 @@ pub enum Command {
         id: String,
         state: RunnerState,
     },
+    /// A draining runner takes no new placements; its sandboxes keep running.
+    SetRunnerDraining {
+        id: String,
+        draining: bool,
+    },
     /// A runner's capacity: from its agent (taken only while the operator has not set one) or
     /// from the operator. Never below what is allocated on the runner.
     SetRunnerCapacity {

@@ -167,6 +167,7 @@ mod tests {
             organization_id: "org".into(),
             state,
             schedulable: true,
+            draining: false,
             api_version: "2".into(),
             domain: None,
             api_url: None,

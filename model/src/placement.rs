@@ -18,7 +18,9 @@
 //!
 //! Index: runners ranked in a `BTreeSet` by (score descending, slot); a placement scans from
 //! the best down, at most [`MAX_SCAN`] entries, for [`TOP_K`] runners with room, picks one,
-//! and re-ranks only that runner: O(TOP_K + log n), never a scan of every runner.
+//! and re-ranks only that runner: O(TOP_K + log n). When none of those fits (a big request
+//! among small runners), the runners in the request's free-cpu bucket and above are checked,
+//! most free first, so a request is refused only when no indexed runner can hold it.
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
@@ -59,9 +61,10 @@ pub fn fits(capacity: Resources, allocated: Resources, request: Resources) -> bo
     allocated.saturating_add(&request).fits_within(&capacity)
 }
 
-/// Whether a sandbox may be placed on `runner` at all (by the scheduler, and on `apply`).
+/// Whether a sandbox may be placed on `runner` at all (by the scheduler, and on `apply`):
+/// ready, schedulable and not draining.
 pub fn eligible(runner: &Runner) -> bool {
-    runner.state == RunnerState::Ready && runner.schedulable
+    runner.state == RunnerState::Ready && runner.schedulable && !runner.draining
 }
 
 #[derive(Debug, Clone)]
@@ -79,12 +82,28 @@ pub fn usage_headroom(report: &HealthReport) -> u32 {
     ((100.0 - report.max_usage_pct()) * 100.0).round().clamp(0.0, SCORE_MAX as f32) as u32
 }
 
-/// One region's eligible runners, ranked by availability.
+/// One region's eligible runners, ranked by availability, and bucketed by free cpu for the
+/// fallback that makes placement complete.
 #[derive(Debug, Clone, Default)]
 pub struct RegionPlacementIndex {
     slots: Vec<Slot>,
     ranked: BTreeSet<(Reverse<u32>, u32)>,
+    /// Slots by the power of two of their free cpu: bucket `b` holds free cpu in
+    /// `[2^b, 2^(b+1))` (bucket 0 also 0). The runners that could hold a request's cpu are in
+    /// the buckets from the request's up. A placement moves a slot only when its free cpu
+    /// crosses a power of two, so keeping them costs almost nothing.
+    cpu_buckets: Vec<Vec<u32>>,
+    /// Per slot: (bucket, position in it).
+    bucket_of: Vec<(usize, usize)>,
 }
+
+/// The bucket of a free cpu count.
+fn cpu_bucket(free_cpu: u64) -> usize {
+    free_cpu.checked_ilog2().unwrap_or(0) as usize
+}
+
+/// Buckets of free cpu: one per power of two of a u64.
+const CPU_BUCKETS: usize = 64;
 
 impl RegionPlacementIndex {
     /// Indexes the eligible runners among `runners`.
@@ -117,6 +136,28 @@ impl RegionPlacementIndex {
         let score = availability_score(capacity, allocated).min(usage_cap);
         self.slots.push(Slot { runner_id: runner_id.to_string(), capacity, allocated, usage_cap, score });
         self.ranked.insert((Reverse(score), slot));
+        if self.cpu_buckets.is_empty() {
+            self.cpu_buckets = vec![Vec::new(); CPU_BUCKETS];
+        }
+        let bucket = cpu_bucket(capacity.cpu.saturating_sub(allocated.cpu));
+        self.bucket_of.push((bucket, self.cpu_buckets[bucket].len()));
+        self.cpu_buckets[bucket].push(slot);
+    }
+
+    /// Moves `slot` to the bucket of its free cpu, if that changed.
+    fn rebucket(&mut self, slot: u32) {
+        let s = &self.slots[slot as usize];
+        let bucket = cpu_bucket(s.capacity.cpu.saturating_sub(s.allocated.cpu));
+        let (old, position) = self.bucket_of[slot as usize];
+        if bucket == old {
+            return;
+        }
+        self.cpu_buckets[old].swap_remove(position);
+        if let Some(&moved) = self.cpu_buckets[old].get(position) {
+            self.bucket_of[moved as usize].1 = position;
+        }
+        self.bucket_of[slot as usize] = (bucket, self.cpu_buckets[bucket].len());
+        self.cpu_buckets[bucket].push(slot);
     }
 
     pub fn len(&self) -> usize {
@@ -127,8 +168,14 @@ impl RegionPlacementIndex {
         self.slots.is_empty()
     }
 
-    /// Chooses a runner with room for `request` and reserves it there; `None` when no
-    /// runner among the best `MAX_SCAN` has room.
+    /// Chooses a runner with room for `request` and reserves it there; `None` only when no
+    /// indexed runner has room.
+    ///
+    /// First among the best [`MAX_SCAN`] by score (one of the best [`TOP_K`] that fit, at
+    /// random). The score is a free *fraction*, so a big runner with room can rank below
+    /// small full ones; when none of the best fits, the runners with enough free cpu (one
+    /// bucket and those above, most free first) are checked in turn, so a fitting runner is
+    /// always found. Near a full fleet those buckets are short.
     pub fn place(&mut self, request: Resources, rng: &mut impl Rng) -> Option<&str> {
         let mut fitting = [0u32; TOP_K];
         let mut found = 0;
@@ -142,15 +189,23 @@ impl RegionPlacementIndex {
                 }
             }
         }
-        if found == 0 {
-            return None;
-        }
-        let chosen = fitting[rng.gen_range(0..found)];
+        let chosen = if found > 0 {
+            fitting[rng.gen_range(0..found)]
+        } else {
+            let slots = &self.slots;
+            let buckets = self.cpu_buckets.get(cpu_bucket(request.cpu)..).unwrap_or_default();
+            *buckets
+                .iter()
+                .rev()
+                .flatten()
+                .find(|slot| fits(slots[**slot as usize].capacity, slots[**slot as usize].allocated, request))?
+        };
         let slot = &mut self.slots[chosen as usize];
         self.ranked.remove(&(Reverse(slot.score), chosen));
         slot.allocated = slot.allocated.saturating_add(&request);
         slot.score = availability_score(slot.capacity, slot.allocated).min(slot.usage_cap);
         self.ranked.insert((Reverse(slot.score), chosen));
+        self.rebucket(chosen);
         Some(&self.slots[chosen as usize].runner_id)
     }
 
@@ -214,6 +269,22 @@ mod tests {
         assert!(index.place(res(1, 1, 1), &mut rng).is_none(), "full");
     }
 
+    /// A big request among many small, partly full runners: the best-ranked ones cannot take
+    /// it, a big runner far down the ranking can.
+    #[test]
+    fn a_big_runner_below_the_scan_window_is_found() {
+        let mut index = RegionPlacementIndex::default();
+        for i in 0..1_000 {
+            index.insert(&format!("small-{i}"), res(2, 4, 20), res(0, 0, 0));
+        }
+        // Half full, so it ranks below every empty small runner.
+        index.insert("big", res(64, 256, 2_000), res(32, 128, 1_000));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        assert_eq!(index.place(res(16, 32, 100), &mut rng), Some("big"));
+        assert_eq!(index.place(res(16, 32, 100), &mut rng), Some("big"));
+        assert_eq!(index.place(res(16, 32, 100), &mut rng), None, "the big runner is full now");
+    }
+
     proptest! {
         /// Whatever the fleet and the requests, no runner ends over capacity, and a request is
         /// refused only when no indexed runner could hold it (within the scan window, which
@@ -237,6 +308,34 @@ mod tests {
                 for (id, cap, alloc) in index.allocations() {
                     prop_assert!(fits(cap, Resources::default(), alloc), "{} over capacity: {:?} > {:?}", id, alloc, cap);
                 }
+            }
+        }
+
+        /// Thousands of runners of mixed sizes, checked against a brute-force scan: a request is
+        /// placed exactly when some runner could hold it, never over capacity.
+        #[test]
+        fn placement_is_complete_against_brute_force(
+            fleet in prop::collection::vec((0usize..4, 0u64..100), 500..3_000),
+            requests in prop::collection::vec((0usize..4, 1u64..3), 1..300),
+            seed in any::<u64>(),
+        ) {
+            const SIZES: [(u64, u64, u64); 4] = [(2, 4, 20), (8, 16, 100), (32, 128, 500), (96, 384, 4_000)];
+            let mut index = RegionPlacementIndex::default();
+            for (i, (size, used_pct)) in fleet.iter().enumerate() {
+                let (cpu, mem, disk) = SIZES[*size];
+                let used = res(cpu * used_pct / 100, mem * used_pct / 100, disk * used_pct / 100);
+                index.insert(&format!("r{i}"), res(cpu, mem, disk), used);
+            }
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            for (size, times) in requests {
+                let (cpu, mem, disk) = SIZES[size];
+                let request = res(cpu / 2 * times, mem / 2 * times, disk / 2 * times);
+                let could_fit = index.allocations().any(|(_, cap, alloc)| fits(cap, alloc, request));
+                let placed = index.place(request, &mut rng).is_some();
+                prop_assert_eq!(placed, could_fit);
+            }
+            for (id, cap, alloc) in index.allocations() {
+                prop_assert!(fits(cap, Resources::default(), alloc), "{} over capacity", id);
             }
         }
     }

@@ -146,6 +146,10 @@ pub struct Runner {
     pub organization_id: String,
     pub state: RunnerState,
     pub schedulable: bool,
+    /// Takes no new placements; what runs on it keeps running (absent in older entries: not
+    /// draining).
+    #[serde(default)]
+    pub draining: bool,
     pub api_version: String,
     pub domain: Option<String>,
     pub api_url: Option<String>,

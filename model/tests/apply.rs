@@ -603,3 +603,22 @@ fn capacity_never_drops_below_the_allocation() {
     run(&mut s, report(3)).expect("down to the allocation");
     assert_eq!(s.validate(), Ok(()));
 }
+
+#[test]
+fn a_draining_runner_takes_no_new_sandbox_and_keeps_its_own() {
+    let mut s = fleet();
+    let place = |id: &str| Command::PlaceSandboxes { placements: vec![placement(id, "reg", "run", 1)] };
+    let Ok(Outcome::Placed(first)) = run(&mut s, place("a")) else { panic!("placed") };
+    assert!(first[0].is_ok());
+    let drain = |draining| Command::SetRunnerDraining { id: "run".into(), draining };
+    let Ok(Outcome::Runner(r)) = run(&mut s, drain(true)) else { panic!("draining") };
+    assert!(r.draining && !placement::eligible(&r));
+    assert_eq!(corral_model::placement::RegionPlacementIndex::build(s.runners.values()).len(), 0);
+    let Ok(Outcome::Placed(refused)) = run(&mut s, place("b")) else { panic!("applied") };
+    assert!(matches!(refused[0], Err(Rejection::RunnerNotSchedulable { .. })), "{refused:?}");
+    assert_eq!(s.sandboxes["a"].state, SandboxState::Started, "what runs keeps running");
+    run(&mut s, drain(false)).expect("undrained");
+    let Ok(Outcome::Placed(again)) = run(&mut s, place("b")) else { panic!("placed") };
+    assert!(again[0].is_ok(), "{again:?}");
+    assert_eq!(s.validate(), Ok(()));
+}

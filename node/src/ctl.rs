@@ -127,6 +127,12 @@ pub enum RunnerCommand {
         #[arg(long)]
         schedulable: Option<bool>,
     },
+    /// Drain the runner (no new sandboxes; those on it keep running); --undo ends it.
+    Drain {
+        id: String,
+        #[arg(long)]
+        undo: bool,
+    },
     Delete {
         id: String,
     },
@@ -237,6 +243,12 @@ pub enum AdminRunnerCommand {
         #[arg(long)]
         schedulable: Option<bool>,
     },
+    /// Drain any runner; --undo ends it.
+    Drain {
+        id: String,
+        #[arg(long)]
+        undo: bool,
+    },
     Delete {
         id: String,
     },
@@ -286,7 +298,7 @@ struct Call {
 const REGION_COLUMNS: &[&str] =
     &["id", "name", "regionType", "proxyUrl", "sshGatewayUrl", "snapshotManagerUrl", "createdAt"];
 const RUNNER_COLUMNS: &[&str] =
-    &["id", "name", "regionId", "state", "schedulable", "availabilityScore", "startedSandboxes"];
+    &["id", "name", "regionId", "state", "schedulable", "draining", "availabilityScore", "startedSandboxes"];
 const SANDBOX_COLUMNS: &[&str] = &["id", "target", "runnerId", "state", "cpu", "memoryGiB", "diskGiB", "createdAt"];
 const ORG_COLUMNS: &[&str] = &["id", "name", "createdAt"];
 const MEMBER_COLUMNS: &[&str] = &["nodeId", "raftAddr", "apiAddr", "voter"];
@@ -370,6 +382,12 @@ fn plan(command: CtlCommand) -> Call {
             RunnerCommand::Scheduling { id, schedulable } => {
                 call(M::PATCH, format!("/api/runners/{id}/scheduling"), scheduling_body(schedulable), RUNNER_COLUMNS)
             }
+            RunnerCommand::Drain { id, undo } => call(
+                M::PATCH,
+                format!("/api/runners/{id}/draining"),
+                Some(json!({ "draining": !undo })),
+                RUNNER_COLUMNS,
+            ),
             RunnerCommand::Delete { id } => call(M::DELETE, format!("/api/runners/{id}"), None, &[]),
         },
         CtlCommand::Sandbox(c) => match c {
@@ -431,6 +449,12 @@ fn plan(command: CtlCommand) -> Call {
                 M::PATCH,
                 format!("/api/admin/runners/{id}/scheduling"),
                 scheduling_body(schedulable),
+                RUNNER_COLUMNS,
+            ),
+            AdminRunnerCommand::Drain { id, undo } => call(
+                M::PATCH,
+                format!("/api/admin/runners/{id}/draining"),
+                Some(json!({ "draining": !undo })),
                 RUNNER_COLUMNS,
             ),
             AdminRunnerCommand::Delete { id } => call(M::DELETE, format!("/api/admin/runners/{id}"), None, &[]),

@@ -387,7 +387,28 @@ fn a_custom_runner_takes_its_agents_host_capacity_and_hosts_a_ctl_sandbox() {
     assert_eq!(ctl(&c, follower, &key, &["sandbox", "stop", &sandbox_id])["state"], "stopped");
     assert_eq!(ctl(&c, follower, &key, &["sandbox", "get", &sandbox_id])["state"], "stopped");
     assert_eq!(ctl(&c, follower, &key, &["sandbox", "start", &sandbox_id])["state"], "started");
-    ctl(&c, follower, &key, &["sandbox", "delete", &sandbox_id]);
+    // Draining: the runner takes no new sandbox (the only one in the region, so 409
+    // `no_capacity`), keeps the one it has, and takes sandboxes again once undone.
+    assert_eq!(ctl(&c, follower, &key, &["runner", "drain", &runner_id])["draining"], true);
+    let (s, refused) = c.call(
+        follower,
+        "POST",
+        "/api/sandboxes",
+        Some(&key),
+        Some(&json!({ "target": "byo-region", "cpu": 1, "memoryGiB": 1, "diskGiB": 1 })),
+        &[],
+    );
+    assert_eq!((s, refused["code"].as_str()), (409, Some("no_capacity")), "{refused}");
+    assert_eq!(ctl(&c, follower, &key, &["sandbox", "get", &sandbox_id])["state"], "started", "kept running");
+    let (s, body) = c.call(follower, "DELETE", &format!("/api/runners/{runner_id}"), Some(&key), None, &[]);
+    assert_eq!((s, body["code"].as_str()), (409, Some("runner_has_sandboxes")), "{body}");
+    assert_eq!(ctl(&c, follower, &key, &["runner", "drain", &runner_id, "--undo"])["draining"], false);
+    let again = ctl(&c, follower, &key, &["sandbox", "create", "--target", "byo-region", "--cpu", "1"]);
+    assert_eq!(again["runnerId"].as_str(), Some(runner_id.as_str()), "{again}");
+
+    for id in [sandbox_id.as_str(), again["id"].as_str().expect("id")] {
+        ctl(&c, follower, &key, &["sandbox", "delete", id]);
+    }
     let after = ctl(&c, follower, &key, &["runner", "get", &runner_id]);
     assert_eq!(after["allocated"]["cpu"], 0, "{after}");
 }

@@ -71,6 +71,7 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             runner::set_schedulable(state, id, scope, *schedulable, at)
         }
         Command::SetRunnerState { id, state: new_state } => runner::set_state(state, id, scope, *new_state, at),
+        Command::SetRunnerDraining { id, draining } => runner::set_draining(state, id, scope, *draining, at),
         Command::SetRunnerCapacity { id, capacity, source } => {
             runner::set_capacity(state, id, scope, *capacity, *source, at)
         }

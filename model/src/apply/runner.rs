@@ -48,6 +48,7 @@ pub(super) fn create(state: &mut State, new: &NewRunner, scope: Option<&str>, at
         organization_id,
         state: RunnerState::Initializing,
         schedulable: true,
+        draining: false,
         api_version: new.api_version.clone(),
         domain: new.domain.clone(),
         api_url: new.api_url.clone(),
@@ -78,6 +79,19 @@ pub(super) fn set_schedulable(
 ) -> ApplyResult {
     let runner = owned_runner(state, id, scope)?;
     runner.schedulable = schedulable.unwrap_or(!runner.schedulable);
+    runner.updated_at = at;
+    Ok(Outcome::Runner(runner.clone()))
+}
+
+pub(super) fn set_draining(
+    state: &mut State,
+    id: &str,
+    scope: Option<&str>,
+    draining: bool,
+    at: Millis,
+) -> ApplyResult {
+    let runner = owned_runner(state, id, scope)?;
+    runner.draining = draining;
     runner.updated_at = at;
     Ok(Outcome::Runner(runner.clone()))
 }
