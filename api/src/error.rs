@@ -96,3 +96,40 @@ impl From<ClusterError> for ApiError {
         }
     }
 }
+
+/// How much of a plain-text error body [`json_errors`] reads to quote it.
+const PLAIN_ERROR_BYTES_MAX: usize = 4_096;
+
+/// Middleware: an error that one of axum's own extractors answered in plain text (a path
+/// segment that is not UTF-8, a body over the limit read as raw bytes) becomes the API's JSON
+/// error, with a code for its status, so every error a client sees is `{"error","code"}`.
+pub async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), PLAIN_ERROR_BYTES_MAX).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    ApiError::new(status, plain_error_code(status), message).into_response()
+}
+
+/// The code of an error that arrived without one, by its status.
+fn plain_error_code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}

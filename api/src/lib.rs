@@ -139,6 +139,7 @@ pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .route_layer(axum::middleware::from_fn(telemetry::track))
         .with_state(state);
     match limiter {

@@ -281,9 +281,15 @@ fn scheduling_body(body: &Bytes) -> Result<Option<bool>, ApiError> {
         return Ok(None);
     }
     crate::extract::require_object(body)?;
-    serde_json::from_slice::<SchedulingRequest>(body)
-        .map(|r| Some(r.schedulable))
-        .map_err(|e| ApiError::unprocessable(format!("expected {{\"schedulable\": true|false}}: {e}")))
+    serde_json::from_slice::<SchedulingRequest>(body).map(|r| Some(r.schedulable)).map_err(|e| {
+        let message = format!("expected {{\"schedulable\": true|false}}: {e}");
+        // Malformed JSON is 400 on every route; well-formed JSON of the wrong shape is 422.
+        if e.is_syntax() || e.is_eof() {
+            ApiError::bad_request("malformed_json", message)
+        } else {
+            ApiError::unprocessable(message)
+        }
+    })
 }
 
 /// Register a runner in one of the organization's custom regions.
@@ -361,8 +367,9 @@ pub async fn get_runner(
 /// Mark a runner schedulable or not; with no body, toggle.
 #[utoipa::path(patch, path = "/api/runners/{runner_id}/scheduling", tag = "runners",
     params(("runner_id" = String, Path, description = "Runner id")), request_body(content = Option<SchedulingRequest>, description = "Optional: without a body the flag is toggled"),
-    responses((status = 200, body = RunnerView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = RunnerView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_scheduling(
     State(app): State<AppState>,
@@ -504,8 +511,9 @@ pub async fn admin_get_runner(
 /// Mark any runner schedulable or not; with no body, toggle (operator).
 #[utoipa::path(patch, path = "/api/admin/runners/{runner_id}/scheduling", tag = "admin",
     params(("runner_id" = String, Path, description = "Runner id")), request_body(content = Option<SchedulingRequest>, description = "Optional: without a body the flag is toggled"),
-    responses((status = 200, body = RunnerFull), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = RunnerFull), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn admin_update_scheduling(
     State(app): State<AppState>,
@@ -590,6 +598,11 @@ mod tests {
         assert!(scheduling_body(&Bytes::from_static(b"[true]")).is_err(), "only an object sets the flag");
         assert_eq!(scheduling_body(&Bytes::from_static(b"{\"schedulable\":false}")).ok(), Some(Some(false)));
         assert!(scheduling_body(&Bytes::from_static(b"{\"schedulable\":1}")).is_err());
+        let malformed =
+            scheduling_body(&Bytes::from_static(b"{\"schedulable\": tru")).err().map(|e| (e.status, e.code));
+        assert_eq!(malformed, Some((StatusCode::BAD_REQUEST, "malformed_json")), "malformed JSON is 400");
+        let shape = scheduling_body(&Bytes::from_static(b"{\"schedulable\": 1}")).err().map(|e| e.status);
+        assert_eq!(shape, Some(StatusCode::UNPROCESSABLE_ENTITY), "the wrong shape is 422");
         assert!(scheduling_body(&Bytes::from_static(b"{\"other\":true}")).is_err());
     }
 }

@@ -173,7 +173,7 @@ mod tests {
             api_url: None,
             proxy_url: None,
             capacity: Resources { cpu: 4, memory_gib: 8, disk_gib: 40, gpu: 0 },
-            capacity_source: Default::default(),
+            capacity_source: None,
             allocated: Resources::default(),
             started_sandboxes: 0,
             api_key_hash: format!("hash-{id}"),

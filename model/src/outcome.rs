@@ -20,8 +20,15 @@ pub enum Rejection {
     RunnerHasSandboxes { runner_id: String, sandboxes: usize },
     #[error("runner '{runner_id}' has not enough free capacity")]
     InsufficientCapacity { runner_id: String },
-    #[error("runner '{runner_id}' does not accept sandboxes (state {state:?}, schedulable {schedulable})")]
-    RunnerNotSchedulable { runner_id: String, state: RunnerState, schedulable: bool },
+    #[error("runner '{runner_id}' does not accept sandboxes (state {state:?}, schedulable {schedulable}, draining {draining})")]
+    RunnerNotSchedulable {
+        runner_id: String,
+        state: RunnerState,
+        schedulable: bool,
+        /// Absent in records written before draining existed: not draining.
+        #[serde(default)]
+        draining: bool,
+    },
     #[error("no runner in region '{region_id}' has room for the sandbox")]
     NoCapacity { region_id: String },
     #[error("the Idempotency-Key was already used for a different request")]

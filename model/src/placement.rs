@@ -95,7 +95,14 @@ pub struct RegionPlacementIndex {
     cpu_buckets: Vec<Vec<u32>>,
     /// Per slot: (bucket, position in it).
     bucket_of: Vec<(usize, usize)>,
+    /// Requests this index found no room for. Free capacity only shrinks while an index lives
+    /// (it is rebuilt when anything else changes the runners), so a request at least as large
+    /// in every resource is refused at once, without scanning the fleet again.
+    refused: Vec<Resources>,
 }
+
+/// Refused request sizes remembered per index.
+const REFUSED_KEPT: usize = 8;
 
 /// The bucket of a free cpu count.
 fn cpu_bucket(free_cpu: u64) -> usize {
@@ -192,13 +199,26 @@ impl RegionPlacementIndex {
         let chosen = if found > 0 {
             fitting[rng.gen_range(0..found)]
         } else {
+            if self.refused.iter().any(|smaller| smaller.fits_within(&request)) {
+                return None;
+            }
             let slots = &self.slots;
             let buckets = self.cpu_buckets.get(cpu_bucket(request.cpu)..).unwrap_or_default();
-            *buckets
+            let found = buckets
                 .iter()
                 .rev()
                 .flatten()
-                .find(|slot| fits(slots[**slot as usize].capacity, slots[**slot as usize].allocated, request))?
+                .find(|slot| fits(slots[**slot as usize].capacity, slots[**slot as usize].allocated, request));
+            match found {
+                Some(slot) => *slot,
+                None => {
+                    if self.refused.len() == REFUSED_KEPT {
+                        self.refused.remove(0);
+                    }
+                    self.refused.push(request);
+                    return None;
+                }
+            }
         };
         let slot = &mut self.slots[chosen as usize];
         self.ranked.remove(&(Reverse(slot.score), chosen));

@@ -16,7 +16,7 @@
 //! therefore never be mistaken for "nothing changed".
 //!
 //! Replica-local and derived: not serialized, not hashed, and two journals compare equal
-//! whatever they hold (like [`crate::model::LocalEpoch`]), since they say how a replica got
+//! whatever they hold (like [`crate::state::LocalEpoch`]), since they say how a replica got
 //! to its state, not what the state is. Nothing here reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

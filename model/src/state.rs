@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use crate::outcome::ApplyResult;
 use crate::placement::fits;
 use crate::runner_journal::RunnerJournals;
-use crate::types::{ApiKeyRecord, Millis, Organization, Region, Resources, Runner, Sandbox, SandboxState};
+use crate::types::{
+    ApiKeyRecord, CapacitySource, Millis, Organization, Region, Resources, Runner, Sandbox, SandboxState,
+};
 
 /// How many idempotency records are kept; the oldest are dropped first. Bounded so that a
 /// client that sends a fresh key with every request cannot grow the state without limit.
@@ -98,6 +100,9 @@ impl State {
     }
 
     fn rebuild_indexes(&mut self) {
+        for runner in self.runners.values_mut() {
+            runner.capacity_source.get_or_insert(CapacitySource::for_capacity(runner.capacity));
+        }
         self.region_names =
             self.regions.values().map(|r| ((r.organization_id.clone(), r.name.clone()), r.id.clone())).collect();
         self.runner_names =

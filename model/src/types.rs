@@ -136,6 +136,25 @@ pub enum CapacitySource {
     Operator,
 }
 
+impl CapacitySource {
+    /// Who set a runner's capacity when nobody said: a runner created with a capacity has the
+    /// operator's, one created without waits for its agent's.
+    pub fn for_capacity(capacity: Resources) -> CapacitySource {
+        if capacity.is_zero() {
+            CapacitySource::Agent
+        } else {
+            CapacitySource::Operator
+        }
+    }
+}
+
+impl Runner {
+    /// Who set this runner's capacity.
+    pub fn capacity_source(&self) -> CapacitySource {
+        self.capacity_source.unwrap_or_else(|| CapacitySource::for_capacity(self.capacity))
+    }
+}
+
 /// A machine in a region. Health (usage, availability score) is soft state that travels by
 /// gossip, not through Raft; only the state changes that matter are committed here.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -156,8 +175,11 @@ pub struct Runner {
     pub proxy_url: Option<String>,
     pub capacity: Resources,
     /// Who set `capacity`: the runner's agent (from its host) or the operator, whose word wins.
+    /// Absent in entries written before it existed; `State::decode` fills it in with the rule
+    /// `apply` uses on create ([`CapacitySource::for_capacity`]), so a replica that loads an
+    /// old snapshot and one that replays the old log hold the same value.
     #[serde(default)]
-    pub capacity_source: CapacitySource,
+    pub capacity_source: Option<CapacitySource>,
     pub allocated: Resources,
     pub started_sandboxes: u64,
     pub api_key_hash: String,

@@ -560,7 +560,7 @@ fn a_runner_takes_its_agents_capacity_until_the_operator_sets_one() {
     run(&mut s, create_region("reg", "org", "r")).expect("region");
     let new = NewRunner::new("a", "reg", "a", "k-a", Resources::default());
     let Ok(Outcome::Runner(created)) = run(&mut s, Command::CreateRunner(new)) else { panic!("runner") };
-    assert_eq!((created.capacity, created.capacity_source), (Resources::default(), CapacitySource::Agent));
+    assert_eq!((created.capacity, created.capacity_source()), (Resources::default(), CapacitySource::Agent));
     let host = Resources { cpu: 8, memory_gib: 32, disk_gib: 200, gpu: 1 };
     let report = |capacity| Command::SetRunnerCapacity { id: "a".into(), capacity, source: CapacitySource::Agent };
     let Ok(Outcome::Runner(r)) = run(&mut s, report(host)) else { panic!("capacity") };
@@ -571,13 +571,23 @@ fn a_runner_takes_its_agents_capacity_until_the_operator_sets_one() {
     let set = Command::SetRunnerCapacity { id: "a".into(), capacity: operator, source: CapacitySource::Operator };
     run(&mut s, set).expect("operator capacity");
     let Ok(Outcome::Runner(r)) = run(&mut s, report(host)) else { panic!("report") };
-    assert_eq!((r.capacity, r.capacity_source), (operator, CapacitySource::Operator));
+    assert_eq!((r.capacity, r.capacity_source()), (operator, CapacitySource::Operator));
     assert_eq!(s.validate(), Ok(()));
 
     // A runner created with a capacity has the operator's.
     let sized = NewRunner::new("b", "reg", "b", "k-b", operator);
     let Ok(Outcome::Runner(b)) = run(&mut s, Command::CreateRunner(sized)) else { panic!("runner b") };
-    assert_eq!(b.capacity_source, CapacitySource::Operator);
+    assert_eq!(b.capacity_source(), CapacitySource::Operator);
+
+    // An entry written before the field existed decodes to the same rule, on every replica.
+    let mut encoded: serde_json::Value = serde_json::from_slice(&s.encode().expect("encodes")).expect("json");
+    for runner in encoded["runners"].as_object_mut().expect("runners").values_mut() {
+        runner.as_object_mut().expect("runner").remove("capacity_source");
+    }
+    let old = State::decode(&serde_json::to_vec(&encoded).expect("encodes")).expect("decodes");
+    assert_eq!(old.runners["b"].capacity_source, Some(CapacitySource::Operator));
+    assert_eq!(old.runners["a"].capacity_source, Some(CapacitySource::Operator), "a's was set by the operator");
+    assert_eq!(old.hash(), s.hash());
 }
 
 #[test]

@@ -40,8 +40,9 @@ pub struct CommittedWrite {
     pub response: ApplyResponse,
 }
 
-/// What the leader serves to its followers, implemented by the node. Every method acts on
-/// this node's Raft and answers [`ForwardError::NotLeader`] when it does not lead.
+/// What the leader serves to its followers, implemented by the node. Every method but
+/// [`LeaderService::campaign`] acts on this node's Raft as leader and answers
+/// [`ForwardError::NotLeader`] when it does not lead; `campaign` is asked of a follower.
 #[tonic::async_trait]
 pub trait LeaderService: Send + Sync + 'static {
     /// Commits `proposal` and returns what `apply` answered.

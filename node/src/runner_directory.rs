@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use corral_model::assignment::{self, AssignmentAction, AssignmentPoll};
 use corral_model::health::{HealthReport, SharedHealth};
@@ -21,6 +21,11 @@ use crate::cluster::RaftCluster;
 /// Capacity reports waiting to be committed. Over it a report is dropped: the agent sends its
 /// capacity again every `CAPACITY_RESEND_REPORTS` reports, so nothing is lost for long.
 pub const CAPACITY_QUEUE_MAX: usize = 1_024;
+/// At most one capacity entry per runner in this long: an agent whose reports keep changing
+/// (or a hostile one) cannot fill the Raft log.
+pub const CAPACITY_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
+/// The same capacity is proposed again (after a refusal, say) only after this long.
+pub const CAPACITY_REPEAT_AFTER: Duration = Duration::from_secs(300);
 
 /// The node's side of runner sessions.
 pub struct NodeRunnerDirectory {
@@ -60,7 +65,7 @@ impl RunnerDirectory for NodeRunnerDirectory {
             .state
             .runners
             .get(runner_id)
-            .is_some_and(|r| r.capacity_source == CapacitySource::Agent && r.capacity != capacity);
+            .is_some_and(|r| r.capacity_source() == CapacitySource::Agent && r.capacity != capacity);
         if differs && self.capacity_reports.try_send((runner_id.to_string(), capacity)).is_err() {
             metrics::counter!("corral_runner_capacity_reports_dropped_total").increment(1);
         }
@@ -79,6 +84,8 @@ pub async fn commit_reported_capacity(
     mut reports: mpsc::Receiver<(String, Resources)>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Per runner, the last capacity proposed and when.
+    let mut proposed: HashMap<String, (Resources, Instant)> = HashMap::new();
     loop {
         let (runner_id, capacity) = tokio::select! {
             report = reports.recv() => match report { Some(r) => r, None => return },
@@ -90,12 +97,21 @@ pub async fn commit_reported_capacity(
             .state
             .runners
             .get(&runner_id)
-            .is_some_and(|r| r.capacity_source == CapacitySource::Agent && r.capacity != capacity);
-        if !still_differs {
+            .is_some_and(|r| r.capacity_source() == CapacitySource::Agent && r.capacity != capacity);
+        let too_soon = proposed.get(&runner_id).is_some_and(|(last, at)| {
+            at.elapsed() < CAPACITY_COMMIT_INTERVAL || (*last == capacity && at.elapsed() < CAPACITY_REPEAT_AFTER)
+        });
+        if !still_differs || too_soon {
             continue;
         }
+        proposed.retain(|_, (_, at)| at.elapsed() < CAPACITY_REPEAT_AFTER);
         let command = Command::SetRunnerCapacity { id: runner_id.clone(), capacity, source: CapacitySource::Agent };
-        match cluster.propose(Proposal::new(command, corral_net::now_millis())).await {
+        let result = cluster.propose(Proposal::new(command, corral_net::now_millis())).await;
+        // Committed or refused, it counts; a cluster error (no leader) is tried on the next report.
+        if result.is_ok() {
+            proposed.insert(runner_id.clone(), (capacity, Instant::now()));
+        }
+        match result {
             Ok(Ok(Outcome::Runner(runner))) => {
                 tracing::info!(runner_id, capacity = ?runner.capacity, "runner capacity from its agent")
             }

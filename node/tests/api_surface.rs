@@ -276,24 +276,45 @@ fn exercise(c: &TestCluster, via: u64, org_key: &str, suffix: &str) {
     assert_eq!((s, code(&body)), (415, "unsupported_media_type"));
     // The server answers 413 as soon as it sees the length and closes the connection, which
     // can cut the client off while it is still writing the 2 MiB (broken pipe, reset) before it
-    // reads the answer: such an attempt says nothing either way, and is made again.
+    // reads the answer, or leave a pooled connection the next request finds closed: such an
+    // attempt says nothing either way, and is made again.
+    let answered = |request: &dyn Fn() -> reqwest::blocking::RequestBuilder| {
+        (0..5)
+            .find_map(|_| match request().send() {
+                Ok(resp) => Some((resp.status().as_u16(), resp.json::<Value>().unwrap_or(Value::Null))),
+                Err(e) if e.is_request() => None,
+                Err(e) => panic!("request: {e}"),
+            })
+            .expect("an answer in five attempts")
+    };
     let oversized = format!("{{\"name\":\"{}\"}}", "x".repeat(2 << 20));
-    let answer = (0..5).find_map(|_| {
-        let sent = c
-            .http
+    let (s, body) = answered(&|| {
+        c.http
             .post(c.url(via, "/api/regions"))
             .bearer_auth(org_key)
             .header("content-type", "application/json")
             .body(oversized.clone())
-            .send();
-        match sent {
-            Ok(resp) => Some((resp.status().as_u16(), resp.json::<Value>().unwrap_or(Value::Null))),
-            Err(e) if e.is_request() => None,
-            Err(e) => panic!("oversized body: {e}"),
-        }
     });
-    let (s, body) = answer.expect("an answer to the oversized body in five attempts");
     assert_eq!((s, code(&body)), (413, "payload_too_large"));
+
+    // Errors axum's own extractors answer are JSON too: a path segment that is not UTF-8, a
+    // raw body over the limit; malformed JSON is 400 on the scheduling route as everywhere.
+    let (s, body) = answered(&|| c.http.get(c.url(via, "/api/regions/%FF")).bearer_auth(org_key));
+    assert_eq!((s, code(&body)), (400, "bad_request"), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    let patch = |body: String| {
+        answered(&|| {
+            c.http
+                .patch(c.url(via, "/api/runners/some-runner/scheduling"))
+                .bearer_auth(org_key)
+                .header("content-type", "application/json")
+                .body(body.clone())
+        })
+    };
+    let (s, body) = patch(format!("{{\"schedulable\": true, \"pad\": \"{}\"}}", "x".repeat(2 << 20)));
+    assert_eq!((s, code(&body)), (413, "payload_too_large"), "{body}");
+    let (s, body) = patch("{\"schedulable\": tru".into());
+    assert_eq!((s, code(&body)), (400, "malformed_json"), "{body}");
 }
 
 #[test]

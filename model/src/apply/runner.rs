@@ -55,7 +55,7 @@ pub(super) fn create(state: &mut State, new: &NewRunner, scope: Option<&str>, at
         proxy_url: new.proxy_url.clone(),
         capacity: new.capacity,
         // Created with a capacity, the operator chose it; without, the agent will report it.
-        capacity_source: if new.capacity.is_zero() { CapacitySource::Agent } else { CapacitySource::Operator },
+        capacity_source: Some(CapacitySource::for_capacity(new.capacity)),
         allocated: Resources::default(),
         started_sandboxes: 0,
         api_key_hash: new.api_key_hash.clone(),
@@ -125,7 +125,7 @@ pub(super) fn set_capacity(
     at: Millis,
 ) -> ApplyResult {
     let runner = owned_runner(state, id, scope)?;
-    if source == CapacitySource::Agent && runner.capacity_source == CapacitySource::Operator {
+    if source == CapacitySource::Agent && runner.capacity_source() == CapacitySource::Operator {
         return Ok(Outcome::Runner(runner.clone()));
     }
     if !runner.allocated.fits_within(&capacity) {
@@ -135,7 +135,7 @@ pub(super) fn set_capacity(
         )));
     }
     runner.capacity = capacity;
-    runner.capacity_source = source;
+    runner.capacity_source = Some(source);
     runner.updated_at = at;
     Ok(Outcome::Runner(runner.clone()))
 }

@@ -80,6 +80,7 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
             runner_id: runner.id.clone(),
             state: runner.state,
             schedulable: runner.schedulable,
+            draining: runner.draining,
         });
     }
     if !fits(runner.capacity, runner.allocated, p.resources) {

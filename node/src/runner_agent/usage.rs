@@ -92,13 +92,31 @@ impl UsageProbe {
         Resources {
             cpu,
             memory_gib: self.system.total_memory() / GIB,
-            disk_gib: disk_holding(&work_dir, &mounts) / GIB,
+            disk_gib: filesystem_bytes(&work_dir).unwrap_or_else(|| disk_holding(&work_dir, &mounts)) / GIB,
             gpu: gpu_devices(Path::new("/dev")),
         }
     }
 }
 
-/// Total bytes of the filesystem mounted at the longest mount point that holds `path`.
+/// Total bytes of the filesystem holding `path`, as `statvfs(3)` says (whatever its kind:
+/// sysinfo's disk list leaves out tmpfs and some overlays); `None` when it cannot be read.
+fn filesystem_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a NUL-terminated string and `stat` is writable memory of the type
+    // statvfs fills; nothing is read from it unless the call succeeded.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialized `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Some(u64::from(stat.f_blocks).saturating_mul(stat.f_frsize))
+}
+
+/// Total bytes of the filesystem mounted at the longest mount point that holds `path` (when
+/// statvfs cannot say).
 fn disk_holding(path: &Path, mounts: &[(&Path, u64)]) -> u64 {
     mounts
         .iter()
@@ -151,6 +169,13 @@ mod tests {
         }
         assert_eq!(gpu_devices(dev.path()), 2);
         assert_eq!(gpu_devices(&dev.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn the_work_dirs_filesystem_has_a_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(filesystem_bytes(dir.path()).is_some_and(|bytes| bytes > 0));
+        assert_eq!(filesystem_bytes(&dir.path().join("missing")), None);
     }
 
     #[test]
