@@ -14,10 +14,9 @@ pub use corral_model::secret::hash_secret;
 
 use crate::{ApiError, AppState, ReadConsistency};
 
-/// Header that picks the organization an admin key acts on.
+/// Header that picks the organization an admin key acts on (required with the admin key on
+/// organization routes: 400 `organization_required` without it).
 pub const ORGANIZATION_HEADER: &str = "x-organization-id";
-/// Organization an admin key acts on when no header names one.
-pub const DEFAULT_ORGANIZATION: &str = "default";
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -69,7 +68,15 @@ impl FromRequestParts<AppState> for Caller {
             None => None,
         };
         if is_admin_key(app, key) {
-            let organization_id = requested.unwrap_or_else(|| DEFAULT_ORGANIZATION.to_string());
+            // Acting for an organization nobody named would read and write an organization
+            // that may not exist; say what is missing instead.
+            let organization_id = requested.ok_or_else(|| {
+                ApiError::bad_request(
+                    "organization_required",
+                    "the admin key acts on organization routes only for the organization named in \
+                     X-Organization-ID; name one, or use that organization's API key",
+                )
+            })?;
             return Ok(Caller { organization_id, is_admin: true });
         }
         let hash = hash_secret(key);

@@ -368,7 +368,12 @@ fn add_common_responses(doc: &mut Value) {
         let mut add = |status: &str, description: &str| {
             responses.entry(status.to_string()).or_insert_with(|| error_response(description));
         };
-        add("400", "Malformed query string or header (`invalid_query`, `invalid_header`) or JSON (`malformed_json`)");
+        add(
+            "400",
+            "Malformed path, query string or header (`bad_request`, `invalid_query`, `invalid_header`), JSON \
+             (`malformed_json`), or the admin key on an organization route without X-Organization-ID \
+             (`organization_required`)",
+        );
         if secured {
             add("401", "No key, or a key Corral does not know (`unauthorized`)");
             add("403", "The key may not act here: an organization key on an admin route, or another organization in X-Organization-ID (`forbidden`)");

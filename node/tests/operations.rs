@@ -283,7 +283,7 @@ fn prometheus_scrapes_every_node() {
             "/api/regions",
             Some(ADMIN_KEY),
             Some(&json!({ "name": format!("p{i}") })),
-            &[],
+            &[("X-Organization-ID", "default")],
         );
         assert_eq!(s, 201);
     }
@@ -299,8 +299,14 @@ fn prometheus_scrapes_every_node() {
 
     // Every metric the dashboard and alerts use is exported by some node once the cluster has
     // served a sandbox request (the scheduler's metrics appear on first use).
-    let (s, _) = c.call(leader, "POST", "/api/sandboxes", Some(ADMIN_KEY), Some(&json!({ "target": "us" })), &[]);
+    let (org_id, org_key) = c.create_organization(leader, "metrics");
+    let (s, _) = c.call(leader, "POST", "/api/sandboxes", Some(&org_key), Some(&json!({ "target": "us" })), &[]);
     assert_eq!(s, 409, "no runners in the shared region: no capacity");
+    // The admin key acts for an organization only when the request names it.
+    let (s, body) = c.call(leader, "GET", "/api/regions", Some(ADMIN_KEY), None, &[]);
+    assert_eq!((s, body["code"].as_str()), (400, Some("organization_required")), "{body}");
+    let (s, _) = c.call(leader, "GET", "/api/regions", Some(ADMIN_KEY), None, &[("X-Organization-ID", &org_id)]);
+    assert_eq!(s, 200);
     std::thread::sleep(Duration::from_secs(6)); // the state gauges refresh every 5 s
     let exported: String = (1..=3)
         .map(|id| {

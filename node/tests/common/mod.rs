@@ -13,6 +13,9 @@ use corral_api::ClusterStatus;
 use serde_json::Value;
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+/// The organization `post` and `get` act for with the admin key (which names one on every
+/// organization route).
+pub const ADMIN_ORGANIZATION: &str = "default";
 
 /// A free loopback port (the OS picks; a small race with other tests is tolerated by retrying
 /// the whole start when a bind fails).
@@ -265,6 +268,7 @@ impl TestCluster {
             .http
             .post(self.url(id, path))
             .bearer_auth(ADMIN_KEY)
+            .header("X-Organization-ID", ADMIN_ORGANIZATION)
             .json(body)
             .send()
             .unwrap_or_else(|e| panic!("POST {path} to node {id}: {e}"));
@@ -306,6 +310,7 @@ impl TestCluster {
             .http
             .get(self.url(id, path))
             .bearer_auth(ADMIN_KEY)
+            .header("X-Organization-ID", ADMIN_ORGANIZATION)
             .send()
             .unwrap_or_else(|e| panic!("GET {path} from node {id}: {e}"));
         let status = resp.status().as_u16();
