@@ -2,8 +2,8 @@
 //! openraft or gRPC; it proposes, waits for a read barrier, and reads the shared state.
 
 use corral_model::health::SharedHealth;
-use corral_model::SharedState;
 use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_raft_types::SharedState;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

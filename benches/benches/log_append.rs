@@ -2,8 +2,8 @@
 //! entries. A scheduler batch of 1,000 placements is one entry of about 250 KB.
 
 use corral_benches::{fleet, placements};
-use corral_model::TypeConfig;
 use corral_model::{Command, Proposal};
+use corral_raft_types::TypeConfig;
 use corral_storage::{open_storage, StorageConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};

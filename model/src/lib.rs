@@ -17,15 +17,15 @@
 //! - [`runner_journal`] and [`assignment`]: which sandboxes changed on a runner, and the diff a
 //!   runner session sends.
 //! - [`secret`]: how secrets are stored (hashed).
-//! - [`shared`]: the state machine's data and the handle readers share.
-//! - [`raft`]: openraft's type configuration ([`TypeConfig`]).
 //!
 //! Architecture invariants: nothing here does I/O, awaits, reads a clock or draws an unseeded
 //! random number; time, ids and randomness are arguments. `apply` is deterministic, so replicas
 //! that apply the same log have equal [`State::hash`]es. Replica-local counters (the runner
 //! epoch, journal positions) live inside the state they describe, never in a global.
 //!
-//! Never depends on: tokio (directly), RocksDB, tonic, quinn, axum, or any other Corral crate.
+//! Never depends on: tokio (not even through another crate: openraft's type configuration and
+//! the shared state handle are corral-raft-types'), openraft, RocksDB, tonic, quinn, axum, or any
+//! other Corral crate.
 
 #![forbid(unsafe_code)]
 
@@ -35,18 +35,14 @@ pub mod command;
 pub mod health;
 pub mod outcome;
 pub mod placement;
-pub mod raft;
 pub mod runner_journal;
 pub mod secret;
-pub mod shared;
 pub mod state;
 pub mod types;
 
 pub use apply::{apply, recorded_placement};
 pub use command::{Command, FieldUpdate, NewRegion, NewRunner, Placement, Proposal, RegionCredential, SandboxRequest};
 pub use outcome::{ApplyResult, Outcome, Rejection};
-pub use raft::{ApplyResponse, CorralNode, NodeId, Raft, TypeConfig};
-pub use shared::{MachineData, SharedState};
 pub use state::{IdempotencyRecord, LocalEpoch, State, IDEMPOTENCY_RECORDS_MAX, IDEMPOTENCY_TTL_MS};
 pub use types::{
     ApiKeyRecord, CapacitySource, Millis, ObjectKind, Organization, Region, RegionType, Resources, Runner, RunnerState,

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use corral_model::{NodeId, Proposal, Raft, SandboxRequest, TypeConfig};
+use corral_model::{Proposal, SandboxRequest};
+use corral_raft_types::{NodeId, Raft, TypeConfig};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -2,7 +2,8 @@
 //! the [`LeaderService`] trait the gRPC server calls. The node implements the trait (its
 //! leader handle and scheduler); this crate only carries the calls.
 
-use corral_model::{ApplyResponse, CorralNode, NodeId, Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_model::{Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_raft_types::{ApplyResponse, CorralNode, NodeId};
 use serde::{Deserialize, Serialize};
 
 /// Why the leader side of ForwardWrite/ReadIndex could not serve a request.

@@ -1,7 +1,7 @@
 //! openraft's network over [`PeerClients`]: one [`GrpcPeer`] per target, carrying
 //! AppendEntries, Vote and InstallSnapshot.
 
-use corral_model::{CorralNode, NodeId, TypeConfig};
+use corral_raft_types::{CorralNode, NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{

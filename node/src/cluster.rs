@@ -19,11 +19,12 @@ use corral_api::{
     ClusterError, ClusterHandle, ClusterStatus, GossipMemberStatus, MemberChange, MemberStatus, ReadConsistency,
 };
 use corral_model::health::SharedHealth;
-use corral_model::{ApplyResult, CorralNode, NodeId, Proposal, Raft, Rejection, Sandbox, SandboxRequest, SharedState};
+use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_net::gossip::Gossip;
 use corral_net::{
     CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, NetError, PeerClients,
 };
+use corral_raft_types::{CorralNode, NodeId, Raft, SharedState};
 use openraft::ServerState;
 use tokio::time::Instant;
 

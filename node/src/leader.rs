@@ -5,8 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use corral_model::{CorralNode, NodeId, Proposal, Raft};
+use corral_model::Proposal;
 use corral_net::{CommittedWrite, ForwardError, MembershipChange, MembershipChanged};
+use corral_raft_types::{CorralNode, NodeId, Raft};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 /// Why a leader operation could not run here.

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use corral_model::assignment::{self, AssignmentAction, AssignmentPoll};
 use corral_model::health::{HealthReport, SharedHealth};
 use corral_model::secret::hash_secret;
-use corral_model::{CapacitySource, Command, Outcome, Proposal, Resources, SharedState};
+use corral_model::{CapacitySource, Command, Outcome, Proposal, Resources};
 use corral_net::gossip::Gossip;
 use corral_net::runner_session::RunnerDirectory;
+use corral_raft_types::SharedState;
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::RaftCluster;

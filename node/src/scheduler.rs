@@ -18,9 +18,9 @@ use std::time::Duration;
 use corral_model::health::SharedHealth;
 use corral_model::placement::{usage_headroom, RegionPlacementIndex};
 use corral_model::{
-    recorded_placement, Command, ObjectKind, Outcome, Placement, Proposal, Rejection, Sandbox, SandboxRequest,
-    SharedState, State,
+    recorded_placement, Command, ObjectKind, Outcome, Placement, Proposal, Rejection, Sandbox, SandboxRequest, State,
 };
+use corral_raft_types::SharedState;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_api::ApiConfig;
-use corral_model::{CorralNode, Raft};
 use corral_net::{raft_transport_server, GrpcNetworkFactory};
+use corral_raft_types::{CorralNode, Raft};
 use corral_storage::{open_storage, StorageConfig};
 use openraft::SnapshotPolicy;
 use tokio::sync::watch;

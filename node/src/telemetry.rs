@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use corral_model::{Raft, SharedState};
 use corral_model::{RunnerState, SandboxState};
+use corral_raft_types::{Raft, SharedState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use openraft::ServerState;
 use tokio::sync::watch;

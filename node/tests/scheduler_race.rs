@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_model::{
-    Command, CorralNode, NewRegion, NewRunner, Proposal, Raft, RegionType, Resources, RunnerState, SandboxRequest,
-};
+use corral_model::{Command, NewRegion, NewRunner, Proposal, RegionType, Resources, RunnerState, SandboxRequest};
 use corral_net::GrpcNetworkFactory;
 use corral_node::leader::Leader;
 use corral_node::scheduler::{commit_and_retry, plan, IndexCache, Pending};
+use corral_raft_types::{CorralNode, Raft};
 use corral_storage::{open_storage, StorageConfig};
 use rand::SeedableRng;
 

@@ -7,7 +7,7 @@
 //!   ([`StateMachineStore`]) on one RocksDB database with three column families: `log`
 //!   (entries by index), `meta` (vote, committed, last purged) and `state` (the latest snapshot
 //!   of the state machine). The state machine applies with `corral_model::apply` to the
-//!   in-memory [`corral_model::SharedState`].
+//!   in-memory [`corral_raft_types::SharedState`].
 //!
 //! Invariants: a log append is acknowledged to openraft only after RocksDB has synced it (when
 //! `fsync` is on); the state machine's in-memory `State` is exactly the fold of `apply` over

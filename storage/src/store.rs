@@ -26,7 +26,8 @@ use openraft::{
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
-use corral_model::{ApplyResponse, CorralNode, NodeId, Outcome, SharedState, State, TypeConfig};
+use corral_model::{Outcome, State};
+use corral_raft_types::{ApplyResponse, CorralNode, NodeId, SharedState, TypeConfig};
 
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";

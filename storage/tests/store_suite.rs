@@ -1,7 +1,7 @@
 //! openraft's own storage compliance suite, run against Corral's RocksDB log store and state
 //! machine (real files in a temporary directory).
 
-use corral_model::TypeConfig;
+use corral_raft_types::TypeConfig;
 use corral_storage::{open_storage, LogStore, StateMachineStore, StorageConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{StorageError, StorageIOError};

@@ -126,7 +126,20 @@ impl TestCluster {
         for id in 1..=n {
             cluster.start_node(id);
         }
+        for id in 1..=n {
+            cluster.wait_serving(id, Duration::from_secs(30));
+        }
         cluster
+    }
+
+    /// Waits until node `id` answers `/healthz`: its REST listener is bound, so a test that
+    /// reads from every node right after start does not race a node still opening its stores.
+    pub fn wait_serving(&self, id: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.http.get(self.url(id, "/healthz")).send().map_or(true, |r| !r.status().is_success()) {
+            assert!(Instant::now() < deadline, "node {id} did not serve /healthz within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn peers(&self) -> String {

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use openraft::{LogId, StoredMembership};
 
 use crate::raft::{CorralNode, NodeId};
-use crate::state::State;
+use corral_model::State;
 
 /// The state machine's data, shared between openraft (which applies to it) and readers
 /// (the REST API). Lock holders never await.

@@ -8,8 +8,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::Proposal;
-use crate::outcome::ApplyResult;
+use corral_model::{ApplyResult, Proposal};
 
 pub type NodeId = u64;
 
