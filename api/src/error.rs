@@ -74,6 +74,7 @@ impl From<Rejection> for ApiError {
             // The fleet's state refuses the request: a definite answer, so a 4xx. 5xx stays
             // for answers whose outcome the client cannot know (no leader, timeout).
             Rejection::InsufficientCapacity { .. }
+            | Rejection::RunnerTagsMismatch { .. }
             | Rejection::RunnerNotSchedulable { .. }
             | Rejection::NoCapacity { .. } => ApiError::new(StatusCode::CONFLICT, "no_capacity", message),
             Rejection::IdempotencyKeyReused => {

@@ -78,6 +78,12 @@ pub fn optional_whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u
     Option::<serde_json::Number>::deserialize(d)?.map(|n| whole_number_of(&n)).transpose()
 }
 
+/// An optional count that may also be `null`: absent is `None` (keep), `null` is
+/// `Some(None)` (clear), a number `Some(Some(n))`.
+pub fn nullable_whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    optional_whole_number(d).map(Some)
+}
+
 /// A required count, as [`optional_whole_number`].
 pub fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     whole_number_of(&serde_json::Number::deserialize(d)?)

@@ -21,7 +21,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::idempotency::IDEMPOTENCY_KEY_MAX_LEN;
-use crate::runners::{API_VERSIONS, MAX_RUNNER_CAPACITY};
+use crate::runners::{API_VERSIONS, MAX_RUNNER_CAPACITY, MAX_SANDBOXES_LIMIT};
 use crate::sandboxes::MAX_RESOURCES;
 use crate::validate::{
     DOMAIN_MAX_LEN, DOMAIN_PATTERN, LABEL_KEY_MAX_LEN, LABEL_VALUE_MAX_LEN, MAX_LABELS, NAME_MAX_LEN, NAME_PATTERN,
@@ -46,12 +46,14 @@ use crate::{organizations, regions, runners, sandboxes, AppState, ReadConsistenc
         runners::get_runner,
         runners::update_scheduling,
         runners::update_draining,
+        runners::update_runner,
         runners::delete_runner,
         runners::admin_create_runner,
         runners::admin_list_runners,
         runners::admin_get_runner,
         runners::admin_update_scheduling,
         runners::admin_update_draining,
+        runners::admin_update_runner,
         runners::admin_delete_runner,
         runners::admin_set_state,
         sandboxes::create_sandbox,
@@ -80,6 +82,7 @@ use crate::{organizations, regions, runners, sandboxes, AppState, ReadConsistenc
         runners::AdminCreateRunnerRequest,
         runners::SchedulingRequest,
         runners::DrainingRequest,
+        runners::UpdateRunnerRequest,
         runners::ResourcesView,
         runners::UsageView,
         runners::RunnerView,
@@ -224,16 +227,24 @@ fn add_input_rules(doc: &mut Value) {
     {
         constrain(doc, "CreateSandboxRequest", field, json!({ "minimum": 1, "maximum": max }));
     }
-    constrain(
-        doc,
-        "CreateSandboxRequest",
-        "labels",
-        json!({
-            "maxProperties": MAX_LABELS,
-            "propertyNames": { "minLength": 1, "maxLength": LABEL_KEY_MAX_LEN },
-            "additionalProperties": { "type": "string", "maxLength": LABEL_VALUE_MAX_LEN },
-        }),
-    );
+    constrain(doc, "CreateSandboxRequest", "gpu", json!({ "minimum": 0, "maximum": MAX_RESOURCES.gpu }));
+    let labels = json!({
+        "maxProperties": MAX_LABELS,
+        "propertyNames": { "minLength": 1, "maxLength": LABEL_KEY_MAX_LEN },
+        "additionalProperties": { "type": "string", "maxLength": LABEL_VALUE_MAX_LEN },
+    });
+    for (schema, field) in [
+        ("CreateSandboxRequest", "labels"),
+        ("CreateSandboxRequest", "runnerTags"),
+        ("CreateRunnerRequest", "tags"),
+        ("AdminCreateRunnerRequest", "tags"),
+        ("UpdateRunnerRequest", "tags"),
+    ] {
+        constrain(doc, schema, field, labels.clone());
+    }
+    for schema in ["CreateRunnerRequest", "AdminCreateRunnerRequest", "UpdateRunnerRequest"] {
+        constrain(doc, schema, "maxSandboxes", json!({ "minimum": 1, "maximum": MAX_SANDBOXES_LIMIT }));
+    }
 
     let runner_states = json!({ "enum": variant_names(&RunnerState::ALL) });
     let sandbox_states = json!({ "enum": variant_names(&SandboxState::ALL) });
@@ -311,13 +322,18 @@ const LINKS: &[(&str, &str, &[&str])] = &[
             "regenerate_snapshot_manager_credentials",
         ],
     ),
-    ("/api/runners", "runner_id", &["get_runner", "update_scheduling", "update_draining", "delete_runner"]),
+    (
+        "/api/runners",
+        "runner_id",
+        &["get_runner", "update_runner", "update_scheduling", "update_draining", "delete_runner"],
+    ),
     ("/api/sandboxes", "sandbox_id", &["get_sandbox", "stop_sandbox", "start_sandbox", "delete_sandbox"]),
     (
         "/api/admin/runners",
         "runner_id",
         &[
             "admin_get_runner",
+            "admin_update_runner",
             "admin_update_scheduling",
             "admin_update_draining",
             "admin_set_state",

@@ -2,13 +2,17 @@
 //! custom regions) and `/api/admin/runners` (the operator's view across the platform, with
 //! the full configuration and `RunnerFull` responses).
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, patch};
 use axum::{Json, Router};
 use corral_model::health::HealthTable;
-use corral_model::{Command, NewRunner, Outcome, Resources, Runner, RunnerState, State as ReplicatedState};
+use corral_model::{
+    Command, FieldUpdate, NewRunner, Outcome, Resources, Runner, RunnerState, State as ReplicatedState,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -20,11 +24,14 @@ use crate::{rfc3339, validate, ApiError, AppState};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/runners", get(list_runners).post(create_runner))
-        .route("/api/runners/:runner_id", get(get_runner).delete(delete_runner))
+        .route("/api/runners/:runner_id", get(get_runner).patch(update_runner).delete(delete_runner))
         .route("/api/runners/:runner_id/scheduling", patch(update_scheduling))
         .route("/api/runners/:runner_id/draining", patch(update_draining))
         .route("/api/admin/runners", get(admin_list_runners).post(admin_create_runner))
-        .route("/api/admin/runners/:runner_id", get(admin_get_runner).delete(admin_delete_runner))
+        .route(
+            "/api/admin/runners/:runner_id",
+            get(admin_get_runner).patch(admin_update_runner).delete(admin_delete_runner),
+        )
         .route("/api/admin/runners/:runner_id/scheduling", patch(admin_update_scheduling))
         .route("/api/admin/runners/:runner_id/draining", patch(admin_update_draining))
         .route("/api/admin/runners/:runner_id/state", patch(admin_set_state))
@@ -44,6 +51,12 @@ pub struct CreateRunnerRequest {
     pub name: String,
     #[schema(example = "region_12345")]
     pub region_id: String,
+    /// Tags that sandboxes' `runnerTags` constraints match against.
+    #[schema(example = json!({"zone": "a"}))]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// At most this many sandboxes on the runner at once (stopped ones count); none: no limit.
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
+    pub max_sandboxes: Option<u64>,
 }
 
 /// The runner's id and its token, shown this once.
@@ -81,6 +94,48 @@ pub struct AdminCreateRunnerRequest {
     /// the capacity its agent reports from the host.
     #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
     pub gpu: Option<u64>,
+    /// Tags that sandboxes' `runnerTags` constraints match against.
+    #[schema(example = json!({"zone": "a"}))]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// At most this many sandboxes on the runner at once (stopped ones count); none: no limit.
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
+    pub max_sandboxes: Option<u64>,
+}
+
+/// A change to a runner's placement settings; fields left out stay as they are.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateRunnerRequest {
+    /// Replaces the runner's tags whole (`{}` removes them all).
+    #[schema(example = json!({"zone": "a", "gpu": "a100"}))]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// A number sets the limit, `null` removes it. Lowering it below what the runner holds
+    /// stops new placements and moves nothing.
+    #[serde(default, deserialize_with = "crate::extract::nullable_whole_number")]
+    #[schema(value_type = Option<u64>, example = 20)]
+    pub max_sandboxes: Option<Option<u64>>,
+}
+
+/// Largest `maxSandboxes`.
+pub const MAX_SANDBOXES_LIMIT: u64 = 1_000_000;
+
+/// Tags are validated as labels are; a sandbox limit is 1 to [`MAX_SANDBOXES_LIMIT`].
+fn validate_placement_settings(
+    tags: Option<&BTreeMap<String, String>>,
+    max_sandboxes: Option<u64>,
+) -> Result<(), ApiError> {
+    if let Some(tags) = tags {
+        validate::labels("tags", tags)?;
+    }
+    if max_sandboxes.is_some_and(|m| m == 0 || m > MAX_SANDBOXES_LIMIT) {
+        return Err(ApiError::unprocessable(format!("maxSandboxes must be between 1 and {MAX_SANDBOXES_LIMIT}")));
+    }
+    Ok(())
+}
+
+fn update_command(runner_id: String, body: UpdateRunnerRequest) -> Result<Command, ApiError> {
+    validate_placement_settings(body.tags.as_ref(), body.max_sandboxes.flatten())?;
+    Ok(Command::UpdateRunner { id: runner_id, tags: body.tags, max_sandboxes: FieldUpdate::from(body.max_sandboxes) })
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -163,6 +218,10 @@ pub struct RunnerView {
     pub proxy_url: Option<String>,
     pub capacity: ResourcesView,
     pub allocated: ResourcesView,
+    /// What sandboxes' `runnerTags` constraints match against.
+    pub tags: BTreeMap<String, String>,
+    /// At most this many sandboxes at once; `null`: no limit.
+    pub max_sandboxes: Option<u64>,
     /// `null` until the runner has reported its health.
     pub usage: Option<UsageView>,
     /// 0–100, higher is more available. From allocation until the runner reports usage.
@@ -214,6 +273,8 @@ impl From<&Runner> for RunnerView {
             proxy_url: r.proxy_url.clone(),
             capacity: r.capacity.into(),
             allocated: r.allocated.into(),
+            tags: r.tags.clone(),
+            max_sandboxes: r.max_sandboxes,
             usage: None,
             availability_score: allocation_score(r.capacity, r.allocated),
             current_snapshot_count: 0,
@@ -306,6 +367,7 @@ pub async fn create_runner(
     ApiJson(body): ApiJson<CreateRunnerRequest>,
 ) -> Result<(StatusCode, Json<CreatedRunner>), ApiError> {
     validate::name("name", &body.name)?;
+    validate_placement_settings(body.tags.as_ref(), body.max_sandboxes)?;
     let actor = caller.organization_id.as_str();
     let api_key = idempotency.secret(&app.config.admin_key, actor, "runner-token", RUNNER_TOKEN_PREFIX);
     let fingerprint = idempotency.fingerprint(&body);
@@ -320,6 +382,8 @@ pub async fn create_runner(
         api_url: None,
         proxy_url: None,
         capacity: Resources::default(),
+        tags: body.tags.unwrap_or_default(),
+        max_sandboxes: body.max_sandboxes,
     });
     let runner = runner_outcome(app.submit(command, caller.scope(), &idempotency, actor, fingerprint).await?)?;
     Ok((StatusCode::CREATED, Json(CreatedRunner { id: runner.id, api_key })))
@@ -400,6 +464,24 @@ pub async fn update_draining(
     Ok(Json(runner_view(&runner_outcome(outcome)?, &app.cluster.health().read())))
 }
 
+/// Change one of the organization's runners' tags or sandbox limit.
+#[utoipa::path(patch, path = "/api/runners/{runner_id}", tag = "runners", request_body = UpdateRunnerRequest,
+    params(("runner_id" = String, Path, description = "Runner id")),
+    responses((status = 200, body = RunnerView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_runner(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(runner_id): Path<String>,
+    ApiJson(body): ApiJson<UpdateRunnerRequest>,
+) -> Result<Json<RunnerView>, ApiError> {
+    let command = update_command(runner_id, body)?;
+    let outcome = app.submit(command, caller.scope(), &Idempotency::none(), &caller.organization_id, None).await?;
+    Ok(Json(runner_view(&runner_outcome(outcome)?, &app.cluster.health().read())))
+}
+
 /// Delete one of the organization's runners (409 while it has sandboxes).
 #[utoipa::path(delete, path = "/api/runners/{runner_id}", tag = "runners", params(("runner_id" = String, Path, description = "Runner id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -433,6 +515,7 @@ pub async fn admin_create_runner(
         return Err(ApiError::unprocessable("apiVersion must be \"0\" or \"2\""));
     }
     validate::token("apiKey", &body.api_key)?;
+    validate_placement_settings(body.tags.as_ref(), body.max_sandboxes)?;
     for (field, value) in
         [("cpu", body.cpu), ("memoryGiB", body.memory_gib), ("diskGiB", body.disk_gib), ("gpu", body.gpu)]
     {
@@ -466,6 +549,8 @@ pub async fn admin_create_runner(
             disk_gib: body.disk_gib.unwrap_or(0),
             gpu: body.gpu.unwrap_or(0),
         },
+        tags: body.tags.unwrap_or_default(),
+        max_sandboxes: body.max_sandboxes,
     });
     let runner = runner_outcome(app.submit(command, None, &idempotency, "admin", fingerprint).await?)?;
     Ok((StatusCode::CREATED, Json(app.read_local(|state, health| runner_full(state, health, &runner)))))
@@ -540,6 +625,24 @@ pub async fn admin_update_draining(
     ApiJson(body): ApiJson<DrainingRequest>,
 ) -> Result<Json<RunnerFull>, ApiError> {
     let command = Command::SetRunnerDraining { id: runner_id, draining: body.draining };
+    let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
+    Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
+}
+
+/// Change any runner's tags or sandbox limit (operator).
+#[utoipa::path(patch, path = "/api/admin/runners/{runner_id}", tag = "admin", request_body = UpdateRunnerRequest,
+    params(("runner_id" = String, Path, description = "Runner id")),
+    responses((status = 200, body = RunnerFull), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_update_runner(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(runner_id): Path<String>,
+    ApiJson(body): ApiJson<UpdateRunnerRequest>,
+) -> Result<Json<RunnerFull>, ApiError> {
+    let command = update_command(runner_id, body)?;
     let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
     Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
 }

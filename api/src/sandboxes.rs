@@ -28,7 +28,7 @@ pub fn routes() -> Router<AppState> {
 /// Defaults when a request leaves a resource out.
 pub const DEFAULT_RESOURCES: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3, gpu: 0 };
 /// Largest single sandbox accepted (cpu, memory GiB, disk GiB).
-pub const MAX_RESOURCES: Resources = Resources { cpu: 256, memory_gib: 4096, disk_gib: 65_536, gpu: 0 };
+pub const MAX_RESOURCES: Resources = Resources { cpu: 256, memory_gib: 4096, disk_gib: 65_536, gpu: 64 };
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -45,7 +45,15 @@ pub struct CreateSandboxRequest {
     /// Default 3.
     #[serde(rename = "diskGiB", default, deserialize_with = "crate::extract::optional_whole_number")]
     pub disk_gib: Option<u64>,
+    /// GPU devices; default 0. Only runners with free GPUs take a sandbox that asks for any.
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
+    pub gpu: Option<u64>,
     pub labels: Option<BTreeMap<String, String>>,
+    /// Placement constraint: the runner must carry every one of these tags (`PATCH
+    /// /api/runners/{id}` sets them). No runner of the region with them and room: 409
+    /// `no_capacity`.
+    #[schema(example = json!({"zone": "a"}))]
+    pub runner_tags: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
@@ -61,7 +69,10 @@ pub struct SandboxView {
     pub memory_gib: u64,
     #[serde(rename = "diskGiB")]
     pub disk_gib: u64,
+    pub gpu: u64,
     pub labels: BTreeMap<String, String>,
+    /// The tags its runner had to carry (empty: none asked for).
+    pub runner_tags: BTreeMap<String, String>,
     /// `pending`, `started`, `stopped`, `error` or `destroyed`.
     #[schema(value_type = String, example = "started")]
     pub state: SandboxState,
@@ -80,7 +91,9 @@ impl From<&Sandbox> for SandboxView {
             cpu: s.resources.cpu,
             memory_gib: s.resources.memory_gib,
             disk_gib: s.resources.disk_gib,
+            gpu: s.resources.gpu,
             labels: s.labels.clone(),
+            runner_tags: s.runner_tags.clone(),
             state: s.state,
             created_at: rfc3339(s.created_at),
             updated_at: rfc3339(s.updated_at),
@@ -108,8 +121,11 @@ fn validate_resources(body: &CreateSandboxRequest) -> Result<Resources, ApiError
         cpu: body.cpu.unwrap_or(DEFAULT_RESOURCES.cpu),
         memory_gib: body.memory_gib.unwrap_or(DEFAULT_RESOURCES.memory_gib),
         disk_gib: body.disk_gib.unwrap_or(DEFAULT_RESOURCES.disk_gib),
-        gpu: 0,
+        gpu: body.gpu.unwrap_or(0),
     };
+    if resources.gpu > MAX_RESOURCES.gpu {
+        return Err(ApiError::unprocessable(format!("gpu must be at most {}", MAX_RESOURCES.gpu)));
+    }
     for (field, value, max) in [
         ("cpu", resources.cpu, MAX_RESOURCES.cpu),
         ("memoryGiB", resources.memory_gib, MAX_RESOURCES.memory_gib),
@@ -121,6 +137,9 @@ fn validate_resources(body: &CreateSandboxRequest) -> Result<Resources, ApiError
     }
     if let Some(labels) = &body.labels {
         crate::validate::labels("labels", labels)?;
+    }
+    if let Some(tags) = &body.runner_tags {
+        crate::validate::labels("runnerTags", tags)?;
     }
     Ok(resources)
 }
@@ -170,6 +189,7 @@ pub async fn create_sandbox(
         region_id,
         resources,
         labels: body.labels.clone().unwrap_or_default(),
+        runner_tags: body.runner_tags.clone().unwrap_or_default(),
         idempotency_key: idempotency.scoped_key(&caller.organization_id),
     };
     let sandbox = app.cluster.create_sandbox(request).await??;

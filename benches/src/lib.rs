@@ -44,6 +44,7 @@ pub fn placements(state: &State, n: usize, offset: usize) -> Vec<Placement> {
             runner_id: runners[(offset + i) % runners.len()].clone(),
             resources: SANDBOX,
             labels: Default::default(),
+            runner_tags: Default::default(),
             idempotency_key: None,
         })
         .collect()

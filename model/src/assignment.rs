@@ -130,6 +130,7 @@ mod tests {
                 runner_id: "run".into(),
                 resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1, gpu: 0 },
                 labels: Default::default(),
+                runner_tags: Default::default(),
                 idempotency_key: None,
             })
             .collect();

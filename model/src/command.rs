@@ -18,6 +18,9 @@ pub struct Placement {
     pub resources: Resources,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Tags the runner must carry; `apply` re-checks them, as it re-checks capacity.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runner_tags: BTreeMap<String, String>,
     /// The client's scoped idempotency key for this one sandbox: a placement whose key was
     /// applied before returns that first sandbox and places nothing.
     #[serde(default)]
@@ -36,6 +39,9 @@ pub struct SandboxRequest {
     pub resources: Resources,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Placement constraint: the runner must carry every one of these tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runner_tags: BTreeMap<String, String>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
@@ -133,6 +139,10 @@ pub struct NewRunner {
     pub api_url: Option<String>,
     pub proxy_url: Option<String>,
     pub capacity: Resources,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sandboxes: Option<u64>,
 }
 
 impl NewRunner {
@@ -155,6 +165,8 @@ impl NewRunner {
             api_url: None,
             proxy_url: None,
             capacity,
+            tags: BTreeMap::new(),
+            max_sandboxes: None,
         }
     }
 }
@@ -212,6 +224,15 @@ pub enum Command {
         id: String,
         capacity: Resources,
         source: CapacitySource,
+    },
+    /// An operator's or owner's change to a runner's placement settings: its tags (replaced
+    /// whole when given) and its sandbox limit.
+    UpdateRunner {
+        id: String,
+        #[serde(default)]
+        tags: Option<BTreeMap<String, String>>,
+        #[serde(default)]
+        max_sandboxes: FieldUpdate<u64>,
     },
     DeleteRunner {
         id: String,

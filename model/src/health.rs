@@ -174,6 +174,8 @@ mod tests {
             proxy_url: None,
             capacity: Resources { cpu: 4, memory_gib: 8, disk_gib: 40, gpu: 0 },
             capacity_source: None,
+            tags: Default::default(),
+            max_sandboxes: None,
             allocated: Resources::default(),
             started_sandboxes: 0,
             api_key_hash: format!("hash-{id}"),

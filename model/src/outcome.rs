@@ -20,6 +20,10 @@ pub enum Rejection {
     RunnerHasSandboxes { runner_id: String, sandboxes: usize },
     #[error("runner '{runner_id}' has not enough free capacity")]
     InsufficientCapacity { runner_id: String },
+    /// The runner's tags no longer match the placement's constraint (they changed after the
+    /// scheduler chose it); the scheduler places again.
+    #[error("runner '{runner_id}' does not carry the tags the sandbox asks for")]
+    RunnerTagsMismatch { runner_id: String },
     #[error("runner '{runner_id}' does not accept sandboxes (state {state:?}, schedulable {schedulable}, draining {draining})")]
     RunnerNotSchedulable {
         runner_id: String,

@@ -21,13 +21,21 @@
 //! and re-ranks only that runner: O(TOP_K + log n). When none of those fits (a big request
 //! among small runners), the runners in the request's free-cpu bucket and above are checked,
 //! most free first, so a request is refused only when no indexed runner can hold it.
+//!
+//! Constraints: a request may name tags its runner must carry ([`tags_match`]), and a runner
+//! may cap how many sandboxes it holds ([`under_sandbox_limit`]). The index keeps, per tag set
+//! asked for, a ranking of just the runners that carry it (built on first use, kept in step on
+//! every placement), and places a constrained request on it as above: the best [`MAX_SCAN`],
+//! then the whole ranking of that tag set, so constrained placement is as complete as
+//! unconstrained placement, and as fast whether the tags are common or rare.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 
 use crate::health::HealthReport;
+use crate::state::State;
 use crate::types::{Resources, Runner, RunnerState};
 
 /// How many of the best-fitting runners a placement chooses among.
@@ -61,21 +69,83 @@ pub fn fits(capacity: Resources, allocated: Resources, request: Resources) -> bo
     allocated.saturating_add(&request).fits_within(&capacity)
 }
 
+/// The placement constraint: the runner carries every wanted tag with the wanted value.
+pub fn tags_match(runner_tags: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> bool {
+    wanted.iter().all(|(key, value)| runner_tags.get(key) == Some(value))
+}
+
+/// The sandbox limit: a runner holding `hosted` sandboxes takes one more.
+pub fn under_sandbox_limit(max_sandboxes: Option<u64>, hosted: u64) -> bool {
+    max_sandboxes.is_none_or(|max| hosted < max)
+}
+
 /// Whether a sandbox may be placed on `runner` at all (by the scheduler, and on `apply`):
 /// ready, schedulable and not draining.
 pub fn eligible(runner: &Runner) -> bool {
     runner.state == RunnerState::Ready && runner.schedulable && !runner.draining
 }
 
+/// What a placement reads of one runner, kept small (80 bytes) for the ranked scan; the id and
+/// tags live beside it.
 #[derive(Debug, Clone)]
 struct Slot {
-    runner_id: String,
     capacity: Resources,
     allocated: Resources,
     /// Headroom from reported usage, in basis points ([`SCORE_MAX`] when none was reported).
     usage_cap: u32,
     score: u32,
+    /// How many more sandboxes the runner takes under its limit (`u64::MAX`: no limit).
+    sandboxes_left: u64,
 }
+
+impl Slot {
+    fn has_room(&self, request: Resources) -> bool {
+        self.sandboxes_left > 0 && fits(self.capacity, self.allocated, request)
+    }
+}
+
+/// The runners that carry one tag set, ranked like the whole index.
+#[derive(Debug, Clone)]
+struct TagView {
+    wanted: BTreeMap<String, String>,
+    ranked: BTreeSet<(Reverse<u32>, u32)>,
+}
+
+/// A runner as the index takes it: its id, capacity and allocation, and what constrains
+/// placement on it.
+#[derive(Debug, Clone, Default)]
+pub struct IndexedRunner<'a> {
+    pub runner_id: &'a str,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    /// Headroom from reported usage, in basis points ([`SCORE_MAX`]: none reported).
+    pub usage_cap: u32,
+    pub tags: BTreeMap<String, String>,
+    pub hosted: u64,
+    pub max_sandboxes: Option<u64>,
+}
+
+impl<'a> IndexedRunner<'a> {
+    /// A runner's own fields, with no usage reported and no sandboxes counted.
+    pub fn of(runner: &'a Runner) -> Self {
+        IndexedRunner {
+            runner_id: &runner.id,
+            capacity: runner.capacity,
+            allocated: runner.allocated,
+            usage_cap: SCORE_MAX,
+            tags: runner.tags.clone(),
+            hosted: 0,
+            max_sandboxes: runner.max_sandboxes,
+        }
+    }
+}
+
+/// No tags asked for.
+static NO_TAGS: BTreeMap<String, String> = BTreeMap::new();
+
+/// Tag sets whose rankings an index keeps; the oldest is dropped (and rebuilt if asked for
+/// again) beyond this.
+const TAG_SETS_KEPT: usize = 16;
 
 /// Headroom from a health report, in basis points.
 pub fn usage_headroom(report: &HealthReport) -> u32 {
@@ -87,6 +157,9 @@ pub fn usage_headroom(report: &HealthReport) -> u32 {
 #[derive(Debug, Clone, Default)]
 pub struct RegionPlacementIndex {
     slots: Vec<Slot>,
+    /// Per slot, its runner's id and tags (apart from `slots`, which the scans read).
+    slot_ids: Vec<String>,
+    slot_tags: Vec<BTreeMap<String, String>>,
     ranked: BTreeSet<(Reverse<u32>, u32)>,
     /// Slots by the power of two of their free cpu: bucket `b` holds free cpu in
     /// `[2^b, 2^(b+1))` (bucket 0 also 0). The runners that could hold a request's cpu are in
@@ -95,10 +168,35 @@ pub struct RegionPlacementIndex {
     cpu_buckets: Vec<Vec<u32>>,
     /// Per slot: (bucket, position in it).
     bucket_of: Vec<(usize, usize)>,
-    /// Requests this index found no room for. Free capacity only shrinks while an index lives
-    /// (it is rebuilt when anything else changes the runners), so a request at least as large
-    /// in every resource is refused at once, without scanning the fleet again.
-    refused: Vec<Resources>,
+    /// Requests (with their tag constraint) this index found no room for. Free capacity only
+    /// shrinks while an index lives (it is rebuilt when anything else changes the runners), so
+    /// a request with the same tags, at least as large in every resource, is refused at once,
+    /// without scanning the fleet again.
+    refused: Vec<(Resources, BTreeMap<String, String>)>,
+    /// Per tag set asked for, the ranking of the slots that carry it.
+    views: Vec<TagView>,
+}
+
+/// One of the best [`TOP_K`] among the first [`MAX_SCAN`] of `ranked` with room for the
+/// request, at random.
+fn best_fitting(
+    ranked: &BTreeSet<(Reverse<u32>, u32)>,
+    slots: &[Slot],
+    request: Resources,
+    rng: &mut impl Rng,
+) -> Option<u32> {
+    let mut fitting = [0u32; TOP_K];
+    let mut found = 0;
+    for &(_, slot) in ranked.iter().take(MAX_SCAN) {
+        if slots[slot as usize].has_room(request) {
+            fitting[found] = slot;
+            found += 1;
+            if found == TOP_K {
+                break;
+            }
+        }
+    }
+    (found > 0).then(|| fitting[rng.gen_range(0..found)])
 }
 
 /// Refused request sizes remembered per index.
@@ -113,35 +211,51 @@ fn cpu_bucket(free_cpu: u64) -> usize {
 const CPU_BUCKETS: usize = 64;
 
 impl RegionPlacementIndex {
-    /// Indexes the eligible runners among `runners`.
-    pub fn build<'a>(runners: impl IntoIterator<Item = &'a Runner>) -> Self {
-        Self::build_with_usage(runners, |_| None)
+    /// Indexes the eligible runners of region `region_id` in `state`.
+    pub fn for_region(state: &State, region_id: &str) -> Self {
+        Self::for_region_with_usage(state, region_id, |_| None)
     }
 
-    /// Indexes the eligible runners, capping each score by `headroom(runner id)` (see
-    /// [`usage_headroom`]).
-    pub fn build_with_usage<'a>(
-        runners: impl IntoIterator<Item = &'a Runner>,
-        headroom: impl Fn(&str) -> Option<u32>,
-    ) -> Self {
+    /// Indexes the eligible runners of a region, capping each score by `headroom(runner id)`
+    /// (see [`usage_headroom`]).
+    pub fn for_region_with_usage(state: &State, region_id: &str, headroom: impl Fn(&str) -> Option<u32>) -> Self {
         let mut index = RegionPlacementIndex::default();
-        for runner in runners.into_iter().filter(|r| eligible(r)) {
-            let cap = headroom(&runner.id).unwrap_or(SCORE_MAX);
-            index.insert_with_usage(&runner.id, runner.capacity, runner.allocated, cap);
+        for runner in state.runners_in_region(region_id).filter(|r| eligible(r)) {
+            index.insert_runner(IndexedRunner {
+                usage_cap: headroom(&runner.id).unwrap_or(SCORE_MAX),
+                hosted: state.runner_sandboxes.get(&runner.id).map_or(0, |ids| ids.len() as u64),
+                ..IndexedRunner::of(runner)
+            });
         }
         index
     }
 
-    /// Adds a runner with no usage reported (used by benchmarks and tests).
+    /// Adds an unconstrained runner with no usage reported (used by benchmarks and tests).
     pub fn insert(&mut self, runner_id: &str, capacity: Resources, allocated: Resources) {
         self.insert_with_usage(runner_id, capacity, allocated, SCORE_MAX);
     }
 
-    /// Adds a runner whose score is capped by `usage_cap` basis points of headroom.
+    /// Adds an unconstrained runner whose score is capped by `usage_cap` basis points of headroom.
     pub fn insert_with_usage(&mut self, runner_id: &str, capacity: Resources, allocated: Resources, usage_cap: u32) {
+        self.insert_runner(IndexedRunner { runner_id, capacity, allocated, usage_cap, ..IndexedRunner::default() });
+    }
+
+    /// Adds a runner.
+    pub fn insert_runner(&mut self, runner: IndexedRunner<'_>) {
+        let IndexedRunner { runner_id, capacity, allocated, usage_cap, tags, hosted, max_sandboxes } = runner;
         let slot = self.slots.len() as u32;
         let score = availability_score(capacity, allocated).min(usage_cap);
-        self.slots.push(Slot { runner_id: runner_id.to_string(), capacity, allocated, usage_cap, score });
+        // A new runner may hold what was refused before.
+        self.refused.clear();
+        for view in &mut self.views {
+            if tags_match(&tags, &view.wanted) {
+                view.ranked.insert((Reverse(score), slot));
+            }
+        }
+        let sandboxes_left = max_sandboxes.map_or(u64::MAX, |max| max.saturating_sub(hosted));
+        self.slots.push(Slot { capacity, allocated, usage_cap, score, sandboxes_left });
+        self.slot_ids.push(runner_id.to_string());
+        self.slot_tags.push(tags);
         self.ranked.insert((Reverse(score), slot));
         if self.cpu_buckets.is_empty() {
             self.cpu_buckets = vec![Vec::new(); CPU_BUCKETS];
@@ -176,62 +290,106 @@ impl RegionPlacementIndex {
     }
 
     /// Chooses a runner with room for `request` and reserves it there; `None` only when no
-    /// indexed runner has room.
+    /// indexed runner has room. Unconstrained: see [`RegionPlacementIndex::place_matching`].
+    pub fn place(&mut self, request: Resources, rng: &mut impl Rng) -> Option<&str> {
+        self.place_matching(request, &NO_TAGS, rng)
+    }
+
+    /// Chooses a runner that carries every tag in `wanted` and has room for `request` (and
+    /// for one more sandbox), and reserves it there; `None` only when no indexed runner can
+    /// take it.
     ///
     /// First among the best [`MAX_SCAN`] by score (one of the best [`TOP_K`] that fit, at
     /// random). The score is a free *fraction*, so a big runner with room can rank below
     /// small full ones; when none of the best fits, the runners with enough free cpu (one
     /// bucket and those above, most free first) are checked in turn, so a fitting runner is
-    /// always found. Near a full fleet those buckets are short.
-    pub fn place(&mut self, request: Resources, rng: &mut impl Rng) -> Option<&str> {
-        let mut fitting = [0u32; TOP_K];
-        let mut found = 0;
-        for &(_, slot) in self.ranked.iter().take(MAX_SCAN) {
-            let s = &self.slots[slot as usize];
-            if fits(s.capacity, s.allocated, request) {
-                fitting[found] = slot;
-                found += 1;
-                if found == TOP_K {
-                    break;
-                }
-            }
-        }
-        let chosen = if found > 0 {
-            fitting[rng.gen_range(0..found)]
-        } else {
-            if self.refused.iter().any(|smaller| smaller.fits_within(&request)) {
-                return None;
-            }
-            let slots = &self.slots;
-            let buckets = self.cpu_buckets.get(cpu_bucket(request.cpu)..).unwrap_or_default();
-            let found = buckets
-                .iter()
-                .rev()
-                .flatten()
-                .find(|slot| fits(slots[**slot as usize].capacity, slots[**slot as usize].allocated, request));
-            match found {
-                Some(slot) => *slot,
-                None => {
-                    if self.refused.len() == REFUSED_KEPT {
-                        self.refused.remove(0);
-                    }
-                    self.refused.push(request);
+    /// always found. Near a full fleet those buckets are short. With tags, the same on the
+    /// tag set's own ranking, whose fallback is the rest of that ranking.
+    pub fn place_matching(
+        &mut self,
+        request: Resources,
+        wanted: &BTreeMap<String, String>,
+        rng: &mut impl Rng,
+    ) -> Option<&str> {
+        let view = if wanted.is_empty() { None } else { Some(self.view_of(wanted)) };
+        let ranked = match view {
+            Some(at) => &self.views[at].ranked,
+            None => &self.ranked,
+        };
+        let chosen = match best_fitting(ranked, &self.slots, request, rng) {
+            Some(slot) => slot,
+            None => {
+                if self.refused.iter().any(|(smaller, tags)| tags == wanted && smaller.fits_within(&request)) {
                     return None;
+                }
+                let found = match view {
+                    // The tag set's ranking beyond the scan window, in order.
+                    Some(_) => ranked
+                        .iter()
+                        .skip(MAX_SCAN)
+                        .map(|(_, slot)| *slot)
+                        .find(|slot| self.slots[*slot as usize].has_room(request)),
+                    None => self.first_in_cpu_buckets(request),
+                };
+                match found {
+                    Some(slot) => slot,
+                    None => {
+                        if self.refused.len() == REFUSED_KEPT {
+                            self.refused.remove(0);
+                        }
+                        self.refused.push((request, wanted.clone()));
+                        return None;
+                    }
                 }
             }
         };
         let slot = &mut self.slots[chosen as usize];
-        self.ranked.remove(&(Reverse(slot.score), chosen));
+        let old = (Reverse(slot.score), chosen);
         slot.allocated = slot.allocated.saturating_add(&request);
+        slot.sandboxes_left = slot.sandboxes_left.saturating_sub(1);
         slot.score = availability_score(slot.capacity, slot.allocated).min(slot.usage_cap);
-        self.ranked.insert((Reverse(slot.score), chosen));
+        let new = (Reverse(slot.score), chosen);
+        if old != new {
+            self.ranked.remove(&old);
+            self.ranked.insert(new);
+            let tags = &self.slot_tags[chosen as usize];
+            for view in self.views.iter_mut().filter(|v| tags_match(tags, &v.wanted)) {
+                view.ranked.remove(&old);
+                view.ranked.insert(new);
+            }
+        }
         self.rebucket(chosen);
-        Some(&self.slots[chosen as usize].runner_id)
+        Some(&self.slot_ids[chosen as usize])
+    }
+
+    /// The unconstrained fallback: the first runner with room among those with enough free
+    /// cpu, most free first.
+    fn first_in_cpu_buckets(&self, request: Resources) -> Option<u32> {
+        let buckets = self.cpu_buckets.get(cpu_bucket(request.cpu)..).unwrap_or_default();
+        buckets.iter().rev().flatten().copied().find(|slot| self.slots[*slot as usize].has_room(request))
+    }
+
+    /// Where the ranking of the slots carrying `wanted` is, built on first use.
+    fn view_of(&mut self, wanted: &BTreeMap<String, String>) -> usize {
+        if let Some(at) = self.views.iter().position(|v| &v.wanted == wanted) {
+            return at;
+        }
+        if self.views.len() == TAG_SETS_KEPT {
+            self.views.remove(0);
+        }
+        let ranked = self
+            .ranked
+            .iter()
+            .filter(|(_, slot)| tags_match(&self.slot_tags[*slot as usize], wanted))
+            .copied()
+            .collect();
+        self.views.push(TagView { wanted: wanted.clone(), ranked });
+        self.views.len() - 1
     }
 
     /// Current allocation of every indexed runner (for tests).
     pub fn allocations(&self) -> impl Iterator<Item = (&str, Resources, Resources)> {
-        self.slots.iter().map(|s| (s.runner_id.as_str(), s.capacity, s.allocated))
+        self.slot_ids.iter().zip(&self.slots).map(|(id, s)| (id.as_str(), s.capacity, s.allocated))
     }
 }
 
@@ -305,7 +463,121 @@ mod tests {
         assert_eq!(index.place(res(16, 32, 100), &mut rng), None, "the big runner is full now");
     }
 
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn tags_must_all_match() {
+        let runner = tags(&[("zone", "a"), ("gpu", "a100")]);
+        assert!(tags_match(&runner, &BTreeMap::new()));
+        assert!(tags_match(&runner, &tags(&[("zone", "a")])));
+        assert!(tags_match(&runner, &tags(&[("zone", "a"), ("gpu", "a100")])));
+        assert!(!tags_match(&runner, &tags(&[("zone", "b")])));
+        assert!(!tags_match(&runner, &tags(&[("zone", "a"), ("disk", "ssd")])));
+    }
+
+    #[test]
+    fn a_sandbox_limit_caps_placements_on_a_runner() {
+        let mut index = RegionPlacementIndex::default();
+        let capped = IndexedRunner {
+            runner_id: "capped",
+            capacity: res(64, 64, 640),
+            usage_cap: SCORE_MAX,
+            hosted: 1,
+            max_sandboxes: Some(3),
+            ..IndexedRunner::default()
+        };
+        index.insert_runner(capped);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        assert_eq!(index.place(res(1, 1, 1), &mut rng), Some("capped"));
+        assert_eq!(index.place(res(1, 1, 1), &mut rng), Some("capped"));
+        assert_eq!(index.place(res(1, 1, 1), &mut rng), None, "3 sandboxes: the limit, with room to spare");
+    }
+
+    #[test]
+    fn a_rare_tag_is_found_among_thousands_and_a_missing_one_refused() {
+        let mut index = RegionPlacementIndex::default();
+        for i in 0..5_000 {
+            let zone = if i == 4_321 { "rare" } else { "common" };
+            let id = format!("r{i}");
+            index.insert_runner(IndexedRunner {
+                runner_id: &id,
+                capacity: res(8, 16, 100),
+                usage_cap: SCORE_MAX,
+                tags: tags(&[("zone", zone)]),
+                ..IndexedRunner::default()
+            });
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        assert_eq!(index.place_matching(res(4, 4, 4), &tags(&[("zone", "rare")]), &mut rng), Some("r4321"));
+        assert_eq!(index.place_matching(res(4, 4, 4), &tags(&[("zone", "rare")]), &mut rng), Some("r4321"));
+        assert_eq!(index.place_matching(res(1, 1, 1), &tags(&[("zone", "rare")]), &mut rng), None, "full");
+        assert_eq!(index.place_matching(res(1, 1, 1), &tags(&[("zone", "nowhere")]), &mut rng), None);
+        let common = index.place_matching(res(1, 1, 1), &tags(&[("zone", "common")]), &mut rng);
+        assert!(common.is_some_and(|id| id != "r4321"), "{common:?}");
+        // A new runner is in the lists the index already keeps.
+        index.insert_runner(IndexedRunner {
+            runner_id: "late",
+            capacity: res(8, 16, 100),
+            usage_cap: SCORE_MAX,
+            tags: tags(&[("zone", "rare")]),
+            ..IndexedRunner::default()
+        });
+        assert_eq!(index.place_matching(res(1, 1, 1), &tags(&[("zone", "rare")]), &mut rng), Some("late"));
+    }
+
     proptest! {
+        /// Runners of mixed sizes, tags and sandbox limits, against a brute-force scan: a
+        /// request is placed exactly when some runner carries its tags and has room (for its
+        /// resources and one more sandbox), on such a runner, and never over capacity or limit.
+        #[test]
+        fn constrained_placement_is_complete_against_brute_force(
+            fleet in prop::collection::vec((1u64..32, 0usize..3, 0usize..3, prop::option::of(1u64..6)), 1..600),
+            requests in prop::collection::vec((1u64..8, 0usize..4, 0usize..3), 1..300),
+            seed in any::<u64>(),
+        ) {
+            const ZONES: [&str; 3] = ["a", "b", "c"];
+            const DISKS: [&str; 3] = ["ssd", "hdd", "nvme"];
+            let mut index = RegionPlacementIndex::default();
+            let mut brute: Vec<(String, BTreeMap<String, String>, Resources, Resources, u64, Option<u64>)> = Vec::new();
+            for (i, (cpu, zone, disk, max)) in fleet.iter().enumerate() {
+                let id = format!("r{i}");
+                // A few runners carry no disk tag at all.
+                let runner_tags = if i % 7 == 0 { tags(&[("zone", ZONES[*zone])]) }
+                    else { tags(&[("zone", ZONES[*zone]), ("disk", DISKS[*disk])]) };
+                index.insert_runner(IndexedRunner {
+                    runner_id: &id,
+                    capacity: res(*cpu, cpu * 2, cpu * 10),
+                    usage_cap: SCORE_MAX,
+                    tags: runner_tags.clone(),
+                    max_sandboxes: *max,
+                    ..IndexedRunner::default()
+                });
+                brute.push((id, runner_tags, res(*cpu, cpu * 2, cpu * 10), Resources::default(), 0, *max));
+            }
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            for (cpu, zone, disk) in requests {
+                let request = res(cpu, cpu, cpu);
+                // zone index 3: no zone constraint.
+                let mut wanted = BTreeMap::new();
+                if zone < 3 { wanted.insert("zone".to_string(), ZONES[zone].to_string()); }
+                if disk < 2 { wanted.insert("disk".to_string(), DISKS[disk].to_string()); }
+                let takes = |(_, t, cap, alloc, hosted, max): &(String, BTreeMap<String, String>, Resources, Resources, u64, Option<u64>)| {
+                    tags_match(t, &wanted) && fits(*cap, *alloc, request) && under_sandbox_limit(*max, *hosted)
+                };
+                let could = brute.iter().any(takes);
+                let placed = index.place_matching(request, &wanted, &mut rng).map(String::from);
+                prop_assert_eq!(placed.is_some(), could, "request {:?} {:?}", request, wanted);
+                if let Some(id) = placed {
+                    let entry = brute.iter_mut().find(|e| e.0 == id).expect("a known runner");
+                    prop_assert!(takes(entry), "{} could not take {:?} {:?}", id, request, wanted);
+                    entry.3 = entry.3.saturating_add(&request);
+                    entry.4 += 1;
+                }
+            }
+        }
+
         /// Whatever the fleet and the requests, no runner ends over capacity, and a request is
         /// refused only when no indexed runner could hold it (within the scan window, which
         /// covers the whole fleet here).

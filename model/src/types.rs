@@ -180,6 +180,16 @@ pub struct Runner {
     /// old snapshot and one that replays the old log hold the same value.
     #[serde(default)]
     pub capacity_source: Option<CapacitySource>,
+    /// What placement constraints match against: a sandbox's `runner_tags` must all be here
+    /// with equal values. Empty (and absent from the encoding, so older states hash alike)
+    /// when none were set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// At most this many sandboxes (any not destroyed: a stopped one keeps its place, as it
+    /// keeps its resources) are on the runner at once; `None`: no limit. Lowering it below
+    /// what the runner holds stops new placements and moves nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sandboxes: Option<u64>,
     pub allocated: Resources,
     pub started_sandboxes: u64,
     pub api_key_hash: String,
@@ -231,6 +241,9 @@ pub struct Sandbox {
     pub resources: Resources,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The placement constraint it was created with: tags its runner must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runner_tags: BTreeMap<String, String>,
     pub state: SandboxState,
     pub created_at: Millis,
     pub updated_at: Millis,

@@ -29,6 +29,8 @@ fn create_runner(id: &str, region: &str, name: &str, cpu: u64) -> Command {
         api_url: None,
         proxy_url: None,
         capacity: Resources { cpu, memory_gib: cpu * 2, disk_gib: cpu * 10, gpu: 0 },
+        tags: Default::default(),
+        max_sandboxes: None,
     })
 }
 
@@ -41,6 +43,7 @@ fn placement(sandbox: &str, region: &str, runner: &str, cpu: u64) -> Placement {
         runner_id: runner.into(),
         resources: Resources { cpu, memory_gib: cpu, disk_gib: cpu, gpu: 0 },
         labels: Default::default(),
+        runner_tags: Default::default(),
         idempotency_key: None,
     }
 }
@@ -220,6 +223,8 @@ fn two_runners_cannot_share_a_token() {
         api_url: None,
         proxy_url: None,
         capacity: Resources::default(),
+        tags: Default::default(),
+        max_sandboxes: None,
     });
     assert!(matches!(run(&mut s, twin), Err(Rejection::Conflict(_))));
     assert_eq!(s.runner_keys.get("k-a").map(String::as_str), Some("a"));
@@ -623,12 +628,59 @@ fn a_draining_runner_takes_no_new_sandbox_and_keeps_its_own() {
     let drain = |draining| Command::SetRunnerDraining { id: "run".into(), draining };
     let Ok(Outcome::Runner(r)) = run(&mut s, drain(true)) else { panic!("draining") };
     assert!(r.draining && !placement::eligible(&r));
-    assert_eq!(corral_model::placement::RegionPlacementIndex::build(s.runners.values()).len(), 0);
+    assert_eq!(corral_model::placement::RegionPlacementIndex::for_region(&s, "reg").len(), 0);
     let Ok(Outcome::Placed(refused)) = run(&mut s, place("b")) else { panic!("applied") };
     assert!(matches!(refused[0], Err(Rejection::RunnerNotSchedulable { .. })), "{refused:?}");
     assert_eq!(s.sandboxes["a"].state, SandboxState::Started, "what runs keeps running");
     run(&mut s, drain(false)).expect("undrained");
     let Ok(Outcome::Placed(again)) = run(&mut s, place("b")) else { panic!("placed") };
     assert!(again[0].is_ok(), "{again:?}");
+    assert_eq!(s.validate(), Ok(()));
+}
+
+/// Tags and the sandbox limit are re-checked on apply, like capacity: a placement planned on
+/// a runner whose tags changed, or that reached its limit, is rejected and changes nothing.
+#[test]
+fn runner_tags_and_sandbox_limits_hold_on_apply() {
+    let mut s = fleet();
+    let zone_a: std::collections::BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
+    let update = |tags: Option<std::collections::BTreeMap<String, String>>, max: FieldUpdate<u64>| {
+        Command::UpdateRunner { id: "run".into(), tags, max_sandboxes: max }
+    };
+    let Ok(Outcome::Runner(r)) = run(&mut s, update(Some(zone_a.clone()), FieldUpdate::Set(2))) else {
+        panic!("updated")
+    };
+    assert_eq!((r.tags.clone(), r.max_sandboxes), (zone_a.clone(), Some(2)));
+    let constrained = |id: &str, zone: &str| Placement {
+        runner_tags: [("zone".to_string(), zone.to_string())].into(),
+        ..placement(id, "reg", "run", 1)
+    };
+    let Ok(Outcome::Placed(results)) =
+        run(&mut s, Command::PlaceSandboxes { placements: vec![constrained("a", "a"), constrained("b", "b")] })
+    else {
+        panic!("applied")
+    };
+    assert!(results[0].as_ref().is_ok_and(|sb| sb.runner_tags == zone_a), "{results:?}");
+    assert_eq!(results[1], Err(Rejection::RunnerTagsMismatch { runner_id: "run".into() }));
+    let place = |id: &str| Command::PlaceSandboxes { placements: vec![placement(id, "reg", "run", 1)] };
+    let Ok(Outcome::Placed(second)) = run(&mut s, place("c")) else { panic!("applied") };
+    assert!(second[0].is_ok(), "the second of two: {second:?}");
+    let Ok(Outcome::Placed(third)) = run(&mut s, place("d")) else { panic!("applied") };
+    assert_eq!(third[0], Err(Rejection::InsufficientCapacity { runner_id: "run".into() }), "limit 2 reached");
+    // A stopped sandbox keeps its place; a destroyed one frees it.
+    run(&mut s, Command::SetSandboxState { id: "a".into(), state: SandboxState::Stopped }).expect("stopped");
+    let Ok(Outcome::Placed(still)) = run(&mut s, place("d")) else { panic!("applied") };
+    assert!(still[0].is_err(), "{still:?}");
+    run(&mut s, Command::DeleteSandbox { id: "a".into() }).expect("deleted");
+    let Ok(Outcome::Placed(freed)) = run(&mut s, place("d")) else { panic!("applied") };
+    assert!(freed[0].is_ok(), "{freed:?}");
+    // Lowering the limit below what the runner holds moves nothing; clearing it lifts it.
+    let Ok(Outcome::Runner(r)) = run(&mut s, update(None, FieldUpdate::Set(1))) else { panic!("lowered") };
+    assert_eq!((r.tags, r.max_sandboxes), (zone_a, Some(1)), "tags kept when not given");
+    assert_eq!(s.runner_sandboxes["run"].len(), 2);
+    run(&mut s, update(Some(Default::default()), FieldUpdate::Clear)).expect("cleared");
+    let Ok(Outcome::Placed(unlimited)) = run(&mut s, place("e")) else { panic!("applied") };
+    assert!(unlimited[0].is_ok(), "{unlimited:?}");
+    assert!(s.runners["run"].tags.is_empty() && s.runners["run"].max_sandboxes.is_none());
     assert_eq!(s.validate(), Ok(()));
 }

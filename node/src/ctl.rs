@@ -107,13 +107,72 @@ pub enum RegionCommand {
     },
 }
 
+/// A runner's placement settings.
+#[derive(Debug, Args)]
+pub struct PlacementArgs {
+    /// A tag sandboxes' `--runner-tag` constraints match, `KEY=VALUE`; repeat for more.
+    #[arg(long = "tag", value_parser = key_value)]
+    pub tags: Vec<(String, String)>,
+    /// At most this many sandboxes on the runner at once.
+    #[arg(long)]
+    pub max_sandboxes: Option<u64>,
+}
+
+impl PlacementArgs {
+    /// Adds `tags` (when any were given) and `maxSandboxes` to a request body.
+    fn put_into(self, body: &mut Map<String, Value>) {
+        if !self.tags.is_empty() {
+            body.insert("tags".into(), string_map(self.tags));
+        }
+        put_numbers(body, [("maxSandboxes", self.max_sandboxes)]);
+    }
+}
+
+/// A change to a runner's tags or sandbox limit; what is not given stays.
+#[derive(Debug, Args)]
+pub struct RunnerUpdateArgs {
+    pub id: String,
+    /// `--tag` replaces all of the runner's tags with those given.
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    /// Remove every tag.
+    #[arg(long, conflicts_with = "tags")]
+    pub clear_tags: bool,
+    /// Remove the sandbox limit.
+    #[arg(long, conflicts_with = "max_sandboxes")]
+    pub no_max_sandboxes: bool,
+}
+
+impl RunnerUpdateArgs {
+    fn call(self, path: &str) -> Call {
+        let mut body = Map::new();
+        let id = self.id;
+        if self.clear_tags {
+            body.insert("tags".into(), json!({}));
+        }
+        if self.no_max_sandboxes {
+            body.insert("maxSandboxes".into(), Value::Null);
+        }
+        self.placement.put_into(&mut body);
+        call(reqwest::Method::PATCH, format!("{path}/{id}"), Some(Value::Object(body)), RUNNER_COLUMNS)
+    }
+}
+
+fn string_map(pairs: Vec<(String, String)>) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RunnerCommand {
     Create {
         name: String,
         #[arg(long)]
         region: String,
+        #[command(flatten)]
+        placement: PlacementArgs,
     },
+    /// Change tags (`--tag` replaces them all, `--clear-tags`) or the sandbox limit.
+    Update(RunnerUpdateArgs),
     List {
         #[arg(long)]
         region: Option<String>,
@@ -164,9 +223,14 @@ pub enum SandboxCommand {
         target: String,
         #[command(flatten)]
         resources: ResourceArgs,
+        #[arg(long)]
+        gpu: Option<u64>,
         /// A label, `KEY=VALUE`; repeat for more.
         #[arg(long = "label", value_parser = key_value)]
         labels: Vec<(String, String)>,
+        /// A tag the runner must carry, `KEY=VALUE`; repeat for more (all must match).
+        #[arg(long = "runner-tag", value_parser = key_value)]
+        runner_tags: Vec<(String, String)>,
     },
     /// List sandboxes, filtered as the API does.
     List {
@@ -230,7 +294,11 @@ pub enum AdminRunnerCommand {
         resources: ResourceArgs,
         #[arg(long)]
         gpu: Option<u64>,
+        #[command(flatten)]
+        placement: PlacementArgs,
     },
+    /// Change any runner's tags or sandbox limit.
+    Update(RunnerUpdateArgs),
     List {
         #[arg(long)]
         region: Option<String>,
@@ -370,9 +438,14 @@ fn plan(command: CtlCommand) -> Call {
             }
         },
         CtlCommand::Runner(c) => match c {
-            RunnerCommand::Create { name, region } => {
-                call(M::POST, "/api/runners".into(), Some(json!({ "name": name, "regionId": region })), &[])
+            RunnerCommand::Create { name, region, placement } => {
+                let mut body = Map::new();
+                put(&mut body, "name", Some(name));
+                put(&mut body, "regionId", Some(region));
+                placement.put_into(&mut body);
+                call(M::POST, "/api/runners".into(), Some(Value::Object(body)), &[])
             }
+            RunnerCommand::Update(update) => update.call("/api/runners"),
             RunnerCommand::List { region } => {
                 let mut c = call(M::GET, "/api/runners".into(), None, RUNNER_COLUMNS);
                 c.query.extend(region.map(|r| ("regionId", r)));
@@ -391,15 +464,16 @@ fn plan(command: CtlCommand) -> Call {
             RunnerCommand::Delete { id } => call(M::DELETE, format!("/api/runners/{id}"), None, &[]),
         },
         CtlCommand::Sandbox(c) => match c {
-            SandboxCommand::Create { target, resources, labels } => {
+            SandboxCommand::Create { target, resources, gpu, labels, runner_tags } => {
                 let mut body = Map::new();
                 put(&mut body, "target", Some(target));
                 put_numbers(&mut body, resources.fields());
+                put_numbers(&mut body, [("gpu", gpu)]);
                 if !labels.is_empty() {
-                    body.insert(
-                        "labels".into(),
-                        Value::Object(labels.into_iter().map(|(k, v)| (k, Value::String(v))).collect()),
-                    );
+                    body.insert("labels".into(), string_map(labels));
+                }
+                if !runner_tags.is_empty() {
+                    body.insert("runnerTags".into(), string_map(runner_tags));
                 }
                 call(M::POST, "/api/sandboxes".into(), Some(Value::Object(body)), SANDBOX_COLUMNS)
             }
@@ -426,6 +500,7 @@ fn plan(command: CtlCommand) -> Call {
                 proxy_url,
                 resources,
                 gpu,
+                placement,
             } => {
                 let mut body = Map::new();
                 put(&mut body, "name", Some(name));
@@ -437,8 +512,10 @@ fn plan(command: CtlCommand) -> Call {
                 put(&mut body, "proxyUrl", proxy_url);
                 put_numbers(&mut body, resources.fields());
                 put_numbers(&mut body, [("gpu", gpu)]);
+                placement.put_into(&mut body);
                 call(M::POST, "/api/admin/runners".into(), Some(Value::Object(body)), RUNNER_COLUMNS)
             }
+            AdminRunnerCommand::Update(update) => update.call("/api/admin/runners"),
             AdminRunnerCommand::List { region } => {
                 let mut c = call(M::GET, "/api/admin/runners".into(), None, RUNNER_COLUMNS);
                 c.query.extend(region.map(|r| ("regionId", r)));

@@ -162,13 +162,14 @@ impl IndexCache {
     }
 
     fn build(&self, state: &State, region_id: &str) -> RegionPlacementIndex {
-        let runners = state.runners_in_region(region_id);
         match &self.health {
             Some(health) => {
                 let table = health.read();
-                RegionPlacementIndex::build_with_usage(runners, |id| table.get(id).map(|e| usage_headroom(&e.report)))
+                RegionPlacementIndex::for_region_with_usage(state, region_id, |id| {
+                    table.get(id).map(|e| usage_headroom(&e.report))
+                })
             }
-            None => RegionPlacementIndex::build(runners),
+            None => RegionPlacementIndex::for_region(state, region_id),
         }
     }
 }
@@ -218,7 +219,7 @@ pub fn plan(
             cache.indexes.insert(request.region_id.clone(), built);
         }
         let Some(index) = cache.indexes.get_mut(&request.region_id) else { continue };
-        match index.place(request.resources, rng) {
+        match index.place_matching(request.resources, &request.runner_tags, rng) {
             Some(runner_id) => {
                 let placement = Placement {
                     sandbox_id: request.sandbox_id.clone(),
@@ -228,6 +229,7 @@ pub fn plan(
                     runner_id: runner_id.to_string(),
                     resources: request.resources,
                     labels: request.labels.clone(),
+                    runner_tags: request.runner_tags.clone(),
                     idempotency_key: request.idempotency_key.clone(),
                 };
                 planned.push(Planned { pending, placement });
@@ -248,6 +250,7 @@ fn changed_under_us(rejection: &Rejection) -> bool {
         rejection,
         Rejection::RunnerNotSchedulable { .. }
             | Rejection::InsufficientCapacity { .. }
+            | Rejection::RunnerTagsMismatch { .. }
             | Rejection::NotFound { kind: ObjectKind::Runner, .. }
     )
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{TestCluster, ADMIN_KEY};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 struct Ctl<'a> {
     addr: String,
@@ -86,6 +86,17 @@ fn ctl_covers_every_operation() {
     assert_eq!(ctl.json(&["runner", "get", &runner_id])["state"], "initializing");
     assert_eq!(ctl.json(&["runner", "scheduling", &runner_id])["schedulable"], false);
     assert_eq!(ctl.json(&["runner", "scheduling", &runner_id, "--schedulable", "true"])["schedulable"], true);
+    // Placement settings: --tag replaces the tags, --clear-tags and --no-max-sandboxes remove.
+    let updated =
+        ctl.json(&["runner", "update", &runner_id, "--tag", "zone=a", "--tag", "disk=ssd", "--max-sandboxes", "3"]);
+    assert_eq!(
+        (updated["tags"].clone(), updated["maxSandboxes"].clone()),
+        (json!({ "zone": "a", "disk": "ssd" }), json!(3))
+    );
+    let updated = ctl.json(&["runner", "update", &runner_id, "--clear-tags", "--no-max-sandboxes"]);
+    assert_eq!((updated["tags"].clone(), updated["maxSandboxes"].clone()), (json!({}), Value::Null), "{updated}");
+    let (ok, _, stderr) = ctl.run(&["runner", "update", &runner_id, "--tag", "no-equals-sign"]);
+    assert!(!ok && stderr.contains("KEY=VALUE"), "{stderr}");
 
     // Table output: a header line and one row per runner.
     let (ok, table, _) = ctl.run(&["runner", "list"]);
@@ -117,7 +128,15 @@ fn ctl_covers_every_operation() {
         "8",
         "--disk-gib",
         "50",
+        "--tag",
+        "pool=admin",
+        "--max-sandboxes",
+        "7",
     ]);
+    assert_eq!(
+        (admin_runner["tags"]["pool"].as_str(), admin_runner["maxSandboxes"].as_u64()),
+        (Some("admin"), Some(7))
+    );
     let admin_runner_id = admin_runner["id"].as_str().expect("id").to_string();
     assert_eq!(admin_runner["capacity"]["cpu"], 4);
     assert_eq!(admin.json(&["admin", "runner", "list", "--region", &region_id]).as_array().map(Vec::len), Some(2));

@@ -269,3 +269,109 @@ fn leader_kill_mid_load_leaves_every_acknowledged_sandbox_placed_once() {
     let total: u64 = allocation(&c, leader).values().map(|(allocated, _)| allocated).sum();
     assert_eq!(total, 800, "allocation matches the sandboxes exactly");
 }
+
+/// Creates a ready runner from an admin-API body; returns its id.
+fn ready_runner(c: &TestCluster, via: u64, body: Value) -> String {
+    let (s, runner) = c.call(via, "POST", "/api/admin/runners", Some(ADMIN_KEY), Some(&body), &[]);
+    assert_eq!(s, 201, "{runner}");
+    let id = runner["id"].as_str().expect("id").to_string();
+    let path = format!("/api/admin/runners/{id}/state");
+    let (s, _) = c.call(via, "PATCH", &path, Some(ADMIN_KEY), Some(&json!({ "state": "ready" })), &[]);
+    assert_eq!(s, 200);
+    id
+}
+
+/// Tag, GPU and sandbox-limit constraints through a follower: each sandbox lands on a runner
+/// that satisfies it, and a sandbox no runner can satisfy gets 409 `no_capacity`; tags and the
+/// limit change with `PATCH /api/runners/{id}` (and the admin twin) and every node sees them.
+#[test]
+fn tag_gpu_and_sandbox_limit_constraints_are_honoured() {
+    let c = TestCluster::start(3, &["--request-timeout-ms", "5000"]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let follower = (1..=3).find(|&n| n != leader).expect("follower");
+    let (_, key) = c.create_organization(follower, "tags");
+    let k = Some(key.as_str());
+    let (s, region) = c.call(follower, "POST", "/api/regions", k, Some(&json!({ "name": "tagged" })), &[]);
+    assert_eq!(s, 201, "{region}");
+    let region_id = region["id"].as_str().expect("id");
+    let runner = |name: &str, extra: Value| {
+        let mut body = json!({ "name": name, "regionId": region_id, "apiKey": format!("tok-{name}-0123456789"),
+            "apiVersion": "2", "cpu": 8, "memoryGiB": 16, "diskGiB": 100 });
+        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        ready_runner(&c, follower, body)
+    };
+    let zone_a = runner("zone-a", json!({ "tags": { "zone": "a" }, "maxSandboxes": 2 }));
+    let gpus = runner("gpus", json!({ "tags": { "zone": "b" }, "gpu": 2 }));
+    let plain = runner("plain", json!({}));
+    let create = |body: Value| c.call(follower, "POST", "/api/sandboxes", k, Some(&body), &[]);
+    let placed_on = |body: Value| {
+        let (s, sandbox) = create(body);
+        assert_eq!(s, 201, "{sandbox}");
+        sandbox["runnerId"].as_str().expect("runnerId").to_string()
+    };
+
+    // Tags, up to the runner's limit of two sandboxes (it has cpu for eight).
+    for _ in 0..2 {
+        assert_eq!(placed_on(json!({ "target": "tagged", "runnerTags": { "zone": "a" } })), zone_a);
+    }
+    let (s, full) = create(json!({ "target": "tagged", "runnerTags": { "zone": "a" } }));
+    assert_eq!((s, full["code"].as_str()), (409, Some("no_capacity")), "limit reached: {full}");
+    let (s, nowhere) = create(json!({ "target": "tagged", "runnerTags": { "zone": "z" } }));
+    assert_eq!((s, nowhere["code"].as_str()), (409, Some("no_capacity")), "no runner carries zone=z: {nowhere}");
+    // GPUs: only the runner with two takes them, twice.
+    for _ in 0..2 {
+        let (s, sandbox) = create(json!({ "target": "tagged", "gpu": 1 }));
+        assert_eq!((s, sandbox["runnerId"].as_str(), sandbox["gpu"].as_u64()), (201, Some(gpus.as_str()), Some(1)));
+    }
+    let (s, no_gpu) = create(json!({ "target": "tagged", "gpu": 1 }));
+    assert_eq!((s, no_gpu["code"].as_str()), (409, Some("no_capacity")), "{no_gpu}");
+    // Both constraints at once.
+    let (s, both) = create(json!({ "target": "tagged", "gpu": 1, "runnerTags": { "zone": "a" } }));
+    assert_eq!((s, both["code"].as_str()), (409, Some("no_capacity")), "{both}");
+
+    // The plain runner takes the tag; every node's view shows it.
+    let (s, tagged) =
+        c.call(follower, "PATCH", &format!("/api/runners/{plain}"), k, Some(&json!({ "tags": { "zone": "a" } })), &[]);
+    assert_eq!((s, tagged["tags"].clone(), tagged["maxSandboxes"].clone()), (200, json!({ "zone": "a" }), Value::Null));
+    for node in 1..=3 {
+        let (_, view) = c.call(node, "GET", &format!("/api/runners/{plain}"), k, None, &[]);
+        assert_eq!(view["tags"], json!({ "zone": "a" }), "node {node}: {view}");
+    }
+    let sandbox = json!({ "target": "tagged", "runnerTags": { "zone": "a" } });
+    let (s, on_plain) = create(sandbox.clone());
+    assert_eq!(
+        (s, on_plain["runnerId"].as_str(), on_plain["runnerTags"].clone()),
+        (201, Some(plain.as_str()), json!({ "zone": "a" }))
+    );
+    // The operator lifts zone-a's limit: it takes sandboxes again.
+    let path = format!("/api/admin/runners/{zone_a}");
+    let (s, lifted) = c.call(follower, "PATCH", &path, Some(ADMIN_KEY), Some(&json!({ "maxSandboxes": null })), &[]);
+    assert_eq!((s, lifted["maxSandboxes"].clone(), lifted["tags"].clone()), (200, Value::Null, json!({ "zone": "a" })));
+    let mut hosts = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        hosts.insert(placed_on(sandbox.clone()));
+    }
+    assert!(hosts.contains(&zone_a) && hosts.iter().all(|h| *h == zone_a || *h == plain), "{hosts:?}");
+
+    // Bad settings are refused with a JSON error and change nothing.
+    let path = format!("/api/runners/{plain}");
+    for (body, status) in [
+        (json!({ "maxSandboxes": 0 }), 422),
+        (json!({ "tags": { "": "x" } }), 422),
+        (json!({ "tags": "zone=a" }), 422),
+        (json!({ "name": "renamed" }), 422),
+    ] {
+        let (s, e) = c.call(follower, "PATCH", &path, k, Some(&body), &[]);
+        assert_eq!(s, status, "{body}: {e}");
+        assert!(e["code"].is_string() && e["error"].is_string(), "{e}");
+    }
+    let (s, bad) = create(json!({ "target": "tagged", "gpu": 65 }));
+    assert_eq!(s, 422, "{bad}");
+    let (_, view) = c.call(follower, "GET", &path, k, None, &[]);
+    assert_eq!(view["tags"], json!({ "zone": "a" }), "unchanged: {view}");
+    let (s, missing) = c.call(follower, "PATCH", "/api/runners/no-such-runner", k, Some(&json!({ "tags": {} })), &[]);
+    assert_eq!((s, missing["code"].as_str()), (404, Some("not_found")));
+
+    // Every node agrees on the result.
+    c.wait_converged(Duration::from_secs(20));
+}

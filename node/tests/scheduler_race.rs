@@ -63,6 +63,7 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
                 region_id: "reg".into(),
                 resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1, gpu: 0 },
                 labels: Default::default(),
+                runner_tags: Default::default(),
                 idempotency_key: None,
             });
             answers.push(answer);

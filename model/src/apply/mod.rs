@@ -76,6 +76,9 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             runner::set_capacity(state, id, scope, *capacity, *source, at)
         }
         Command::RecordRunnerHealth { reporting, silent } => runner::record_health(state, reporting, silent, at),
+        Command::UpdateRunner { id, tags, max_sandboxes } => {
+            runner::update(state, id, scope, tags.as_ref(), max_sandboxes, at)
+        }
         Command::DeleteRunner { id } => runner::delete(state, id, scope),
         Command::PlaceSandboxes { placements } => sandbox::place_all(state, placements, at),
         Command::SetSandboxState { id, state: new_state } => sandbox::set_state(state, id, scope, *new_state, at),

@@ -1,9 +1,10 @@
-//! Runners: create, schedulable, state (operator or health verdict), delete.
+//! Runners: create, schedulable, draining, tags and sandbox limit, capacity, state (operator or
+//! health verdict), delete.
 
 use std::collections::BTreeMap;
 
 use super::{in_scope, not_found, owned_runner};
-use crate::command::NewRunner;
+use crate::command::{FieldUpdate, NewRunner};
 use crate::outcome::{ApplyResult, Outcome, Rejection};
 use crate::state::State;
 use crate::types::{CapacitySource, Millis, ObjectKind, RegionType, Resources, Runner, RunnerState};
@@ -54,6 +55,8 @@ pub(super) fn create(state: &mut State, new: &NewRunner, scope: Option<&str>, at
         api_url: new.api_url.clone(),
         proxy_url: new.proxy_url.clone(),
         capacity: new.capacity,
+        tags: new.tags.clone(),
+        max_sandboxes: new.max_sandboxes,
         // Created with a capacity, the operator chose it; without, the agent will report it.
         capacity_source: Some(CapacitySource::for_capacity(new.capacity)),
         allocated: Resources::default(),
@@ -92,6 +95,26 @@ pub(super) fn set_draining(
 ) -> ApplyResult {
     let runner = owned_runner(state, id, scope)?;
     runner.draining = draining;
+    runner.updated_at = at;
+    Ok(Outcome::Runner(runner.clone()))
+}
+
+/// New tags (replacing the old ones whole) and sandbox limit. Sandboxes already on the runner
+/// stay, whatever their constraints or the new limit say: like draining, this steers only new
+/// placements.
+pub(super) fn update(
+    state: &mut State,
+    id: &str,
+    scope: Option<&str>,
+    tags: Option<&BTreeMap<String, String>>,
+    max_sandboxes: &FieldUpdate<u64>,
+    at: Millis,
+) -> ApplyResult {
+    let runner = owned_runner(state, id, scope)?;
+    if let Some(tags) = tags {
+        runner.tags = tags.clone();
+    }
+    max_sandboxes.apply_to(&mut runner.max_sandboxes);
     runner.updated_at = at;
     Ok(Outcome::Runner(runner.clone()))
 }

@@ -3,7 +3,7 @@
 use super::{in_scope, not_found};
 use crate::command::Placement;
 use crate::outcome::{ApplyResult, Outcome, Rejection};
-use crate::placement::{eligible, fits};
+use crate::placement::{eligible, fits, tags_match, under_sandbox_limit};
 use crate::state::{IdempotencyRecord, State};
 use crate::types::{Millis, ObjectKind, Sandbox, SandboxState};
 
@@ -83,7 +83,11 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
             draining: runner.draining,
         });
     }
-    if !fits(runner.capacity, runner.allocated, p.resources) {
+    if !tags_match(&runner.tags, &p.runner_tags) {
+        return Err(Rejection::RunnerTagsMismatch { runner_id: runner.id.clone() });
+    }
+    let hosted = state.runner_sandboxes.get(&p.runner_id).map_or(0, |ids| ids.len() as u64);
+    if !fits(runner.capacity, runner.allocated, p.resources) || !under_sandbox_limit(runner.max_sandboxes, hosted) {
         return Err(Rejection::InsufficientCapacity { runner_id: runner.id.clone() });
     }
     runner.allocated = runner.allocated.saturating_add(&p.resources);
@@ -99,6 +103,7 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
         runner_id: p.runner_id.clone(),
         resources: p.resources,
         labels: p.labels.clone(),
+        runner_tags: p.runner_tags.clone(),
         state: SandboxState::Started,
         created_at: at,
         updated_at: at,
