@@ -76,6 +76,11 @@ pub struct SandboxView {
     /// `pending`, `started`, `stopped`, `error` or `destroyed`.
     #[schema(value_type = String, example = "started")]
     pub state: SandboxState,
+    /// The runner it was moved away from when that runner went unresponsive or was
+    /// decommissioned; `null` if it never moved.
+    pub rescheduled_from: Option<String>,
+    /// Why it is in state `error` (e.g. its runner is gone and no other has room yet).
+    pub error_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -95,6 +100,8 @@ impl From<&Sandbox> for SandboxView {
             labels: s.labels.clone(),
             runner_tags: s.runner_tags.clone(),
             state: s.state,
+            rescheduled_from: s.rescheduled_from.clone(),
+            error_reason: s.error_reason.clone(),
             created_at: rfc3339(s.created_at),
             updated_at: rfc3339(s.updated_at),
         }

@@ -38,6 +38,11 @@ pub enum Violation {
     MissingSandbox { request: String, node: u64 },
     /// A runner holds more than its capacity.
     OverCapacity { runner: String, node: u64 },
+    /// A runner's allocation is not the sum of the sandboxes on it: a sandbox is charged to
+    /// two runners (a move that did not free the old one) or to none.
+    AllocationMismatch { runner: String, node: u64, allocated: [u64; 3], sandboxes: [u64; 3] },
+    /// A sandbox names a runner its region does not have.
+    UnknownRunner { sandbox: String, runner: String, node: u64 },
     /// Nodes disagree on the state after healing.
     Diverged { hashes: BTreeMap<u64, String> },
     /// After a fault was healed, the cluster did not agree on a leader again in time.
@@ -228,6 +233,9 @@ pub struct PlacedSandbox {
     /// cpu, memory GiB, disk GiB.
     pub resources: [u64; 3],
     pub destroyed: bool,
+    /// Moved off another runner (`rescheduledFrom`).
+    #[serde(default)]
+    pub rescheduled: bool,
 }
 
 /// A runner's capacity as a node reports it.
@@ -235,6 +243,8 @@ pub struct PlacedSandbox {
 pub struct RunnerCapacity {
     pub id: String,
     pub capacity: [u64; 3],
+    /// What the runner says is allocated on it.
+    pub allocated: [u64; 3],
 }
 
 /// Checks one node's sandboxes against the acknowledged requests and the runners' capacity.
@@ -269,11 +279,22 @@ pub fn check_placements(
         }
     }
     for runner in runners {
-        if let Some(u) = used.get(runner.id.as_str()) {
-            if u.iter().zip(runner.capacity).any(|(used, cap)| *used > cap) {
-                violations.push(Violation::OverCapacity { runner: runner.id.clone(), node });
-            }
+        let sum = used.get(runner.id.as_str()).copied().unwrap_or_default();
+        if sum.iter().zip(runner.capacity).any(|(used, cap)| *used > cap) {
+            violations.push(Violation::OverCapacity { runner: runner.id.clone(), node });
         }
+        if sum != runner.allocated {
+            violations.push(Violation::AllocationMismatch {
+                runner: runner.id.clone(),
+                node,
+                allocated: runner.allocated,
+                sandboxes: sum,
+            });
+        }
+    }
+    let known: HashSet<&str> = runners.iter().map(|r| r.id.as_str()).collect();
+    for s in sandboxes.iter().filter(|s| !s.destroyed && !known.contains(s.runner_id.as_str())) {
+        violations.push(Violation::UnknownRunner { sandbox: s.id.clone(), runner: s.runner_id.clone(), node });
     }
     violations
 }

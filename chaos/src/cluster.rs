@@ -237,6 +237,9 @@ impl Cluster {
             .env("CORRAL_ADMIN_KEY", ADMIN_KEY)
             // No runner agents run here; runner state is driven through the admin API.
             .env("CORRAL_RUNNER_SILENCE_MS", "0")
+            // The workload's runner flapper marks runners unresponsive for a while: their
+            // sandboxes are rescheduled, under the same faults as everything else.
+            .env("CORRAL_RESCHEDULE_AFTER_MS", "300")
             .env("CORRAL_DRAIN_MS", "300")
             .env("CORRAL_LOG", "info,openraft=info")
             .stdin(Stdio::null())

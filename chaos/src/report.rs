@@ -98,6 +98,10 @@ pub struct Report {
     pub faults_by_kind: BTreeMap<String, usize>,
     pub operations: BTreeMap<String, BTreeMap<String, u64>>,
     pub keys_checked: usize,
+    /// Times a sandbox runner was marked unresponsive (its sandboxes then rescheduled).
+    pub runner_flaps: u64,
+    /// Sandboxes in the final state (node 1's view) that were moved off a runner.
+    pub rescheduled_sandboxes: usize,
     pub violations: Vec<Violation>,
     /// Longest no-write window per fault, all faults.
     pub unavailability: Spread,
@@ -118,6 +122,11 @@ impl Report {
             self.seed, self.nodes, self.network, self.duration_s, self.workers
         );
         let faults: Vec<String> = self.faults_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(
+            s,
+            "rescheduling: {} runner flaps, {} sandboxes in the final state moved off a runner",
+            self.runner_flaps, self.rescheduled_sandboxes
+        );
         let _ = writeln!(s, "faults: {} ({})", self.faults.len(), faults.join(", "));
         let total: u64 = self.operations.values().flat_map(|m| m.values()).sum();
         let _ = writeln!(s, "operations: {total}");

@@ -82,6 +82,7 @@ struct Setup {
     org_token: String,
     runner_region_id: String,
     sandbox_region_id: String,
+    sandbox_runner_ids: Vec<String>,
 }
 
 /// An organization, its two regions and the sandbox runners, made ready by the admin API.
@@ -113,6 +114,7 @@ async fn set_up(base: &str, http: &reqwest::Client) -> Result<Setup, ChaosError>
     }
     let sandbox_region_id = region_ids.pop().unwrap_or_default();
     let runner_region_id = region_ids.pop().unwrap_or_default();
+    let mut sandbox_runner_ids = Vec::new();
     for i in 0..SANDBOX_RUNNERS {
         let body = json!({ "name": format!("sandbox-runner-{i}"), "regionId": sandbox_region_id,
             "apiKey": format!("chaos-sandbox-runner-token-{i}"), "apiVersion": "2",
@@ -127,6 +129,7 @@ async fn set_up(base: &str, http: &reqwest::Client) -> Result<Setup, ChaosError>
         )
         .await?;
         let id = runner["id"].as_str().ok_or_else(|| ChaosError::Setup(format!("no id in {runner}")))?;
+        sandbox_runner_ids.push(id.to_string());
         setup_call(
             http,
             Method::PATCH,
@@ -137,7 +140,7 @@ async fn set_up(base: &str, http: &reqwest::Client) -> Result<Setup, ChaosError>
         )
         .await?;
     }
-    Ok(Setup { org_token, runner_region_id, sandbox_region_id })
+    Ok(Setup { org_token, runner_region_id, sandbox_region_id, sandbox_runner_ids })
 }
 
 /// Waits until every running member answers and all name the same leader, one of them.
@@ -328,12 +331,21 @@ async fn read_final(cluster: &Cluster, id: u64, setup: &Setup) -> Result<NodeFin
     )
     .await?;
     insert_registers(&mut registers, "runner", &runners);
-    let sandbox_runners = get_json(
-        http,
-        &cluster.url(id, &format!("/api/admin/runners?regionId={}&consistency=stale", setup.sandbox_region_id)),
-        ADMIN_KEY,
-    )
-    .await?;
+    let sandbox_runners_url =
+        cluster.url(id, &format!("/api/admin/runners?regionId={}&consistency=stale", setup.sandbox_region_id));
+    let sandboxes_url = cluster.url(id, "/api/sandboxes?consistency=stale");
+    // Runners and sandboxes are two reads: read the runners again after the sandboxes, and
+    // again, until nothing (a late rescheduling round) changed them in between.
+    let mut sandbox_runners = get_json(http, &sandbox_runners_url, ADMIN_KEY).await?;
+    let mut sandboxes = get_json(http, &sandboxes_url, &setup.org_token).await?;
+    for _ in 0..10 {
+        let again = get_json(http, &sandbox_runners_url, ADMIN_KEY).await?;
+        if again == sandbox_runners {
+            break;
+        }
+        sandbox_runners = again;
+        sandboxes = get_json(http, &sandboxes_url, &setup.org_token).await?;
+    }
     let resources = |v: &Value| {
         [v["cpu"].as_u64().unwrap_or(0), v["memoryGiB"].as_u64().unwrap_or(0), v["diskGiB"].as_u64().unwrap_or(0)]
     };
@@ -344,9 +356,9 @@ async fn read_final(cluster: &Cluster, id: u64, setup: &Setup) -> Result<NodeFin
         .map(|r| RunnerCapacity {
             id: r["id"].as_str().unwrap_or_default().to_string(),
             capacity: resources(&r["capacity"]),
+            allocated: resources(&r["allocated"]),
         })
         .collect();
-    let sandboxes = get_json(http, &cluster.url(id, "/api/sandboxes?consistency=stale"), &setup.org_token).await?;
     let sandboxes = sandboxes
         .as_array()
         .into_iter()
@@ -357,6 +369,7 @@ async fn read_final(cluster: &Cluster, id: u64, setup: &Setup) -> Result<NodeFin
             request: s["labels"][REQUEST_LABEL].as_str().map(String::from),
             resources: resources(s),
             destroyed: s["state"] == "destroyed",
+            rescheduled: s["rescheduledFrom"].is_string(),
         })
         .collect();
     Ok(NodeFinal { registers, sandboxes, runners })
@@ -411,6 +424,7 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
         admin_token: ADMIN_KEY.to_string(),
         runner_region_id: setup.runner_region_id.clone(),
         sandbox_region: SANDBOX_REGION.to_string(),
+        sandbox_runner_ids: setup.sandbox_runner_ids.clone(),
         seed: config.seed,
         key_life: 100,
         stale_reads: config.stale_reads,
@@ -463,6 +477,7 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
 
     let mut violations = check::check_linearizable(&history, config.check_budget);
     let mut finals = Vec::new();
+    let mut rescheduled_sandboxes = None;
     // Acknowledged creations must exist, unless their client tried to delete them since.
     let delete_tried: std::collections::HashSet<&str> =
         sandbox_ops.iter().filter(|o| o.call == SandboxCall::Delete).map(|o| o.request.as_str()).collect();
@@ -475,6 +490,7 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
     for id in cluster.ids() {
         let node_final = read_final(&cluster, id, &setup).await?;
         violations.extend(check::check_placements(id, &node_final.sandboxes, &node_final.runners, &acknowledged));
+        rescheduled_sandboxes.get_or_insert(node_final.sandboxes.iter().filter(|s| s.rescheduled).count());
         finals.push((id, node_final.registers));
     }
     violations.extend(check::check_final_state(&history, &finals, config.check_budget));
@@ -504,6 +520,8 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
         faults_by_kind,
         operations: workload::op_counts(&history, &sandbox_ops),
         keys_checked: keys.len(),
+        runner_flaps: recorder.runner_flaps.load(Ordering::Relaxed),
+        rescheduled_sandboxes: rescheduled_sandboxes.unwrap_or(0),
         passed: violations.is_empty() && !faults.is_empty(),
         violations,
         unavailability: windows(false),

@@ -52,11 +52,18 @@ pub struct Recorder {
     pub start: Instant,
     pub history: Mutex<History>,
     pub sandbox_ops: Mutex<Vec<SandboxOp>>,
+    /// How many times the flapper marked a sandbox runner unresponsive.
+    pub runner_flaps: AtomicU64,
 }
 
 impl Recorder {
     pub fn new(start: Instant) -> Recorder {
-        Recorder { start, history: Mutex::new(History::default()), sandbox_ops: Mutex::new(Vec::new()) }
+        Recorder {
+            start,
+            history: Mutex::new(History::default()),
+            sandbox_ops: Mutex::new(Vec::new()),
+            runner_flaps: AtomicU64::new(0),
+        }
     }
 
     pub fn now(&self) -> Nanos {
@@ -101,6 +108,9 @@ pub struct WorkloadConfig {
     pub runner_region_id: String,
     /// The region sandboxes are placed in (by name).
     pub sandbox_region: String,
+    /// Its runners, which the flapper marks unresponsive in turn so that their sandboxes are
+    /// rescheduled while the nemesis works.
+    pub sandbox_runner_ids: Vec<String>,
     pub seed: u64,
     /// Operations a key lives for before it is deleted.
     pub key_life: u32,
@@ -466,7 +476,7 @@ pub async fn run(config: WorkloadConfig, recorder: Arc<Recorder>, stop: Arc<Atom
         next_key: AtomicU64::new(0),
         next_value: AtomicU64::new(0),
     });
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(flap_runners(config.clone(), shared.recorder.clone(), shared.stop.clone()))];
     for w in 0..config.workers {
         let via_balancer = w % 2 == 0 || config.nodes.is_empty();
         let node = (w / 2) % config.nodes.len().max(1);
@@ -497,6 +507,44 @@ pub async fn run(config: WorkloadConfig, recorder: Arc<Recorder>, stop: Arc<Atom
     }
     for task in tasks {
         let _ = task.await;
+    }
+}
+
+/// How long the flapper leaves a runner unresponsive (the nodes reschedule after 300 ms), and
+/// how long between two flaps.
+const FLAP_DOWN: Duration = Duration::from_millis(1_500);
+const FLAP_EVERY: Duration = Duration::from_secs(3);
+
+/// Marks the sandbox region's runners `unresponsive` in turn, for [`FLAP_DOWN`], then `ready`
+/// again (retried until it takes), through haproxy with the admin key. The nodes then move
+/// the runner's sandboxes elsewhere, or mark them `error` where nothing has room, while the
+/// nemesis injects its faults: the placement checks see the result.
+async fn flap_runners(config: WorkloadConfig, recorder: Arc<Recorder>, stop: Arc<AtomicBool>) {
+    let Ok(http) = reqwest::Client::builder().timeout(Duration::from_secs(5)).build() else { return };
+    let set_state = |id: &str, state: &str| {
+        http.patch(format!("http://{}/api/admin/runners/{id}/state", config.balancer))
+            .bearer_auth(&config.admin_token)
+            .json(&json!({ "state": state }))
+            .send()
+    };
+    for id in config.sandbox_runner_ids.iter().cycle() {
+        tokio::time::sleep(FLAP_EVERY).await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if !set_state(id, "unresponsive").await.is_ok_and(|r| r.status().is_success()) {
+            continue;
+        }
+        recorder.runner_flaps.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(FLAP_DOWN).await;
+        // Back to ready, whatever the faults (a runner left unresponsive would starve the
+        // workload), for up to 20 s: longer than any fault's heal.
+        for _ in 0..100 {
+            if set_state(id, "ready").await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 

@@ -37,6 +37,8 @@ fn a_short_run_under_faults_passes_every_checker() {
     let faults = report["faults"].as_array().expect("faults");
     assert!(faults.len() >= 5, "only {} faults:\n{output}", faults.len());
     assert!(faults.iter().all(|f| f["recovered_ns"].is_u64()), "{output}");
+    // Runners were marked unresponsive under the faults, so rescheduling ran under them too.
+    assert!(report["runner_flaps"].as_u64().is_some_and(|n| n >= 3), "{output}");
     let kinds: Vec<&str> = faults.iter().filter_map(|f| f["kind"].as_str()).collect();
     assert!(kinds.contains(&"kill") && kinds.contains(&"pause"), "{kinds:?}");
     if is_root() {

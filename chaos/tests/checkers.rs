@@ -119,19 +119,29 @@ fn sandbox(id: &str, runner: &str, request: &str, cpu: u64) -> PlacedSandbox {
         request: Some(request.into()),
         resources: [cpu, 1, 1],
         destroyed: false,
+        rescheduled: false,
     }
 }
 
 #[test]
 fn double_placement_missing_sandbox_and_overcommit_are_caught() {
-    let runners = vec![RunnerCapacity { id: "r1".into(), capacity: [4, 8, 8] }];
+    // The runner's allocation as a node would report it: the sum of its live sandboxes.
+    let r1 = |sandboxes: &[PlacedSandbox]| {
+        let mut allocated = [0u64; 3];
+        for s in sandboxes.iter().filter(|s| !s.destroyed && s.runner_id == "r1") {
+            for (a, r) in allocated.iter_mut().zip(s.resources) {
+                *a += r;
+            }
+        }
+        vec![RunnerCapacity { id: "r1".into(), capacity: [4, 8, 8], allocated }]
+    };
     let ok = vec![sandbox("s1", "r1", "req-1", 2), sandbox("s2", "r1", "req-2", 2)];
     let acked = vec!["req-1".to_string(), "req-2".to_string()];
-    assert_eq!(check_placements(1, &ok, &runners, &acked), vec![]);
+    assert_eq!(check_placements(1, &ok, &r1(&ok), &acked), vec![]);
 
     let twice = vec![sandbox("s1", "r1", "req-1", 1), sandbox("s3", "r1", "req-1", 1), sandbox("s2", "r1", "req-2", 1)];
     assert_eq!(
-        check_placements(1, &twice, &runners, &acked),
+        check_placements(1, &twice, &r1(&twice), &acked),
         vec![Violation::DoublePlacement {
             request: "req-1".into(),
             node: 1,
@@ -141,19 +151,38 @@ fn double_placement_missing_sandbox_and_overcommit_are_caught() {
 
     let missing = vec![sandbox("s1", "r1", "req-1", 1)];
     assert_eq!(
-        check_placements(2, &missing, &runners, &acked),
+        check_placements(2, &missing, &r1(&missing), &acked),
         vec![Violation::MissingSandbox { request: "req-2".into(), node: 2 }]
     );
 
     let over = vec![sandbox("s1", "r1", "req-1", 3), sandbox("s2", "r1", "req-2", 2)];
     assert_eq!(
-        check_placements(3, &over, &runners, &acked),
+        check_placements(3, &over, &r1(&over), &acked),
         vec![Violation::OverCapacity { runner: "r1".into(), node: 3 }]
     );
     // Destroyed sandboxes hold nothing.
     let mut freed = over.clone();
     freed[0].destroyed = true;
-    assert_eq!(check_placements(3, &freed, &runners, &acked), vec![]);
+    assert_eq!(check_placements(3, &freed, &r1(&freed), &acked), vec![]);
+}
+
+/// A rescheduled sandbox is on one runner: a move that charged the new runner but did not
+/// free the old one, or a sandbox on a runner nobody knows, is caught.
+#[test]
+fn a_sandbox_charged_to_two_runners_is_caught() {
+    let runner = |id: &str, allocated: [u64; 3]| RunnerCapacity { id: id.into(), capacity: [8, 8, 8], allocated };
+    let (none, one): ([u64; 3], [u64; 3]) = ([0, 0, 0], [2, 1, 1]);
+    let moved = vec![sandbox("s1", "r2", "req-1", 2)];
+    let acked = vec!["req-1".to_string()];
+    assert_eq!(check_placements(1, &moved, &[runner("r1", none), runner("r2", one)], &acked), vec![]);
+    assert_eq!(
+        check_placements(1, &moved, &[runner("r1", one), runner("r2", one)], &acked),
+        vec![Violation::AllocationMismatch { runner: "r1".into(), node: 1, allocated: one, sandboxes: none }]
+    );
+    assert_eq!(
+        check_placements(1, &moved, &[runner("r1", none)], &acked),
+        vec![Violation::UnknownRunner { sandbox: "s1".into(), runner: "r2".into(), node: 1 }]
+    );
 }
 
 #[test]

@@ -27,6 +27,15 @@ pub struct Placement {
     pub idempotency_key: Option<String>,
 }
 
+/// One sandbox of a rescheduling round.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Reschedule {
+    pub sandbox_id: String,
+    pub from_runner_id: String,
+    /// Where it goes; `None`: no runner of its region can take it now.
+    pub to_runner_id: Option<String>,
+}
+
 /// A request to create a sandbox, as it travels to the leader's scheduler.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SandboxRequest {
@@ -244,6 +253,15 @@ pub enum Command {
     SetSandboxState {
         id: String,
         state: SandboxState,
+    },
+    /// The leader's rescheduling round: each sandbox on a runner that has been `unresponsive`
+    /// for at least `unresponsive_for_ms` (0: never), or is `decommissioned`, moves to the
+    /// runner chosen for it, or, with none chosen (no room anywhere), stays and is marked
+    /// `error` if it was started. `apply` re-checks all of it: a runner that came back keeps
+    /// its sandboxes.
+    RescheduleSandboxes {
+        moves: Vec<Reschedule>,
+        unresponsive_for_ms: u64,
     },
     DeleteSandbox {
         id: String,

@@ -166,6 +166,7 @@ mod tests {
             region_id: "reg".into(),
             organization_id: "org".into(),
             state,
+            state_changed_at: 0,
             schedulable: true,
             draining: false,
             api_version: "2".into(),

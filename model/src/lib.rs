@@ -41,7 +41,9 @@ pub mod state;
 pub mod types;
 
 pub use apply::{apply, recorded_placement};
-pub use command::{Command, FieldUpdate, NewRegion, NewRunner, Placement, Proposal, RegionCredential, SandboxRequest};
+pub use command::{
+    Command, FieldUpdate, NewRegion, NewRunner, Placement, Proposal, RegionCredential, Reschedule, SandboxRequest,
+};
 pub use outcome::{ApplyResult, Outcome, Rejection};
 pub use state::{IdempotencyRecord, LocalEpoch, State, IDEMPOTENCY_RECORDS_MAX, IDEMPOTENCY_TTL_MS};
 pub use types::{

@@ -34,9 +34,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 
+use crate::command::Reschedule;
 use crate::health::HealthReport;
 use crate::state::State;
-use crate::types::{Resources, Runner, RunnerState};
+use crate::types::{Millis, Resources, Runner, RunnerState, SandboxState};
 
 /// How many of the best-fitting runners a placement chooses among.
 pub const TOP_K: usize = 4;
@@ -79,16 +80,67 @@ pub fn under_sandbox_limit(max_sandboxes: Option<u64>, hosted: u64) -> bool {
     max_sandboxes.is_none_or(|max| hosted < max)
 }
 
+/// Whether the sandboxes on `runner` must move elsewhere at `now`: it is decommissioned, or
+/// it has been unresponsive for at least `unresponsive_for_ms` (0: never).
+pub fn needs_rescheduling(runner: &Runner, now: Millis, unresponsive_for_ms: u64) -> bool {
+    match runner.state {
+        RunnerState::Decommissioned => true,
+        RunnerState::Unresponsive => {
+            unresponsive_for_ms > 0 && now.saturating_sub(runner.state_since()) >= unresponsive_for_ms
+        }
+        _ => false,
+    }
+}
+
+/// The leader's rescheduling round, decided on one view of the state: every sandbox (not
+/// destroyed) on a runner that [`needs_rescheduling`] gets a new runner of its region that
+/// takes it (tags, room, limit), chosen like any placement, or `None` when a started one fits
+/// nowhere (it will be marked `error` and retried). Stopped or already-`error` sandboxes with
+/// nowhere to go are left out: nothing would change. At most `limit` moves.
+pub fn plan_reschedules(
+    state: &State,
+    now: Millis,
+    unresponsive_for_ms: u64,
+    limit: usize,
+    rng: &mut impl Rng,
+) -> Vec<Reschedule> {
+    let mut indexes: BTreeMap<&str, RegionPlacementIndex> = BTreeMap::new();
+    let mut moves = Vec::new();
+    let leaving = state.runners.values().filter(|r| needs_rescheduling(r, now, unresponsive_for_ms));
+    for runner in leaving {
+        let Some(on_runner) = state.runner_sandboxes.get(&runner.id) else { continue };
+        for sandbox in on_runner.keys().filter_map(|id| state.sandboxes.get(id)) {
+            if moves.len() == limit {
+                return moves;
+            }
+            let index = indexes
+                .entry(sandbox.region_id.as_str())
+                .or_insert_with(|| RegionPlacementIndex::for_region(state, &sandbox.region_id));
+            let to = index.place_matching(sandbox.resources, &sandbox.runner_tags, rng).map(str::to_string);
+            if to.is_none() && sandbox.state != SandboxState::Started {
+                continue;
+            }
+            moves.push(Reschedule {
+                sandbox_id: sandbox.id.clone(),
+                from_runner_id: runner.id.clone(),
+                to_runner_id: to,
+            });
+        }
+    }
+    moves
+}
+
 /// Whether a sandbox may be placed on `runner` at all (by the scheduler, and on `apply`):
 /// ready, schedulable and not draining.
 pub fn eligible(runner: &Runner) -> bool {
     runner.state == RunnerState::Ready && runner.schedulable && !runner.draining
 }
 
-/// What a placement reads of one runner, kept small (80 bytes) for the ranked scan; the id and
-/// tags live beside it.
+/// What a placement reads of one runner; its tags (read only for constrained requests) live
+/// beside it.
 #[derive(Debug, Clone)]
 struct Slot {
+    runner_id: String,
     capacity: Resources,
     allocated: Resources,
     /// Headroom from reported usage, in basis points ([`SCORE_MAX`] when none was reported).
@@ -99,6 +151,7 @@ struct Slot {
 }
 
 impl Slot {
+    #[inline]
     fn has_room(&self, request: Resources) -> bool {
         self.sandboxes_left > 0 && fits(self.capacity, self.allocated, request)
     }
@@ -157,8 +210,8 @@ pub fn usage_headroom(report: &HealthReport) -> u32 {
 #[derive(Debug, Clone, Default)]
 pub struct RegionPlacementIndex {
     slots: Vec<Slot>,
-    /// Per slot, its runner's id and tags (apart from `slots`, which the scans read).
-    slot_ids: Vec<String>,
+    /// Per slot, its runner's tags (apart from `slots`, which every scan reads); empty until
+    /// a runner with tags is indexed, so an untagged fleet carries nothing here.
     slot_tags: Vec<BTreeMap<String, String>>,
     ranked: BTreeSet<(Reverse<u32>, u32)>,
     /// Slots by the power of two of their free cpu: bucket `b` holds free cpu in
@@ -179,6 +232,7 @@ pub struct RegionPlacementIndex {
 
 /// One of the best [`TOP_K`] among the first [`MAX_SCAN`] of `ranked` with room for the
 /// request, at random.
+#[inline]
 fn best_fitting(
     ranked: &BTreeSet<(Reverse<u32>, u32)>,
     slots: &[Slot],
@@ -253,9 +307,18 @@ impl RegionPlacementIndex {
             }
         }
         let sandboxes_left = max_sandboxes.map_or(u64::MAX, |max| max.saturating_sub(hosted));
-        self.slots.push(Slot { capacity, allocated, usage_cap, score, sandboxes_left });
-        self.slot_ids.push(runner_id.to_string());
-        self.slot_tags.push(tags);
+        self.slots.push(Slot {
+            runner_id: runner_id.to_string(),
+            capacity,
+            allocated,
+            usage_cap,
+            score,
+            sandboxes_left,
+        });
+        if !tags.is_empty() || !self.slot_tags.is_empty() {
+            self.slot_tags.resize_with(slot as usize, BTreeMap::new);
+            self.slot_tags.push(tags);
+        }
         self.ranked.insert((Reverse(score), slot));
         if self.cpu_buckets.is_empty() {
             self.cpu_buckets = vec![Vec::new(); CPU_BUCKETS];
@@ -352,14 +415,20 @@ impl RegionPlacementIndex {
         if old != new {
             self.ranked.remove(&old);
             self.ranked.insert(new);
-            let tags = &self.slot_tags[chosen as usize];
-            for view in self.views.iter_mut().filter(|v| tags_match(tags, &v.wanted)) {
-                view.ranked.remove(&old);
-                view.ranked.insert(new);
+            if !self.views.is_empty() {
+                let tags = self.slot_tags.get(chosen as usize).unwrap_or(&NO_TAGS);
+                for view in self.views.iter_mut().filter(|v| tags_match(tags, &v.wanted)) {
+                    view.ranked.remove(&old);
+                    view.ranked.insert(new);
+                }
             }
         }
         self.rebucket(chosen);
-        Some(&self.slot_ids[chosen as usize])
+        Some(&self.slots[chosen as usize].runner_id)
+    }
+
+    fn tags_of(&self, slot: u32) -> &BTreeMap<String, String> {
+        self.slot_tags.get(slot as usize).unwrap_or(&NO_TAGS)
     }
 
     /// The unconstrained fallback: the first runner with room among those with enough free
@@ -377,19 +446,14 @@ impl RegionPlacementIndex {
         if self.views.len() == TAG_SETS_KEPT {
             self.views.remove(0);
         }
-        let ranked = self
-            .ranked
-            .iter()
-            .filter(|(_, slot)| tags_match(&self.slot_tags[*slot as usize], wanted))
-            .copied()
-            .collect();
+        let ranked = self.ranked.iter().filter(|(_, slot)| tags_match(self.tags_of(*slot), wanted)).copied().collect();
         self.views.push(TagView { wanted: wanted.clone(), ranked });
         self.views.len() - 1
     }
 
     /// Current allocation of every indexed runner (for tests).
     pub fn allocations(&self) -> impl Iterator<Item = (&str, Resources, Resources)> {
-        self.slot_ids.iter().zip(&self.slots).map(|(id, s)| (id.as_str(), s.capacity, s.allocated))
+        self.slots.iter().map(|s| (s.runner_id.as_str(), s.capacity, s.allocated))
     }
 }
 

@@ -164,6 +164,10 @@ pub struct Runner {
     pub region_id: String,
     pub organization_id: String,
     pub state: RunnerState,
+    /// When `state` last changed; 0 in entries from before it was kept (then `updated_at`
+    /// stands in, see [`Runner::state_since`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub state_changed_at: Millis,
     pub schedulable: bool,
     /// Takes no new placements; what runs on it keeps running (absent in older entries: not
     /// draining).
@@ -197,6 +201,21 @@ pub struct Runner {
     pub api_key_hint: String,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+fn is_zero(n: &Millis) -> bool {
+    *n == 0
+}
+
+impl Runner {
+    /// Since when the runner has been in its state.
+    pub fn state_since(&self) -> Millis {
+        if self.state_changed_at == 0 {
+            self.updated_at
+        } else {
+            self.state_changed_at
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -245,6 +264,12 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runner_tags: BTreeMap<String, String>,
     pub state: SandboxState,
+    /// The runner it was moved away from, when it was rescheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescheduled_from: Option<String>,
+    /// Why it is in state `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_reason: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

@@ -684,3 +684,92 @@ fn runner_tags_and_sandbox_limits_hold_on_apply() {
     assert!(s.runners["run"].tags.is_empty() && s.runners["run"].max_sandboxes.is_none());
     assert_eq!(s.validate(), Ok(()));
 }
+
+/// Rescheduling: sandboxes on a runner unresponsive long enough (or decommissioned) move to
+/// another runner of the region, exactly once, with the allocations following; a started one
+/// with nowhere to go is marked `error` and moves once room appears; a runner that came back
+/// keeps its sandboxes.
+#[test]
+fn sandboxes_move_off_a_runner_that_stays_unresponsive() {
+    let at = |ms: u64, command: Command| Proposal::new(command, T0 + ms);
+    let mut s = fleet(); // "run", 4 cpu, ready
+    for id in ["a", "b"] {
+        let Ok(Outcome::Placed(r)) =
+            run(&mut s, Command::PlaceSandboxes { placements: vec![placement(id, "reg", "run", 1)] })
+        else {
+            panic!("placed")
+        };
+        assert!(r[0].is_ok(), "{r:?}");
+    }
+    run(&mut s, Command::SetSandboxState { id: "b".into(), state: SandboxState::Stopped }).expect("stopped");
+    let silent = Command::RecordRunnerHealth { reporting: vec![], silent: vec!["run".into()] };
+    apply(&mut s, &at(1_000, silent)).expect("unresponsive");
+    assert_eq!(s.runners["run"].state_since(), T0 + 1_000);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+    // Not yet long enough; and nowhere to go anyway.
+    assert!(placement::plan_reschedules(&s, T0 + 1_500, 1_000, 100, &mut rng).is_empty());
+    let moves = placement::plan_reschedules(&s, T0 + 2_000, 1_000, 100, &mut rng);
+    assert_eq!(
+        moves,
+        vec![Reschedule { sandbox_id: "a".into(), from_runner_id: "run".into(), to_runner_id: None }],
+        "only the started one is marked"
+    );
+    let round = |moves| Command::RescheduleSandboxes { moves, unresponsive_for_ms: 1_000 };
+    let Ok(Outcome::Placed(r)) = apply(&mut s, &at(2_000, round(moves))) else { panic!("applied") };
+    let stranded = r[0].as_ref().expect("marked");
+    assert_eq!((stranded.state, stranded.runner_id.as_str()), (SandboxState::Error, "run"));
+    assert!(stranded.error_reason.as_deref().is_some_and(|e| e.contains("unresponsive")), "{stranded:?}");
+    assert_eq!(s.runners["run"].allocated.cpu, 2, "it stays where it is, holding its resources");
+
+    // Room appears: both move (the error one starts, the stopped one stays stopped), once.
+    run(&mut s, create_runner("spare", "reg", "runner-2", 4)).expect("runner");
+    run(&mut s, Command::SetRunnerState { id: "spare".into(), state: RunnerState::Ready }).expect("ready");
+    let moves = placement::plan_reschedules(&s, T0 + 3_000, 1_000, 100, &mut rng);
+    assert_eq!(moves.len(), 2, "{moves:?}");
+    assert!(moves.iter().all(|m| m.to_runner_id.as_deref() == Some("spare")));
+    let Ok(Outcome::Placed(r)) = apply(&mut s, &at(3_000, round(moves.clone()))) else { panic!("applied") };
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    assert_eq!((s.sandboxes["a"].state, s.sandboxes["b"].state), (SandboxState::Started, SandboxState::Stopped));
+    for id in ["a", "b"] {
+        let sb = &s.sandboxes[id];
+        assert_eq!(
+            (sb.runner_id.as_str(), sb.rescheduled_from.as_deref(), sb.error_reason.as_deref()),
+            ("spare", Some("run"), None)
+        );
+    }
+    assert_eq!((s.runners["run"].allocated.cpu, s.runners["spare"].allocated.cpu), (0, 2));
+    assert_eq!((s.runners["run"].started_sandboxes, s.runners["spare"].started_sandboxes), (0, 1));
+    assert!(!s.runner_sandboxes.contains_key("run"));
+    // The same round again (a retried entry) moves nothing.
+    let Ok(Outcome::Placed(again)) = apply(&mut s, &at(3_100, round(moves))) else { panic!("applied") };
+    assert!(again.iter().all(|r| matches!(r, Err(Rejection::Conflict(_)))), "{again:?}");
+    assert_eq!(s.validate(), Ok(()));
+
+    // A runner that is back keeps what it has, whatever a stale round says.
+    let Ok(Outcome::Placed(c)) =
+        run(&mut s, Command::PlaceSandboxes { placements: vec![placement("c", "reg", "spare", 1)] })
+    else {
+        panic!("placed")
+    };
+    assert!(c[0].is_ok());
+    let stale =
+        vec![Reschedule { sandbox_id: "c".into(), from_runner_id: "spare".into(), to_runner_id: Some("run".into()) }];
+    let Ok(Outcome::Placed(kept)) = apply(&mut s, &at(4_000, round(stale))) else { panic!("applied") };
+    assert!(matches!(kept[0], Err(Rejection::Conflict(_))), "{kept:?}");
+    assert_eq!(s.sandboxes["c"].runner_id, "spare");
+
+    // Decommissioned: moves at once, whatever the unresponsive delay.
+    run(&mut s, Command::SetRunnerState { id: "run".into(), state: RunnerState::Ready }).expect("back");
+    run(&mut s, Command::SetRunnerState { id: "spare".into(), state: RunnerState::Decommissioned })
+        .expect("decommissioned");
+    let moves = placement::plan_reschedules(&s, T0 + 4_000, 0, 100, &mut rng);
+    assert_eq!(moves.len(), 3, "{moves:?}");
+    let Ok(Outcome::Placed(r)) =
+        apply(&mut s, &at(4_000, Command::RescheduleSandboxes { moves, unresponsive_for_ms: 0 }))
+    else {
+        panic!("applied")
+    };
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    assert!(s.sandboxes.values().all(|sb| sb.runner_id == "run" && sb.rescheduled_from.as_deref() == Some("spare")));
+    assert_eq!(s.validate(), Ok(()));
+}

@@ -58,6 +58,9 @@ pub struct NodeConfig {
     /// A ready runner silent for this long becomes `unresponsive`; 0 turns the leader's health
     /// monitor off (runner state then changes only through the admin API).
     pub runner_silence_ms: u64,
+    /// A runner `unresponsive` for this long has its sandboxes placed again on other runners
+    /// of its region (so are a decommissioned runner's); 0 turns rescheduling off.
+    pub reschedule_after_ms: u64,
     /// How often runner agents report (sent to them on connect).
     pub runner_report_interval_ms: u64,
     /// Gossip (SWIM): a suspect node that has not refuted within this is declared down.
@@ -105,6 +108,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     drain_ms: Option<u64>,
     runner_silence_ms: Option<u64>,
+    reschedule_after_ms: Option<u64>,
     runner_report_interval_ms: Option<u64>,
     gossip_suspect_ms: Option<u64>,
     scheduler_seed: Option<u64>,
@@ -163,6 +167,9 @@ pub struct ServeArgs {
     /// Silence after which a ready runner becomes unresponsive (0: never, by health).
     #[arg(long, env = "CORRAL_RUNNER_SILENCE_MS")]
     pub runner_silence_ms: Option<u64>,
+    /// How long a runner stays unresponsive before its sandboxes move elsewhere (0: never).
+    #[arg(long, env = "CORRAL_RESCHEDULE_AFTER_MS")]
+    pub reschedule_after_ms: Option<u64>,
     #[arg(long, env = "CORRAL_RUNNER_REPORT_INTERVAL_MS")]
     pub runner_report_interval_ms: Option<u64>,
     #[arg(long, env = "CORRAL_GOSSIP_SUSPECT_MS")]
@@ -276,6 +283,7 @@ impl NodeConfig {
             // haproxy's check (deploy/haproxy.cfg: every 500 ms, down after 2) needs ~1 s.
             drain_ms: args.drain_ms.or(file.drain_ms).unwrap_or(1_500),
             runner_silence_ms: args.runner_silence_ms.or(file.runner_silence_ms).unwrap_or(10_000),
+            reschedule_after_ms: args.reschedule_after_ms.or(file.reschedule_after_ms).unwrap_or(60_000),
             runner_report_interval_ms: args
                 .runner_report_interval_ms
                 .or(file.runner_report_interval_ms)

@@ -13,6 +13,8 @@
 //! - [`runner_directory`]: the node's side of runner sessions (net's `RunnerDirectory`);
 //! - [`health_monitor`]: the leader's loop that commits the model's health verdict
 //!   (`ready` ↔ `unresponsive` from reports and silence);
+//! - [`rescheduler`]: the leader's loop that moves sandboxes off runners unresponsive for
+//!   `reschedule_after_ms` or decommissioned (the model's `plan_reschedules`);
 //! - [`runner_agent`]: `corral runner`, the runner agent (and `--simulate N` for scale tests);
 //! - [`dev`]: `corral dev`, a local 3-node cluster of real processes;
 //! - [`certs`]: `corral certs`, the cluster CA and node/runner certificates (mutual TLS);
@@ -31,6 +33,7 @@ pub mod ctl;
 pub mod dev;
 pub mod health_monitor;
 pub mod leader;
+pub mod rescheduler;
 pub mod runner_agent;
 pub mod runner_directory;
 pub mod scheduler;

@@ -172,6 +172,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         interval: Duration::from_millis(500),
     };
     tokio::spawn(crate::health_monitor::run_monitor(raft_cluster.clone(), health, monitor, stop_rx.clone()));
+    if config.reschedule_after_ms > 0 {
+        let seed = config.scheduler_seed.map_or_else(rand::random, |s| s.wrapping_add(1));
+        tracing::info!(seed, reschedule_after_ms = config.reschedule_after_ms, "rescheduler seed");
+        let rescheduler = crate::rescheduler::ReschedulerConfig {
+            reschedule_after: Duration::from_millis(config.reschedule_after_ms),
+            interval: Duration::from_millis(500),
+            seed,
+        };
+        tokio::spawn(crate::rescheduler::run_rescheduler(raft_cluster.clone(), rescheduler, stop_rx.clone()));
+    }
     tokio::spawn(crate::telemetry::watch_state(
         shared_for_metrics,
         db_dir.clone(),

@@ -105,6 +105,22 @@ fn deploy_files_pass_their_tools() {
     let unit = std::fs::read_to_string(deploy("systemd/corral.service")).expect("unit");
     assert!(unit.contains("ExecStart=/usr/local/bin/corral serve --config"));
     assert!(unit.contains("KillSignal=SIGTERM"));
+    // The runner agent's unit runs `corral runner` with its TLS files, its settings in an
+    // environment file, and restarts after a refusal.
+    let unit = std::fs::read_to_string(deploy("systemd/corral-runner.service")).expect("runner unit");
+    assert!(unit.contains("ExecStart=/usr/local/bin/corral runner --ca-cert"));
+    assert!(unit.contains("EnvironmentFile=/etc/corral/runner.env") && unit.contains("Restart=on-failure"));
+    // The agent's DaemonSet: one agent per machine, its token from the Secret under the
+    // machine's name, the nodes' Raft addresses, metrics on the probed port.
+    let text = std::fs::read_to_string(deploy("kubernetes/corral-runner.yaml")).expect("runner manifest");
+    let daemonset: serde_yaml::Value = serde_yaml::from_str(&text).expect("valid YAML");
+    assert_eq!(daemonset["kind"].as_str(), Some("DaemonSet"));
+    let agent = &daemonset["spec"]["template"]["spec"]["containers"][0];
+    let script = agent["args"][0].as_str().expect("the agent's command");
+    assert!(script.contains("exec corral runner") && script.contains("/etc/corral/tokens/$NODE_NAME"), "{script}");
+    let env: Vec<&str> = agent["env"].as_sequence().expect("env").iter().filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(env, ["NODE_NAME", "CORRAL_ENDPOINTS", "CORRAL_RUNNER_METRICS_ADDR"]);
+    assert_eq!(agent["livenessProbe"]["httpGet"]["path"].as_str(), Some("/metrics"));
 
     // Grafana: valid JSON whose every query names metrics the nodes export (checked against
     // live nodes in `prometheus_scrapes_every_node`).

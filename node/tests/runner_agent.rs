@@ -32,9 +32,15 @@ struct Agent {
 impl Agent {
     /// Starts `corral runner` presenting the certificate `cert_name` from `certs`.
     fn start(token: &str, endpoints: &str, certs: &CertDir, cert_name: &str, log: &Path) -> Agent {
+        Self::start_with(token, endpoints, certs, cert_name, log, &[])
+    }
+
+    /// [`Agent::start`] with more command-line arguments.
+    fn start_with(token: &str, endpoints: &str, certs: &CertDir, cert_name: &str, log: &Path, args: &[&str]) -> Agent {
         let file = fs::File::create(log).expect("agent log");
         let child = Command::new(env!("CARGO_BIN_EXE_corral"))
             .args(["runner", "--endpoints", endpoints])
+            .args(args)
             .env("CORRAL_RUNNER_TOKEN", token)
             .env("CORRAL_CA_CERT", certs.ca_cert())
             .env("CORRAL_RUNNER_CERT", certs.cert(cert_name))
@@ -206,6 +212,100 @@ fn agent_reports_gets_its_sandbox_fails_over_and_goes_unresponsive_when_killed()
     assert_eq!((s, body["code"].as_str()), (409, Some("no_capacity")), "{body}");
 }
 
+/// Rescheduling with real agents: the agent of the runner holding the sandboxes is SIGKILLed;
+/// once its runner has been unresponsive for `--reschedule-after-ms`, every sandbox moves to
+/// the other runner of the region exactly once (`rescheduledFrom` names the old one), the
+/// allocations follow on every node, the other agent is told to start them, and all nodes end
+/// with one state hash. An agent that comes back under the old token gets none of them.
+#[test]
+fn a_killed_agents_sandboxes_move_to_the_other_runner_once() {
+    let mut args = node_args();
+    args.extend(["--reschedule-after-ms", "1500"]);
+    let c = TestCluster::start(3, &args);
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let token_a = "reschedule-runner-a-0123456789abcdef";
+    let (key, region_id, runner_a) = setup(&c, leader, token_a);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent_a = Agent::start(token_a, &endpoints(&c), &c.certs, "runner", &dir.path().join("a.log"));
+    wait_for("runner a ready", Duration::from_secs(20), || {
+        (runner_on(&c, leader, &key, &runner_a)["state"] == "ready").then_some(())
+    });
+    // Runner b exists but is not ready yet, so every sandbox lands on a.
+    let token_b = "reschedule-runner-b-0123456789abcdef";
+    let body = json!({ "name": "edge-2", "regionId": region_id, "apiKey": token_b, "apiVersion": "2",
+        "cpu": 8, "memoryGiB": 16, "diskGiB": 100 });
+    let (s, b) = c.call(leader, "POST", "/api/admin/runners", Some(ADMIN_KEY), Some(&body), &[]);
+    assert_eq!(s, 201, "{b}");
+    let runner_b = b["id"].as_str().expect("id").to_string();
+    let follower = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
+    let mut sandboxes = Vec::new();
+    for _ in 0..3 {
+        let (s, sandbox) =
+            c.call(follower, "POST", "/api/sandboxes", Some(&key), Some(&json!({ "target": "edge" })), &[]);
+        assert_eq!((s, sandbox["runnerId"].as_str()), (201, Some(runner_a.as_str())), "{sandbox}");
+        sandboxes.push(sandbox["id"].as_str().expect("id").to_string());
+    }
+    let agent_b = Agent::start(token_b, &endpoints(&c), &c.certs, "runner", &dir.path().join("b.log"));
+    wait_for("runner b ready", Duration::from_secs(20), || {
+        (runner_on(&c, leader, &key, &runner_b)["state"] == "ready").then_some(())
+    });
+
+    let _ = agent_a.child.kill();
+    let _ = agent_a.child.wait();
+    let killed_at = Instant::now();
+    wait_for("every sandbox on runner b on every node", Duration::from_secs(30), || {
+        c.nodes
+            .iter()
+            .all(|n| {
+                sandboxes.iter().all(|id| {
+                    let (_, sb) =
+                        c.call(n.id, "GET", &format!("/api/sandboxes/{id}?consistency=stale"), Some(&key), None, &[]);
+                    sb["runnerId"].as_str() == Some(runner_b.as_str())
+                })
+            })
+            .then_some(())
+    });
+    eprintln!("sandboxes moved {:.2} s after the agent's SIGKILL", killed_at.elapsed().as_secs_f64());
+    for id in &sandboxes {
+        let (s, sb) = c.call(leader, "GET", &format!("/api/sandboxes/{id}"), Some(&key), None, &[]);
+        assert_eq!(s, 200);
+        assert_eq!(
+            (sb["state"].as_str(), sb["rescheduledFrom"].as_str(), sb["errorReason"].clone()),
+            (Some("started"), Some(runner_a.as_str()), Value::Null),
+            "{sb}"
+        );
+    }
+    for node in &c.nodes {
+        let a = runner_on(&c, node.id, &key, &runner_a);
+        let b = runner_on(&c, node.id, &key, &runner_b);
+        assert_eq!((a["state"].as_str(), a["allocated"]["cpu"].as_u64()), (Some("unresponsive"), Some(0)), "{a}");
+        assert_eq!(b["allocated"]["cpu"].as_u64(), Some(3), "node {}: {b}", node.id);
+    }
+    wait_for("runner b's agent starts them", Duration::from_secs(15), || {
+        let log = agent_b.log();
+        sandboxes
+            .iter()
+            .all(|id| log.lines().any(|l| l.contains("assignment") && l.contains(id.as_str()) && l.contains("Start")))
+            .then_some(())
+    });
+    c.wait_converged(Duration::from_secs(20));
+
+    // The old runner's agent comes back: its runner is ready again and gets none of them;
+    // nothing moves back, and a later round moves nothing again.
+    let back = Agent::start(token_a, &endpoints(&c), &c.certs, "runner", &dir.path().join("a2.log"));
+    wait_for("runner a ready again", Duration::from_secs(20), || {
+        (runner_on(&c, leader, &key, &runner_a)["state"] == "ready").then_some(())
+    });
+    wait_for("runner a's agent synced", Duration::from_secs(15), || back.log().contains("assigned=0").then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    for id in &sandboxes {
+        let (_, sb) = c.call(leader, "GET", &format!("/api/sandboxes/{id}"), Some(&key), None, &[]);
+        assert_eq!(sb["runnerId"].as_str(), Some(runner_b.as_str()), "{sb}");
+        assert!(!back.log().contains(id.as_str()), "runner a was given {id}");
+    }
+    c.wait_converged(Duration::from_secs(20));
+}
+
 #[test]
 fn wrong_and_deleted_runner_tokens_are_refused() {
     let c = TestCluster::start(3, &node_args());
@@ -352,7 +452,15 @@ fn a_custom_runner_takes_its_agents_host_capacity_and_hosts_a_ctl_sandbox() {
     assert_eq!(before["capacity"]["cpu"], 0, "created without capacity: {before}");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = Agent::start(&token, &endpoints(&c), &c.certs, "runner", &dir.path().join("agent.log"));
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    let agent = Agent::start_with(
+        &token,
+        &endpoints(&c),
+        &c.certs,
+        "runner",
+        &dir.path().join("agent.log"),
+        &["--metrics-addr", &metrics_addr],
+    );
     let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u64).expect("cpu count");
     // The agent's host capacity is committed through Raft and visible on every node.
     let runner = wait_for("ready with the host's capacity on every node", Duration::from_secs(30), || {
@@ -382,6 +490,16 @@ fn a_custom_runner_takes_its_agents_host_capacity_and_hosts_a_ctl_sandbox() {
             .any(|l| l.contains("assignment") && l.contains(&sandbox_id) && l.contains("Start"))
             .then_some(())
     });
+    // The agent's own metrics: reports sent, the assignment it got, the host's usage.
+    let metrics = reqwest::blocking::get(format!("http://{metrics_addr}/metrics"))
+        .and_then(|r| r.text())
+        .expect("the agent serves /metrics");
+    let value = |line_start: &str| {
+        metrics.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert!(value("corral_agent_reports_sent_total").is_some_and(|n| n >= 1.0), "{metrics}");
+    assert!(value("corral_agent_assignments_total{action=\"start\"}").is_some_and(|n| n >= 1.0), "{metrics}");
+    assert!(value("corral_agent_host_usage_percent{resource=\"cpu\"}").is_some(), "{metrics}");
     let listed = ctl(&c, follower, &key, &["sandbox", "list", "--runner", &runner_id, "--state", "started"]);
     assert!(listed.as_array().is_some_and(|l| l.iter().any(|s| s["id"] == sandbox["id"])), "{listed}");
     assert_eq!(ctl(&c, follower, &key, &["sandbox", "stop", &sandbox_id])["state"], "stopped");

@@ -82,6 +82,9 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
         Command::DeleteRunner { id } => runner::delete(state, id, scope),
         Command::PlaceSandboxes { placements } => sandbox::place_all(state, placements, at),
         Command::SetSandboxState { id, state: new_state } => sandbox::set_state(state, id, scope, *new_state, at),
+        Command::RescheduleSandboxes { moves, unresponsive_for_ms } => {
+            sandbox::reschedule_all(state, moves, *unresponsive_for_ms, at)
+        }
         Command::DeleteSandbox { id } => sandbox::delete(state, id, scope, at),
     }
 }

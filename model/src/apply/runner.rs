@@ -48,6 +48,7 @@ pub(super) fn create(state: &mut State, new: &NewRunner, scope: Option<&str>, at
         region_id: region_id.clone(),
         organization_id,
         state: RunnerState::Initializing,
+        state_changed_at: at,
         schedulable: true,
         draining: false,
         api_version: new.api_version.clone(),
@@ -131,6 +132,9 @@ pub(super) fn set_state(
     if runner.state == RunnerState::Decommissioned && new_state != RunnerState::Decommissioned {
         return Err(Rejection::Conflict(format!("runner '{id}' is decommissioned")));
     }
+    if runner.state != new_state {
+        runner.state_changed_at = at;
+    }
     runner.state = new_state;
     runner.updated_at = at;
     Ok(Outcome::Runner(runner.clone()))
@@ -174,6 +178,7 @@ pub(super) fn record_health(state: &mut State, reporting: &[String], silent: &[S
         for id in ids {
             if let Some(runner) = state.runners.get_mut(id).filter(|r| from.contains(&r.state)) {
                 runner.state = to;
+                runner.state_changed_at = at;
                 runner.updated_at = at;
                 changed.push(id.clone());
             }

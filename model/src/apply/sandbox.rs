@@ -1,11 +1,14 @@
-//! Sandboxes: placement batches (with the capacity re-check), state changes, delete.
+//! Sandboxes: placement batches (with the capacity re-check), rescheduling rounds, state
+//! changes, delete.
 
 use super::{in_scope, not_found};
-use crate::command::Placement;
+use std::collections::BTreeMap;
+
+use crate::command::{Placement, Reschedule};
 use crate::outcome::{ApplyResult, Outcome, Rejection};
-use crate::placement::{eligible, fits, tags_match, under_sandbox_limit};
+use crate::placement::{eligible, fits, needs_rescheduling, tags_match, under_sandbox_limit};
 use crate::state::{IdempotencyRecord, State};
-use crate::types::{Millis, ObjectKind, Sandbox, SandboxState};
+use crate::types::{Millis, ObjectKind, Resources, Sandbox, SandboxState};
 
 /// One Raft entry for a whole scheduler batch; each placement succeeds or fails alone.
 pub(super) fn place_all(state: &mut State, placements: &[Placement], at: Millis) -> ApplyResult {
@@ -66,14 +69,19 @@ fn place_idempotent(state: &mut State, p: &Placement, at: Millis) -> Result<Sand
     result
 }
 
-/// Re-checks capacity on apply: whatever a stale leader decided, a runner is never overcommitted.
-fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Rejection> {
-    if state.sandboxes.contains_key(&p.sandbox_id) {
-        return Err(Rejection::DuplicateId { kind: ObjectKind::Sandbox, id: p.sandbox_id.clone() });
-    }
-    let runner = state.runners.get_mut(&p.runner_id).ok_or_else(|| not_found(ObjectKind::Runner, &p.runner_id))?;
-    if runner.region_id != p.region_id {
-        return Err(Rejection::Conflict(format!("runner '{}' is not in region '{}'", runner.id, p.region_id)));
+/// Whether runner `runner_id` may take a sandbox of `region_id` with these constraints and
+/// resources now: the re-check of every placement and move on apply, so that whatever a stale
+/// leader decided, a runner is never overcommitted and never runs what it must not.
+fn check_target(
+    state: &State,
+    runner_id: &str,
+    region_id: &str,
+    runner_tags: &BTreeMap<String, String>,
+    resources: Resources,
+) -> Result<(), Rejection> {
+    let runner = state.runners.get(runner_id).ok_or_else(|| not_found(ObjectKind::Runner, runner_id))?;
+    if runner.region_id != region_id {
+        return Err(Rejection::Conflict(format!("runner '{}' is not in region '{region_id}'", runner.id)));
     }
     if !eligible(runner) {
         return Err(Rejection::RunnerNotSchedulable {
@@ -83,19 +91,128 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
             draining: runner.draining,
         });
     }
-    if !tags_match(&runner.tags, &p.runner_tags) {
+    if !tags_match(&runner.tags, runner_tags) {
         return Err(Rejection::RunnerTagsMismatch { runner_id: runner.id.clone() });
     }
-    let hosted = state.runner_sandboxes.get(&p.runner_id).map_or(0, |ids| ids.len() as u64);
-    if !fits(runner.capacity, runner.allocated, p.resources) || !under_sandbox_limit(runner.max_sandboxes, hosted) {
+    let hosted = state.runner_sandboxes.get(runner_id).map_or(0, |ids| ids.len() as u64);
+    if !fits(runner.capacity, runner.allocated, resources) || !under_sandbox_limit(runner.max_sandboxes, hosted) {
         return Err(Rejection::InsufficientCapacity { runner_id: runner.id.clone() });
     }
+    Ok(())
+}
+
+/// One Raft entry for a rescheduling round; each sandbox moves (or is marked) or not alone.
+pub(super) fn reschedule_all(
+    state: &mut State,
+    moves: &[Reschedule],
+    unresponsive_for_ms: u64,
+    at: Millis,
+) -> ApplyResult {
+    let results = moves.iter().map(|m| reschedule_one(state, m, unresponsive_for_ms, at)).collect();
+    Ok(Outcome::Placed(results))
+}
+
+/// Moves one sandbox off a runner that needs it (frees the old allocation, charges the new
+/// runner, tells both runners' journals), or marks a started one `error` when no runner was
+/// found for it. A sandbox is on exactly one runner before and after.
+fn reschedule_one(
+    state: &mut State,
+    m: &Reschedule,
+    unresponsive_for_ms: u64,
+    at: Millis,
+) -> Result<Sandbox, Rejection> {
+    let sandbox = state.sandboxes.get(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
+    if sandbox.state == SandboxState::Destroyed || sandbox.runner_id != m.from_runner_id {
+        return Err(Rejection::Conflict(format!(
+            "sandbox '{}' is no longer on runner '{}'",
+            m.sandbox_id, m.from_runner_id
+        )));
+    }
+    let from = state.runners.get(&m.from_runner_id).ok_or_else(|| not_found(ObjectKind::Runner, &m.from_runner_id))?;
+    if !needs_rescheduling(from, at, unresponsive_for_ms) {
+        return Err(Rejection::Conflict(format!("runner '{}' keeps its sandboxes ({})", from.id, from.state.label())));
+    }
+    let (resources, old_state) = (sandbox.resources, sandbox.state);
+    let Some(to) = &m.to_runner_id else {
+        let reason = format!(
+            "runner '{}' is {}; no other runner of region '{}' can take the sandbox now (retrying)",
+            from.id,
+            from.state.label(),
+            sandbox.region_id
+        );
+        if old_state != SandboxState::Started {
+            return Err(Rejection::Conflict(format!("sandbox '{}' is not started", m.sandbox_id)));
+        }
+        let runner_id = from.id.clone();
+        if let Some(indexed) = state.runner_sandboxes.get_mut(&runner_id).and_then(|ids| ids.get_mut(&m.sandbox_id)) {
+            *indexed = SandboxState::Error;
+        }
+        if let Some(runner) = state.runners.get_mut(&runner_id) {
+            runner.started_sandboxes = runner.started_sandboxes.saturating_sub(1);
+        }
+        state.runner_journals.record(&runner_id, &m.sandbox_id, false);
+        let sandbox =
+            state.sandboxes.get_mut(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
+        sandbox.state = SandboxState::Error;
+        sandbox.error_reason = Some(reason);
+        sandbox.updated_at = at;
+        return Ok(sandbox.clone());
+    };
+    if *to == m.from_runner_id {
+        return Err(Rejection::Conflict(format!("sandbox '{}' cannot move to the runner it is on", m.sandbox_id)));
+    }
+    check_target(state, to, &sandbox.region_id, &sandbox.runner_tags, resources)?;
+    // A stopped sandbox stays stopped; a started one, or one marked error for want of room,
+    // starts on its new runner.
+    let new_state = if old_state == SandboxState::Stopped { SandboxState::Stopped } else { SandboxState::Started };
+    if let Some(from) = state.runners.get_mut(&m.from_runner_id) {
+        from.allocated = from.allocated.saturating_sub(&resources);
+        if old_state == SandboxState::Started {
+            from.started_sandboxes = from.started_sandboxes.saturating_sub(1);
+        }
+        from.updated_at = at;
+    }
+    if let Some(ids) = state.runner_sandboxes.get_mut(&m.from_runner_id) {
+        ids.remove(&m.sandbox_id);
+        if ids.is_empty() {
+            state.runner_sandboxes.remove(&m.from_runner_id);
+        }
+    }
+    state.runner_journals.record(&m.from_runner_id, &m.sandbox_id, true);
+    if let Some(runner) = state.runners.get_mut(to) {
+        runner.allocated = runner.allocated.saturating_add(&resources);
+        if new_state == SandboxState::Started {
+            runner.started_sandboxes += 1;
+        }
+        runner.updated_at = at;
+    }
+    state.runner_sandboxes.entry(to.clone()).or_default().insert(m.sandbox_id.clone(), new_state);
+    state.runner_journals.record(to, &m.sandbox_id, false);
+    let sandbox =
+        state.sandboxes.get_mut(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
+    sandbox.runner_id = to.clone();
+    sandbox.rescheduled_from = Some(m.from_runner_id.clone());
+    sandbox.error_reason = None;
+    sandbox.state = new_state;
+    sandbox.updated_at = at;
+    Ok(sandbox.clone())
+}
+
+/// Re-checks capacity on apply: whatever a stale leader decided, a runner is never overcommitted.
+fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Rejection> {
+    if state.sandboxes.contains_key(&p.sandbox_id) {
+        return Err(Rejection::DuplicateId { kind: ObjectKind::Sandbox, id: p.sandbox_id.clone() });
+    }
+    check_target(state, &p.runner_id, &p.region_id, &p.runner_tags, p.resources)?;
+    let runner = state.runners.get_mut(&p.runner_id).ok_or_else(|| not_found(ObjectKind::Runner, &p.runner_id))?;
     runner.allocated = runner.allocated.saturating_add(&p.resources);
     runner.started_sandboxes += 1;
     runner.updated_at = at;
     state.runner_sandboxes.entry(p.runner_id.clone()).or_default().insert(p.sandbox_id.clone(), SandboxState::Started);
     state.runner_journals.record(&p.runner_id, &p.sandbox_id, false);
     let sandbox = Sandbox {
+        rescheduled_from: None,
+        error_reason: None,
         id: p.sandbox_id.clone(),
         organization_id: p.organization_id.clone(),
         target: p.target.clone(),
@@ -148,6 +265,9 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
     runner.updated_at = at;
     let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
     sandbox.state = new_state;
+    if new_state != SandboxState::Error {
+        sandbox.error_reason = None;
+    }
     sandbox.updated_at = at;
     Ok(Outcome::Sandbox(sandbox.clone()))
 }

@@ -67,6 +67,10 @@ pub struct RunnerArgs {
     /// filesystem holding it.
     #[arg(long, env = "CORRAL_RUNNER_WORK_DIR", default_value = ".")]
     pub work_dir: PathBuf,
+    /// Serve Prometheus metrics (reports sent, session reconnects, assignments, host usage)
+    /// at `http://ADDR/metrics`.
+    #[arg(long, env = "CORRAL_RUNNER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Why an agent stopped for good.
@@ -91,6 +95,9 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<()> {
             crate::serve::shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
+        if let Some(addr) = args.metrics_addr {
+            serve_metrics(addr, stop_rx.clone()).await?;
+        }
         match args.simulate {
             Some(n) => {
                 let path = args.tokens_file.as_ref().context("--simulate needs --tokens-file")?;
@@ -114,6 +121,23 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// Installs the metrics recorder and serves `/metrics` on `addr` until `stop`.
+async fn serve_metrics(addr: std::net::SocketAddr, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let handle = crate::telemetry::install()?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, "agent metrics at /metrics");
+    let app = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(handle.render())));
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::warn!(error = %e, "agent metrics listener stopped");
+        }
+    });
+    Ok(())
 }
 
 /// Runs simulated runners until `stop`; fails if any runner is refused.

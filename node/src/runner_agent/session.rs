@@ -132,6 +132,12 @@ async fn session_once(
                     via_node: 0,
                     received_at: 0,
                 };
+                metrics::gauge!("corral_agent_host_usage_percent", "resource" => "cpu").set(f64::from(cpu));
+                metrics::gauge!("corral_agent_host_usage_percent", "resource" => "memory").set(f64::from(memory));
+                metrics::gauge!("corral_agent_host_usage_percent", "resource" => "disk").set(f64::from(disk));
+                metrics::gauge!("corral_agent_sandboxes", "action" => "start").set(started as f64);
+                metrics::gauge!("corral_agent_sandboxes", "action" => "stop").set((sandboxes.len() as u64 - started) as f64);
+                metrics::counter!("corral_agent_reports_sent_total").increment(1);
                 if write_frame(&mut send, &AgentMessage::Report(report)).await.is_err() {
                     return Ok(SessionEnd::Lost);
                 }
@@ -151,6 +157,12 @@ async fn session_once(
                         } else {
                             sandboxes.insert(assignment.sandbox_id.clone(), assignment.action);
                         }
+                        let action = match assignment.action {
+                            AssignmentAction::Start => "start",
+                            AssignmentAction::Stop => "stop",
+                            AssignmentAction::Destroy => "destroy",
+                        };
+                        metrics::counter!("corral_agent_assignments_total", "action" => action).increment(1);
                         acks.push(AssignmentAck { sandbox_id: assignment.sandbox_id, action: assignment.action });
                     }
                     if write_frame(&mut send, &AgentMessage::Acks(acks)).await.is_err() {
@@ -165,11 +177,14 @@ async fn session_once(
                     confirmed = std::collections::HashSet::new();
                     tracing::info!(runner_id, assigned = sandboxes.len(), dropped = before - sandboxes.len(),
                         "in step with the node's assignments");
+                    metrics::counter!("corral_agent_assignments_total", "action" => "dropped_on_sync")
+                        .increment((before - sandboxes.len()) as u64);
                 }
                 Some(Ok(Some(NodeMessage::Refused { reason }))) => return Err(AgentError::Refused(reason)),
                 Some(Ok(Some(NodeMessage::Welcome { .. }))) => return Ok(SessionEnd::Lost),
                 Some(Ok(None) | Err(_)) | None => {
                     tracing::warn!(runner_id, endpoint, "lost the node; reconnecting");
+                    metrics::counter!("corral_agent_session_reconnects_total").increment(1);
                     return Ok(SessionEnd::Lost);
                 }
             },

@@ -19,7 +19,7 @@ pub const ADMIN_ORGANIZATION: &str = "default";
 
 /// A free loopback port (the OS picks; a small race with other tests is tolerated by retrying
 /// the whole start when a bind fails).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
