@@ -212,6 +212,35 @@ fn agent_reports_gets_its_sandbox_fails_over_and_goes_unresponsive_when_killed()
     assert_eq!((s, body["code"].as_str()), (409, Some("no_capacity")), "{body}");
 }
 
+/// A cluster rescheduling after `reschedule_after_ms`, with a ready runner "a" (token
+/// `token_a`) whose agent runs; returns the cluster, its leader, the organization key, the
+/// region id, runner a's id, the agent and the directory holding the agents' logs.
+fn rescheduling_fixture(
+    reschedule_after_ms: &'static str,
+    token_a: &str,
+) -> (TestCluster, u64, String, String, String, Agent, tempfile::TempDir) {
+    let mut args = node_args();
+    args.extend(["--reschedule-after-ms", reschedule_after_ms]);
+    let c = TestCluster::start(3, &args);
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let (key, region_id, runner_a) = setup(&c, leader, token_a);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent_a = Agent::start(token_a, &endpoints(&c), &c.certs, "runner", &dir.path().join("a.log"));
+    wait_for("runner a ready", Duration::from_secs(20), || {
+        (runner_on(&c, leader, &key, &runner_a)["state"] == "ready").then_some(())
+    });
+    (c, leader, key, region_id, runner_a, agent_a, dir)
+}
+
+/// A second runner "edge-2" of 8 cpu in the region (not ready until its agent reports).
+fn second_runner(c: &TestCluster, via: u64, region_id: &str, token: &str) -> String {
+    let body = json!({ "name": "edge-2", "regionId": region_id, "apiKey": token, "apiVersion": "2",
+        "cpu": 8, "memoryGiB": 16, "diskGiB": 100 });
+    let (s, b) = c.call(via, "POST", "/api/admin/runners", Some(ADMIN_KEY), Some(&body), &[]);
+    assert_eq!(s, 201, "{b}");
+    b["id"].as_str().expect("id").to_string()
+}
+
 /// Rescheduling with real agents: the agent of the runner holding the sandboxes is SIGKILLed;
 /// once its runner has been unresponsive for `--reschedule-after-ms`, every sandbox moves to
 /// the other runner of the region exactly once (`rescheduledFrom` names the old one), the
@@ -219,24 +248,11 @@ fn agent_reports_gets_its_sandbox_fails_over_and_goes_unresponsive_when_killed()
 /// with one state hash. An agent that comes back under the old token gets none of them.
 #[test]
 fn a_killed_agents_sandboxes_move_to_the_other_runner_once() {
-    let mut args = node_args();
-    args.extend(["--reschedule-after-ms", "1500"]);
-    let c = TestCluster::start(3, &args);
-    let leader = c.wait_leader(Duration::from_secs(20));
     let token_a = "reschedule-runner-a-0123456789abcdef";
-    let (key, region_id, runner_a) = setup(&c, leader, token_a);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut agent_a = Agent::start(token_a, &endpoints(&c), &c.certs, "runner", &dir.path().join("a.log"));
-    wait_for("runner a ready", Duration::from_secs(20), || {
-        (runner_on(&c, leader, &key, &runner_a)["state"] == "ready").then_some(())
-    });
+    let (c, leader, key, region_id, runner_a, mut agent_a, dir) = rescheduling_fixture("1500", token_a);
     // Runner b exists but is not ready yet, so every sandbox lands on a.
     let token_b = "reschedule-runner-b-0123456789abcdef";
-    let body = json!({ "name": "edge-2", "regionId": region_id, "apiKey": token_b, "apiVersion": "2",
-        "cpu": 8, "memoryGiB": 16, "diskGiB": 100 });
-    let (s, b) = c.call(leader, "POST", "/api/admin/runners", Some(ADMIN_KEY), Some(&body), &[]);
-    assert_eq!(s, 201, "{b}");
-    let runner_b = b["id"].as_str().expect("id").to_string();
+    let runner_b = second_runner(&c, leader, &region_id, token_b);
     let follower = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
     let mut sandboxes = Vec::new();
     for _ in 0..3 {
@@ -303,6 +319,54 @@ fn a_killed_agents_sandboxes_move_to_the_other_runner_once() {
         assert_eq!(sb["runnerId"].as_str(), Some(runner_b.as_str()), "{sb}");
         assert!(!back.log().contains(id.as_str()), "runner a was given {id}");
     }
+    c.wait_converged(Duration::from_secs(20));
+}
+
+/// A runner that comes back after its sandboxes were moved is told to let go of its copies:
+/// its agent is paused (SIGSTOP) until the sandbox is rescheduled, then resumed; it either
+/// gets a `Destroy` for it on its live session or drops it on the full set of a new session.
+#[test]
+fn a_runner_that_comes_back_destroys_its_rescheduled_copy() {
+    let token_a = "comeback-runner-a-0123456789abcdef";
+    let (c, leader, key, region_id, runner_a, agent_a, dir) = rescheduling_fixture("1000", token_a);
+    let (s, sandbox) = c.call(leader, "POST", "/api/sandboxes", Some(&key), Some(&json!({ "target": "edge" })), &[]);
+    assert_eq!((s, sandbox["runnerId"].as_str()), (201, Some(runner_a.as_str())), "{sandbox}");
+    let sandbox_id = sandbox["id"].as_str().expect("id").to_string();
+    wait_for("runner a runs it", Duration::from_secs(10), || {
+        agent_a
+            .log()
+            .lines()
+            .any(|l| l.contains("assignment") && l.contains(&sandbox_id) && l.contains("Start"))
+            .then_some(())
+    });
+    let token_b = "comeback-runner-b-0123456789abcdef";
+    let runner_b = second_runner(&c, leader, &region_id, token_b);
+    let _agent_b = Agent::start(token_b, &endpoints(&c), &c.certs, "runner", &dir.path().join("b.log"));
+
+    let pid = agent_a.child.id() as libc::pid_t;
+    // SAFETY: signals a child process this test started and still owns.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_for("the sandbox moved to runner b", Duration::from_secs(30), || {
+        let (_, sb) = c.call(leader, "GET", &format!("/api/sandboxes/{sandbox_id}"), Some(&key), None, &[]);
+        (sb["runnerId"].as_str() == Some(runner_b.as_str())).then_some(())
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for("runner a's agent lets go of its copy", Duration::from_secs(30), || {
+        let log = agent_a.log();
+        let destroyed =
+            log.lines().any(|l| l.contains("assignment") && l.contains(&sandbox_id) && l.contains("Destroy"));
+        let dropped = log.lines().any(|l| l.contains("in step with the node's assignments") && l.contains("dropped=1"));
+        (destroyed || dropped).then_some(())
+    });
+    wait_for("runner a ready again", Duration::from_secs(20), || {
+        (runner_on(&c, leader, &key, &runner_a)["state"] == "ready").then_some(())
+    });
+    let (_, sb) = c.call(leader, "GET", &format!("/api/sandboxes/{sandbox_id}"), Some(&key), None, &[]);
+    assert_eq!(
+        (sb["runnerId"].as_str(), sb["rescheduledFrom"].as_str()),
+        (Some(runner_b.as_str()), Some(runner_a.as_str()))
+    );
     c.wait_converged(Duration::from_secs(20));
 }
 
