@@ -34,7 +34,6 @@ pub async fn run_monitor(
     config: MonitorConfig,
     mut stop: watch::Receiver<bool>,
 ) {
-    let node_id = cluster.node_id;
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading_since: Option<Instant> = None;
@@ -49,8 +48,7 @@ pub async fn run_monitor(
             let machine = cluster.shared.read();
             health.write().retain(|id| machine.state.runners.contains_key(id));
         }
-        let leading = cluster.raft.metrics().borrow().current_leader == Some(node_id);
-        if !leading {
+        if !cluster.leader.leads() {
             leading_since = None;
             continue;
         }

@@ -47,6 +47,13 @@ impl Leader {
         &self.raft
     }
 
+    /// Whether this node leads, as far as its metrics say now.
+    pub fn leads(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(m.id)
+    }
+
     /// `Some(NotLeader)` when this node does not lead (as far as its metrics say now).
     pub fn not_leader(&self) -> Option<LeaderError> {
         let metrics = self.raft.metrics();

@@ -22,8 +22,9 @@ pub const MAX_MOVES_PER_ENTRY: usize = 1_000;
 /// How the rescheduler runs.
 #[derive(Debug, Clone)]
 pub struct ReschedulerConfig {
-    /// How long a runner stays unresponsive before its sandboxes move.
-    pub reschedule_after: Duration,
+    /// How long a runner stays unresponsive before its sandboxes move, in ms (as
+    /// `RescheduleSandboxes` carries it).
+    pub reschedule_after_ms: u64,
     pub interval: Duration,
     /// Seeds the choice among equally good runners (logged, so a run can be replayed).
     pub seed: u64,
@@ -32,7 +33,7 @@ pub struct ReschedulerConfig {
 /// The leader's loop; idle on followers.
 pub async fn run_rescheduler(cluster: Arc<RaftCluster>, config: ReschedulerConfig, mut stop: watch::Receiver<bool>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-    let after_ms = u64::try_from(config.reschedule_after.as_millis()).unwrap_or(u64::MAX);
+    let after_ms = config.reschedule_after_ms;
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -40,7 +41,7 @@ pub async fn run_rescheduler(cluster: Arc<RaftCluster>, config: ReschedulerConfi
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if cluster.raft.metrics().borrow().current_leader != Some(cluster.node_id) {
+        if !cluster.leader.leads() {
             continue;
         }
         let now = corral_net::now_millis();

@@ -176,7 +176,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let seed = config.scheduler_seed.map_or_else(rand::random, |s| s.wrapping_add(1));
         tracing::info!(seed, reschedule_after_ms = config.reschedule_after_ms, "rescheduler seed");
         let rescheduler = crate::rescheduler::ReschedulerConfig {
-            reschedule_after: Duration::from_millis(config.reschedule_after_ms),
+            reschedule_after_ms: config.reschedule_after_ms,
             interval: Duration::from_millis(500),
             seed,
         };

@@ -143,19 +143,10 @@ fn reschedule_one(
         if old_state != SandboxState::Started {
             return Err(Rejection::Conflict(format!("sandbox '{}' is not started", m.sandbox_id)));
         }
-        let runner_id = from.id.clone();
-        if let Some(indexed) = state.runner_sandboxes.get_mut(&runner_id).and_then(|ids| ids.get_mut(&m.sandbox_id)) {
-            *indexed = SandboxState::Error;
-        }
-        if let Some(runner) = state.runners.get_mut(&runner_id) {
-            runner.started_sandboxes = runner.started_sandboxes.saturating_sub(1);
-        }
-        state.runner_journals.record(&runner_id, &m.sandbox_id, false);
+        set_sandbox_state(state, &m.sandbox_id, SandboxState::Error, at)?;
         let sandbox =
             state.sandboxes.get_mut(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
-        sandbox.state = SandboxState::Error;
         sandbox.error_reason = Some(reason);
-        sandbox.updated_at = at;
         return Ok(sandbox.clone());
     };
     if *to == m.from_runner_id {
@@ -165,29 +156,8 @@ fn reschedule_one(
     // A stopped sandbox stays stopped; a started one, or one marked error for want of room,
     // starts on its new runner.
     let new_state = if old_state == SandboxState::Stopped { SandboxState::Stopped } else { SandboxState::Started };
-    if let Some(from) = state.runners.get_mut(&m.from_runner_id) {
-        from.allocated = from.allocated.saturating_sub(&resources);
-        if old_state == SandboxState::Started {
-            from.started_sandboxes = from.started_sandboxes.saturating_sub(1);
-        }
-        from.updated_at = at;
-    }
-    if let Some(ids) = state.runner_sandboxes.get_mut(&m.from_runner_id) {
-        ids.remove(&m.sandbox_id);
-        if ids.is_empty() {
-            state.runner_sandboxes.remove(&m.from_runner_id);
-        }
-    }
-    state.runner_journals.record(&m.from_runner_id, &m.sandbox_id, true);
-    if let Some(runner) = state.runners.get_mut(to) {
-        runner.allocated = runner.allocated.saturating_add(&resources);
-        if new_state == SandboxState::Started {
-            runner.started_sandboxes += 1;
-        }
-        runner.updated_at = at;
-    }
-    state.runner_sandboxes.entry(to.clone()).or_default().insert(m.sandbox_id.clone(), new_state);
-    state.runner_journals.record(to, &m.sandbox_id, false);
+    release(state, &m.from_runner_id, &m.sandbox_id, resources, old_state, at);
+    charge(state, to, &m.sandbox_id, resources, new_state, at);
     let sandbox =
         state.sandboxes.get_mut(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
     sandbox.runner_id = to.clone();
@@ -204,12 +174,7 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
         return Err(Rejection::DuplicateId { kind: ObjectKind::Sandbox, id: p.sandbox_id.clone() });
     }
     check_target(state, &p.runner_id, &p.region_id, &p.runner_tags, p.resources)?;
-    let runner = state.runners.get_mut(&p.runner_id).ok_or_else(|| not_found(ObjectKind::Runner, &p.runner_id))?;
-    runner.allocated = runner.allocated.saturating_add(&p.resources);
-    runner.started_sandboxes += 1;
-    runner.updated_at = at;
-    state.runner_sandboxes.entry(p.runner_id.clone()).or_default().insert(p.sandbox_id.clone(), SandboxState::Started);
-    state.runner_journals.record(&p.runner_id, &p.sandbox_id, false);
+    charge(state, &p.runner_id, &p.sandbox_id, p.resources, SandboxState::Started, at);
     let sandbox = Sandbox {
         rescheduled_from: None,
         error_reason: None,
@@ -241,28 +206,27 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
     }
     let runner_id = sandbox.runner_id.clone();
     let resources = sandbox.resources;
-    let runner = state.runners.get_mut(&runner_id).ok_or_else(|| not_found(ObjectKind::Runner, &runner_id))?;
-    let was_started = old_state == SandboxState::Started;
-    let is_started = new_state == SandboxState::Started;
-    if was_started && !is_started {
-        runner.started_sandboxes = runner.started_sandboxes.saturating_sub(1);
-    }
-    if !was_started && is_started {
-        runner.started_sandboxes += 1;
+    if !state.runners.contains_key(&runner_id) {
+        return Err(not_found(ObjectKind::Runner, &runner_id));
     }
     if new_state == SandboxState::Destroyed && old_state != SandboxState::Destroyed {
-        runner.allocated = runner.allocated.saturating_sub(&resources);
-        if let Some(ids) = state.runner_sandboxes.get_mut(&runner_id) {
-            ids.remove(id);
-            if ids.is_empty() {
-                state.runner_sandboxes.remove(&runner_id);
-            }
+        release(state, &runner_id, id, resources, old_state, at);
+    } else {
+        let runner = state.runners.get_mut(&runner_id).ok_or_else(|| not_found(ObjectKind::Runner, &runner_id))?;
+        let was_started = old_state == SandboxState::Started;
+        let is_started = new_state == SandboxState::Started;
+        if was_started && !is_started {
+            runner.started_sandboxes = runner.started_sandboxes.saturating_sub(1);
         }
-    } else if let Some(indexed) = state.runner_sandboxes.get_mut(&runner_id).and_then(|ids| ids.get_mut(id)) {
-        *indexed = new_state;
+        if !was_started && is_started {
+            runner.started_sandboxes += 1;
+        }
+        runner.updated_at = at;
+        if let Some(indexed) = state.runner_sandboxes.get_mut(&runner_id).and_then(|ids| ids.get_mut(id)) {
+            *indexed = new_state;
+        }
+        state.runner_journals.record(&runner_id, id, new_state == SandboxState::Destroyed);
     }
-    state.runner_journals.record(&runner_id, id, new_state == SandboxState::Destroyed);
-    runner.updated_at = at;
     let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
     sandbox.state = new_state;
     if new_state != SandboxState::Error {
@@ -270,4 +234,44 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
     }
     sandbox.updated_at = at;
     Ok(Outcome::Sandbox(sandbox.clone()))
+}
+
+/// Puts sandbox `id` (in `sandbox_state`, not destroyed) on runner `runner_id`: charges its
+/// resources, counts it if started, indexes it and tells the runner's journal.
+fn charge(state: &mut State, runner_id: &str, id: &str, resources: Resources, sandbox_state: SandboxState, at: Millis) {
+    if let Some(runner) = state.runners.get_mut(runner_id) {
+        runner.allocated = runner.allocated.saturating_add(&resources);
+        if sandbox_state == SandboxState::Started {
+            runner.started_sandboxes += 1;
+        }
+        runner.updated_at = at;
+    }
+    state.runner_sandboxes.entry(runner_id.to_string()).or_default().insert(id.to_string(), sandbox_state);
+    state.runner_journals.record(runner_id, id, false);
+}
+
+/// Takes sandbox `id` (in `sandbox_state`, not destroyed) off runner `runner_id`: frees its
+/// resources, uncounts it if started, drops it from the runner's index and journals it gone.
+fn release(
+    state: &mut State,
+    runner_id: &str,
+    id: &str,
+    resources: Resources,
+    sandbox_state: SandboxState,
+    at: Millis,
+) {
+    if let Some(runner) = state.runners.get_mut(runner_id) {
+        runner.allocated = runner.allocated.saturating_sub(&resources);
+        if sandbox_state == SandboxState::Started {
+            runner.started_sandboxes = runner.started_sandboxes.saturating_sub(1);
+        }
+        runner.updated_at = at;
+    }
+    if let Some(ids) = state.runner_sandboxes.get_mut(runner_id) {
+        ids.remove(id);
+        if ids.is_empty() {
+            state.runner_sandboxes.remove(runner_id);
+        }
+    }
+    state.runner_journals.record(runner_id, id, true);
 }
