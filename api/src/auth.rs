@@ -3,7 +3,10 @@
 //! - The admin key (from config) makes an [`Admin`] caller, allowed on `/api/admin/*`; on
 //!   organization routes it acts on the organization named by `X-Organization-ID`.
 //! - An organization API key (stored in the replicated state by the SHA-256 of the key) makes a
-//!   [`Caller`] bound to that key's organization.
+//!   [`Caller`] bound to that key's organization, with the key's role. A revoked or expired key
+//!   is refused here; writes carry the key's hash so that `apply` refuses them too if the key
+//!   went away before they committed, and linearizable reads check it again after their read
+//!   barrier ([`AppState::read_as`](crate::AppState::read_as)).
 //!
 //! Keys are compared by hash in constant time; the key itself is never logged or stored.
 
@@ -12,7 +15,9 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 pub use corral_model::secret::hash_secret;
 
-use crate::{ApiError, AppState, ReadConsistency};
+use corral_model::access::{self, Permission, Role};
+
+use crate::{now_millis, ApiError, AppState, ReadConsistency, Scope};
 
 /// Header that picks the organization an admin key acts on (required with the admin key on
 /// organization routes: 400 `organization_required` without it).
@@ -39,17 +44,29 @@ fn is_admin_key(app: &AppState, key: &str) -> bool {
     constant_time_eq(hash_secret(key).as_bytes(), hash_secret(&app.config.admin_key).as_bytes())
 }
 
-/// A caller acting within one organization.
+/// A caller acting within one organization: with one of its API keys, or the operator with
+/// the admin key and `X-Organization-ID`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub organization_id: String,
+    /// The admin key (the operator), acting for the organization.
     pub is_admin: bool,
+    /// The key's role; the operator acts as an organization admin.
+    pub role: Role,
+    /// The hash of the organization key used (`None` for the operator). Writes carry it, so
+    /// that `apply` refuses them if the key is revoked or expired before they commit.
+    pub credential: Option<String>,
 }
 
 impl Caller {
-    /// The scope `apply` enforces for this caller's commands.
-    pub fn scope(&self) -> Option<String> {
-        Some(self.organization_id.clone())
+    /// What `apply` checks this caller's commands against.
+    pub fn scope(&self) -> Scope {
+        Scope { organization_id: Some(self.organization_id.clone()), credential: self.credential.clone() }
+    }
+
+    /// 403 `forbidden`, naming the permission, unless the caller's role holds it.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        Ok(access::require(self.role, permission)?)
     }
 }
 
@@ -77,19 +94,23 @@ impl FromRequestParts<AppState> for Caller {
                      X-Organization-ID; name one, or use that organization's API key",
                 )
             })?;
-            return Ok(Caller { organization_id, is_admin: true });
+            return Ok(Caller { organization_id, is_admin: true, role: Role::Admin, credential: None });
         }
         let hash = hash_secret(key);
-        let lookup = || app.cluster.state().read().state.api_keys.get(&hash).map(|k| k.organization_id.clone());
-        let mut organization_id = lookup();
-        if organization_id.is_none() {
+        let now = now_millis();
+        let lookup = || {
+            let machine = app.cluster.state().read();
+            access::live_key(&machine.state, &hash, None, now).map(|k| (k.organization_id.clone(), k.role))
+        };
+        let mut found = lookup();
+        if found.is_err() {
             // The key may have been created through another node a moment ago: catch up with
             // the leader once, then look again.
             if app.cluster.read_barrier(ReadConsistency::Linearizable).await.is_ok() {
-                organization_id = lookup();
+                found = lookup();
             }
         }
-        let organization_id = organization_id.ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
+        let (organization_id, role) = found?;
         if let Some(requested) = requested {
             if requested != organization_id {
                 // 404-like silence about other organizations: the key simply has no access.
@@ -100,7 +121,8 @@ impl FromRequestParts<AppState> for Caller {
                 ));
             }
         }
-        Ok(Caller { organization_id, is_admin: false })
+        app.key_usage.seen(&hash, now);
+        Ok(Caller { organization_id, is_admin: false, role, credential: Some(hash) })
     }
 }
 

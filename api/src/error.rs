@@ -81,6 +81,9 @@ impl From<Rejection> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", message)
             }
             Rejection::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            Rejection::QuotaExceeded { .. } => ApiError::new(StatusCode::CONFLICT, "quota_exceeded", message),
+            Rejection::Unauthorized(_) => ApiError::unauthorized(message),
+            Rejection::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
         }
     }
 }

@@ -22,12 +22,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_keys;
 pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod extract;
 pub mod http_server;
 pub mod idempotency;
+pub mod key_usage;
 pub mod openapi;
 pub mod organizations;
 pub mod rate_limit;
@@ -44,6 +46,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use corral_model::access::{authorize, live_key};
 use corral_model::{Command, Millis, Outcome, Proposal};
 
 pub use cluster::{
@@ -78,23 +81,74 @@ pub struct ApiConfig {
 pub struct AppState {
     pub cluster: Arc<dyn ClusterHandle>,
     pub config: Arc<ApiConfig>,
+    /// Uses of organization keys seen on this node, recorded lazily ([`key_usage`]).
+    pub key_usage: Arc<key_usage::KeyUsage>,
+}
+
+/// On whose behalf a command is proposed: `apply` treats objects of other organizations as
+/// not found, and refuses the command if the key it carries was revoked, expired or lacks the
+/// permission.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// `None`: the operator, across organizations.
+    pub organization_id: Option<String>,
+    /// The hash of the organization key the caller used; `None` for the operator.
+    pub credential: Option<String>,
+}
+
+impl Scope {
+    /// The operator (the admin key) or the system.
+    pub fn operator() -> Scope {
+        Scope::default()
+    }
 }
 
 impl AppState {
+    /// Builds the handlers' state from the cluster and the API's configuration.
+    pub fn new(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> AppState {
+        AppState { cluster, config: Arc::new(config), key_usage: Arc::new(key_usage::KeyUsage::default()) }
+    }
+
     /// Proposes `command` for a caller acting in `scope` and returns its outcome, mapping
-    /// rejections and cluster errors to API errors.
+    /// rejections and cluster errors to API errors. A caller with an organization key is
+    /// checked here first, against this node's state (403 without a Raft round trip), and
+    /// again by `apply`.
     pub async fn submit(
         &self,
         command: Command,
-        scope: Option<String>,
+        scope: Scope,
         idempotency: &Idempotency,
         actor: &str,
         fingerprint: Option<String>,
     ) -> Result<Outcome, ApiError> {
-        let mut proposal = Proposal::scoped(command, now_millis(), scope);
+        let at = now_millis();
+        if let Some(credential) = &scope.credential {
+            let machine = self.cluster.state().read();
+            authorize(&machine.state, credential, scope.organization_id.as_deref(), &command, at)?;
+        }
+        let mut proposal = Proposal::scoped(command, at, scope.organization_id);
+        proposal.credential = scope.credential;
         proposal.idempotency_key = idempotency.scoped_key(actor);
         proposal.fingerprint = fingerprint;
         Ok(self.cluster.propose(proposal).await??)
+    }
+
+    /// [`AppState::read`] for an organization caller: after the barrier, the caller's key is
+    /// checked again on the state the read sees, so a key revoked before a linearizable read
+    /// began is refused on every node.
+    pub async fn read_as<T>(
+        &self,
+        caller: &auth::Caller,
+        consistency: ReadConsistency,
+        view: impl FnOnce(&corral_model::State, &corral_model::health::HealthTable) -> T,
+    ) -> Result<T, ApiError> {
+        self.cluster.read_barrier(consistency).await?;
+        let machine = self.cluster.state().read();
+        if let Some(credential) = &caller.credential {
+            live_key(&machine.state, credential, Some(&caller.organization_id), now_millis())?;
+        }
+        let health = self.cluster.health().read();
+        Ok(view(&machine.state, &health))
     }
 
     /// Waits until the local state may be read with `consistency`, then runs `view` over the
@@ -120,11 +174,16 @@ impl AppState {
 
 /// The whole REST router.
 pub fn router(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> Router {
-    let max_body = config.max_body_bytes;
-    let limiter = config.rate_limit.map(rate_limit::RateLimiter::new);
-    let state = AppState { cluster, config: Arc::new(config) };
+    router_for(AppState::new(cluster, config))
+}
+
+/// The whole REST router over handlers' state the node keeps a handle on (to record key use).
+pub fn router_for(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let limiter = state.config.rate_limit.map(rate_limit::RateLimiter::new);
     let router = Router::new()
         .merge(regions::routes())
+        .merge(api_keys::routes())
         .merge(runners::routes())
         .merge(sandboxes::routes())
         .merge(organizations::routes())

@@ -21,13 +21,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::idempotency::IDEMPOTENCY_KEY_MAX_LEN;
+use crate::organizations::MAX_QUOTA;
 use crate::runners::{API_VERSIONS, MAX_RUNNER_CAPACITY, MAX_SANDBOXES_LIMIT};
 use crate::sandboxes::MAX_RESOURCES;
 use crate::validate::{
     DOMAIN_MAX_LEN, DOMAIN_PATTERN, LABEL_KEY_MAX_LEN, LABEL_VALUE_MAX_LEN, MAX_LABELS, NAME_MAX_LEN, NAME_PATTERN,
     TOKEN_MAX_LEN, TOKEN_PATTERN, URL_MAX_LEN, URL_PATTERN,
 };
-use crate::{organizations, regions, runners, sandboxes, AppState, ReadConsistency};
+use crate::{api_keys, organizations, regions, runners, sandboxes, AppState, ReadConsistency};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -64,7 +65,16 @@ use crate::{organizations, regions, runners, sandboxes, AppState, ReadConsistenc
         sandboxes::delete_sandbox,
         organizations::create_organization,
         organizations::list_organizations,
-        organizations::create_api_key,
+        organizations::set_quota,
+        organizations::get_quota,
+        api_keys::create_api_key,
+        api_keys::list_api_keys,
+        api_keys::delete_api_key,
+        api_keys::admin_create_api_key,
+        api_keys::admin_list_api_keys,
+        api_keys::admin_delete_api_key,
+        runners::regenerate_token,
+        runners::admin_regenerate_token,
         crate::cluster_status,
         crate::add_member,
         crate::remove_member,
@@ -91,17 +101,22 @@ use crate::{organizations, regions, runners, sandboxes, AppState, ReadConsistenc
         sandboxes::CreateSandboxRequest,
         sandboxes::SandboxView,
         organizations::CreateOrganizationRequest,
-        organizations::CreateApiKeyRequest,
         organizations::OrganizationView,
         organizations::CreatedOrganization,
-        organizations::CreatedApiKey,
+        organizations::QuotaView,
+        organizations::QuotaUsed,
+        organizations::QuotaStatus,
+        api_keys::KeyRole,
+        api_keys::CreateApiKeyRequest,
+        api_keys::ApiKeyView,
+        api_keys::CreatedApiKey,
         crate::ClusterStatus,
         crate::MemberStatus,
         crate::GossipMemberStatus,
         crate::AddMemberRequest,
     )),
     modifiers(&BearerAuth),
-    tags((name = "regions"), (name = "runners"), (name = "sandboxes"), (name = "admin"))
+    tags((name = "regions"), (name = "runners"), (name = "sandboxes"), (name = "api-keys"), (name = "admin"))
 )]
 pub struct ApiDoc;
 
@@ -228,6 +243,10 @@ fn add_input_rules(doc: &mut Value) {
         constrain(doc, "CreateSandboxRequest", field, json!({ "minimum": 1, "maximum": max }));
     }
     constrain(doc, "CreateSandboxRequest", "gpu", json!({ "minimum": 0, "maximum": MAX_RESOURCES.gpu }));
+    for field in ["cpu", "memoryGiB", "diskGiB", "sandboxes"] {
+        constrain(doc, "QuotaView", field, json!({ "minimum": 0, "maximum": MAX_QUOTA }));
+    }
+    constrain(doc, "CreateApiKeyRequest", "expiresAt", json!({ "format": "date-time" }));
     let labels = json!({
         "maxProperties": MAX_LABELS,
         "propertyNames": { "minLength": 1, "maxLength": LABEL_KEY_MAX_LEN },
@@ -325,7 +344,7 @@ const LINKS: &[(&str, &str, &[&str])] = &[
     (
         "/api/runners",
         "runner_id",
-        &["get_runner", "update_runner", "update_scheduling", "update_draining", "delete_runner"],
+        &["get_runner", "update_runner", "update_scheduling", "update_draining", "regenerate_token", "delete_runner"],
     ),
     ("/api/sandboxes", "sandbox_id", &["get_sandbox", "stop_sandbox", "start_sandbox", "delete_sandbox"]),
     (
@@ -337,10 +356,15 @@ const LINKS: &[(&str, &str, &[&str])] = &[
             "admin_update_scheduling",
             "admin_update_draining",
             "admin_set_state",
+            "admin_regenerate_token",
             "admin_delete_runner",
         ],
     ),
-    ("/api/admin/organizations", "organization_id", &["create_api_key"]),
+    (
+        "/api/admin/organizations",
+        "organization_id",
+        &["admin_create_api_key", "admin_list_api_keys", "admin_delete_api_key", "set_quota"],
+    ),
 ];
 
 fn add_links(doc: &mut Value) {

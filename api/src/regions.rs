@@ -211,7 +211,7 @@ pub async fn list_regions(
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<Vec<RegionView>>, ApiError> {
     let regions = app
-        .read(params.consistency, |state, _| {
+        .read_as(&caller, params.consistency, |state, _| {
             state.regions.values().filter(|r| visible(r, &caller)).map(RegionView::from).collect()
         })
         .await?;
@@ -229,7 +229,7 @@ pub async fn get_region(
     Path(region_id): Path<String>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<RegionView>, ApiError> {
-    app.read(params.consistency, |state, _| {
+    app.read_as(&caller, params.consistency, |state, _| {
         state.regions.get(&region_id).filter(|r| visible(r, &caller)).map(RegionView::from)
     })
     .await?

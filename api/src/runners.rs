@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use corral_model::health::HealthTable;
 use corral_model::{
@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{hash_secret, Admin, Caller};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::idempotency::Idempotency;
-use crate::{rfc3339, validate, ApiError, AppState};
+use crate::{rfc3339, validate, ApiError, AppState, Scope};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -27,6 +27,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/runners/:runner_id", get(get_runner).patch(update_runner).delete(delete_runner))
         .route("/api/runners/:runner_id/scheduling", patch(update_scheduling))
         .route("/api/runners/:runner_id/draining", patch(update_draining))
+        .route("/api/runners/:runner_id/regenerate-token", post(regenerate_token))
         .route("/api/admin/runners", get(admin_list_runners).post(admin_create_runner))
         .route(
             "/api/admin/runners/:runner_id",
@@ -35,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/admin/runners/:runner_id/scheduling", patch(admin_update_scheduling))
         .route("/api/admin/runners/:runner_id/draining", patch(admin_update_draining))
         .route("/api/admin/runners/:runner_id/state", patch(admin_set_state))
+        .route("/api/admin/runners/:runner_id/regenerate-token", post(admin_regenerate_token))
 }
 
 /// Prefix of runner tokens Corral generates.
@@ -401,7 +403,7 @@ pub async fn list_runners(
 ) -> Result<Json<Vec<RunnerView>>, ApiError> {
     let org = caller.organization_id.as_str();
     let runners = app
-        .read(params.consistency, |state, health| {
+        .read_as(&caller, params.consistency, |state, health| {
             runners_of(state, Some(org), params.region_id.as_deref()).map(|r| runner_view(r, health)).collect()
         })
         .await?;
@@ -421,7 +423,7 @@ pub async fn get_runner(
     ApiQuery(params): ApiQuery<crate::extract::ReadParams>,
 ) -> Result<Json<RunnerView>, ApiError> {
     let org = caller.organization_id.as_str();
-    app.read(params.consistency, |state, health| {
+    app.read_as(&caller, params.consistency, |state, health| {
         runner_of(state, Some(org), &runner_id).map(|r| runner_view(r, health))
     })
     .await?
@@ -552,7 +554,7 @@ pub async fn admin_create_runner(
         tags: body.tags.unwrap_or_default(),
         max_sandboxes: body.max_sandboxes,
     });
-    let runner = runner_outcome(app.submit(command, None, &idempotency, "admin", fingerprint).await?)?;
+    let runner = runner_outcome(app.submit(command, Scope::operator(), &idempotency, "admin", fingerprint).await?)?;
     Ok((StatusCode::CREATED, Json(app.read_local(|state, health| runner_full(state, health, &runner)))))
 }
 
@@ -607,7 +609,7 @@ pub async fn admin_update_scheduling(
     body: Bytes,
 ) -> Result<Json<RunnerFull>, ApiError> {
     let command = Command::SetRunnerSchedulable { id: runner_id, schedulable: scheduling_body(&body)? };
-    let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
+    let runner = runner_outcome(app.submit(command, Scope::operator(), &Idempotency::none(), "admin", None).await?)?;
     Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
 }
 
@@ -625,7 +627,7 @@ pub async fn admin_update_draining(
     ApiJson(body): ApiJson<DrainingRequest>,
 ) -> Result<Json<RunnerFull>, ApiError> {
     let command = Command::SetRunnerDraining { id: runner_id, draining: body.draining };
-    let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
+    let runner = runner_outcome(app.submit(command, Scope::operator(), &Idempotency::none(), "admin", None).await?)?;
     Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
 }
 
@@ -643,7 +645,7 @@ pub async fn admin_update_runner(
     ApiJson(body): ApiJson<UpdateRunnerRequest>,
 ) -> Result<Json<RunnerFull>, ApiError> {
     let command = update_command(runner_id, body)?;
-    let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
+    let runner = runner_outcome(app.submit(command, Scope::operator(), &Idempotency::none(), "admin", None).await?)?;
     Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
 }
 
@@ -662,7 +664,7 @@ pub async fn admin_set_state(
     ApiJson(body): ApiJson<RunnerStateRequest>,
 ) -> Result<Json<RunnerFull>, ApiError> {
     let command = Command::SetRunnerState { id: runner_id, state: body.state };
-    let runner = runner_outcome(app.submit(command, None, &Idempotency::none(), "admin", None).await?)?;
+    let runner = runner_outcome(app.submit(command, Scope::operator(), &Idempotency::none(), "admin", None).await?)?;
     Ok(Json(app.read_local(|state, health| runner_full(state, health, &runner))))
 }
 
@@ -676,8 +678,60 @@ pub async fn admin_delete_runner(
     _admin: Admin,
     Path(runner_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.submit(Command::DeleteRunner { id: runner_id }, None, &Idempotency::none(), "admin", None).await?;
+    app.submit(Command::DeleteRunner { id: runner_id }, Scope::operator(), &Idempotency::none(), "admin", None).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces runner `runner_id`'s token for `scope`: the command with the new token.
+fn new_token(app: &AppState, idempotency: &Idempotency, actor: &str, runner_id: String) -> (Command, String) {
+    let api_key = idempotency.secret(&app.config.admin_key, actor, "runner-token", RUNNER_TOKEN_PREFIX);
+    let command = Command::SetRunnerToken {
+        id: runner_id,
+        api_key_hash: hash_secret(&api_key),
+        api_key_hint: token_hint(&api_key),
+    };
+    (command, api_key)
+}
+
+/// Give one of the organization's runners a new token (shown once). The old token stops
+/// working at once and the agent's live session is closed: restart the agent with the new one.
+#[utoipa::path(post, path = "/api/runners/{runner_id}/regenerate-token", tag = "runners",
+    params(("runner_id" = String, Path, description = "Runner id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays return the first token")),
+    responses((status = 200, body = CreatedRunner), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn regenerate_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    idempotency: Idempotency,
+    Path(runner_id): Path<String>,
+) -> Result<Json<CreatedRunner>, ApiError> {
+    let actor = caller.organization_id.as_str();
+    let (command, api_key) = new_token(&app, &idempotency, actor, runner_id);
+    let fingerprint = idempotency.fingerprint(&());
+    let runner = runner_outcome(app.submit(command, caller.scope(), &idempotency, actor, fingerprint).await?)?;
+    Ok(Json(CreatedRunner { id: runner.id, api_key }))
+}
+
+/// Give any runner a new token (operator; shown once). The old token stops working at once
+/// and the agent's live session is closed.
+#[utoipa::path(post, path = "/api/admin/runners/{runner_id}/regenerate-token", tag = "admin",
+    params(("runner_id" = String, Path, description = "Runner id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays return the first token")),
+    responses((status = 200, body = CreatedRunner), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_regenerate_token(
+    State(app): State<AppState>,
+    _admin: Admin,
+    idempotency: Idempotency,
+    Path(runner_id): Path<String>,
+) -> Result<Json<CreatedRunner>, ApiError> {
+    let (command, api_key) = new_token(&app, &idempotency, "admin", runner_id);
+    let fingerprint = idempotency.fingerprint(&());
+    let runner = runner_outcome(app.submit(command, Scope::operator(), &idempotency, "admin", fingerprint).await?)?;
+    Ok(Json(CreatedRunner { id: runner.id, api_key }))
 }
 
 #[cfg(test)]

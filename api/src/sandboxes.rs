@@ -16,6 +16,7 @@ use crate::extract::{ApiJson, ApiQuery, ReadParams};
 use crate::idempotency::Idempotency;
 use crate::regions::visible;
 use crate::{rfc3339, ApiError, AppState, ReadConsistency};
+use corral_model::access::Permission;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -166,6 +167,7 @@ pub async fn create_sandbox(
     ApiJson(body): ApiJson<CreateSandboxRequest>,
 ) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
     let resources = validate_resources(&body)?;
+    caller.require(Permission::WriteSandboxes)?;
     // The caller's own custom region of that name first, then a shared one.
     let region_id = {
         let machine = app.cluster.state().read();
@@ -198,6 +200,7 @@ pub async fn create_sandbox(
         labels: body.labels.clone().unwrap_or_default(),
         runner_tags: body.runner_tags.clone().unwrap_or_default(),
         idempotency_key: idempotency.scoped_key(&caller.organization_id),
+        credential: caller.credential.clone(),
     };
     let sandbox = app.cluster.create_sandbox(request).await??;
     Ok((StatusCode::CREATED, Json(SandboxView::from(&sandbox))))
@@ -215,7 +218,7 @@ pub async fn list_sandboxes(
 ) -> Result<Json<Vec<SandboxView>>, ApiError> {
     let org = caller.organization_id.as_str();
     let sandboxes = app
-        .read(params.consistency, |state, _| {
+        .read_as(&caller, params.consistency, |state, _| {
             state
                 .sandboxes
                 .values()
@@ -243,7 +246,7 @@ pub async fn get_sandbox(
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<SandboxView>, ApiError> {
     let org = caller.organization_id.as_str();
-    app.read(params.consistency, |state, _| {
+    app.read_as(&caller, params.consistency, |state, _| {
         state.sandboxes.get(&sandbox_id).filter(|s| s.organization_id == org).map(SandboxView::from)
     })
     .await?

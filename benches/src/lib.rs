@@ -46,6 +46,7 @@ pub fn placements(state: &State, n: usize, offset: usize) -> Vec<Placement> {
             labels: Default::default(),
             runner_tags: Default::default(),
             idempotency_key: None,
+            credential: None,
         })
         .collect()
 }

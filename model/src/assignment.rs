@@ -132,6 +132,7 @@ mod tests {
                 labels: Default::default(),
                 runner_tags: Default::default(),
                 idempotency_key: None,
+                credential: None,
             })
             .collect();
         for command in [region, create, ready, Command::PlaceSandboxes { placements }] {

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Role;
+use crate::quota::Quota;
 use crate::types::{CapacitySource, Millis, RegionType, Resources, RunnerState, SandboxState};
 
 /// One sandbox placement decided by the leader's scheduler.
@@ -25,6 +27,10 @@ pub struct Placement {
     /// applied before returns that first sandbox and places nothing.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The hash of the organization API key that asked for it (`None`: the operator's key);
+    /// `apply` refuses the placement if that key was revoked or expired meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// One sandbox of a rescheduling round.
@@ -53,6 +59,16 @@ pub struct SandboxRequest {
     pub runner_tags: BTreeMap<String, String>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The hash of the organization API key that asked (see [`Placement::credential`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// A use of an organization API key that a node saw.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KeyUse {
+    pub key_hash: String,
+    pub at: Millis,
 }
 
 /// A change to an optional field. (Not `Option<Option<T>>`: JSON, which carries proposals
@@ -187,10 +203,31 @@ pub enum Command {
         id: String,
         name: String,
     },
+    /// Fields absent in entries from before roles and expiry: an admin key without expiry.
     CreateApiKey {
         key_hash: String,
         organization_id: String,
         name: String,
+        #[serde(default)]
+        role: Role,
+        #[serde(default)]
+        prefix: String,
+        #[serde(default)]
+        expires_at: Option<Millis>,
+    },
+    /// Revokes the organization's key of that name.
+    DeleteApiKey {
+        organization_id: String,
+        name: String,
+    },
+    /// Uses of keys seen by a node since it last recorded them (`last_used_at` only moves on).
+    RecordApiKeyUse {
+        uses: Vec<KeyUse>,
+    },
+    /// Replaces the organization's quota (all `None`: no limits).
+    SetOrganizationQuota {
+        id: String,
+        quota: Quota,
     },
     /// Serialized exactly as the struct variant it replaced (`{"CreateRegion": {fields}}`), so
     /// logs written before read the same.
@@ -246,6 +283,13 @@ pub enum Command {
     DeleteRunner {
         id: String,
     },
+    /// A new token for the runner: the old one stops working at once (its agent's session is
+    /// closed by the node that holds it).
+    SetRunnerToken {
+        id: String,
+        api_key_hash: String,
+        api_key_hint: String,
+    },
     /// One Raft entry for a whole scheduler batch; each placement succeeds or fails alone.
     PlaceSandboxes {
         placements: Vec<Placement>,
@@ -292,11 +336,16 @@ pub struct Proposal {
     /// system. `apply` treats objects of other organizations as not found.
     #[serde(default)]
     pub scope: Option<String>,
+    /// The hash of the organization API key the caller used (`None`: the operator's key or the
+    /// system). `apply` refuses the command if that key was revoked, expired, or lacks the
+    /// permission, whatever the proposing node believed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 impl Proposal {
     pub fn new(command: Command, at: Millis) -> Self {
-        Proposal { command, at, idempotency_key: None, fingerprint: None, scope: None }
+        Proposal { command, at, idempotency_key: None, fingerprint: None, scope: None, credential: None }
     }
 
     pub fn scoped(command: Command, at: Millis, scope: Option<String>) -> Self {

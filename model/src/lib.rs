@@ -17,6 +17,9 @@
 //! - [`runner_journal`] and [`assignment`]: which sandboxes changed on a runner, and the diff a
 //!   runner session sends.
 //! - [`secret`]: how secrets are stored (hashed).
+//! - [`access`]: key roles, the permission each command needs, and [`access::authorize`], the
+//!   check the API makes before proposing and `apply` makes again.
+//! - [`quota`]: organization quotas in shared regions and [`quota::admits`], their one rule.
 //!
 //! Architecture invariants: nothing here does I/O, awaits, reads a clock or draws an unseeded
 //! random number; time, ids and randomness are arguments. `apply` is deterministic, so replicas
@@ -29,22 +32,27 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod apply;
 pub mod assignment;
 pub mod command;
 pub mod health;
 pub mod outcome;
 pub mod placement;
+pub mod quota;
 pub mod runner_journal;
 pub mod secret;
 pub mod state;
 pub mod types;
 
-pub use apply::{apply, recorded_placement};
+pub use access::{Permission, Role};
+pub use apply::{admit_to_quota, apply, recorded_placement};
 pub use command::{
-    Command, FieldUpdate, NewRegion, NewRunner, Placement, Proposal, RegionCredential, Reschedule, SandboxRequest,
+    Command, FieldUpdate, KeyUse, NewRegion, NewRunner, Placement, Proposal, RegionCredential, Reschedule,
+    SandboxRequest,
 };
 pub use outcome::{ApplyResult, Outcome, Rejection};
+pub use quota::{Quota, QuotaUsage};
 pub use state::{IdempotencyRecord, LocalEpoch, State, IDEMPOTENCY_RECORDS_MAX, IDEMPOTENCY_TTL_MS};
 pub use types::{
     ApiKeyRecord, CapacitySource, Millis, ObjectKind, Organization, Region, RegionType, Resources, Runner, RunnerState,

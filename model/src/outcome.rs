@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Role;
 use crate::types::{ApiKeyRecord, ObjectKind, Organization, Region, Runner, RunnerState, Sandbox};
 
 /// Why `apply` refused a command. A rejected command changes nothing.
@@ -35,6 +36,13 @@ pub enum Rejection {
     },
     #[error("no runner in region '{region_id}' has room for the sandbox")]
     NoCapacity { region_id: String },
+    #[error("organization '{organization_id}' is over its {limit} quota in shared regions: {used} in use, {asked} asked, limit {quota}")]
+    QuotaExceeded { organization_id: String, limit: String, quota: u64, used: u64, asked: u64 },
+    /// The API key was revoked, expired, or belongs elsewhere (checked again on apply).
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("this API key's role '{role}' lacks the permission '{permission}'")]
+    Forbidden { permission: String, role: Role },
     #[error("the Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
     /// The request is well formed but the current state does not allow it (a region without
@@ -62,6 +70,8 @@ pub enum Outcome {
         kind: ObjectKind,
         id: String,
     },
+    /// Keys a [`Command::RecordApiKeyUse`](crate::Command::RecordApiKeyUse) moved.
+    KeysTouched(usize),
 }
 
 /// The result of applying one log entry, as returned by the state machine to openraft.

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::outcome::ApplyResult;
 use crate::placement::fits;
+use crate::quota::{counts_against_quota, QuotaUsage};
 use crate::runner_journal::RunnerJournals;
 use crate::types::{
     ApiKeyRecord, CapacitySource, Millis, Organization, Region, Resources, Runner, Sandbox, SandboxState,
@@ -51,6 +52,10 @@ pub struct State {
     /// Index: runner token hash → runner id (runner agents authenticate by token).
     #[serde(skip)]
     pub runner_keys: BTreeMap<String, String>,
+    /// Index: organization id → what its sandboxes hold in shared regions, which its quota
+    /// limits ([`crate::quota`]).
+    #[serde(skip)]
+    pub quota_usage: BTreeMap<String, QuotaUsage>,
     /// Index: idempotency records by (time, key), oldest first, for expiry.
     #[serde(skip)]
     pub idempotency_by_age: BTreeSet<(Millis, String)>,
@@ -113,7 +118,24 @@ impl State {
         for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
             self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(s.id.clone(), s.state);
         }
+        self.quota_usage = self.derive_quota_usage();
         self.rebuild_journals();
+    }
+
+    /// What each organization's sandboxes hold in shared regions, counted from the sandboxes.
+    fn derive_quota_usage(&self) -> BTreeMap<String, QuotaUsage> {
+        let mut usage: BTreeMap<String, QuotaUsage> = BTreeMap::new();
+        for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
+            if self.regions.get(&s.region_id).is_some_and(counts_against_quota) {
+                usage.entry(s.organization_id.clone()).or_default().add(s.resources);
+            }
+        }
+        usage
+    }
+
+    /// What `organization_id`'s sandboxes hold in shared regions now.
+    pub fn quota_usage_of(&self, organization_id: &str) -> QuotaUsage {
+        self.quota_usage.get(organization_id).copied().unwrap_or_default()
     }
 
     fn rebuild_journals(&mut self) {
@@ -177,6 +199,11 @@ impl State {
         }
         if self.runner_names.len() != self.runners.len() {
             return Err("runner name index out of step".into());
+        }
+        let mut usage = self.quota_usage.clone();
+        usage.retain(|_, u| *u != QuotaUsage::default());
+        if usage != self.derive_quota_usage() {
+            return Err("quota usage index out of step with the sandboxes".into());
         }
         Ok(())
     }

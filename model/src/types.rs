@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Role;
+use crate::quota::Quota;
+
 /// Milliseconds since the Unix epoch, chosen by the proposer.
 pub type Millis = u64;
 
@@ -279,6 +282,10 @@ pub struct Organization {
     pub id: String,
     pub name: String,
     pub created_at: Millis,
+    /// Limits on its sandboxes in shared regions (absent: none, as in entries from before
+    /// quotas existed).
+    #[serde(default, skip_serializing_if = "Quota::is_unlimited")]
+    pub quota: Quota,
 }
 
 /// An organization's bearer key, stored by the hash of the key.
@@ -286,8 +293,21 @@ pub struct Organization {
 pub struct ApiKeyRecord {
     pub key_hash: String,
     pub organization_id: String,
+    /// Unique within the organization (keys are revoked by name).
     pub name: String,
     pub created_at: Millis,
+    /// Absent in entries from before roles: admin, which is what such a key could do.
+    #[serde(default, skip_serializing_if = "Role::is_admin")]
+    pub role: Role,
+    /// The key's first characters, for people to tell keys apart; never enough to use it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// Refused from this time on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Millis>,
+    /// When a node last saw it used, recorded lazily (at most about once a minute per key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Millis>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

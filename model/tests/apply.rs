@@ -45,6 +45,18 @@ fn placement(sandbox: &str, region: &str, runner: &str, cpu: u64) -> Placement {
         labels: Default::default(),
         runner_tags: Default::default(),
         idempotency_key: None,
+        credential: None,
+    }
+}
+
+fn api_key(hash: &str, org: &str, name: &str, role: Role) -> Command {
+    Command::CreateApiKey {
+        key_hash: hash.into(),
+        organization_id: org.into(),
+        name: name.into(),
+        role,
+        prefix: String::new(),
+        expires_at: None,
     }
 }
 
@@ -70,11 +82,11 @@ fn organizations_and_keys() {
         run(&mut s, Command::CreateOrganization { id: "o2".into(), name: "acme".into() }),
         Err(Rejection::DuplicateName { .. })
     ));
-    let key = Command::CreateApiKey { key_hash: "kh".into(), organization_id: "o1".into(), name: "ci".into() };
+    let key = api_key("kh", "o1", "ci", Role::Admin);
     assert!(matches!(run(&mut s, key.clone()), Ok(Outcome::ApiKey(_))));
     assert!(matches!(run(&mut s, key), Err(Rejection::DuplicateId { .. })));
     assert!(matches!(
-        run(&mut s, Command::CreateApiKey { key_hash: "x".into(), organization_id: "nope".into(), name: "n".into() }),
+        run(&mut s, api_key("x", "nope", "n", Role::Admin)),
         Err(Rejection::NotFound { kind: ObjectKind::Organization, .. })
     ));
     assert_eq!(s.validate(), Ok(()));
@@ -493,23 +505,42 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 silent: q.into_iter().map(|i| format!("run-{i}")).collect(),
             }
         }),
-        (org, name).prop_map(|(o, n)| Command::CreateOrganization { id: o.into(), name: n.into() }),
+        (org.clone(), name.clone()).prop_map(|(o, n)| Command::CreateOrganization { id: o.into(), name: n.into() }),
+        // Quotas and keys: the placements' organization is "org"; shared regions count.
+        (id.clone(), name.clone()).prop_map(|(i, n)| Command::CreateRegion(NewRegion::new(
+            format!("reg-{i}"),
+            "",
+            n,
+            RegionType::Shared
+        ))),
+        Just(Command::CreateOrganization { id: "org".into(), name: "the-org".into() }),
+        (prop::option::of(0u64..8), prop::option::of(0u64..4)).prop_map(|(cpu, sandboxes)| {
+            Command::SetOrganizationQuota { id: "org".into(), quota: Quota { cpu, sandboxes, ..Quota::default() } }
+        }),
+        (prop::sample::select(vec!["ka", "kb"]), prop::sample::select(vec!["org", "o1"]), name.clone(), any::<bool>())
+            .prop_map(|(k, o, n, admin)| api_key(k, o, n, if admin { Role::Admin } else { Role::Member })),
+        (prop::sample::select(vec!["org", "o1"]), name)
+            .prop_map(|(o, n)| Command::DeleteApiKey { organization_id: o.into(), name: n.into() }),
     ]
 }
 
 fn arb_proposals() -> impl Strategy<Value = Vec<Proposal>> {
     let scope = prop::option::of(prop::sample::select(vec!["o1", "o2"]));
-    prop::collection::vec((arb_command(), 0u64..1000, prop::option::of(0u8..5), scope), 0..80).prop_map(|cmds| {
-        cmds.into_iter()
-            .map(|(command, dt, key, scope)| Proposal {
-                fingerprint: key.map(|_| format!("{command:?}")),
-                command,
-                at: T0 + dt,
-                idempotency_key: key.map(|k| format!("k{k}")),
-                scope: scope.map(String::from),
-            })
-            .collect()
-    })
+    let credential = prop::option::weighted(0.2, prop::sample::select(vec!["ka", "kb"]));
+    prop::collection::vec((arb_command(), 0u64..1000, prop::option::of(0u8..5), scope, credential), 0..80).prop_map(
+        |cmds| {
+            cmds.into_iter()
+                .map(|(command, dt, key, scope, credential)| Proposal {
+                    credential: credential.map(String::from),
+                    fingerprint: key.map(|_| format!("{command:?}")),
+                    command,
+                    at: T0 + dt,
+                    idempotency_key: key.map(|k| format!("k{k}")),
+                    scope: scope.map(String::from),
+                })
+                .collect()
+        },
+    )
 }
 
 proptest! {

@@ -15,8 +15,8 @@
 //! The node sends the runner every sandbox placed on it (start or stop) and a destroy for each
 //! one that goes away, in frames of at most [`ASSIGNMENTS_PER_FRAME`]; after the first full set
 //! it sends `Synced`, so an agent that reconnects drops whatever it still runs that is no
-//! longer assigned. A wrong token, or a runner deleted while connected, gets `Refused` and the
-//! whole connection is closed.
+//! longer assigned. A wrong token, a runner deleted while connected, or a token regenerated
+//! while connected gets `Refused` and the whole connection is closed.
 //!
 //! Both directions flow at once: each side reads the stream in a task of its own, so a large
 //! set of assignments (a reconnecting runner may hold tens of thousands) never stops the node
@@ -90,6 +90,9 @@ pub enum NodeMessage {
 pub trait RunnerDirectory: Send + Sync + 'static {
     /// The runner a token belongs to, if any (compares hashes, never stores the token).
     fn authenticate(&self, token: &str) -> Option<String>;
+    /// Whether runner `runner_id`'s token is still the one with hash `token_hash` (false once
+    /// it was regenerated, or the runner deleted).
+    fn holds_token(&self, runner_id: &str, token_hash: &str) -> bool;
     /// The runner's assignments that differ from `sent`, looking only at what changed after
     /// `cursor` (an earlier answer's) when it can, at the whole set when `cursor` is `None`.
     fn poll_assignments(
@@ -197,6 +200,9 @@ async fn session(
         tracing::warn!(remote = %connection.remote_address(), "runner refused: unknown token");
         return Err(refuse(connection, &mut send, "unknown or revoked runner token").await);
     };
+    // Kept only hashed: the session checks on every poll that the token is still the runner's.
+    let token_hash = corral_model::secret::hash_secret(&token);
+    drop(token);
     tracing::info!(runner_id, version, remote = %connection.remote_address(), "runner session opened");
     write_frame(
         &mut send,
@@ -225,6 +231,10 @@ async fn session(
                 };
             }
             _ = poll.tick() => {
+                if !directory.holds_token(&runner_id, &token_hash) {
+                    tracing::warn!(runner_id, "runner token regenerated or runner deleted; closing its session");
+                    return Err(refuse(connection, &mut send, "runner token regenerated or runner deleted").await);
+                }
                 let full = last_full.elapsed() >= config.full_recheck;
                 let since = if full { None } else { cursor };
                 let polled = {

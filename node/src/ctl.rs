@@ -52,6 +52,11 @@ pub enum CtlCommand {
     /// Sandboxes of your organization.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// API keys of your organization: list, create (up to your key's role), revoke.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+    /// Your organization's quota in shared regions and what it uses of it.
+    Quota,
     /// Operator commands (admin key).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -192,8 +197,46 @@ pub enum RunnerCommand {
         #[arg(long)]
         undo: bool,
     },
+    /// A new token (printed once); the old one stops working and the agent's session closes.
+    RegenerateToken {
+        id: String,
+    },
     Delete {
         id: String,
+    },
+}
+
+/// What a new API key is called, may do and when it expires.
+#[derive(Debug, Args)]
+pub struct NewKeyArgs {
+    #[arg(long, default_value = "cli")]
+    pub name: String,
+    /// `member` or `admin` (default: member for your own keys, admin for the operator's).
+    #[arg(long)]
+    pub role: Option<String>,
+    /// RFC 3339 time from which the key is refused, e.g. 2030-01-01T00:00:00Z.
+    #[arg(long)]
+    pub expires_at: Option<String>,
+}
+
+impl NewKeyArgs {
+    fn body(self) -> Value {
+        let mut body = Map::new();
+        put(&mut body, "name", Some(self.name));
+        put(&mut body, "role", self.role);
+        put(&mut body, "expiresAt", self.expires_at);
+        Value::Object(body)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    List,
+    /// Create a key (printed once).
+    Create(NewKeyArgs),
+    /// Revoke a key by name: every node refuses it once this returns.
+    Delete {
+        name: String,
     },
 }
 
@@ -317,6 +360,10 @@ pub enum AdminRunnerCommand {
         #[arg(long)]
         undo: bool,
     },
+    /// A new token for any runner (printed once).
+    RegenerateToken {
+        id: String,
+    },
     Delete {
         id: String,
     },
@@ -328,11 +375,28 @@ pub enum OrganizationCommand {
         name: String,
     },
     List,
-    /// Create another API key for an organization.
+    /// Create another API key for an organization (printed once).
     CreateKey {
         organization_id: String,
-        #[arg(long, default_value = "cli")]
+        #[command(flatten)]
+        key: NewKeyArgs,
+    },
+    /// List an organization's API keys.
+    Keys {
+        organization_id: String,
+    },
+    /// Revoke an organization's API key by name.
+    DeleteKey {
+        organization_id: String,
         name: String,
+    },
+    /// Set an organization's quota in shared regions; a limit left out is no limit.
+    Quota {
+        organization_id: String,
+        #[command(flatten)]
+        resources: ResourceArgs,
+        #[arg(long)]
+        sandboxes: Option<u64>,
     },
 }
 
@@ -369,6 +433,7 @@ const RUNNER_COLUMNS: &[&str] =
     &["id", "name", "regionId", "state", "schedulable", "draining", "availabilityScore", "startedSandboxes"];
 const SANDBOX_COLUMNS: &[&str] = &["id", "target", "runnerId", "state", "cpu", "memoryGiB", "diskGiB", "createdAt"];
 const ORG_COLUMNS: &[&str] = &["id", "name", "createdAt"];
+const KEY_COLUMNS: &[&str] = &["name", "prefix", "role", "createdAt", "expiresAt", "lastUsedAt", "expired"];
 const MEMBER_COLUMNS: &[&str] = &["nodeId", "raftAddr", "apiAddr", "voter"];
 
 fn put(map: &mut Map<String, Value>, key: &str, value: Option<String>) {
@@ -461,6 +526,9 @@ fn plan(command: CtlCommand) -> Call {
                 Some(json!({ "draining": !undo })),
                 RUNNER_COLUMNS,
             ),
+            RunnerCommand::RegenerateToken { id } => {
+                call(M::POST, format!("/api/runners/{id}/regenerate-token"), None, &[])
+            }
             RunnerCommand::Delete { id } => call(M::DELETE, format!("/api/runners/{id}"), None, &[]),
         },
         CtlCommand::Sandbox(c) => match c {
@@ -534,6 +602,9 @@ fn plan(command: CtlCommand) -> Call {
                 Some(json!({ "draining": !undo })),
                 RUNNER_COLUMNS,
             ),
+            AdminRunnerCommand::RegenerateToken { id } => {
+                call(M::POST, format!("/api/admin/runners/{id}/regenerate-token"), None, &[])
+            }
             AdminRunnerCommand::Delete { id } => call(M::DELETE, format!("/api/admin/runners/{id}"), None, &[]),
         },
         CtlCommand::Admin(AdminCommand::Organization(c)) => match c {
@@ -541,13 +612,33 @@ fn plan(command: CtlCommand) -> Call {
                 call(M::POST, "/api/admin/organizations".into(), Some(json!({ "name": name })), &[])
             }
             OrganizationCommand::List => call(M::GET, "/api/admin/organizations".into(), None, ORG_COLUMNS),
-            OrganizationCommand::CreateKey { organization_id, name } => call(
-                M::POST,
-                format!("/api/admin/organizations/{organization_id}/api-keys"),
-                Some(json!({ "name": name })),
-                &[],
-            ),
+            OrganizationCommand::CreateKey { organization_id, key } => {
+                call(M::POST, format!("/api/admin/organizations/{organization_id}/api-keys"), Some(key.body()), &[])
+            }
+            OrganizationCommand::Keys { organization_id } => {
+                call(M::GET, format!("/api/admin/organizations/{organization_id}/api-keys"), None, KEY_COLUMNS)
+            }
+            OrganizationCommand::DeleteKey { organization_id, name } => {
+                call(M::DELETE, format!("/api/admin/organizations/{organization_id}/api-keys/{name}"), None, &[])
+            }
+            OrganizationCommand::Quota { organization_id, resources, sandboxes } => {
+                let mut body = Map::new();
+                put_numbers(&mut body, resources.fields());
+                put_numbers(&mut body, [("sandboxes", sandboxes)]);
+                call(
+                    M::PUT,
+                    format!("/api/admin/organizations/{organization_id}/quota"),
+                    Some(Value::Object(body)),
+                    &[],
+                )
+            }
         },
+        CtlCommand::ApiKey(c) => match c {
+            ApiKeyCommand::List => call(M::GET, "/api/api-keys".into(), None, KEY_COLUMNS),
+            ApiKeyCommand::Create(key) => call(M::POST, "/api/api-keys".into(), Some(key.body()), &[]),
+            ApiKeyCommand::Delete { name } => call(M::DELETE, format!("/api/api-keys/{name}"), None, &[]),
+        },
+        CtlCommand::Quota => call(M::GET, "/api/quota".into(), None, &[]),
         CtlCommand::Cluster(ClusterCommand::Status) => call(M::GET, "/api/admin/cluster".into(), None, &[]),
         CtlCommand::Cluster(ClusterCommand::AddMember { node_id, raft_addr, api_addr }) => call(
             M::POST,

@@ -44,6 +44,10 @@ impl RunnerDirectory for NodeRunnerDirectory {
         self.shared.read().state.runner_keys.get(&hash).cloned()
     }
 
+    fn holds_token(&self, runner_id: &str, token_hash: &str) -> bool {
+        self.shared.read().state.runners.get(runner_id).is_some_and(|r| r.api_key_hash == token_hash)
+    }
+
     fn poll_assignments(
         &self,
         runner_id: &str,

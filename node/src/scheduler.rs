@@ -18,7 +18,8 @@ use std::time::Duration;
 use corral_model::health::SharedHealth;
 use corral_model::placement::{usage_headroom, RegionPlacementIndex};
 use corral_model::{
-    recorded_placement, Command, ObjectKind, Outcome, Placement, Proposal, Rejection, Sandbox, SandboxRequest, State,
+    admit_to_quota, recorded_placement, Command, ObjectKind, Outcome, Placement, Proposal, QuotaUsage, Rejection,
+    Sandbox, SandboxRequest, State,
 };
 use corral_raft_types::SharedState;
 use rand::{Rng, SeedableRng};
@@ -208,12 +209,25 @@ pub fn plan(
 ) -> Vec<Planned> {
     cache.sync(state);
     let mut planned = Vec::new();
+    // What this batch already planned per organization, for the quota check (apply checks
+    // again; this answers over-quota requests without a Raft entry or a cache rebuild).
+    let mut planned_quota: HashMap<String, QuotaUsage> = HashMap::new();
     for pending in batch {
         let request = &pending.request;
         if let Some(first) = request.idempotency_key.as_deref().and_then(|k| recorded_placement(state, k)) {
             let _ = pending.reply.send(Ok(first));
             continue;
         }
+        let organization = request.organization_id.as_str();
+        let already = planned_quota.get(organization).copied().unwrap_or_default();
+        let counted = match admit_to_quota(state, organization, &request.region_id, request.resources, &already) {
+            Ok(counted) => counted,
+            Err(rejection) => {
+                metrics::counter!("corral_scheduler_placements_total", "outcome" => "over_quota").increment(1);
+                let _ = pending.reply.send(Ok(Err(rejection)));
+                continue;
+            }
+        };
         if !cache.indexes.contains_key(&request.region_id) {
             let built = cache.build(state, &request.region_id);
             cache.indexes.insert(request.region_id.clone(), built);
@@ -231,7 +245,11 @@ pub fn plan(
                     labels: request.labels.clone(),
                     runner_tags: request.runner_tags.clone(),
                     idempotency_key: request.idempotency_key.clone(),
+                    credential: request.credential.clone(),
                 };
+                if counted {
+                    planned_quota.entry(organization.to_string()).or_default().add(request.resources);
+                }
                 planned.push(Planned { pending, placement });
             }
             None => {

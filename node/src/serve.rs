@@ -200,7 +200,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ),
     };
     let cluster: Arc<dyn corral_api::ClusterHandle> = raft_cluster.clone();
-    let app = corral_api::router(cluster, api_config)
+    let app_state = corral_api::AppState::new(cluster, api_config);
+    tokio::spawn(corral_api::key_usage::record_forever(app_state.clone(), stop_rx.clone()));
+    let app = corral_api::router_for(app_state)
         .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
     let scheme = if https.is_some() { "https" } else { "http" };
     if https.is_none() {

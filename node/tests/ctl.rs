@@ -54,7 +54,31 @@ fn ctl_covers_every_operation() {
     let extra = admin.json(&["admin", "organization", "create-key", &org_id, "--name", "second"]);
     assert!(extra["apiKey"].is_string());
 
-    let ctl = Ctl { addr, token: &key };
+    let ctl = Ctl { addr: addr.clone(), token: &key };
+
+    // API keys: a member key made by the organization's admin key, listed without secrets,
+    // refused where it lacks the role, then revoked; quotas set by the operator.
+    let member = ctl.json(&["api-key", "create", "--name", "ci", "--role", "member"]);
+    assert_eq!((member["role"].as_str(), member["name"].as_str()), (Some("member"), Some("ci")), "{member}");
+    let member_key = member["apiKey"].as_str().expect("apiKey").to_string();
+    let listed = ctl.json(&["api-key", "list"]);
+    let names: Vec<&str> = listed.as_array().into_iter().flatten().filter_map(|k| k["name"].as_str()).collect();
+    assert_eq!(names, ["ci", "default", "second"]);
+    assert!(!listed.to_string().contains(&member_key), "a listing shows no key");
+    let as_member = Ctl { addr: addr.clone(), token: &member_key };
+    let (ok, _, stderr) = as_member.run(&["region", "create", "not-mine"]);
+    assert!(!ok && stderr.contains("forbidden") && stderr.contains("write:regions"), "{stderr}");
+    assert_eq!(admin.json(&["admin", "organization", "keys", &org_id]).as_array().map(Vec::len), Some(3));
+    let (ok, _, stderr) = ctl.run(&["api-key", "delete", "ci"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = as_member.run(&["region", "list"]);
+    assert!(!ok && stderr.contains("unauthorized"), "a revoked key is refused: {stderr}");
+    let (ok, _, stderr) = admin.run(&["admin", "organization", "delete-key", &org_id, "second"]);
+    assert!(ok, "{stderr}");
+    let org = admin.json(&["admin", "organization", "quota", &org_id, "--cpu", "4", "--sandboxes", "2"]);
+    assert_eq!((org["quota"]["cpu"].as_u64(), org["quota"]["memoryGiB"].as_u64()), (Some(4), None), "{org}");
+    let quota = ctl.json(&["quota"]);
+    assert_eq!((quota["quota"]["sandboxes"].as_u64(), quota["used"]["sandboxes"].as_u64()), (Some(2), Some(0)));
     let region = ctl.json(&["region", "create", "ctl-region", "--proxy-url", "https://proxy.example.com"]);
     let region_id = region["id"].as_str().expect("id").to_string();
     assert!(region["proxyApiKey"].is_string());
@@ -84,6 +108,8 @@ fn ctl_covers_every_operation() {
     assert!(runner["apiKey"].is_string());
     assert_eq!(ctl.json(&["runner", "list", "--region", &region_id]).as_array().map(Vec::len), Some(1));
     assert_eq!(ctl.json(&["runner", "get", &runner_id])["state"], "initializing");
+    let token = ctl.json(&["runner", "regenerate-token", &runner_id]);
+    assert!(token["apiKey"].as_str().is_some_and(|t| t.starts_with("crl_") && t != runner["apiKey"]), "{token}");
     assert_eq!(ctl.json(&["runner", "scheduling", &runner_id])["schedulable"], false);
     assert_eq!(ctl.json(&["runner", "scheduling", &runner_id, "--schedulable", "true"])["schedulable"], true);
     // Placement settings: --tag replaces the tags, --clear-tags and --no-max-sandboxes remove.

@@ -400,6 +400,46 @@ fn wrong_and_deleted_runner_tokens_are_refused() {
     assert!(agent.log().contains("runner deleted"), "{}", agent.log());
 }
 
+/// Token rotation: the agent's live session is closed at once, the old token is refused, and
+/// an agent with the new token takes the runner over.
+#[test]
+fn a_regenerated_token_closes_the_agents_session_and_only_the_new_one_works() {
+    let c = TestCluster::start(3, &node_args());
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let token = "rotated-runner-token-0123456789ab";
+    let (key, _region_id, runner_id) = setup(&c, leader, token);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = Agent::start(token, &endpoints(&c), &c.certs, "runner", &dir.path().join("old.log"));
+    wait_for("ready", Duration::from_secs(20), || {
+        (runner_on(&c, leader, &key, &runner_id)["state"] == "ready").then_some(())
+    });
+    let follower = (1..=3).find(|&n| n != leader).expect("follower");
+    let path = format!("/api/runners/{runner_id}/regenerate-token");
+    let (s, body) = c.call(follower, "POST", &path, Some(&key), None, &[]);
+    assert_eq!(s, 200, "{body}");
+    let new_token = body["apiKey"].as_str().expect("apiKey").to_string();
+    assert_ne!(new_token, token);
+    let status = agent.wait_exit(Duration::from_secs(20)).expect("the old token's session is closed");
+    assert!(!status.success());
+    assert!(agent.log().contains("token regenerated"), "{}", agent.log());
+
+    let mut stale = Agent::start(token, &endpoints(&c), &c.certs, "runner", &dir.path().join("stale.log"));
+    let status = stale.wait_exit(Duration::from_secs(20)).expect("the old token is refused");
+    assert!(!status.success());
+    assert!(stale.log().contains("unknown or revoked runner token"), "{}", stale.log());
+
+    let fresh = Agent::start(&new_token, &endpoints(&c), &c.certs, "runner", &dir.path().join("new.log"));
+    wait_for("the new token's session", Duration::from_secs(20), || fresh.connected_to());
+    let runner = runner_on(&c, leader, &key, &runner_id);
+    assert_eq!(runner["state"], "ready", "{runner}");
+    // The operator's twin rotates again; the fresh agent is cut off in turn.
+    let (s, body) =
+        c.call(leader, "POST", &format!("/api/admin/runners/{runner_id}/regenerate-token"), Some(ADMIN_KEY), None, &[]);
+    assert_eq!(s, 200, "{body}");
+    let mut fresh = fresh;
+    assert!(fresh.wait_exit(Duration::from_secs(20)).is_some_and(|s| !s.success()), "{}", fresh.log());
+}
+
 /// Drops every UDP datagram to or from `port` on loopback while alive.
 struct UdpPartition {
     table: String,

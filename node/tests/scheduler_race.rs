@@ -65,6 +65,7 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
                 labels: Default::default(),
                 runner_tags: Default::default(),
                 idempotency_key: None,
+                credential: None,
             });
             answers.push(answer);
             pending

@@ -13,12 +13,13 @@ mod region;
 mod runner;
 mod sandbox;
 
+use crate::access::authorize;
 use crate::command::{Command, Proposal};
 use crate::outcome::{ApplyResult, Rejection};
 use crate::state::{IdempotencyRecord, State, IDEMPOTENCY_RECORDS_MAX, IDEMPOTENCY_TTL_MS};
 use crate::types::{Millis, ObjectKind, Region, Runner};
 
-pub use sandbox::recorded_placement;
+pub use sandbox::{admit_to_quota, recorded_placement};
 
 /// Applies one committed proposal. Pure: the result depends only on `state` and `proposal`.
 /// A proposal whose idempotency key was applied before returns the first result unchanged.
@@ -28,6 +29,10 @@ pub fn apply(state: &mut State, proposal: &Proposal) -> ApplyResult {
     state.clock = state.clock.max(proposal.at);
     let at = state.clock;
     expire_idempotency(state);
+    // Before any replay: a revoked or expired key gets nothing, not even a recorded answer.
+    if let Some(credential) = &proposal.credential {
+        authorize(state, credential, proposal.scope.as_deref(), &proposal.command, at)?;
+    }
     if let Some(key) = &proposal.idempotency_key {
         if let Some(record) = state.idempotency.get(key) {
             if record.fingerprint.is_some()
@@ -55,9 +60,22 @@ pub fn apply(state: &mut State, proposal: &Proposal) -> ApplyResult {
 fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option<&str>) -> ApplyResult {
     match command {
         Command::CreateOrganization { id, name } => organization::create(state, id, name, at),
-        Command::CreateApiKey { key_hash, organization_id, name } => {
-            organization::create_api_key(state, key_hash, organization_id, name, at)
+        Command::CreateApiKey { key_hash, organization_id, name, role, prefix, expires_at } => {
+            let new = organization::NewApiKey {
+                key_hash,
+                organization_id,
+                name,
+                role: *role,
+                prefix,
+                expires_at: *expires_at,
+            };
+            organization::create_api_key(state, new, scope, at)
         }
+        Command::DeleteApiKey { organization_id, name } => {
+            organization::delete_api_key(state, organization_id, name, scope)
+        }
+        Command::RecordApiKeyUse { uses } => organization::record_use(state, uses, at),
+        Command::SetOrganizationQuota { id, quota } => organization::set_quota(state, id, *quota),
         Command::CreateRegion(new) => region::create(state, new, at),
         Command::UpdateRegionUrls { id, proxy_url, ssh_gateway_url, snapshot_manager_url } => {
             region::update_urls(state, id, scope, [proxy_url, ssh_gateway_url, snapshot_manager_url], at)
@@ -80,6 +98,9 @@ fn apply_command(state: &mut State, command: &Command, at: Millis, scope: Option
             runner::update(state, id, scope, tags.as_ref(), max_sandboxes, at)
         }
         Command::DeleteRunner { id } => runner::delete(state, id, scope),
+        Command::SetRunnerToken { id, api_key_hash, api_key_hint } => {
+            runner::set_token(state, id, scope, api_key_hash, api_key_hint, at)
+        }
         Command::PlaceSandboxes { placements } => sandbox::place_all(state, placements, at),
         Command::SetSandboxState { id, state: new_state } => sandbox::set_state(state, id, scope, *new_state, at),
         Command::RescheduleSandboxes { moves, unresponsive_for_ms } => {
@@ -109,6 +130,9 @@ fn touches_runners(command: &Command) -> bool {
         command,
         Command::CreateOrganization { .. }
             | Command::CreateApiKey { .. }
+            | Command::DeleteApiKey { .. }
+            | Command::RecordApiKeyUse { .. }
+            | Command::SetOrganizationQuota { .. }
             | Command::CreateRegion(_)
             | Command::UpdateRegionUrls { .. }
             | Command::SetRegionCredential { .. }
@@ -117,7 +141,7 @@ fn touches_runners(command: &Command) -> bool {
 }
 
 /// Whether an object owned by `owner` is visible to a caller acting for `scope`.
-fn in_scope(scope: Option<&str>, owner: &str) -> bool {
+pub(crate) fn in_scope(scope: Option<&str>, owner: &str) -> bool {
     scope.is_none_or(|org| org == owner)
 }
 

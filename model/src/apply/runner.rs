@@ -120,6 +120,28 @@ pub(super) fn update(
     Ok(Outcome::Runner(runner.clone()))
 }
 
+/// Replaces the runner's token; like on create, no two runners may share one.
+pub(super) fn set_token(
+    state: &mut State,
+    id: &str,
+    scope: Option<&str>,
+    api_key_hash: &str,
+    api_key_hint: &str,
+    at: Millis,
+) -> ApplyResult {
+    if state.runner_keys.get(api_key_hash).is_some_and(|holder| holder != id) {
+        return Err(Rejection::Conflict("another runner already uses this token; each runner needs its own".into()));
+    }
+    let runner = owned_runner(state, id, scope)?;
+    let old = std::mem::replace(&mut runner.api_key_hash, api_key_hash.to_string());
+    runner.api_key_hint = api_key_hint.to_string();
+    runner.updated_at = at;
+    let runner = runner.clone();
+    state.runner_keys.remove(&old);
+    state.runner_keys.insert(api_key_hash.to_string(), id.to_string());
+    Ok(Outcome::Runner(runner))
+}
+
 /// A decommissioned runner stays decommissioned.
 pub(super) fn set_state(
     state: &mut State,

@@ -4,9 +4,11 @@
 use super::{in_scope, not_found};
 use std::collections::BTreeMap;
 
+use crate::access::{live_key, require, Permission};
 use crate::command::{Placement, Reschedule};
 use crate::outcome::{ApplyResult, Outcome, Rejection};
 use crate::placement::{eligible, fits, needs_rescheduling, tags_match, under_sandbox_limit};
+use crate::quota::{admits, counts_against_quota, QuotaUsage};
 use crate::state::{IdempotencyRecord, State};
 use crate::types::{Millis, ObjectKind, Resources, Sandbox, SandboxState};
 
@@ -53,6 +55,11 @@ pub fn recorded_placement(state: &State, key: &str) -> Option<Result<Sandbox, Re
 }
 
 fn place_idempotent(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Rejection> {
+    // Before any replay, as for every other command: a revoked or expired key gets nothing.
+    if let Some(credential) = &p.credential {
+        live_key(state, credential, Some(&p.organization_id), at)
+            .and_then(|key| require(key.role, Permission::WriteSandboxes))?;
+    }
     let Some(key) = &p.idempotency_key else {
         return place_one(state, p, at);
     };
@@ -174,6 +181,10 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
         return Err(Rejection::DuplicateId { kind: ObjectKind::Sandbox, id: p.sandbox_id.clone() });
     }
     check_target(state, &p.runner_id, &p.region_id, &p.runner_tags, p.resources)?;
+    let counted = admit_to_quota(state, &p.organization_id, &p.region_id, p.resources, &QuotaUsage::default())?;
+    if counted {
+        state.quota_usage.entry(p.organization_id.clone()).or_default().add(p.resources);
+    }
     charge(state, &p.runner_id, &p.sandbox_id, p.resources, SandboxState::Started, at);
     let sandbox = Sandbox {
         rescheduled_from: None,
@@ -194,6 +205,26 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
     Ok(sandbox)
 }
 
+/// Whether one more sandbox of `resources` for `organization_id` in `region_id` fits its quota
+/// on top of what it holds and `planned` (what a scheduler batch already planned for it).
+/// `Ok(true)`: it counts against the quota (a shared region), `Ok(false)`: no quota applies.
+pub fn admit_to_quota(
+    state: &State,
+    organization_id: &str,
+    region_id: &str,
+    resources: Resources,
+    planned: &QuotaUsage,
+) -> Result<bool, Rejection> {
+    if !state.regions.get(region_id).is_some_and(counts_against_quota) {
+        return Ok(false);
+    }
+    if let Some(org) = state.organizations.get(organization_id).filter(|o| !o.quota.is_unlimited()) {
+        let used = state.quota_usage_of(organization_id).plus(planned);
+        admits(organization_id, &org.quota, &used, resources)?;
+    }
+    Ok(true)
+}
+
 /// Moves a sandbox between states, keeping the runner's allocation and started count in step:
 /// a started sandbox holds its resources and counts as started; a stopped one holds its
 /// resources (it may be started again on the same runner) but is not counted; a destroyed one
@@ -210,6 +241,15 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
         return Err(not_found(ObjectKind::Runner, &runner_id));
     }
     if new_state == SandboxState::Destroyed && old_state != SandboxState::Destroyed {
+        let (organization_id, region_id) = (sandbox.organization_id.clone(), sandbox.region_id.clone());
+        if state.regions.get(&region_id).is_some_and(counts_against_quota) {
+            if let Some(usage) = state.quota_usage.get_mut(&organization_id) {
+                usage.remove(resources);
+                if *usage == QuotaUsage::default() {
+                    state.quota_usage.remove(&organization_id);
+                }
+            }
+        }
         release(state, &runner_id, id, resources, old_state, at);
     } else {
         let runner = state.runners.get_mut(&runner_id).ok_or_else(|| not_found(ObjectKind::Runner, &runner_id))?;

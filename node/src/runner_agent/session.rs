@@ -222,6 +222,9 @@ mod tests {
         fn authenticate(&self, token: &str) -> Option<String> {
             (token == "token-1").then(|| "runner-1".to_string())
         }
+        fn holds_token(&self, runner_id: &str, token_hash: &str) -> bool {
+            runner_id == "runner-1" && token_hash == corral_model::secret::hash_secret("token-1")
+        }
         fn poll_assignments(
             &self,
             _runner_id: &str,
