@@ -74,8 +74,8 @@ pub struct CreateApiKeyRequest {
     /// keys up to its own role.
     #[serde(default)]
     pub role: Option<KeyRole>,
-    /// RFC 3339 time from which the key is refused; in the future, at most ten years ahead.
-    /// Absent: the key does not expire.
+    /// RFC 3339 time from which the key is refused; in the future (else 409 `conflict`), at
+    /// most ten years ahead. Absent: the key does not expire.
     #[serde(default)]
     #[schema(example = "2030-01-01T00:00:00Z")]
     pub expires_at: Option<String>,
@@ -147,12 +147,15 @@ fn parse_expiry(expires_at: Option<&str>, now: Millis) -> Result<Option<Millis>,
     let at = chrono::DateTime::parse_from_rfc3339(text)
         .map_err(|e| ApiError::unprocessable(format!("expiresAt must be an RFC 3339 time: {e}")))?
         .timestamp_millis();
-    let at = Millis::try_from(at).map_err(|_| ApiError::unprocessable("expiresAt must be in the future"))?;
+    // A well-formed time that is past (or too far ahead) is refused by the clock, not by the
+    // shape of the request: 409, like every other refusal by the current state.
+    let past = || ApiError::new(StatusCode::CONFLICT, "conflict", "expiresAt must be in the future");
+    let at = Millis::try_from(at).map_err(|_| past())?;
     if at <= now {
-        return Err(ApiError::unprocessable("expiresAt must be in the future"));
+        return Err(past());
     }
     if at - now > MAX_KEY_LIFETIME_MS {
-        return Err(ApiError::unprocessable("expiresAt must be at most ten years ahead"));
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "expiresAt must be at most ten years ahead"));
     }
     Ok(Some(at))
 }
