@@ -25,6 +25,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod cluster;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod http_server;
@@ -43,7 +44,8 @@ pub mod validate;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use corral_model::access::{authorize, live_key};
@@ -188,7 +190,8 @@ pub fn router_for(state: AppState) -> Router {
         .merge(sandboxes::routes())
         .merge(organizations::routes())
         .merge(openapi::routes())
-        .route("/api/admin/cluster", get(cluster_status))
+        .merge(dashboard::routes())
+        .route("/api/admin/cluster", get(cluster_status).options(cluster_status_preflight))
         .route("/api/admin/cluster/members", axum::routing::post(add_member))
         .route("/api/admin/cluster/members/:node_id", axum::routing::delete(remove_member))
         .route("/healthz", get(|| async { "ok" }))
@@ -221,8 +224,23 @@ pub async fn readyz(State(app): State<AppState>) -> Result<&'static str, ApiErro
 #[utoipa::path(get, path = "/api/admin/cluster", tag = "admin",
     responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn cluster_status(State(app): State<AppState>, _admin: auth::Admin) -> Json<ClusterStatus> {
-    Json(app.cluster.status().await)
+pub async fn cluster_status(State(app): State<AppState>, _admin: auth::Admin) -> impl IntoResponse {
+    // The dashboard served by one node reads every member's status: allowed from any origin,
+    // as the admin key it needs travels in a header (no cookie), never implicitly.
+    ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(app.cluster.status().await))
+}
+
+/// CORS preflight for [`cluster_status`] from a dashboard served by another member.
+pub async fn cluster_status_preflight() -> impl IntoResponse {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization, x-organization-id"),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+    )
 }
 
 /// A node to add to the cluster.

@@ -2,14 +2,17 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_api::ClusterStatus;
+use corral_net::tls::CertDir;
 use serde_json::Value;
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
@@ -444,5 +447,77 @@ impl Drop for TestCluster {
                 }
             }
         }
+    }
+}
+
+/// A real `corral runner` agent process, killed when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `corral runner` presenting the certificate `cert_name` from `certs`.
+    pub fn start(token: &str, endpoints: &str, certs: &CertDir, cert_name: &str, log: &Path) -> Agent {
+        Self::start_with(token, endpoints, certs, cert_name, log, &[])
+    }
+
+    /// [`Agent::start`] with more command-line arguments.
+    pub fn start_with(
+        token: &str,
+        endpoints: &str,
+        certs: &CertDir,
+        cert_name: &str,
+        log: &Path,
+        args: &[&str],
+    ) -> Agent {
+        let file = fs::File::create(log).expect("agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["runner", "--endpoints", endpoints])
+            .args(args)
+            .env("CORRAL_RUNNER_TOKEN", token)
+            .env("CORRAL_CA_CERT", certs.ca_cert())
+            .env("CORRAL_RUNNER_CERT", certs.cert(cert_name))
+            .env("CORRAL_RUNNER_KEY", certs.key(cert_name))
+            .env("CORRAL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn corral runner");
+        Agent { child, log: log.to_path_buf() }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The endpoint of the agent's latest connection.
+    pub fn connected_to(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("runner session open"))
+            .and_then(|l| l.split("endpoint=").nth(1))
+            .map(|s| s.split_whitespace().next().unwrap_or("").trim_matches('"').to_string())
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
