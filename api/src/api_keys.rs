@@ -142,7 +142,9 @@ pub(crate) fn new_key_command(
     }
 }
 
-fn parse_expiry(expires_at: Option<&str>, now: Millis) -> Result<Option<Millis>, ApiError> {
+/// `expiresAt` as stored: 422 when it is no RFC 3339 time, 409 when it is not in the future
+/// of `now` or more than ten years ahead.
+pub fn parse_expiry(expires_at: Option<&str>, now: Millis) -> Result<Option<Millis>, ApiError> {
     let Some(text) = expires_at else { return Ok(None) };
     let at = chrono::DateTime::parse_from_rfc3339(text)
         .map_err(|e| ApiError::unprocessable(format!("expiresAt must be an RFC 3339 time: {e}")))?

@@ -21,12 +21,13 @@ pub const SANDBOX: Resources = Resources { cpu: 1, memory_gib: 1, disk_gib: 3, g
 pub fn fleet(runners: usize) -> State {
     let mut state = State::default();
     let region = Command::CreateRegion(NewRegion::new("bench", "org", "bench", RegionType::Custom));
-    let _ = apply(&mut state, &Proposal::new(region, 1));
+    assert!(apply(&mut state, &Proposal::new(region, 1)).is_ok(), "the benchmark region");
     for i in 0..runners {
         let id = format!("runner-{i:06}");
         let create = Command::CreateRunner(NewRunner::new(&id, "bench", &id, format!("hash-{id}"), RUNNER_CAPACITY));
-        let _ = apply(&mut state, &Proposal::new(create, 1));
-        let _ = apply(&mut state, &Proposal::new(Command::SetRunnerState { id, state: RunnerState::Ready }, 1));
+        assert!(apply(&mut state, &Proposal::new(create, 1)).is_ok(), "runner {i}");
+        let ready = Command::SetRunnerState { id, state: RunnerState::Ready };
+        assert!(apply(&mut state, &Proposal::new(ready, 1)).is_ok(), "runner {i} ready");
     }
     assert_eq!(state.runners.len(), runners, "every benchmark runner was created");
     state

@@ -30,6 +30,9 @@ pub enum Violation {
     NotLinearizable { key: String, ops: Vec<u64> },
     /// The search ran out of budget: neither proven nor refuted.
     Inconclusive { key: String, ops: usize },
+    /// The lost-write search for one node's final value ran out of budget: neither proven
+    /// nor refuted (never counted as a pass).
+    FinalStateInconclusive { key: String, node: u64 },
     /// A node's final state contradicts acknowledged writes on the key.
     LostWrite { key: String, node: u64, final_value: Option<String> },
     /// One client request produced more than one sandbox.
@@ -45,6 +48,12 @@ pub enum Violation {
     UnknownRunner { sandbox: String, runner: String, node: u64 },
     /// Nodes disagree on the state after healing.
     Diverged { hashes: BTreeMap<u64, String> },
+    /// After healing, the nodes did not reach one leader, applied index and state hash in
+    /// time (the hashes as they stood; `Diverged` too when they differ).
+    NotConverged { reason: String, hashes: BTreeMap<u64, String> },
+    /// A secret the harness handed to the cluster (an organization key, a runner token) is
+    /// in clear in a node's log or data directory.
+    SecretLeaked { secret_hint: String, file: String },
     /// After a fault was healed, the cluster did not agree on a leader again in time.
     NotRecovered { fault: usize, fault_kind: String },
 }
@@ -187,8 +196,9 @@ pub fn check_linearizable(history: &History, budget: u64) -> Vec<Violation> {
 }
 
 /// Checks each node's final value of every key the history touched, as a read after
-/// everything else. Keys whose history alone is not linearizable are left to
-/// [`check_linearizable`].
+/// everything else. Keys whose history alone is not proven linearizable are left to
+/// [`check_linearizable`], which reports them (not linearizable, or inconclusive); a final
+/// read whose search runs out of budget is reported inconclusive, never passed.
 pub fn check_final_state(history: &History, finals: &[(u64, HashMap<String, String>)], budget: u64) -> Vec<Violation> {
     let end = history.ops.iter().filter_map(|o| o.complete.max(Some(o.invoke))).max().unwrap_or(0) + 1;
     let mut violations = Vec::new();
@@ -211,12 +221,14 @@ pub fn check_final_state(history: &History, finals: &[(u64, HashMap<String, Stri
             let mut with_final = ops.clone();
             with_final.push(&final_read);
             let mut left = budget;
-            if linearizable(&key_ops(with_final.into_iter()), &mut left) == Some(false) {
-                violations.push(Violation::LostWrite {
+            match linearizable(&key_ops(with_final.into_iter()), &mut left) {
+                Some(true) => {}
+                Some(false) => violations.push(Violation::LostWrite {
                     key: key.to_string(),
                     node: *node,
                     final_value: state.get(key).cloned(),
-                });
+                }),
+                None => violations.push(Violation::FinalStateInconclusive { key: key.to_string(), node: *node }),
             }
         }
     }

@@ -420,6 +420,17 @@ impl Cluster {
     }
 
     /// The leader most running nodes agree on, if it says so itself.
+    /// Each running member's state hash as it stands (`unreachable` for one that does not
+    /// answer): what the report shows when the nodes did not converge.
+    pub async fn state_hashes(&self) -> std::collections::BTreeMap<u64, String> {
+        let mut hashes = std::collections::BTreeMap::new();
+        for node in self.nodes.iter().filter(|n| n.running() && !n.removed) {
+            let hash = self.status(node.id).await.map_or_else(|| "unreachable".to_string(), |s| s.state_hash);
+            hashes.insert(node.id, hash);
+        }
+        hashes
+    }
+
     pub async fn leader(&self) -> Option<u64> {
         let mut votes: std::collections::BTreeMap<u64, usize> = Default::default();
         let mut self_declared = Vec::new();

@@ -29,7 +29,8 @@ struct Args {
     /// Where the report, the timeline, the history and the node logs go.
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
-    /// `auto` (namespaces when root), `namespaces` or `loopback`.
+    /// `auto` or `namespaces` (partitions; an error when namespaces are not available) or
+    /// `loopback` (explicitly without partitions).
     #[arg(long, default_value = "auto", value_parser = parse_network)]
     network: NetworkChoice,
     /// Linearizability search steps per key before a key is reported inconclusive.

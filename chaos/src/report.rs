@@ -27,6 +27,15 @@ pub struct FaultRecord {
     /// The longest stretch with no acknowledged write between this fault's start and the next's.
     pub longest_no_write_ms: Option<f64>,
     pub note: Option<String>,
+    /// Whether the fault happened. One that could not be injected (no target, a removal the
+    /// cluster refused, a partition the network would not take) says why in `note` and is not
+    /// counted as a fault.
+    #[serde(default = "injected_by_default")]
+    pub injected: bool,
+}
+
+fn injected_by_default() -> bool {
+    true
 }
 
 /// Completion times of acknowledged writes (register writes and deletes, sandbox creations),
@@ -109,6 +118,9 @@ pub struct Report {
     pub failover: Spread,
     pub state_hashes: BTreeMap<u64, String>,
     pub faults: Vec<FaultRecord>,
+    /// Planned faults that did not happen (in `faults` with `injected: false` and the reason).
+    #[serde(default)]
+    pub faults_skipped: usize,
     pub passed: bool,
 }
 
@@ -127,7 +139,12 @@ impl Report {
             "rescheduling: {} runner flaps, {} sandboxes in the final state moved off a runner",
             self.runner_flaps, self.rescheduled_sandboxes
         );
-        let _ = writeln!(s, "faults: {} ({})", self.faults.len(), faults.join(", "));
+        let injected = self.faults.iter().filter(|f| f.injected).count();
+        let _ = writeln!(s, "faults: {injected} injected ({})", faults.join(", "));
+        for f in self.faults.iter().filter(|f| !f.injected) {
+            let reason = f.note.as_deref().unwrap_or("no reason recorded");
+            let _ = writeln!(s, "  not injected, not counted: fault {} ({}): {reason}", f.index, f.kind.name());
+        }
         let total: u64 = self.operations.values().flat_map(|m| m.values()).sum();
         let _ = writeln!(s, "operations: {total}");
         for (kind, outcomes) in &self.operations {
@@ -156,6 +173,12 @@ impl Report {
             let line = match v {
                 Violation::NotLinearizable { key, ops } => {
                     format!("not linearizable: {key} ({} operations; history.json has them)", ops.len())
+                }
+                Violation::Inconclusive { key, ops } => {
+                    format!("INCONCLUSIVE (not a pass): {key} ({ops} operations); raise --check-budget")
+                }
+                Violation::FinalStateInconclusive { key, node } => {
+                    format!("INCONCLUSIVE (not a pass): final value of {key} on node {node}; raise --check-budget")
                 }
                 other => serde_json::to_string(other).unwrap_or_default(),
             };

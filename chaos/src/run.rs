@@ -19,7 +19,7 @@ use crate::ChaosError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkChoice {
-    /// Namespaces when root with ip and nft, loopback otherwise.
+    /// Namespaces; an error when they are not available (see [`choose_network`]).
     Auto,
     Namespaces,
     Loopback,
@@ -78,6 +78,11 @@ async fn setup_call(
     }
 }
 
+/// The token of sandbox runner `i` (the leak scan looks for it).
+fn sandbox_runner_token(i: usize) -> String {
+    format!("chaos-sandbox-runner-token-{i}")
+}
+
 struct Setup {
     org_token: String,
     runner_region_id: String,
@@ -117,7 +122,7 @@ async fn set_up(base: &str, http: &reqwest::Client) -> Result<Setup, ChaosError>
     let mut sandbox_runner_ids = Vec::new();
     for i in 0..SANDBOX_RUNNERS {
         let body = json!({ "name": format!("sandbox-runner-{i}"), "regionId": sandbox_region_id,
-            "apiKey": format!("chaos-sandbox-runner-token-{i}"), "apiVersion": "2",
+            "apiKey": sandbox_runner_token(i), "apiVersion": "2",
             "cpu": SANDBOX_RUNNER_CPUS, "memoryGiB": 256, "diskGiB": 4096 });
         let runner = setup_call(
             http,
@@ -181,10 +186,14 @@ async fn inject(cluster: &mut Cluster, index: usize, plan: &PlannedFault, record
     let hold = Duration::from_millis(plan.hold_ms);
     let start_ns = recorder.now();
     let mut note = None;
+    let mut injected = true;
     let mut nodes = Vec::new();
     let victim = resolve(plan.target, leader, &members);
     match (plan.kind, victim) {
-        (_, None) => note = Some("no node to target".to_string()),
+        (_, None) => {
+            injected = false;
+            note = Some("no node to target".to_string());
+        }
         (FaultKind::Kill, Some(v)) => {
             nodes.push(v);
             cluster.kill(v);
@@ -213,7 +222,10 @@ async fn inject(cluster: &mut Cluster, index: usize, plan: &PlannedFault, record
         (FaultKind::Wipe, Some(v)) => {
             nodes.push(v);
             match cluster.change_member(None, Some(v)).await {
-                Err(e) => note = Some(format!("remove refused, wipe skipped: {e}")),
+                Err(e) => {
+                    injected = false;
+                    note = Some(format!("remove refused, wipe skipped: {e}"));
+                }
                 Ok(()) => {
                     cluster.nodes[(v - 1) as usize].removed = true;
                     cluster.kill(v);
@@ -233,6 +245,7 @@ async fn inject(cluster: &mut Cluster, index: usize, plan: &PlannedFault, record
             let others: Vec<u64> = members.iter().copied().filter(|x| *x != v).collect();
             nodes.push(v);
             if let Err(e) = cluster.partition(&all_pairs_across(&[v], &others)) {
+                injected = false;
                 note = Some(e.to_string());
             }
             tokio::time::sleep(hold).await;
@@ -246,6 +259,7 @@ async fn inject(cluster: &mut Cluster, index: usize, plan: &PlannedFault, record
             let (small, large) = split_sides(&members, k);
             nodes.extend(&small);
             if let Err(e) = cluster.partition(&all_pairs_across(&small, &large)) {
+                injected = false;
                 note = Some(e.to_string());
             }
             tokio::time::sleep(hold).await;
@@ -255,6 +269,7 @@ async fn inject(cluster: &mut Cluster, index: usize, plan: &PlannedFault, record
             nodes.push(v);
             let cuts: Vec<(u64, u64)> = members.iter().filter(|x| **x != v).map(|x| (*x, v)).collect();
             if let Err(e) = cluster.partition(&cuts) {
+                injected = false;
                 note = Some(e.to_string());
             }
             tokio::time::sleep(hold).await;
@@ -274,6 +289,7 @@ async fn inject(cluster: &mut Cluster, index: usize, plan: &PlannedFault, record
         recovered_ns: recovered.then(|| recorder.now()),
         longest_no_write_ms: None,
         note,
+        injected,
     }
 }
 
@@ -309,13 +325,40 @@ struct NodeFinal {
     runners: Vec<RunnerCapacity>,
 }
 
-/// Adds each listed object's `proxyUrl` as the value of the register `<kind>:<name>`.
-fn insert_registers(registers: &mut HashMap<String, String>, kind: &str, list: &Value) {
-    for item in list.as_array().into_iter().flatten() {
-        if let (Some(name), Some(url)) = (item["name"].as_str(), item["proxyUrl"].as_str()) {
+/// A field a node's answer must have: a missing (or renamed) field is an error of the run,
+/// never a default that would let a checker pass without looking.
+fn field<'a>(v: &'a Value, name: &str, what: &str) -> Result<&'a Value, ChaosError> {
+    v.get(name).ok_or_else(|| ChaosError::Final(format!("{what} has no field '{name}': {v}")))
+}
+
+fn u64_field(v: &Value, name: &str, what: &str) -> Result<u64, ChaosError> {
+    field(v, name, what)?.as_u64().ok_or_else(|| ChaosError::Final(format!("{what}: '{name}' is not a count: {v}")))
+}
+
+fn str_field<'a>(v: &'a Value, name: &str, what: &str) -> Result<&'a str, ChaosError> {
+    field(v, name, what)?.as_str().ok_or_else(|| ChaosError::Final(format!("{what}: '{name}' is not text: {v}")))
+}
+
+fn list<'a>(v: &'a Value, what: &str) -> Result<&'a Vec<Value>, ChaosError> {
+    v.as_array().ok_or_else(|| ChaosError::Final(format!("{what} is not a list: {v}")))
+}
+
+/// cpu, memory GiB, disk GiB of a resources object (a runner's capacity or allocation, or a
+/// sandbox).
+fn resources(v: &Value, what: &str) -> Result<[u64; 3], ChaosError> {
+    Ok([u64_field(v, "cpu", what)?, u64_field(v, "memoryGiB", what)?, u64_field(v, "diskGiB", what)?])
+}
+
+/// Adds each listed object's `proxyUrl` (absent from the register when `null`) as the value of
+/// the register `<kind>:<name>`.
+fn insert_registers(registers: &mut HashMap<String, String>, kind: &str, answer: &Value) -> Result<(), ChaosError> {
+    for item in list(answer, kind)? {
+        let name = str_field(item, "name", kind)?;
+        if let Some(url) = field(item, "proxyUrl", kind)?.as_str() {
             registers.insert(format!("{kind}:{name}"), url.to_string());
         }
     }
+    Ok(())
 }
 
 /// One node's own view (stale reads: exactly what it has applied).
@@ -323,14 +366,14 @@ async fn read_final(cluster: &Cluster, id: u64, setup: &Setup) -> Result<NodeFin
     let http = &cluster.http;
     let mut registers = HashMap::new();
     let regions = get_json(http, &cluster.url(id, "/api/regions?consistency=stale"), &setup.org_token).await?;
-    insert_registers(&mut registers, "region", &regions);
+    insert_registers(&mut registers, "region", &regions)?;
     let runners = get_json(
         http,
         &cluster.url(id, &format!("/api/admin/runners?regionId={}&consistency=stale", setup.runner_region_id)),
         ADMIN_KEY,
     )
     .await?;
-    insert_registers(&mut registers, "runner", &runners);
+    insert_registers(&mut registers, "runner", &runners)?;
     let sandbox_runners_url =
         cluster.url(id, &format!("/api/admin/runners?regionId={}&consistency=stale", setup.sandbox_region_id));
     let sandboxes_url = cluster.url(id, "/api/sandboxes?consistency=stale");
@@ -346,33 +389,68 @@ async fn read_final(cluster: &Cluster, id: u64, setup: &Setup) -> Result<NodeFin
         sandbox_runners = again;
         sandboxes = get_json(http, &sandboxes_url, &setup.org_token).await?;
     }
-    let resources = |v: &Value| {
-        [v["cpu"].as_u64().unwrap_or(0), v["memoryGiB"].as_u64().unwrap_or(0), v["diskGiB"].as_u64().unwrap_or(0)]
-    };
-    let runners = sandbox_runners
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| RunnerCapacity {
-            id: r["id"].as_str().unwrap_or_default().to_string(),
-            capacity: resources(&r["capacity"]),
-            allocated: resources(&r["allocated"]),
+    let runners = list(&sandbox_runners, "sandbox runners")?
+        .iter()
+        .map(|r| {
+            Ok(RunnerCapacity {
+                id: str_field(r, "id", "runner")?.to_string(),
+                capacity: resources(field(r, "capacity", "runner")?, "runner capacity")?,
+                allocated: resources(field(r, "allocated", "runner")?, "runner allocation")?,
+            })
         })
-        .collect();
-    let sandboxes = sandboxes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| PlacedSandbox {
-            id: s["id"].as_str().unwrap_or_default().to_string(),
-            runner_id: s["runnerId"].as_str().unwrap_or_default().to_string(),
-            request: s["labels"][REQUEST_LABEL].as_str().map(String::from),
-            resources: resources(s),
-            destroyed: s["state"] == "destroyed",
-            rescheduled: s["rescheduledFrom"].is_string(),
+        .collect::<Result<Vec<_>, ChaosError>>()?;
+    let sandboxes = list(&sandboxes, "sandboxes")?
+        .iter()
+        .map(|s| {
+            Ok(PlacedSandbox {
+                id: str_field(s, "id", "sandbox")?.to_string(),
+                runner_id: str_field(s, "runnerId", "sandbox")?.to_string(),
+                request: field(s, "labels", "sandbox")?.get(REQUEST_LABEL).and_then(Value::as_str).map(String::from),
+                resources: resources(s, "sandbox")?,
+                destroyed: str_field(s, "state", "sandbox")? == "destroyed",
+                rescheduled: field(s, "rescheduledFrom", "sandbox")?.is_string(),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, ChaosError>>()?;
     Ok(NodeFinal { registers, sandboxes, runners })
+}
+
+/// Every file under `dir` (node logs and data) that holds one of `secrets` in clear.
+pub fn scan_for_secrets(dir: &std::path::Path, secrets: &[String]) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(scan_for_secrets(&path, secrets));
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                let hint: String = secret.chars().take(6).collect();
+                found.push(Violation::SecretLeaked {
+                    secret_hint: format!("{hint}…"),
+                    file: path.display().to_string(),
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Whether the run uses network namespaces. Partitions are half the nemesis: when they cannot
+/// run, `auto` fails loudly; only an explicit `--network loopback` runs without them.
+pub fn choose_network(choice: NetworkChoice, namespaces_available: bool) -> Result<bool, ChaosError> {
+    match choice {
+        NetworkChoice::Auto | NetworkChoice::Namespaces if !namespaces_available => Err(ChaosError::Setup(
+            "partitions need network namespaces (root, with ip and nft), which this machine does not give; \
+             run as root, or pass --network loopback to run explicitly without partitions"
+                .into(),
+        )),
+        NetworkChoice::Auto | NetworkChoice::Namespaces => Ok(true),
+        NetworkChoice::Loopback => Ok(false),
+    }
 }
 
 /// Runs the whole thing and returns the report (also written to `out_dir`).
@@ -383,11 +461,7 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
     // A previous run's data would be a different cluster.
     let _ = std::fs::remove_dir_all(&cluster_dir);
     std::fs::create_dir_all(&cluster_dir).map_err(|e| ChaosError::Setup(format!("{}: {e}", cluster_dir.display())))?;
-    let use_namespaces = match config.network {
-        NetworkChoice::Auto => cluster::namespaces_available(),
-        NetworkChoice::Namespaces => true,
-        NetworkChoice::Loopback => false,
-    };
+    let use_namespaces = choose_network(config.network, cluster::namespaces_available())?;
     let network = if use_namespaces {
         let pid = std::process::id();
         Network::Namespaces { tag: format!("crl{:04x}", pid % 0xffff), subnet: (pid % 200) as u8 + 20 }
@@ -396,7 +470,7 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
     };
     let network_name = match &network {
         Network::Namespaces { subnet, .. } => format!("namespaces on 10.199.{subnet}.0/24"),
-        Network::Loopback => "loopback, no partitions".to_string(),
+        Network::Loopback => "loopback, partitions switched off (--network loopback)".to_string(),
     };
     println!(
         "corral-chaos: seed {}, {} nodes, {network_name}, output in {}",
@@ -447,7 +521,12 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
             plan.kind.name(),
             record.nodes,
             if record.hit_leader { " (leader)" } else { "" },
-            record.note.as_deref().map(|n| format!(" — {n}")).unwrap_or_default()
+            match (record.injected, record.note.as_deref()) {
+                (false, Some(n)) => format!(" — NOT INJECTED, not counted: {n}"),
+                (false, None) => " — NOT INJECTED, not counted".to_string(),
+                (true, Some(n)) => format!(" — {n}"),
+                (true, None) => String::new(),
+            }
         );
         faults.push(record);
         if !recovered {
@@ -463,19 +542,26 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
     let _ = clients.await;
     let end = recorder.now();
 
+    // Nodes that do not converge are a finding for the report (a `Diverged` violation with
+    // each node's hash as it stands), not an error that would end the run without one.
+    let mut not_converged = None;
     let hashes = match cluster.wait_converged(Duration::from_secs(120)).await {
         Ok(hashes) => hashes,
         Err(e) => {
+            eprintln!("corral-chaos: nodes did not converge: {e}");
             for id in cluster.ids() {
                 eprintln!("---- node {id} log tail ----\n{}", cluster.log_tail(id, 30));
             }
-            return Err(e);
+            let hashes = cluster.state_hashes().await;
+            not_converged = Some(Violation::NotConverged { reason: e.to_string(), hashes: hashes.clone() });
+            hashes
         }
     };
     let history = recorder.history.lock().map(|h| h.clone()).unwrap_or_default();
     let sandbox_ops = recorder.sandbox_ops.lock().map(|o| o.clone()).unwrap_or_default();
 
     let mut violations = check::check_linearizable(&history, config.check_budget);
+    violations.extend(not_converged);
     let mut finals = Vec::new();
     let mut rescheduled_sandboxes = None;
     // Acknowledged creations must exist, unless their client tried to delete them since.
@@ -495,6 +581,11 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
     }
     violations.extend(check::check_final_state(&history, &finals, config.check_budget));
     violations.extend(check::check_converged(&hashes));
+    // Secrets are stored hashed and never logged: the organization's key and the runners'
+    // tokens must not be anywhere in the nodes' logs or data.
+    let mut secrets = vec![setup.org_token.clone()];
+    secrets.extend((0..SANDBOX_RUNNERS).map(sandbox_runner_token));
+    violations.extend(scan_for_secrets(&config.out_dir.join("cluster"), &secrets));
     for fault in faults.iter().filter(|f| f.recovered_ns.is_none()) {
         violations.push(Violation::NotRecovered { fault: fault.index, fault_kind: fault.kind.name().to_string() });
     }
@@ -503,11 +594,15 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
     report::fill_availability(&mut faults, &acks, end);
     let windows = |leader_only: bool| {
         report::spread(
-            faults.iter().filter(|f| !leader_only || f.hit_leader).filter_map(|f| f.longest_no_write_ms).collect(),
+            faults
+                .iter()
+                .filter(|f| f.injected && (!leader_only || f.hit_leader))
+                .filter_map(|f| f.longest_no_write_ms)
+                .collect(),
         )
     };
     let mut faults_by_kind: BTreeMap<String, usize> = BTreeMap::new();
-    for f in &faults {
+    for f in faults.iter().filter(|f| f.injected) {
         *faults_by_kind.entry(f.kind.name().to_string()).or_default() += 1;
     }
     let keys: std::collections::BTreeSet<&str> = history.ops.iter().map(|o| o.call.key()).collect();
@@ -522,7 +617,8 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
         keys_checked: keys.len(),
         runner_flaps: recorder.runner_flaps.load(Ordering::Relaxed),
         rescheduled_sandboxes: rescheduled_sandboxes.unwrap_or(0),
-        passed: violations.is_empty() && !faults.is_empty(),
+        passed: violations.is_empty() && faults.iter().any(|f| f.injected),
+        faults_skipped: faults.iter().filter(|f| !f.injected).count(),
         violations,
         unavailability: windows(false),
         failover: windows(true),
@@ -540,4 +636,32 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
     )?;
     write("timeline.svg", &report::timeline_svg(&report, &history, &sandbox_ops, end))?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leak_scan_finds_a_planted_secret_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nested = dir.path().join("node2").join("db");
+        std::fs::create_dir_all(&nested).expect("dirs");
+        std::fs::write(dir.path().join("node1.log"), "INFO all quiet").expect("log");
+        std::fs::write(nested.join("000123.log"), b"\x00\x01planted-secret-xyz\x02").expect("data");
+        let secrets = vec!["planted-secret-xyz".to_string(), "absent-secret".to_string()];
+        let found = scan_for_secrets(dir.path(), &secrets);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(matches!(&found[0], Violation::SecretLeaked { file, .. } if file.ends_with("000123.log")));
+        assert!(scan_for_secrets(&dir.path().join("missing"), &secrets).is_empty());
+    }
+
+    #[test]
+    fn partitions_that_cannot_run_fail_unless_switched_off() {
+        assert!(matches!(choose_network(NetworkChoice::Auto, true), Ok(true)));
+        assert!(choose_network(NetworkChoice::Auto, false).is_err());
+        assert!(choose_network(NetworkChoice::Namespaces, false).is_err());
+        assert!(matches!(choose_network(NetworkChoice::Loopback, false), Ok(false)));
+        assert!(matches!(choose_network(NetworkChoice::Loopback, true), Ok(false)));
+    }
 }

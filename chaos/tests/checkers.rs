@@ -207,3 +207,20 @@ fn a_search_out_of_budget_is_inconclusive_not_a_pass() {
     let violations = check_linearizable(&h, BUDGET);
     assert!(matches!(&violations[..], [Violation::NotLinearizable { .. }]), "{violations:?}");
 }
+
+#[test]
+fn a_final_state_search_out_of_budget_is_inconclusive_not_a_pass() {
+    let mut h = History::default();
+    // Twelve overlapping writes: the history alone is quickly linearized, but a final value
+    // nobody wrote makes the search try every order before it can say no.
+    for c in 0..12u64 {
+        h.write(c, "k", &format!("v{c}"), 0, 100);
+    }
+    let finals = vec![(1, HashMap::from([("k".to_string(), "never-written".to_string())]))];
+    assert_eq!(
+        check_final_state(&h, &finals, 100),
+        vec![Violation::FinalStateInconclusive { key: "k".into(), node: 1 }]
+    );
+    let violations = check_final_state(&h, &finals, BUDGET);
+    assert!(matches!(&violations[..], [Violation::LostWrite { node: 1, .. }]), "{violations:?}");
+}

@@ -4,7 +4,8 @@
 //! must be an ordinary error.
 #![no_main]
 
-use corral_api::organizations::{CreateApiKeyRequest, CreateOrganizationRequest};
+use corral_api::api_keys::CreateApiKeyRequest;
+use corral_api::organizations::{CreateOrganizationRequest, QuotaView};
 use corral_api::regions::{CreateRegionRequest, UpdateRegionRequest};
 use corral_api::runners::{AdminCreateRunnerRequest, CreateRunnerRequest, RunnerStateRequest, SchedulingRequest};
 use corral_api::sandboxes::CreateSandboxRequest;
@@ -28,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = serde_json::from_slice::<CreateOrganizationRequest>(data) {
         text(&r.name);
     }
-    let _ = serde_json::from_slice::<CreateApiKeyRequest>(data);
+    if let Ok(r) = serde_json::from_slice::<CreateApiKeyRequest>(data) {
+        text(&r.name);
+        let _ = corral_api::api_keys::parse_expiry(r.expires_at.as_deref(), 1_700_000_000_000);
+    }
+    let _ = serde_json::from_slice::<QuotaView>(data);
     let _ = serde_json::from_slice::<CreateRunnerRequest>(data);
     let _ = serde_json::from_slice::<AdminCreateRunnerRequest>(data);
     let _ = serde_json::from_slice::<SchedulingRequest>(data);

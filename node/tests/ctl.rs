@@ -10,6 +10,7 @@ use common::{TestCluster, ADMIN_KEY};
 use serde_json::{json, Value};
 
 struct Ctl<'a> {
+    cluster: &'a TestCluster,
     addr: String,
     token: &'a str,
 }
@@ -24,7 +25,11 @@ impl Ctl<'_> {
             .env_remove("CORRAL_ORGANIZATION")
             .output()
             .expect("run corral ctl");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        let stdout: String = String::from_utf8_lossy(&out.stdout).into();
+        // Every secret ctl sees or prints is checked for leaks when the cluster is dropped.
+        let printed = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        self.cluster.remember_secrets(&[&json!({ "token": self.token }), &printed]);
+        (out.status.success(), stdout, String::from_utf8_lossy(&out.stderr).into())
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -42,7 +47,7 @@ fn ctl_covers_every_operation() {
     let leader = c.wait_leader(Duration::from_secs(30));
     let follower = (1..=3).find(|&n| n != leader).expect("follower");
     let addr = format!("http://{}", c.node(follower).api_addr);
-    let admin = Ctl { addr: addr.clone(), token: ADMIN_KEY };
+    let admin = Ctl { cluster: &c, addr: addr.clone(), token: ADMIN_KEY };
 
     let org = admin.json(&["admin", "organization", "create", "ctl-org"]);
     let org_id = org["id"].as_str().expect("id").to_string();
@@ -54,7 +59,7 @@ fn ctl_covers_every_operation() {
     let extra = admin.json(&["admin", "organization", "create-key", &org_id, "--name", "second"]);
     assert!(extra["apiKey"].is_string());
 
-    let ctl = Ctl { addr: addr.clone(), token: &key };
+    let ctl = Ctl { cluster: &c, addr: addr.clone(), token: &key };
 
     // API keys: a member key made by the organization's admin key, listed without secrets,
     // refused where it lacks the role, then revoked; quotas set by the operator.
@@ -65,7 +70,7 @@ fn ctl_covers_every_operation() {
     let names: Vec<&str> = listed.as_array().into_iter().flatten().filter_map(|k| k["name"].as_str()).collect();
     assert_eq!(names, ["ci", "default", "second"]);
     assert!(!listed.to_string().contains(&member_key), "a listing shows no key");
-    let as_member = Ctl { addr: addr.clone(), token: &member_key };
+    let as_member = Ctl { cluster: &c, addr: addr.clone(), token: &member_key };
     let (ok, _, stderr) = as_member.run(&["region", "create", "not-mine"]);
     assert!(!ok && stderr.contains("forbidden") && stderr.contains("write:regions"), "{stderr}");
     assert_eq!(admin.json(&["admin", "organization", "keys", &org_id]).as_array().map(Vec::len), Some(3));

@@ -466,7 +466,9 @@ fn ctl(c: &TestCluster, via: u64, token: &str, args: &[&str]) -> Value {
         .expect("run corral ctl");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "corral ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(&stdout).unwrap_or(Value::Null)
+    let printed = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    c.remember_secrets(&[&json!({ "token": token }), &printed]);
+    printed
 }
 
 /// The new user's path, with real processes: a custom region and a runner made with

@@ -209,3 +209,32 @@ fn oversized_headers_and_excess_connections_are_refused() {
     let (s, _) = c.call(node, "GET", "/healthz", None, None, &[]);
     assert_eq!(s, 200, "slots free again once the idle connections go");
 }
+
+/// The leak scan is not blind: a secret planted in a node's data directory, and one planted
+/// in its log, are both found (and removed again, so the scan on drop passes).
+#[test]
+fn the_leak_scan_finds_planted_secrets() {
+    let mut c = TestCluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(30));
+    let in_data = "planted-in-data-0123456789abcdef";
+    let in_log = "planted-in-log-0123456789abcdef";
+    c.remember_secrets(&[&json!({ "apiKey": in_data, "token": in_log })]);
+    assert!(c.leaked_secrets().is_empty(), "nothing planted yet");
+    let data_dir = c.node(1).data_dir.clone();
+    let planted = data_dir.join("db").join("planted.txt");
+    std::fs::create_dir_all(planted.parent().expect("parent")).expect("db dir");
+    std::fs::write(&planted, format!("some bytes {in_data} more bytes")).expect("plant in data");
+    c.stop(1);
+    let log = c.node(1).log_path.clone();
+    let original = std::fs::read(&log).expect("node log");
+    let mut with_secret = original.clone();
+    with_secret.extend_from_slice(format!("INFO request token={in_log}\n").as_bytes());
+    std::fs::write(&log, with_secret).expect("plant in log");
+    let leaks = c.leaked_secrets();
+    assert!(leaks.iter().any(|(s, p)| s == in_data && *p == planted), "{leaks:?}");
+    assert!(leaks.iter().any(|(s, p)| s == in_log && *p == log), "{leaks:?}");
+    assert_eq!(leaks.len(), 2, "{leaks:?}");
+    std::fs::remove_file(&planted).expect("unplant");
+    std::fs::write(&log, original).expect("restore log");
+    assert!(c.leaked_secrets().is_empty());
+}

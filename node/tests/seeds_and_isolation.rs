@@ -23,7 +23,12 @@ fn curl(c: &TestCluster, node: u64, token: &str, args: &[&str]) -> (u16, Value) 
     let out = cmd.output().expect("curl must be installed (.ci/prereqs installs it)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, status) = text.rsplit_once('\n').expect("status line");
-    (status.trim().parse().expect("status"), serde_json::from_str(body).unwrap_or(Value::Null))
+    let reply = serde_json::from_str(body).unwrap_or(Value::Null);
+    // Every secret this helper sees (the key, request bodies, responses) is checked for leaks.
+    let sent: Vec<Value> = args.iter().filter_map(|a| serde_json::from_str(a).ok()).collect();
+    c.remember_secrets(&[&json!({ "token": token }), &reply]);
+    c.remember_secrets(&sent.iter().collect::<Vec<_>>());
+    (status.trim().parse().expect("status"), reply)
 }
 
 #[test]
