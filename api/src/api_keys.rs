@@ -71,7 +71,8 @@ pub struct CreateApiKeyRequest {
     #[schema(example = "ci")]
     pub name: String,
     /// Default: `member` on `/api/api-keys`, `admin` on the operator's route. A key creates
-    /// keys up to its own role.
+    /// keys up to its own role, and a key that expires creates keys that expire no later
+    /// (by default, when it does).
     #[serde(default)]
     pub role: Option<KeyRole>,
     /// RFC 3339 time from which the key is refused; in the future (else 409 `conflict`), at
@@ -213,6 +214,16 @@ pub async fn create_api_key(
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     caller.require(Permission::WriteApiKeys)?;
     let actor = caller.organization_id.clone();
+    let mut body = body;
+    if body.expires_at.is_none() {
+        // A key that expires creates keys that expire with it, unless told otherwise (and
+        // never later: apply refuses that).
+        let own_expiry = caller
+            .credential
+            .as_ref()
+            .and_then(|hash| app.cluster.state().read().state.api_keys.get(hash).and_then(|k| k.expires_at));
+        body.expires_at = own_expiry.map(rfc3339);
+    }
     create(&app, caller.organization_id.clone(), body, Role::Member, caller.scope(), &idempotency, &actor).await
 }
 

@@ -168,6 +168,10 @@ pub fn authorize(
     command: &Command,
     at: Millis,
 ) -> Result<(), Rejection> {
+    // A key acts for its own organization only, never across organizations.
+    if scope.is_none() {
+        return Err(Rejection::Unauthorized("an organization API key acts only for its own organization".into()));
+    }
     let key = live_key(state, credential, scope, at)?;
     require(key.role, command.permission())?;
     match command {
@@ -175,6 +179,18 @@ pub fn authorize(
             permission: format!("{} (a key may create keys up to its own role)", Permission::WriteApiKeys),
             role: key.role,
         }),
+        // Expiry bounds access: a key cannot mint one that outlives it.
+        Command::CreateApiKey { expires_at, .. }
+            if key.expires_at.is_some_and(|limit| expires_at.is_none_or(|e| e > limit)) =>
+        {
+            Err(Rejection::Forbidden {
+                permission: format!(
+                    "{} (a key that expires may create keys that expire no later than itself)",
+                    Permission::WriteApiKeys
+                ),
+                role: key.role,
+            })
+        }
         Command::DeleteApiKey { organization_id, name } => {
             let stronger = state
                 .api_keys

@@ -210,3 +210,53 @@ fn a_runner_token_can_be_replaced_but_never_shared() {
     assert!(matches!(as_key(&mut s, "ka", rotate_runner("shared-runner", "x"), T0), Err(Rejection::NotFound { .. })));
     assert_eq!(s.validate(), Ok(()));
 }
+
+#[test]
+fn a_key_that_expires_cannot_mint_one_that_outlives_it() {
+    let mut s = world();
+    operator(&mut s, key("kx", "expiring", Role::Admin, Some(T0 + 10_000))).expect("expiring admin key");
+    let refused = |s: &mut State, expires_at| {
+        matches!(as_key(s, "kx", key("child", "child", Role::Member, expires_at), T0), Err(Rejection::Forbidden { .. }))
+    };
+    assert!(refused(&mut s, None), "a key without expiry outlives its maker");
+    assert!(refused(&mut s, Some(T0 + 10_001)));
+    assert!(as_key(&mut s, "kx", key("child", "child", Role::Member, Some(T0 + 10_000)), T0).is_ok());
+}
+
+#[test]
+fn a_credential_acts_only_within_its_organization_scope() {
+    let mut s = world();
+    let unscoped = Proposal { credential: Some("ka".into()), ..Proposal::new(custom_region("r9"), T0) };
+    assert!(matches!(apply(&mut s, &unscoped), Err(Rejection::Unauthorized(_))));
+}
+
+#[test]
+fn keys_written_before_names_were_unique_replay_as_they_applied() {
+    let mut s = world();
+    // Entries from before carry no prefix: a second key of a name was accepted then.
+    let old = |hash: &str| Command::CreateApiKey {
+        key_hash: hash.into(),
+        organization_id: "org".into(),
+        name: "cli".into(),
+        role: Role::Admin,
+        prefix: String::new(),
+        expires_at: None,
+    };
+    assert!(operator(&mut s, old("old-1")).is_ok());
+    assert!(operator(&mut s, old("old-2")).is_ok());
+    assert!(matches!(operator(&mut s, key("new-3", "cli", Role::Admin, None)), Err(Rejection::DuplicateName { .. })));
+    // Revoking by name revokes both.
+    operator(&mut s, Command::DeleteApiKey { organization_id: "org".into(), name: "cli".into() }).expect("revoked");
+    assert!(!s.api_keys.contains_key("old-1") && !s.api_keys.contains_key("old-2"));
+}
+
+#[test]
+fn rotating_to_the_current_token_is_refused() {
+    let mut s = world();
+    let same = Command::SetRunnerToken {
+        id: "custom-runner".into(),
+        api_key_hash: "tok-custom".into(),
+        api_key_hint: "…".into(),
+    };
+    assert!(matches!(operator(&mut s, same), Err(Rejection::Conflict(_))));
+}

@@ -1,6 +1,11 @@
 //! `corral dev`: a local 3-node cluster for development. Starts three `corral serve` child
 //! processes on loopback with data under `./data`, bootstraps them, prints the endpoints and
 //! an admin key, and stops them all on Ctrl-C. Running it again reuses the data and the key.
+//!
+//! A node that dies (a `kill -9` of the leader, say) is reported, the others keep serving,
+//! and it is started again on its data after [`RESTART_AFTER`], so a failover can be watched
+//! on a laptop. A node that keeps dying right after its start is left down after
+//! [`RESTARTS_MAX`] tries in a row, with a pointer to its log.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -47,6 +52,53 @@ fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
     Ok(key)
 }
 
+/// How long a dead node stays down before `corral dev` starts it again.
+pub const RESTART_AFTER: Duration = Duration::from_secs(3);
+/// A node that exits within [`SHORT_LIFE`] of its start this many times in a row is left down.
+pub const RESTARTS_MAX: u32 = 5;
+/// A life shorter than this counts as a failed start.
+pub const SHORT_LIFE: Duration = Duration::from_secs(10);
+
+/// Starts node `peer` (`corral serve`), appending to its log unless `fresh_log`.
+fn spawn_node(
+    exe: &Path,
+    data_dir: &Path,
+    certs: &CertDir,
+    peers: &[PeerConfig],
+    peer: &PeerConfig,
+    key: &str,
+    first_start: bool,
+) -> anyhow::Result<Child> {
+    let node_dir = data_dir.join(format!("node{}", peer.id));
+    fs::create_dir_all(&node_dir)?;
+    let log_path = node_dir.join("corral.log");
+    // A new run starts a new log; a restart keeps what the node said before it died.
+    let log = if first_start {
+        fs::File::create(&log_path)?
+    } else {
+        fs::OpenOptions::new().create(true).append(true).open(&log_path)?
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .args(["--node-id", &peer.id.to_string()])
+        .arg("--data-dir")
+        .arg(&node_dir)
+        .args(["--raft-addr", &peer.raft_addr, "--api-addr", &peer.api_addr])
+        .args(["--peers", &format_peers(peers)])
+        .args(certs.serve_args(peer.id))
+        // Dev mode: REST in plain HTTP on loopback (said so below); cluster traffic is
+        // mutual TLS as in production.
+        .arg("--plain-http")
+        .env("CORRAL_ADMIN_KEY", key)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if peer.id == 1 && first_start {
+        cmd.arg("--bootstrap");
+    }
+    cmd.spawn().context("cannot start a node")
+}
+
 fn terminate(children: &mut [(u64, Child)]) {
     for (_, child) in children.iter() {
         // SIGTERM lets each node drain and close RocksDB cleanly.
@@ -88,32 +140,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let mut children: Vec<(u64, Child)> = Vec::new();
     for peer in &peers {
-        let node_dir = data_dir.join(format!("node{}", peer.id));
-        fs::create_dir_all(&node_dir)?;
-        let log = fs::File::create(node_dir.join("corral.log"))?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("serve")
-            .args(["--node-id", &peer.id.to_string()])
-            .arg("--data-dir")
-            .arg(&node_dir)
-            .args(["--raft-addr", &peer.raft_addr, "--api-addr", &peer.api_addr])
-            .args(["--peers", &format_peers(&peers)])
-            .args(certs.serve_args(peer.id))
-            // Dev mode: REST in plain HTTP on loopback (said so below); cluster traffic is
-            // mutual TLS as in production.
-            .arg("--plain-http")
-            .env("CORRAL_ADMIN_KEY", &key)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if peer.id == 1 {
-            cmd.arg("--bootstrap");
-        }
-        match cmd.spawn() {
+        match spawn_node(&exe, &data_dir, &certs, &peers, peer, &key, true) {
             Ok(child) => children.push((peer.id, child)),
             Err(e) => {
                 terminate(&mut children);
-                return Err(e).context("cannot start a node");
+                return Err(e);
             }
         }
     }
@@ -140,8 +171,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
     println!("Corral dev cluster is up: {} nodes, leader is node {leader}.", peers.len());
     for peer in &peers {
+        let pid = children.iter().find(|(id, _)| *id == peer.id).map_or(0, |(_, child)| child.id());
         println!(
-            "  node {}  REST http://{}   raft {}   log {}/node{}/corral.log",
+            "  node {}  REST http://{}   raft {}   pid {pid}   log {}/node{}/corral.log",
             peer.id,
             peer.api_addr,
             peer.raft_addr,
@@ -174,30 +206,73 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         certs.key("runner").display(),
         peers.iter().map(|p| p.raft_addr.as_str()).collect::<Vec<_>>().join(",")
     );
+    println!(
+        "A node that dies is started again on its data after {} s (try: kill -9 the leader's pid, \
+         then watch `corral ctl cluster status` or the dashboard's Cluster page).",
+        RESTART_AFTER.as_secs()
+    );
     println!("Ctrl-C (or SIGTERM) stops all nodes.");
 
-    let stop = runtime.block_on(async {
-        tokio::select! {
-            _ = crate::serve::shutdown_signal() => None,
-            exited = watch_children(&mut children) => Some(exited),
-        }
-    });
-    if let Some(id) = stop {
-        eprintln!("node {id} exited; stopping the others (see its corral.log)");
-    }
+    runtime.block_on(supervise(&mut children, |id, first| {
+        let peer = peers.iter().find(|p| p.id == id).context("no such node")?;
+        spawn_node(&exe, &data_dir, &certs, &peers, peer, &key, first)
+    }));
     terminate(&mut children);
     println!("all nodes stopped");
     Ok(())
 }
 
-async fn watch_children(children: &mut [(u64, Child)]) -> u64 {
+/// Watches the nodes until Ctrl-C or SIGTERM: a node that exits is reported and, after
+/// [`RESTART_AFTER`], started again with `spawn(id, false)`; one that keeps failing right
+/// after its start is left down after [`RESTARTS_MAX`] tries.
+async fn supervise(children: &mut Vec<(u64, Child)>, mut spawn: impl FnMut(u64, bool) -> anyhow::Result<Child>) {
+    let mut started: std::collections::HashMap<u64, Instant> =
+        children.iter().map(|(id, _)| (*id, Instant::now())).collect();
+    let mut failures: std::collections::HashMap<u64, u32> = Default::default();
+    let shutdown = crate::serve::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (id, status) = tokio::select! {
+            _ = &mut shutdown => return,
+            exited = watch_children(children) => exited,
+        };
+        children.retain(|(child_id, _)| *child_id != id);
+        let lived = started.get(&id).map_or(Duration::ZERO, Instant::elapsed);
+        let failed = failures.entry(id).or_default();
+        *failed = if lived < SHORT_LIFE { *failed + 1 } else { 1 };
+        eprintln!(
+            "node {id} exited ({status}) after {:.1} s; the other nodes keep serving (see node{id}/corral.log)",
+            lived.as_secs_f64()
+        );
+        if *failed > RESTARTS_MAX {
+            eprintln!("node {id} failed {RESTARTS_MAX} times in a row right after starting; leaving it down");
+            continue;
+        }
+        eprintln!("restarting node {id} on its data in {} s", RESTART_AFTER.as_secs());
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(RESTART_AFTER) => {}
+        }
+        match spawn(id, false) {
+            Ok(child) => {
+                eprintln!("node {id} started again (pid {})", child.id());
+                started.insert(id, Instant::now());
+                children.push((id, child));
+            }
+            Err(e) => eprintln!("node {id} could not be started again: {e:#}"),
+        }
+    }
+}
+
+/// Waits until a child exits; returns its id and how it ended.
+async fn watch_children(children: &mut [(u64, Child)]) -> (u64, String) {
     loop {
         for (id, child) in children.iter_mut() {
-            if let Ok(Some(_)) = child.try_wait() {
-                return *id;
+            if let Ok(Some(status)) = child.try_wait() {
+                return (*id, status.to_string());
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -37,7 +37,10 @@ pub(super) fn create_api_key(state: &mut State, new: NewApiKey<'_>, scope: Optio
     if state.api_keys.contains_key(new.key_hash) {
         return Err(Rejection::DuplicateId { kind: ObjectKind::ApiKey, id: new.name.to_string() });
     }
-    if state.api_keys.values().any(|k| k.organization_id == new.organization_id && k.name == new.name) {
+    // Names are unique from the version that made them so: its entries carry the key's prefix,
+    // older ones (which allowed a second key of a name) replay as they applied then.
+    let checks_names = !new.prefix.is_empty();
+    if checks_names && state.api_keys.values().any(|k| k.organization_id == new.organization_id && k.name == new.name) {
         return Err(Rejection::DuplicateName { kind: ObjectKind::ApiKey, name: new.name.to_string() });
     }
     if new.expires_at.is_some_and(|expiry| expiry <= at) {

@@ -133,11 +133,18 @@ pub(super) fn set_token(
         return Err(Rejection::Conflict("another runner already uses this token; each runner needs its own".into()));
     }
     let runner = owned_runner(state, id, scope)?;
+    if runner.api_key_hash == api_key_hash {
+        return Err(Rejection::Conflict(
+            "the new token is the runner's current one; rotation needs a new token".into(),
+        ));
+    }
     let old = std::mem::replace(&mut runner.api_key_hash, api_key_hash.to_string());
     runner.api_key_hint = api_key_hint.to_string();
     runner.updated_at = at;
     let runner = runner.clone();
-    state.runner_keys.remove(&old);
+    if state.runner_keys.get(&old).map(String::as_str) == Some(id) {
+        state.runner_keys.remove(&old);
+    }
     state.runner_keys.insert(api_key_hash.to_string(), id.to_string());
     Ok(Outcome::Runner(runner))
 }
