@@ -369,24 +369,13 @@ impl Cluster {
         }
     }
 
-    /// Starts haproxy in front of every node (the deploy file's backend settings).
+    /// Starts haproxy in front of every node, with `deploy/haproxy.cfg` itself (its bind
+    /// address and servers rewritten), so the chaos runs test what operators deploy.
     pub fn start_haproxy(&mut self) -> Result<(), ChaosError> {
         let haproxy = tool("haproxy").ok_or_else(|| ChaosError::Setup("haproxy is not installed".into()))?;
         let front = format!("127.0.0.1:{}", free_port()?);
-        let servers: String =
-            self.nodes.iter().map(|n| format!("    server node{} {} check\n", n.id, n.api_addr)).collect();
-        let cfg = format!(
-            "global\n    maxconn 4096\n\ndefaults\n    mode http\n    option redispatch\n    retries 2\n    \
-             timeout connect 1s\n    timeout client 30s\n    timeout server 10s\n    timeout http-keep-alive 10s\n\n\
-             frontend corral_api\n    bind {front}\n    default_backend corral_nodes\n\n\
-             backend corral_nodes\n    balance roundrobin\n    option httpchk GET /readyz\n    \
-             http-check expect status 200\n    default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions\n    \
-             retry-on conn-failure empty-response response-timeout\n    \
-             acl retry_safe_method method GET HEAD OPTIONS\n    \
-             acl has_idempotency_key req.hdr(idempotency-key) -m found\n    \
-             http-request disable-l7-retry if !retry_safe_method !has_idempotency_key\n    \
-             option http-buffer-request\n{servers}"
-        );
+        let servers: Vec<(u64, String)> = self.nodes.iter().map(|n| (n.id, n.api_addr.clone())).collect();
+        let cfg = haproxy_config(&front, &servers);
         let path = self.dir.join("haproxy.cfg");
         fs::write(&path, cfg).map_err(|e| ChaosError::Setup(format!("{}: {e}", path.display())))?;
         let child = Command::new(haproxy)
@@ -553,5 +542,47 @@ impl Drop for Cluster {
                 }
             }
         }
+    }
+}
+
+/// The deploy file, compiled in: what operators run in front of a cluster.
+const DEPLOY_HAPROXY: &str = include_str!("../../deploy/haproxy.cfg");
+
+/// `deploy/haproxy.cfg` with its frontend bound to `front` and one server per node.
+pub fn haproxy_config(front: &str, servers: &[(u64, String)]) -> String {
+    let mut cfg = String::new();
+    for line in DEPLOY_HAPROXY.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("server ") {
+            continue;
+        }
+        if trimmed.starts_with("bind ") {
+            cfg.push_str(&format!("    bind {front}\n"));
+            continue;
+        }
+        // Its access log goes to stdout, which the harness does not keep.
+        if trimmed.starts_with("log ") || trimmed.starts_with("option httplog") {
+            continue;
+        }
+        cfg.push_str(line);
+        cfg.push('\n');
+    }
+    for (id, addr) in servers {
+        cfg.push_str(&format!("    server node{id} {addr} check\n"));
+    }
+    cfg
+}
+
+#[cfg(test)]
+mod haproxy_tests {
+    use super::*;
+
+    #[test]
+    fn the_chaos_balancer_is_the_deploy_file_with_its_own_addresses() {
+        let cfg = haproxy_config("127.0.0.1:9999", &[(1, "127.0.0.1:1001".into()), (2, "127.0.0.1:1002".into())]);
+        assert!(cfg.contains("    bind 127.0.0.1:9999\n") && !cfg.contains("8800"));
+        assert!(cfg.contains("server node1 127.0.0.1:1001 check") && cfg.contains("server node2 127.0.0.1:1002 check"));
+        assert!(!cfg.contains("127.0.0.1:8801"));
+        assert!(cfg.contains("observe layer4") && cfg.contains("disable-l7-retry if is_post !has_idempotency_key"));
     }
 }
