@@ -100,6 +100,9 @@ fn the_dashboard_drives_a_fleet_through_a_leader_failover() {
         );
         capacity.as_f64().is_some_and(|cpu| cpu >= 1.0)
     });
+    // Runners per region: the filter keeps the region's runner.
+    browser.click("#runners-region option:nth-child(2)");
+    browser.wait_text("tr[data-runner='edge-1'] td:nth-child(2)", Duration::from_secs(10), |t| t == "edge");
     screenshots(&browser, "runners");
 
     // A sandbox in the region, placed on the runner.

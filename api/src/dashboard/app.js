@@ -218,9 +218,15 @@ function bars(runner) {
   }));
 }
 
+const runnerFilter = { regionId: '' };
+
 async function runnersPage() {
-  const [regions, runners] = await Promise.all([api('GET', '/api/regions'), api('GET', '/api/runners')]);
+  const query = runnerFilter.regionId ? `?regionId=${encodeURIComponent(runnerFilter.regionId)}` : '';
+  const [regions, runners] = await Promise.all([api('GET', '/api/regions'), api('GET', `/api/runners${query}`)]);
   const custom = regions.filter((r) => r.regionType === 'custom');
+  const regionSelect = h('select', { id: 'runners-region', onchange: () => { runnerFilter.regionId = regionSelect.value; route(true); } },
+    h('option', { value: '' }, 'all regions'),
+    custom.map((r) => h('option', { value: r.id, selected: runnerFilter.regionId === r.id }, r.name)));
   const regionName = Object.fromEntries(regions.map((r) => [r.id, r.name]));
   const rows = runners.map((r) => h('tr', { 'data-runner': r.name },
     h('td', {}, h('strong', {}, r.name), h('div', { class: 'mono' }, r.id)),
@@ -237,7 +243,8 @@ async function runnersPage() {
       h('button', { type: 'button', class: 'quiet', onclick: () => newToken(r) }, 'New token'),
       h('button', { type: 'button', class: 'danger', onclick: () => act(`Could not delete runner ${r.name}`, () => api('DELETE', `/api/runners/${r.id}`), `Runner ${r.name} deleted.`) }, 'Delete'))));
   const name = h('input', { id: 'runner-name', required: true, pattern: '[A-Za-z0-9._-]+', maxlength: 63 });
-  const region = h('select', { id: 'runner-region', required: true }, custom.map((r) => h('option', { value: r.id }, r.name)));
+  const region = h('select', { id: 'runner-region', required: true },
+    custom.map((r) => h('option', { value: r.id, selected: runnerFilter.regionId === r.id }, r.name)));
   const create = custom.length
     ? h('form', { class: 'inline', id: 'create-runner', onsubmit: async (ev) => {
       ev.preventDefault();
@@ -249,6 +256,8 @@ async function runnersPage() {
     : h('p', { class: 'empty' }, 'Runners join custom regions: create one on the Regions page first.');
   return [
     h('h1', {}, 'Runners'),
+    h('form', { class: 'inline panel', 'aria-label': 'Region', onsubmit: (ev) => ev.preventDefault() },
+      h('label', { for: 'runners-region' }, 'Region', regionSelect)),
     table(['Runner', 'Region', 'State', 'Schedulable', 'Tags', 'Version', 'Last report', 'Capacity · allocated · usage', 'Actions'], rows,
       'No runners yet. Create one below and start `corral runner` on the machine with the token it shows.'),
     h('h2', {}, 'New runner'), h('div', { class: 'panel' }, create),
