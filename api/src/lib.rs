@@ -144,13 +144,15 @@ impl AppState {
         consistency: ReadConsistency,
         view: impl FnOnce(&corral_model::State, &corral_model::health::HealthTable) -> T,
     ) -> Result<T, ApiError> {
-        self.cluster.read_barrier(consistency).await?;
-        let machine = self.cluster.state().read();
-        if let Some(credential) = &caller.credential {
-            live_key(&machine.state, credential, Some(&caller.organization_id), now_millis())?;
-        }
-        let health = self.cluster.health().read();
-        Ok(view(&machine.state, &health))
+        let checked = self
+            .read(consistency, |state, health| {
+                if let Some(credential) = &caller.credential {
+                    live_key(state, credential, Some(&caller.organization_id), now_millis())?;
+                }
+                Ok::<T, corral_model::Rejection>(view(state, health))
+            })
+            .await?;
+        Ok(checked?)
     }
 
     /// Waits until the local state may be read with `consistency`, then runs `view` over the

@@ -209,6 +209,22 @@ pub fn authorize(
     }
 }
 
+/// Whether the key `credential` (if any: `None` is the operator) may place a sandbox for
+/// `organization_id` at `at`: the check of every placement, in `apply` and in the
+/// scheduler's plan alike.
+pub fn authorize_placement(
+    state: &State,
+    credential: Option<&str>,
+    organization_id: &str,
+    at: Millis,
+) -> Result<(), Rejection> {
+    match credential {
+        Some(credential) => live_key(state, credential, Some(organization_id), at)
+            .and_then(|key| require(key.role, Permission::WriteSandboxes)),
+        None => Ok(()),
+    }
+}
+
 /// Whether a key of `role` holds `permission`; the refusal names both.
 pub fn require(role: Role, permission: Permission) -> Result<(), Rejection> {
     if role.grants(permission) {

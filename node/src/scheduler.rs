@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use corral_model::access::{live_key, require, Permission};
+use corral_model::access::authorize_placement;
 use corral_model::health::SharedHealth;
 use corral_model::placement::{usage_headroom, RegionPlacementIndex};
 use corral_model::{
@@ -217,13 +217,10 @@ pub fn plan(
     for pending in batch {
         let request = &pending.request;
         // As in apply: a revoked or expired key gets nothing, not even a recorded answer.
-        if let Some(credential) = &request.credential {
-            let allowed = live_key(state, credential, Some(&request.organization_id), now)
-                .and_then(|key| require(key.role, Permission::WriteSandboxes));
-            if let Err(rejection) = allowed {
-                let _ = pending.reply.send(Ok(Err(rejection)));
-                continue;
-            }
+        if let Err(rejection) = authorize_placement(state, request.credential.as_deref(), &request.organization_id, now)
+        {
+            let _ = pending.reply.send(Ok(Err(rejection)));
+            continue;
         }
         if let Some(first) = request.idempotency_key.as_deref().and_then(|k| recorded_placement(state, k)) {
             let _ = pending.reply.send(Ok(first));

@@ -4,7 +4,7 @@
 use super::{in_scope, not_found};
 use std::collections::BTreeMap;
 
-use crate::access::{live_key, require, Permission};
+use crate::access::authorize_placement;
 use crate::command::{Placement, Reschedule};
 use crate::outcome::{ApplyResult, Outcome, Rejection};
 use crate::placement::{eligible, fits, needs_rescheduling, tags_match, under_sandbox_limit};
@@ -56,10 +56,7 @@ pub fn recorded_placement(state: &State, key: &str) -> Option<Result<Sandbox, Re
 
 fn place_idempotent(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Rejection> {
     // Before any replay, as for every other command: a revoked or expired key gets nothing.
-    if let Some(credential) = &p.credential {
-        live_key(state, credential, Some(&p.organization_id), at)
-            .and_then(|key| require(key.role, Permission::WriteSandboxes))?;
-    }
+    authorize_placement(state, p.credential.as_deref(), &p.organization_id, at)?;
     let Some(key) = &p.idempotency_key else {
         return place_one(state, p, at);
     };
