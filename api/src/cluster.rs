@@ -14,7 +14,7 @@ pub enum ClusterError {
     Timeout,
     #[error("the cluster is unavailable: {0}")]
     Unavailable(String),
-    #[error("the scheduler is overloaded; retry shortly")]
+    #[error("the leader's queue is full; retry shortly")]
     Overloaded,
     #[error("internal error: {0}")]
     Internal(String),

@@ -54,8 +54,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Answers worth retrying soon say when: the leader's queue was full, or a leader is
+        // being elected.
+        let retry_soon =
+            self.status == StatusCode::SERVICE_UNAVAILABLE && matches!(self.code, "overloaded" | "no_leader");
         let body = ErrorBody { error: self.message, code: self.code.to_string() };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if retry_soon {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -9,7 +9,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
 fn entry(index: u64, proposal: &Proposal) -> Entry<TypeConfig> {
-    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(proposal.clone()) }
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(proposal.clone().into()),
+    }
 }
 
 fn log_append(c: &mut Criterion) {

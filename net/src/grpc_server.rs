@@ -91,6 +91,24 @@ impl RaftTransport for RaftTransportService {
         Ok(tonic::Response::new(encode(&reply)?))
     }
 
+    async fn forward_writes(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let proposals: Vec<Proposal> = decode_request(request.get_ref())?;
+        let replies = self.leader.write_batch(proposals).await;
+        Ok(tonic::Response::new(encode(&replies)?))
+    }
+
+    async fn place_sandboxes(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let requests: Vec<SandboxRequest> = decode_request(request.get_ref())?;
+        let replies = self.leader.place_sandboxes(requests).await;
+        Ok(tonic::Response::new(encode(&replies)?))
+    }
+
     async fn read_index(&self, _request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
         let reply = self.leader.read_index().await;
         Ok(tonic::Response::new(encode(&reply)?))

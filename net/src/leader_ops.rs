@@ -2,8 +2,8 @@
 //! the [`LeaderService`] trait the gRPC server calls. The node implements the trait (its
 //! leader handle and scheduler); this crate only carries the calls.
 
-use corral_model::{Proposal, Rejection, Sandbox, SandboxRequest};
-use corral_raft_types::{ApplyResponse, CorralNode, NodeId};
+use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_raft_types::{CorralNode, NodeId};
 use serde::{Deserialize, Serialize};
 
 /// Why the leader side of ForwardWrite/ReadIndex could not serve a request.
@@ -13,7 +13,7 @@ pub enum ForwardError {
     NotLeader { leader_id: Option<NodeId>, leader: Option<CorralNode> },
     #[error("raft is unavailable: {0}")]
     Unavailable(String),
-    #[error("the scheduler queue is full; retry shortly")]
+    #[error("the leader's queue is full; retry shortly")]
     Overloaded,
 }
 
@@ -34,12 +34,16 @@ pub struct MembershipChanged {
     pub members: Vec<(NodeId, CorralNode)>,
 }
 
-/// A proposal committed and applied by the leader.
+/// A proposal committed and applied by the leader: the index of the entry that carried it
+/// (with the proposals coalesced with it) and what `apply` answered to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommittedWrite {
     pub log_index: u64,
-    pub response: ApplyResponse,
+    pub response: ApplyResult,
 }
+
+/// A sandbox placement as the leader answers it.
+pub type PlacementReply = Result<Result<Sandbox, Rejection>, ForwardError>;
 
 /// What the leader serves to its followers, implemented by the node. Every method but
 /// [`LeaderService::campaign`] acts on this node's Raft as leader and answers
@@ -48,11 +52,16 @@ pub struct CommittedWrite {
 pub trait LeaderService: Send + Sync + 'static {
     /// Commits `proposal` and returns what `apply` answered.
     async fn write(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError>;
+    /// Commits a follower's batch of proposals (coalesced with the leader's own) and answers
+    /// each on its own, in order.
+    async fn write_batch(&self, proposals: Vec<Proposal>) -> Vec<Result<CommittedWrite, ForwardError>>;
     /// Confirms leadership with a quorum and returns the log index a linearizable reader must
     /// have applied.
     async fn read_index(&self) -> Result<u64, ForwardError>;
     /// Places one sandbox (batched with others by the scheduler) once it is applied.
-    async fn place_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ForwardError>;
+    async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply;
+    /// Places a follower's batch of sandbox requests; answers each, in order.
+    async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply>;
     /// Campaigns for leadership now (a leader hands off to this node before it stops).
     async fn campaign(&self) -> Result<(), ForwardError>;
     /// Runs a membership change.

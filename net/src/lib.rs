@@ -44,7 +44,9 @@ pub mod tls;
 
 pub use accept::serve_quic;
 pub use grpc_server::{raft_transport_server, GuardedRaftTransport, RaftTransportService};
-pub use leader_ops::{CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged};
+pub use leader_ops::{
+    CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, PlacementReply,
+};
 pub use peer_clients::PeerClients;
 pub use raft_network::{GrpcNetworkFactory, GrpcPeer};
 
@@ -68,7 +70,7 @@ pub fn now_millis() -> corral_model::Millis {
 }
 
 /// Errors of this crate's client calls.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NetError {
     #[error("invalid peer address '{addr}': {reason}")]
     BadAddress { addr: String, reason: String },

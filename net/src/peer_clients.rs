@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::leader_ops::{CommittedWrite, ForwardError, MembershipChange, MembershipChanged};
+use crate::leader_ops::{CommittedWrite, ForwardError, MembershipChange, MembershipChanged, PlacementReply};
 use crate::pb::raft_transport_client::RaftTransportClient;
 use crate::pb::Payload;
 use crate::{tls, NetError, CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
@@ -75,6 +75,8 @@ impl PeerClients {
             Method::Vote => client.vote(request).await,
             Method::InstallSnapshot => client.install_snapshot(request).await,
             Method::ForwardWrite => client.forward_write(request).await,
+            Method::ForwardWrites => client.forward_writes(request).await,
+            Method::PlaceSandboxes => client.place_sandboxes(request).await,
             Method::ReadIndex => client.read_index(request).await,
             Method::PlaceSandbox => client.place_sandbox(request).await,
             Method::TriggerElection => client.trigger_election(request).await,
@@ -96,6 +98,31 @@ impl PeerClients {
         timeout: Duration,
     ) -> Result<Result<CommittedWrite, ForwardError>, NetError> {
         self.call(addr, Method::ForwardWrite, proposal, timeout).await
+    }
+
+    /// Sends a batch of proposals to the leader at `addr` in one call; returns once every one
+    /// is committed and applied there (or refused), with an answer for each, in order.
+    pub async fn forward_writes(
+        &self,
+        addr: &str,
+        proposals: &[Proposal],
+        timeout: Duration,
+    ) -> Result<Vec<Result<CommittedWrite, ForwardError>>, NetError> {
+        let replies: Vec<Result<CommittedWrite, ForwardError>> =
+            self.call(addr, Method::ForwardWrites, &proposals, timeout).await?;
+        same_length(addr, proposals.len(), replies)
+    }
+
+    /// Hands a batch of sandbox requests to the scheduler of the leader at `addr` in one call;
+    /// an answer for each, in order.
+    pub async fn place_sandboxes(
+        &self,
+        addr: &str,
+        requests: &[SandboxRequest],
+        timeout: Duration,
+    ) -> Result<Vec<PlacementReply>, NetError> {
+        let replies: Vec<PlacementReply> = self.call(addr, Method::PlaceSandboxes, &requests, timeout).await?;
+        same_length(addr, requests.len(), replies)
     }
 
     /// Hands a sandbox request to the scheduler of the leader at `addr`.
@@ -129,12 +156,26 @@ impl PeerClients {
     }
 }
 
+/// A batch call's replies, checked to answer every request of the batch.
+fn same_length<T>(addr: &str, sent: usize, replies: Vec<T>) -> Result<Vec<T>, NetError> {
+    if replies.len() == sent {
+        Ok(replies)
+    } else {
+        Err(NetError::Decode {
+            addr: addr.to_string(),
+            reason: format!("{} replies to {sent} requests", replies.len()),
+        })
+    }
+}
+
 #[derive(Clone, Copy)]
 pub(crate) enum Method {
     AppendEntries,
     Vote,
     InstallSnapshot,
     ForwardWrite,
+    ForwardWrites,
+    PlaceSandboxes,
     ReadIndex,
     PlaceSandbox,
     TriggerElection,

@@ -5,7 +5,7 @@
 //! node's own tasks (health monitor, shared regions) call its methods directly.
 //!
 //! Writes go to the leader: proposed locally when this node leads, otherwise forwarded over
-//! gRPC. Every proposal carries an idempotency key (the client's, or one made up here), so
+//! gRPC, coalesced with the writes waiting beside them ([`Forwarder`]). Every proposal carries an idempotency key (the client's, or one made up here), so
 //! retrying after a leader change can never apply a command twice.
 //! Linearizable reads take a read index from the leader and wait for the local state machine
 //! to reach it.
@@ -23,11 +23,13 @@ use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_net::gossip::Gossip;
 use corral_net::{
     CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, NetError, PeerClients,
+    PlacementReply,
 };
 use corral_raft_types::{CorralNode, NodeId, Raft, SharedState};
 use openraft::ServerState;
 use tokio::time::Instant;
 
+use crate::forwarder::Forwarder;
 use crate::leader::{Leader, LeaderError};
 
 /// How far the applied index may trail the local log for the node to report ready.
@@ -41,6 +43,8 @@ pub struct RaftCluster {
     pub leader: Leader,
     pub shared: SharedState,
     pub clients: PeerClients,
+    /// Writes, placements and read-index requests to the leader, coalesced.
+    pub forwarder: Forwarder,
     pub scheduler: crate::scheduler::Scheduler,
     pub request_timeout: Duration,
     /// Set on SIGTERM: the node reports not ready so load balancers move away before it stops.
@@ -132,13 +136,10 @@ impl RaftCluster {
                 deadline,
                 true,
                 || self.leader.write(proposal.clone()),
-                |node, timeout| {
-                    let proposal = &proposal;
-                    async move { self.clients.forward_write(&node.raft_addr, proposal, timeout).await }
-                },
+                |node, timeout| self.forwarder.write(node.raft_addr, proposal.clone(), timeout),
             )
             .await?;
-        Ok(committed.response.0)
+        Ok(committed.response)
     }
 
     /// Runs one request on the leader — `local` when this node leads, `remote` (over gRPC)
@@ -270,10 +271,7 @@ impl RaftCluster {
             deadline,
             true,
             || self.scheduler.place(request.clone()),
-            |node, timeout| {
-                let request = &request;
-                async move { self.clients.place_sandbox(&node.raft_addr, request, timeout).await }
-            },
+            |node, timeout| self.forwarder.place(node.raft_addr, request.clone(), timeout),
         )
         .await
     }
@@ -289,7 +287,7 @@ impl RaftCluster {
                 deadline,
                 true,
                 || self.leader.read_index(),
-                |node, timeout| async move { self.clients.read_index(&node.raft_addr, timeout).await },
+                |node, timeout| self.forwarder.read_index(node.raft_addr, timeout),
             )
             .await?;
         self.wait_applied(index, deadline).await
@@ -387,12 +385,23 @@ impl LeaderService for RaftCluster {
         Ok(self.leader.write(proposal).await?)
     }
 
+    async fn write_batch(&self, proposals: Vec<Proposal>) -> Vec<Result<CommittedWrite, ForwardError>> {
+        // Queued one by one, back to back: the leader's coalescer joins them into few entries.
+        let writes = proposals.into_iter().map(|p| async move { Ok(self.leader.write(p).await?) });
+        futures::future::join_all(writes).await
+    }
+
     async fn read_index(&self) -> Result<u64, ForwardError> {
         Ok(self.leader.read_index().await?)
     }
 
-    async fn place_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ForwardError> {
+    async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply {
         Ok(self.scheduler.place(request).await?)
+    }
+
+    async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply> {
+        let placements = requests.into_iter().map(|r| async move { Ok(self.scheduler.place(r).await?) });
+        futures::future::join_all(placements).await
     }
 
     async fn campaign(&self) -> Result<(), ForwardError> {

@@ -82,6 +82,9 @@ pub struct NodeConfig {
     pub rate_limit_burst: u32,
     /// REST connections open at once on this node; more are closed at accept.
     pub max_connections: usize,
+    /// Proposals that may wait on the leader to be batched into Raft entries; over it, writes
+    /// are refused with 503 `overloaded` at once.
+    pub proposal_queue: usize,
     /// Key material for encrypting stored secrets (the same on every node). When unset it is
     /// derived from `admin_key`, which every node shares too.
     pub secrets_key: Option<String>,
@@ -121,6 +124,7 @@ struct FileConfig {
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
     max_connections: Option<usize>,
+    proposal_queue: Option<usize>,
     secrets_key: Option<String>,
 }
 
@@ -203,6 +207,9 @@ pub struct ServeArgs {
     /// REST connections open at once on this node.
     #[arg(long, env = "CORRAL_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Proposals that may wait on the leader for a Raft entry (over it: 503 `overloaded`).
+    #[arg(long, env = "CORRAL_PROPOSAL_QUEUE")]
+    pub proposal_queue: Option<usize>,
     /// Key for encrypting stored secrets (at least 16 characters, the same on every node).
     #[arg(long, env = "CORRAL_SECRETS_KEY", hide_env_values = true)]
     pub secrets_key: Option<String>,
@@ -299,6 +306,10 @@ impl NodeConfig {
             rate_limit_per_second: args.rate_limit_per_second.or(file.rate_limit_per_second).unwrap_or(20_000),
             rate_limit_burst: args.rate_limit_burst.or(file.rate_limit_burst).unwrap_or(40_000),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(4_096),
+            proposal_queue: args
+                .proposal_queue
+                .or(file.proposal_queue)
+                .unwrap_or(crate::leader::PROPOSAL_BATCHING.queue_capacity),
             secrets_key: args.secrets_key.clone().or(file.secrets_key),
         };
         config.validate()?;
@@ -341,6 +352,9 @@ impl NodeConfig {
         }
         if self.secrets_key.as_ref().is_some_and(|k| k.len() < 16) {
             return Err(ConfigError::Invalid("secrets_key must be at least 16 characters".into()));
+        }
+        if self.proposal_queue == 0 {
+            return Err(ConfigError::Invalid("proposal_queue must be at least 1".into()));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("max_connections must be at least 1".into()));

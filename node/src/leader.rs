@@ -2,12 +2,21 @@
 //! [`LeaderError::NotLeader`] (with the leader, when known) on a node that does not lead, so
 //! the caller can go there instead. The scheduler commits through it; the node's handle
 //! ([`crate::cluster::RaftCluster`]) runs these locally or forwards them to the leader.
+//!
+//! Batching: proposals (the node's own, forwarded ones, the scheduler's placements) wait in
+//! one bounded queue and are coalesced into one Raft entry ([`ProposalBatch`]) per call to
+//! `client_write`, with a few entries in flight ([`crate::coalescer`]); each proposal gets its
+//! own result back. A full queue answers [`LeaderError::Overloaded`] at once. Read-index
+//! requests are coalesced the same way: one leadership round answers every read that was
+//! waiting before it started.
 
 use std::collections::BTreeSet;
 
 use corral_model::Proposal;
 use corral_net::{CommittedWrite, ForwardError, MembershipChange, MembershipChanged};
-use corral_raft_types::{CorralNode, NodeId, Raft};
+use corral_raft_types::{CorralNode, NodeId, ProposalBatch, Raft};
+
+use crate::coalescer::{CoalesceError, Coalescer, CoalescerConfig};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 /// Why a leader operation could not run here.
@@ -17,9 +26,27 @@ pub enum LeaderError {
     NotLeader { leader_id: Option<NodeId>, leader: Option<CorralNode> },
     #[error("raft is unavailable: {0}")]
     Unavailable(String),
-    #[error("the scheduler queue is full; retry shortly")]
+    #[error("the leader's queue is full; retry shortly")]
     Overloaded,
 }
+
+impl From<CoalesceError> for LeaderError {
+    fn from(e: CoalesceError) -> Self {
+        match e {
+            CoalesceError::Full => LeaderError::Overloaded,
+            CoalesceError::Stopped => LeaderError::Unavailable("the proposal queue has stopped".into()),
+        }
+    }
+}
+
+/// How proposals are coalesced into Raft entries (the default; the node's config may change
+/// the queue's depth).
+pub const PROPOSAL_BATCHING: CoalescerConfig =
+    CoalescerConfig { queue_capacity: 16_384, max_batch: 1_024, max_in_flight: 4 };
+
+/// Read-index rounds: every waiting read shares the next one.
+const READ_INDEX_BATCHING: CoalescerConfig =
+    CoalescerConfig { queue_capacity: 65_536, max_batch: 65_536, max_in_flight: 2 };
 
 /// What a follower receives over gRPC when the leader could not serve it.
 impl From<LeaderError> for ForwardError {
@@ -36,11 +63,25 @@ impl From<LeaderError> for ForwardError {
 #[derive(Clone)]
 pub struct Leader {
     raft: Raft,
+    proposals: Coalescer<Proposal, Result<CommittedWrite, LeaderError>>,
+    read_indexes: Coalescer<(), Result<u64, LeaderError>>,
 }
 
 impl Leader {
-    pub fn new(raft: Raft) -> Self {
-        Leader { raft }
+    /// The leader operations on `raft`, with proposals batched as `batching` says. Starts the
+    /// batching tasks on the current tokio runtime.
+    pub fn new(raft: Raft, batching: CoalescerConfig) -> Self {
+        let r = raft.clone();
+        let proposals = Coalescer::start("proposals", batching, move |batch: Vec<Proposal>| {
+            let raft = r.clone();
+            async move { commit_batch(&raft, batch).await }
+        });
+        let r = raft.clone();
+        let read_indexes = Coalescer::start("read_index", READ_INDEX_BATCHING, move |waiting: Vec<()>| {
+            let raft = r.clone();
+            async move { vec![read_index_round(&raft).await; waiting.len()] }
+        });
+        Leader { raft, proposals, read_indexes }
     }
 
     pub fn raft(&self) -> &Raft {
@@ -64,25 +105,24 @@ impl Leader {
         })
     }
 
-    /// Commits `proposal` and returns what `apply` answered, with the entry's index.
+    /// Commits `proposal` (in one entry with the proposals waiting beside it) and returns what
+    /// `apply` answered to it, with the entry's index. A full queue answers `Overloaded` at
+    /// once.
     pub async fn write(&self, proposal: Proposal) -> Result<CommittedWrite, LeaderError> {
-        self.raft
-            .client_write(proposal)
-            .await
-            .map(|reply| CommittedWrite { log_index: reply.log_id.index, response: reply.data })
-            .map_err(client_write_error)
+        if let Some(not_leader) = self.not_leader() {
+            return Err(not_leader);
+        }
+        self.proposals.call(proposal).await?
     }
 
     /// The read index: confirms leadership with a quorum and returns the log index a reader
-    /// must have applied before serving a linearizable read.
+    /// must have applied before serving a linearizable read. Reads waiting together share
+    /// one round, which starts after each of them asked.
     pub async fn read_index(&self) -> Result<u64, LeaderError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(LeaderError::NotLeader { leader_id: f.leader_id, leader: f.leader_node })
-            }
-            Err(e) => Err(LeaderError::Unavailable(e.to_string())),
+        if let Some(not_leader) = self.not_leader() {
+            return Err(not_leader);
         }
+        self.read_indexes.call(()).await?
     }
 
     /// Starts an election on this node now (asked by a leader handing off before it stops).
@@ -119,6 +159,34 @@ impl Leader {
             voters: membership.voter_ids().collect(),
             members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
         })
+    }
+}
+
+/// Commits a batch of proposals as one entry; one answer per proposal, in order.
+async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) -> Vec<Result<CommittedWrite, LeaderError>> {
+    let count = batch.len();
+    metrics::histogram!("corral_raft_commands_per_entry").record(count as f64);
+    match raft.client_write(ProposalBatch(batch)).await {
+        Ok(reply) if reply.data.0.len() == count => {
+            let log_index = reply.log_id.index;
+            reply.data.0.into_iter().map(|response| Ok(CommittedWrite { log_index, response })).collect()
+        }
+        Ok(reply) => {
+            tracing::error!(sent = count, answered = reply.data.0.len(), "an entry applied with a wrong answer count");
+            vec![Err(LeaderError::Unavailable("the entry applied with a wrong answer count".into())); count]
+        }
+        Err(e) => vec![Err(client_write_error(e)); count],
+    }
+}
+
+/// One leadership round for the reads waiting on it.
+async fn read_index_round(raft: &Raft) -> Result<u64, LeaderError> {
+    match raft.get_read_log_id().await {
+        Ok((read_log_id, _applied)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(LeaderError::NotLeader { leader_id: f.leader_id, leader: f.leader_node })
+        }
+        Err(e) => Err(LeaderError::Unavailable(e.to_string())),
     }
 }
 

@@ -28,9 +28,11 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod coalescer;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+pub mod forwarder;
 pub mod health_monitor;
 pub mod leader;
 pub mod rescheduler;

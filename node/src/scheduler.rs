@@ -301,7 +301,7 @@ pub async fn commit_and_retry(
             planned.into_iter().map(|p| (p.pending, p.placement)).unzip();
         let proposal = Proposal::new(Command::PlaceSandboxes { placements }, corral_net::now_millis());
         let results = match leader.write(proposal).await {
-            Ok(committed) => match committed.response.0 {
+            Ok(committed) => match committed.response {
                 Ok(Outcome::Placed(results)) if results.len() == pendings.len() => results,
                 other => {
                     tracing::error!(?other, "PlaceSandboxes applied with an unexpected outcome");

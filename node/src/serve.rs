@@ -21,9 +21,11 @@ use corral_net::runner_session::SessionConfig;
 use corral_net::tls::ClusterTls;
 
 use crate::cluster::RaftCluster;
+use crate::coalescer::CoalescerConfig;
 use crate::config::NodeConfig;
+use crate::forwarder::Forwarder;
 use crate::health_monitor::MonitorConfig;
-use crate::leader::Leader;
+use crate::leader::{Leader, PROPOSAL_BATCHING};
 use crate::runner_directory::NodeRunnerDirectory;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 
@@ -103,7 +105,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .context("cannot start raft")?;
 
     let health = SharedHealth::default();
-    let leader = Leader::new(raft.clone());
+    let batching = CoalescerConfig { queue_capacity: config.proposal_queue, ..PROPOSAL_BATCHING };
+    let leader = Leader::new(raft.clone(), batching);
     let scheduler_config = SchedulerConfig { seed: config.scheduler_seed, ..SchedulerConfig::default() };
     let scheduler = Scheduler::start(leader.clone(), shared.clone(), health.clone(), scheduler_config);
     let shared_for_metrics = shared.clone();
@@ -121,6 +124,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         raft: raft.clone(),
         leader,
         shared: shared.clone(),
+        forwarder: Forwarder::start(clients.clone(), Duration::from_millis(config.request_timeout_ms)),
         clients,
         scheduler,
         request_timeout: Duration::from_millis(config.request_timeout_ms),

@@ -22,6 +22,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full("corral_scheduler_batch_size".into()), BATCH_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("corral_coalesced_batch_size".into()), BATCH_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("corral_raft_commands_per_entry".into()), BATCH_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("corral_raft_appends_per_fsync".into()), BATCH_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("corral_raft_entries_per_fsync".into()), BATCH_BUCKETS)?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)?;

@@ -2,21 +2,17 @@
 //! rejected for that runner by `apply` and placed again elsewhere by the scheduler.
 //! (In-process single-node Raft on RocksDB, so the race can be staged exactly.)
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
 use corral_model::{Command, NewRegion, NewRunner, Proposal, RegionType, Resources, RunnerState, SandboxRequest};
-use corral_net::GrpcNetworkFactory;
-use corral_node::leader::Leader;
+use corral_node::leader::{Leader, PROPOSAL_BATCHING};
 use corral_node::scheduler::{commit_and_retry, plan, IndexCache, Pending};
-use corral_raft_types::{CorralNode, Raft};
-use corral_storage::{open_storage, StorageConfig};
+use corral_raft_types::Raft;
 use rand::SeedableRng;
 
 async fn write(raft: &Raft, command: Command) {
-    let reply = Leader::new(raft.clone()).write(Proposal::new(command, 1)).await.expect("committed");
-    assert!(reply.response.0.is_ok(), "{:?}", reply.response.0);
+    let reply = Leader::new(raft.clone(), PROPOSAL_BATCHING).write(Proposal::new(command, 1)).await.expect("committed");
+    assert!(reply.response.is_ok(), "{:?}", reply.response);
 }
 
 fn runner(id: &str) -> Command {
@@ -32,19 +28,7 @@ fn runner(id: &str) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (log, sm, shared) = open_storage(dir.path(), StorageConfig { fsync: false }).expect("storage");
-    let config = openraft::Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
-        ..Default::default()
-    }
-    .validate()
-    .expect("config");
-    let raft = Raft::new(1, Arc::new(config), GrpcNetworkFactory::default(), log, sm).await.expect("raft");
-    let members = BTreeMap::from([(1, CorralNode { raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() })]);
-    raft.initialize(members).await.expect("initialize");
-    raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.expect("leader");
+    let (raft, shared) = common::one_node_raft(dir.path(), false).await;
 
     write(&raft, Command::CreateRegion(NewRegion::new("reg", "org", "reg", RegionType::Custom))).await;
     write(&raft, runner("a")).await;
@@ -79,7 +63,7 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
     write(&raft, Command::SetRunnerSchedulable { id: "a".into(), schedulable: Some(false) }).await;
     write(&raft, Command::SetRunnerState { id: "b".into(), state: RunnerState::Ready }).await;
 
-    commit_and_retry(&Leader::new(raft.clone()), &shared, planned, &mut rng, &mut cache).await;
+    commit_and_retry(&Leader::new(raft.clone(), PROPOSAL_BATCHING), &shared, planned, &mut rng, &mut cache).await;
     for answer in answers {
         let sandbox = answer.await.expect("answered").expect("no cluster error").expect("placed on retry");
         assert_eq!(sandbox.runner_id, "b", "placed again, on the runner that can take it");

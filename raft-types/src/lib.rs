@@ -3,8 +3,8 @@
 //! Where Corral's domain meets openraft, and nothing else:
 //!
 //! - [`raft`]: openraft's type configuration ([`TypeConfig`]): a log entry carries a
-//!   [`corral_model::Proposal`], applying it answers an [`ApplyResponse`], members are
-//!   [`CorralNode`]s.
+//!   [`ProposalBatch`] (the [`corral_model::Proposal`]s the leader coalesced), applying it
+//!   answers an [`ApplyResponse`] (one result per proposal), members are [`CorralNode`]s.
 //! - [`shared`]: the state machine's in-memory data ([`MachineData`]: the domain
 //!   [`corral_model::State`] plus openraft's applied log id and membership) and the handle
 //!   ([`SharedState`]) that storage applies through and the API and node read through.
@@ -20,5 +20,5 @@
 pub mod raft;
 pub mod shared;
 
-pub use raft::{ApplyResponse, CorralNode, NodeId, Raft, TypeConfig};
+pub use raft::{ApplyResponse, CorralNode, NodeId, ProposalBatch, Raft, TypeConfig};
 pub use shared::{MachineData, SharedState};

@@ -1,5 +1,6 @@
-//! openraft's type configuration for Corral: what a log entry carries ([`Proposal`]), what
-//! applying it answers ([`ApplyResponse`]) and how members are addressed ([`CorralNode`]).
+//! openraft's type configuration for Corral: what a log entry carries ([`ProposalBatch`]: the
+//! proposals the leader coalesced into it), what applying it answers ([`ApplyResponse`]: one
+//! result per proposal) and how members are addressed ([`CorralNode`]).
 //! Types only: the storage crate implements openraft's storage traits over them, the net crate
 //! its network, the node runs `Raft`.
 
@@ -27,14 +28,54 @@ impl fmt::Display for CorralNode {
     }
 }
 
-/// The state machine's reply to one applied entry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ApplyResponse(pub ApplyResult);
+/// What one log entry carries: proposals the leader coalesced, applied in order, each on the
+/// state the ones before it left, and each answered on its own (exactly as if each had had an
+/// entry of its own). Encoded as a JSON array; an entry written before batching (one
+/// proposal, a JSON object) decodes as a batch of one, so old logs replay unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProposalBatch(pub Vec<Proposal>);
+
+impl From<Proposal> for ProposalBatch {
+    fn from(proposal: Proposal) -> Self {
+        ProposalBatch(vec![proposal])
+    }
+}
+
+impl Serialize for ProposalBatch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProposalBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BatchOrOne;
+        impl<'de> serde::de::Visitor<'de> for BatchOrOne {
+            type Value = ProposalBatch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of proposals, or one proposal")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<ProposalBatch, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(ProposalBatch)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ProposalBatch, A::Error> {
+                Proposal::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ProposalBatch::from)
+            }
+        }
+        // Self-describing formats only (the log and the wire are JSON).
+        deserializer.deserialize_any(BatchOrOne)
+    }
+}
+
+/// The state machine's reply to one applied entry: one result per proposal of its
+/// [`ProposalBatch`], in order (none for blank and membership entries).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ApplyResponse(pub Vec<ApplyResult>);
 
 openraft::declare_raft_types!(
     /// openraft types for Corral.
     pub TypeConfig:
-        D = Proposal,
+        D = ProposalBatch,
         R = ApplyResponse,
         NodeId = NodeId,
         Node = CorralNode,
@@ -44,3 +85,24 @@ openraft::declare_raft_types!(
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_model::Command;
+
+    fn proposal(name: &str) -> Proposal {
+        Proposal::new(Command::DeleteRegion { id: name.to_string() }, 7)
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_an_entry_from_before_batching_reads_as_a_batch_of_one() {
+        let batch = ProposalBatch(vec![proposal("a"), proposal("b")]);
+        let json = serde_json::to_vec(&batch).expect("encode");
+        assert_eq!(serde_json::from_slice::<ProposalBatch>(&json).expect("decode"), batch);
+
+        let old = serde_json::to_vec(&proposal("a")).expect("encode");
+        assert_eq!(serde_json::from_slice::<ProposalBatch>(&old).expect("decode"), ProposalBatch::from(proposal("a")));
+        assert!(serde_json::from_slice::<ProposalBatch>(b"7").is_err());
+    }
+}

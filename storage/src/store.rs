@@ -7,6 +7,14 @@
 //! - `state`: `snapshot_meta` (JSON `SnapshotMeta`) and `snapshot_data` (the encoded
 //!   [`State`]), written together in one batch.
 //!
+//! Group commit: [`RaftLogStorage::append`] writes its entries to RocksDB unsynced (so they are
+//! readable at once, as openraft requires) and hands openraft's "flushed" callback to the log
+//! syncer, a thread of its own ([`LogSyncer`]). The syncer takes every callback waiting, makes
+//! the WAL durable with one `fsync` (`flush_wal(true)`, which covers every write before it), and
+//! only then completes them, in order. openraft's core loop never waits on the disk, and appends
+//! that arrive while an fsync runs share the next one. Nothing is reported flushed before it is
+//! on disk, so nothing is acknowledged before it is.
+//!
 //! The state machine lives in memory ([`SharedState`]) and is rebuilt on start from the last
 //! snapshot plus a replay of the committed log that follows it (openraft does the replay, from
 //! `read_committed`). JSON is used for log entries because openraft's types use
@@ -17,7 +25,7 @@ use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -26,7 +34,7 @@ use openraft::{
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
-use corral_model::{Outcome, State};
+use corral_model::State;
 use corral_raft_types::{ApplyResponse, CorralNode, NodeId, SharedState, TypeConfig};
 
 const CF_LOG: &str = "log";
@@ -61,6 +69,8 @@ pub enum StorageError {
     Rocks(#[from] rocksdb::Error),
     #[error("stored snapshot is unreadable: {0}")]
     CorruptSnapshot(String),
+    #[error("cannot start the log syncer thread: {0}")]
+    Syncer(#[from] std::io::Error),
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StorageIOError<NodeId>> {
@@ -109,7 +119,8 @@ pub fn open_storage(
             machine.state = state;
         }
     }
-    let log = LogStore { db: db.clone(), config };
+    let syncer = LogSyncer::start(db.clone(), config)?;
+    let log = LogStore { db: db.clone(), config, syncer };
     let sm = StateMachineStore { db, config, shared: shared.clone() };
     Ok((log, sm, shared))
 }
@@ -119,6 +130,59 @@ pub fn open_storage(
 pub struct LogStore {
     db: Arc<DB>,
     config: StorageConfig,
+    syncer: LogSyncer,
+}
+
+/// How many appends may wait for the syncer; a full queue makes `append` wait (backpressure on
+/// openraft), never drops one.
+const SYNC_QUEUE: usize = 4_096;
+
+/// One append waiting to be made durable.
+struct PendingSync {
+    entries: usize,
+    callback: LogFlushed<TypeConfig>,
+}
+
+/// The group-commit thread's queue (see the module doc). Cheap to clone; the thread stops when
+/// the last clone is dropped.
+#[derive(Clone)]
+struct LogSyncer {
+    queue: tokio::sync::mpsc::Sender<PendingSync>,
+}
+
+impl LogSyncer {
+    fn start(db: Arc<DB>, config: StorageConfig) -> std::io::Result<LogSyncer> {
+        let (queue, pending) = tokio::sync::mpsc::channel(SYNC_QUEUE);
+        std::thread::Builder::new().name("corral-log-sync".into()).spawn(move || sync_forever(&db, config, pending))?;
+        Ok(LogSyncer { queue })
+    }
+}
+
+/// The syncer thread: one fsync per group of waiting appends, then their callbacks in order.
+fn sync_forever(db: &DB, config: StorageConfig, mut pending: tokio::sync::mpsc::Receiver<PendingSync>) {
+    let mut group = Vec::new();
+    while let Some(first) = pending.blocking_recv() {
+        group.push(first);
+        while let Ok(next) = pending.try_recv() {
+            group.push(next);
+        }
+        let started = Instant::now();
+        let synced = if config.fsync { db.flush_wal(true) } else { Ok(()) };
+        metrics::histogram!("corral_raft_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("corral_raft_appends_per_fsync").record(group.len() as f64);
+        let entries: usize = group.iter().map(|p| p.entries).sum();
+        metrics::histogram!("corral_raft_entries_per_fsync").record(entries as f64);
+        for waiting in group.drain(..) {
+            let result = match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(format!("log fsync failed: {e}"))),
+            };
+            waiting.callback.log_io_completed(result);
+        }
+        if let Err(e) = synced {
+            tracing::error!(error = %e, "log fsync failed; the appends waiting on it were reported failed");
+        }
+    }
 }
 
 impl LogStore {
@@ -148,19 +212,31 @@ impl LogStore {
 }
 
 impl LogStore {
-    /// Writes `entries` in one RocksDB batch, synced when `fsync` is on. This is the whole
-    /// of a log append; it is public so the benchmark can measure it without openraft.
+    /// Writes `entries` in one RocksDB batch, synced when `fsync` is on: an append with its
+    /// own fsync, as before group commit. Public so the benchmark can measure it without
+    /// openraft.
     pub fn write_entries(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
     ) -> Result<(), StorageIOError<NodeId>> {
+        let batch = self.log_batch(entries)?.0;
+        self.db.write_opt(batch, &write_options(self.config)).map_err(|e| StorageIOError::write_logs(&e))
+    }
+
+    /// `entries` as one RocksDB batch, and how many there are.
+    fn log_batch(
+        &self,
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+    ) -> Result<(WriteBatch, usize), StorageIOError<NodeId>> {
         let log = cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut count = 0;
         for entry in entries {
             let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(log, index_key(entry.log_id.index), bytes);
+            count += 1;
         }
-        self.db.write_opt(batch, &write_options(self.config)).map_err(|e| StorageIOError::write_logs(&e))
+        Ok((batch, count))
     }
 }
 
@@ -227,18 +303,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let written = self.write_entries(entries);
-        // openraft must hear of the outcome either way; the error is also returned.
-        match written {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
+        // Written unsynced (readable now); the syncer makes it durable and then calls back.
+        let written = self.log_batch(entries).and_then(|(batch, count)| {
+            self.db.write(batch).map(|()| count).map_err(|e| StorageIOError::write_logs(&e))
+        });
+        let entries = match written {
+            Ok(count) => count,
             Err(e) => {
+                // openraft must hear of the outcome either way; the error is also returned.
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e.into())
+                return Err(e.into());
             }
+        };
+        if let Err(refused) = self.syncer.queue.send(PendingSync { entries, callback }).await {
+            let e = std::io::Error::other("the log syncer has stopped");
+            refused.0.callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(StorageIOError::write_logs(&e).into());
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> RaftResult<()> {
@@ -330,15 +412,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut replies = Vec::new();
         for entry in entries {
             machine.last_applied = Some(entry.log_id);
-            let result = match entry.payload {
-                EntryPayload::Blank => Ok(Outcome::None),
-                EntryPayload::Normal(proposal) => corral_model::apply(&mut machine.state, &proposal),
+            let results = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(batch) => {
+                    batch.0.iter().map(|proposal| corral_model::apply(&mut machine.state, proposal)).collect()
+                }
                 EntryPayload::Membership(membership) => {
                     machine.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Ok(Outcome::None)
+                    Vec::new()
                 }
             };
-            replies.push(ApplyResponse(result));
+            replies.push(ApplyResponse(results));
         }
         Ok(replies)
     }

@@ -1,6 +1,9 @@
 //! `loadgen`: drives N concurrent HTTP clients (each one keep-alive connection) at a cluster
-//! for a duration, creating sandboxes (or regions), and prints throughput, latency
-//! percentiles and error counts, as text and, with `--json`, as JSON.
+//! for a duration and prints throughput, latency percentiles and error counts, as text and,
+//! with `--json`, as JSON. Workloads: Corral sandbox creations, region creations and
+//! linearizable region listings; and, to compare with the same client, connection count and
+//! duration, etcd's puts and linearizable ranges through its JSON gateway (`etcd-puts`,
+//! `etcd-reads`; `--addrs` are then etcd's client URLs). `benches/peers/run` alternates them.
 //!
 //! With `--admin-token`, it first prepares a region of runners big enough for the run and
 //! brings every one of them up with a simulated runner agent (in this process, over QUIC to
@@ -20,15 +23,39 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 enum Workload {
+    /// `POST /api/sandboxes` into the target region.
     Sandboxes,
+    /// `POST /api/regions`, a new name each time.
     Regions,
+    /// `GET /api/regions` (linearizable, the default consistency).
+    Reads,
+    /// etcd v3 `POST /v3/kv/put`, 200-byte values, a new key each time.
+    EtcdPuts,
+    /// etcd v3 `POST /v3/kv/range` of one key (linearizable, etcd's default).
+    EtcdReads,
+}
+
+impl Workload {
+    fn is_etcd(self) -> bool {
+        matches!(self, Workload::EtcdPuts | Workload::EtcdReads)
+    }
+
+    /// The status of a request that did what it should.
+    fn success(self) -> u16 {
+        match self {
+            Workload::Sandboxes | Workload::Regions => 201,
+            Workload::Reads | Workload::EtcdPuts | Workload::EtcdReads => 200,
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -41,8 +68,8 @@ struct Args {
         default_value = "http://127.0.0.1:8801,http://127.0.0.1:8802,http://127.0.0.1:8803"
     )]
     addrs: String,
-    /// Organization API key.
-    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
+    /// Organization API key (Corral workloads).
+    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true, default_value = "")]
     token: String,
     /// Admin key: when given, a region with ready runners is prepared for the sandboxes.
     #[arg(long, env = "CORRAL_ADMIN_TOKEN", hide_env_values = true)]
@@ -75,6 +102,22 @@ struct Args {
     /// demotes the silent runners).
     #[arg(long)]
     no_agents: bool,
+}
+
+/// etcd puts carry 200-byte values.
+const ETCD_VALUE: [u8; 200] = [b'v'; 200];
+/// The key `etcd-reads` ranges over (written once before the run).
+const ETCD_READ_KEY: &str = "loadgen-read";
+
+/// Writes the key `etcd-reads` reads.
+async fn prepare_etcd_key(base: &str) -> anyhow::Result<()> {
+    reqwest::Client::new()
+        .post(format!("{base}/v3/kv/put"))
+        .json(&json!({ "key": BASE64.encode(ETCD_READ_KEY), "value": BASE64.encode(ETCD_VALUE) }))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
 }
 
 fn runner_token(target: &str, i: usize) -> String {
@@ -205,6 +248,12 @@ async fn main() -> anyhow::Result<()> {
     if addrs.is_empty() || args.connections == 0 {
         bail!("need at least one address and one connection");
     }
+    if args.token.is_empty() && !args.workload.is_etcd() {
+        bail!("--token (an organization API key) is needed for Corral workloads");
+    }
+    if args.workload == Workload::EtcdReads {
+        prepare_etcd_key(&addrs[0]).await?;
+    }
     let (stop_agents, agents_stop) = tokio::sync::watch::channel(false);
     let mut agents = None;
     if let (Some(admin), Workload::Sandboxes) = (&args.admin_token, args.workload) {
@@ -238,14 +287,27 @@ async fn main() -> anyhow::Result<()> {
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let (url, body) = match workload {
-                    Workload::Sandboxes => (format!("{base}/api/sandboxes"), json!({ "target": target })),
-                    Workload::Regions => (format!("{base}/api/regions"), json!({ "name": format!("lg-{c}-{n}") })),
+                let request = match workload {
+                    Workload::Sandboxes => {
+                        client.post(format!("{base}/api/sandboxes")).json(&json!({ "target": target }))
+                    }
+                    Workload::Regions => {
+                        client.post(format!("{base}/api/regions")).json(&json!({ "name": format!("lg-{c}-{n}") }))
+                    }
+                    Workload::Reads => client.get(format!("{base}/api/regions")),
+                    Workload::EtcdPuts => client.post(format!("{base}/v3/kv/put")).json(&json!({
+                        "key": BASE64.encode(format!("lg-{c}-{n}")),
+                        "value": BASE64.encode(ETCD_VALUE),
+                    })),
+                    Workload::EtcdReads => {
+                        client.post(format!("{base}/v3/kv/range")).json(&json!({ "key": BASE64.encode(ETCD_READ_KEY) }))
+                    }
                 };
+                let request = if workload.is_etcd() { request } else { request.bearer_auth(&token) };
                 let t0 = Instant::now();
-                let outcome = client.post(&url).bearer_auth(&token).json(&body).send().await;
+                let outcome = request.send().await;
                 match outcome {
-                    Ok(resp) if resp.status().as_u16() == 201 => {
+                    Ok(resp) if resp.status().as_u16() == workload.success() => {
                         let _ = resp.bytes().await;
                         latencies.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }

@@ -521,3 +521,24 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// A one-node Raft on RocksDB in `dir`, in this process, elected and ready: for tests that
+/// stage the leader's work exactly (batching, placement races).
+pub async fn one_node_raft(dir: &Path, fsync: bool) -> (corral_raft_types::Raft, corral_raft_types::SharedState) {
+    let (log, sm, shared) =
+        corral_storage::open_storage(dir, corral_storage::StorageConfig { fsync }).expect("storage");
+    let config = openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..Default::default()
+    }
+    .validate()
+    .expect("config");
+    let network = corral_net::GrpcNetworkFactory::default();
+    let raft = corral_raft_types::Raft::new(1, std::sync::Arc::new(config), network, log, sm).await.expect("raft");
+    let member = corral_raft_types::CorralNode { raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() };
+    raft.initialize(std::collections::BTreeMap::from([(1, member)])).await.expect("initialize");
+    raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.expect("leader");
+    (raft, shared)
+}

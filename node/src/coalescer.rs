@@ -1,0 +1,209 @@
+//! [`Coalescer`]: many concurrent requests, few batched calls. Callers queue a request and wait
+//! for its answer; one task takes everything waiting (up to `max_batch`) whenever one of
+//! `max_in_flight` slots is free and runs the batch as one call, which answers each request on
+//! its own. Under light load a request goes out at once, alone; under heavy load, requests pile
+//! up while the slots are busy and leave together, so the batch size follows the load with no
+//! timer. A request never joins a call that started before it was queued, which is what makes
+//! coalesced read-index rounds linearizable.
+//!
+//! Used for the write path (proposals into one Raft entry on the leader; forwarded writes and
+//! sandbox placements into one gRPC call from a follower) and for read-index rounds.
+//! The queue is bounded: a full queue answers [`CoalesceError::Full`] at once.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// How a [`Coalescer`] batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoalescerConfig {
+    /// Requests that may wait; more are refused with [`CoalesceError::Full`].
+    pub queue_capacity: usize,
+    /// Most requests in one call.
+    pub max_batch: usize,
+    /// Calls running at once.
+    pub max_in_flight: usize,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CoalesceError {
+    #[error("the queue is full")]
+    Full,
+    #[error("the batching task has stopped")]
+    Stopped,
+}
+
+struct Waiting<Req, Rep> {
+    request: Req,
+    reply: oneshot::Sender<Rep>,
+}
+
+/// The queue side of a coalescer; cheap to clone. The batching task stops when the last clone
+/// is dropped.
+pub struct Coalescer<Req, Rep> {
+    queue: mpsc::Sender<Waiting<Req, Rep>>,
+}
+
+impl<Req, Rep> Clone for Coalescer<Req, Rep> {
+    fn clone(&self) -> Self {
+        Coalescer { queue: self.queue.clone() }
+    }
+}
+
+impl<Req: Send + 'static, Rep: Send + 'static> Coalescer<Req, Rep> {
+    /// Starts the batching task (on the current tokio runtime). `run` gets a batch and must
+    /// answer one reply per request, in order; a request left without one sees
+    /// [`CoalesceError::Stopped`]. `path` labels the metrics.
+    pub fn start<F, Fut>(path: &'static str, config: CoalescerConfig, run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Rep>> + Send + 'static,
+    {
+        let (queue, waiting) = mpsc::channel(config.queue_capacity.max(1));
+        tokio::spawn(drive(path, config, waiting, run));
+        Coalescer { queue }
+    }
+
+    /// Queues `request` and waits for its answer.
+    pub async fn call(&self, request: Req) -> Result<Rep, CoalesceError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.try_send(Waiting { request, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CoalesceError::Full,
+            mpsc::error::TrySendError::Closed(_) => CoalesceError::Stopped,
+        })?;
+        answer.await.map_err(|_| CoalesceError::Stopped)
+    }
+}
+
+async fn drive<Req, Rep, F, Fut>(
+    path: &'static str,
+    config: CoalescerConfig,
+    mut waiting: mpsc::Receiver<Waiting<Req, Rep>>,
+    run: F,
+) where
+    Req: Send + 'static,
+    Rep: Send + 'static,
+    F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Rep>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let max_batch = config.max_batch.max(1);
+    loop {
+        // A slot first: while every slot is busy, requests gather in the queue.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = waiting.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match waiting.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("corral_coalesced_batch_size", "path" => path).record(batch.len() as f64);
+        metrics::gauge!("corral_coalescer_queue_depth", "path" => path).set(waiting.len() as f64);
+        let (requests, replies): (Vec<Req>, Vec<oneshot::Sender<Rep>>) =
+            batch.into_iter().map(|w| (w.request, w.reply)).unzip();
+        let call = run(requests);
+        tokio::spawn(async move {
+            let answers = call.await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The caller may have given up (its client went away); the answer is dropped.
+                let _ = reply.send(answer);
+            }
+            drop(slot);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    fn config(queue_capacity: usize, max_in_flight: usize) -> CoalescerConfig {
+        CoalescerConfig { queue_capacity, max_batch: 64, max_in_flight }
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_behind_a_busy_call_leave_together_and_each_gets_its_own_answer() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let doubler = Coalescer::start("test", config(100, 1), move |batch: Vec<u32>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                batch.into_iter().map(|n| n * 2).collect::<Vec<_>>()
+            }
+        });
+        // One request takes the only slot; the 49 that queue while it runs leave together.
+        let first = tokio::spawn({
+            let doubler = doubler.clone();
+            async move { doubler.call(0).await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let rest = futures_join((1..50).map(|n| {
+            let doubler = doubler.clone();
+            async move { doubler.call(n).await }
+        }))
+        .await;
+        assert_eq!(first.await.ok(), Some(Ok(0)));
+        for (n, answer) in (1..50).zip(rest) {
+            assert_eq!(answer, Ok(n * 2));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the 49 requests behind the first share one call");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_instead_of_waiting() {
+        let (release, released) = tokio::sync::watch::channel(false);
+        let stuck = Coalescer::start("test", config(2, 1), move |batch: Vec<u32>| {
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                batch
+            }
+        });
+        // One call holds the only slot; two more fill the queue.
+        let first = tokio::spawn({
+            let stuck = stuck.clone();
+            async move { stuck.call(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let queued: Vec<_> = (2..4)
+            .map(|n| {
+                let stuck = stuck.clone();
+                tokio::spawn(async move { stuck.call(n).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let refused = tokio::time::timeout(Duration::from_secs(1), stuck.call(9)).await;
+        assert_eq!(refused, Ok(Err(CoalesceError::Full)));
+        let _ = release.send(true);
+        assert_eq!(first.await.ok(), Some(Ok(1)));
+        for (n, q) in (2..4).zip(queued) {
+            assert_eq!(q.await.ok(), Some(Ok(n)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_left_without_an_answer_is_told_so() {
+        let short = Coalescer::start("test", config(10, 1), |_batch: Vec<u32>| async { Vec::<u32>::new() });
+        assert_eq!(short.call(1).await, Err(CoalesceError::Stopped));
+    }
+
+    async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+    where
+        F: Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = futures.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.expect("task"));
+        }
+        out
+    }
+}

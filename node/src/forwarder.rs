@@ -1,0 +1,147 @@
+//! [`Forwarder`]: what a follower sends to the leader, coalesced. Writes, sandbox placements
+//! and read-index requests that wait together leave together: one gRPC call carries a batch
+//! of proposals (`ForwardWrites`) or of sandbox requests (`PlaceSandboxes`), and one read-index
+//! round answers every read that was waiting before it started (see [`crate::coalescer`]).
+//! Each request still gets its own answer, and the caller ([`crate::cluster::RaftCluster`])
+//! keeps retrying it on its own while leadership moves.
+
+use std::future::Future;
+use std::time::Duration;
+
+use corral_model::{Proposal, SandboxRequest};
+use corral_net::{CommittedWrite, ForwardError, NetError, PeerClients, PlacementReply};
+
+use crate::coalescer::{CoalesceError, Coalescer, CoalescerConfig};
+
+/// A forwarded request's answer: the leader's, or why the call failed.
+type Forwarded<T> = Result<Result<T, ForwardError>, NetError>;
+
+/// Batches per destination: a queue as deep as the leader's, a few calls in flight.
+const FORWARD_BATCHING: CoalescerConfig = CoalescerConfig { queue_capacity: 16_384, max_batch: 512, max_in_flight: 4 };
+
+/// The follower's coalesced calls to the leader; cheap to clone.
+#[derive(Clone)]
+pub struct Forwarder {
+    writes: Coalescer<(String, Proposal), Forwarded<CommittedWrite>>,
+    placements: Coalescer<(String, SandboxRequest), Result<PlacementReply, NetError>>,
+    read_indexes: Coalescer<String, Forwarded<u64>>,
+}
+
+impl Forwarder {
+    /// Starts the batching tasks; every call has `call_timeout` as its deadline.
+    pub fn start(clients: PeerClients, call_timeout: Duration) -> Forwarder {
+        let c = clients.clone();
+        let writes = Coalescer::start("forward_writes", FORWARD_BATCHING, move |batch: Vec<(String, Proposal)>| {
+            let clients = c.clone();
+            per_leader(batch, move |addr, proposals| {
+                let clients = clients.clone();
+                async move { clients.forward_writes(&addr, &proposals, call_timeout).await }
+            })
+        });
+        let c = clients.clone();
+        let placements =
+            Coalescer::start("forward_placements", FORWARD_BATCHING, move |batch: Vec<(String, SandboxRequest)>| {
+                let clients = c.clone();
+                per_leader(batch, move |addr, requests| {
+                    let clients = clients.clone();
+                    async move { clients.place_sandboxes(&addr, &requests, call_timeout).await }
+                })
+            });
+        let read_indexes = Coalescer::start("forward_read_index", FORWARD_BATCHING, move |batch: Vec<String>| {
+            let clients = clients.clone();
+            async move {
+                // One round per leader address named in the batch (one, but for a leader change).
+                let mut answers: Vec<(String, Forwarded<u64>)> = Vec::new();
+                let mut out = Vec::with_capacity(batch.len());
+                for addr in batch {
+                    if let Some((_, answer)) = answers.iter().find(|(a, _)| *a == addr) {
+                        out.push(answer.clone());
+                        continue;
+                    }
+                    let answer = clients.read_index(&addr, call_timeout).await;
+                    answers.push((addr, answer.clone()));
+                    out.push(answer);
+                }
+                out
+            }
+        });
+        Forwarder { writes, placements, read_indexes }
+    }
+
+    /// Commits `proposal` on the leader at `addr`.
+    pub async fn write(&self, addr: String, proposal: Proposal, timeout: Duration) -> Forwarded<CommittedWrite> {
+        within(timeout, addr.clone(), self.writes.call((addr, proposal))).await
+    }
+
+    /// Hands a sandbox request to the scheduler of the leader at `addr`.
+    pub async fn place(
+        &self,
+        addr: String,
+        request: SandboxRequest,
+        timeout: Duration,
+    ) -> Result<PlacementReply, NetError> {
+        within(timeout, addr.clone(), self.placements.call((addr, request))).await
+    }
+
+    /// A read index from the leader at `addr`, from a round that started after this call.
+    pub async fn read_index(&self, addr: String, timeout: Duration) -> Forwarded<u64> {
+        within(timeout, addr.clone(), self.read_indexes.call(addr)).await
+    }
+}
+
+/// Waits at most `timeout` for a coalesced call's answer; a full queue is the leader being
+/// overloaded as far as the caller can tell.
+async fn within<T>(
+    timeout: Duration,
+    addr: String,
+    answer: impl Future<Output = Result<Forwarded<T>, CoalesceError>>,
+) -> Forwarded<T> {
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(CoalesceError::Full)) => Ok(Err(ForwardError::Overloaded)),
+        Ok(Err(CoalesceError::Stopped)) => Ok(Err(ForwardError::Unavailable("the forwarder has stopped".into()))),
+        Err(_) => Err(NetError::Rpc { addr, status: "deadline exceeded while waiting".into() }),
+    }
+}
+
+/// Sends a batch addressed to leaders as one call per address (one address, but for a
+/// leader change while the batch gathered), and answers each request in its place.
+async fn per_leader<Req, Rep, F, Fut>(batch: Vec<(String, Req)>, call: F) -> Vec<Result<Rep, NetError>>
+where
+    Rep: Clone,
+    F: Fn(String, Vec<Req>) -> Fut,
+    Fut: Future<Output = Result<Vec<Rep>, NetError>>,
+{
+    let total = batch.len();
+    let mut groups: Vec<(String, Vec<usize>, Vec<Req>)> = Vec::new();
+    for (position, (addr, request)) in batch.into_iter().enumerate() {
+        match groups.iter_mut().find(|(a, _, _)| *a == addr) {
+            Some((_, positions, requests)) => {
+                positions.push(position);
+                requests.push(request);
+            }
+            None => groups.push((addr, vec![position], vec![request])),
+        }
+    }
+    let mut answers: Vec<Option<Result<Rep, NetError>>> = vec![None; total];
+    for (addr, positions, requests) in groups {
+        match call(addr, requests).await {
+            Ok(replies) => {
+                for (position, reply) in positions.into_iter().zip(replies) {
+                    answers[position] = Some(Ok(reply));
+                }
+            }
+            Err(e) => {
+                for position in positions {
+                    answers[position] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    // `forward_writes` and `place_sandboxes` check that every request got a reply.
+    answers.into_iter().map(|a| a.unwrap_or_else(|| Err(missing_reply()))).collect()
+}
+
+fn missing_reply() -> NetError {
+    NetError::Decode { addr: String::new(), reason: "the leader's batch reply missed a request".into() }
+}
