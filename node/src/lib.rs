@@ -5,7 +5,11 @@
 //! - [`serve`]: one node — RocksDB storage, openraft, the gRPC server for peers, the REST
 //!   server for clients, bootstrap and graceful shutdown;
 //! - [`leader`]: [`leader::Leader`], the operations only the leader performs (commit a
-//!   proposal, read index, campaign, membership) on this node's Raft;
+//!   proposal, read index, campaign, membership) on this node's Raft; proposals are coalesced
+//!   into few Raft entries and reads share read-index rounds;
+//! - [`coalescer`]: [`coalescer::Coalescer`], the one batching primitive (bounded queue,
+//!   batches as call slots free up, one answer per request);
+//! - [`forwarder`]: [`forwarder::Forwarder`], a follower's batched calls to the leader;
 //! - [`cluster`]: [`cluster::RaftCluster`], the node's one handle on the cluster: runs leader
 //!   operations locally or forwards them to the leader over gRPC; implements api's
 //!   `ClusterHandle` and net's `LeaderService`;
