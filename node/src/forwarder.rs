@@ -16,7 +16,9 @@ use crate::coalescer::{CoalesceError, Coalescer, CoalescerConfig};
 /// A forwarded request's answer: the leader's, or why the call failed.
 type Forwarded<T> = Result<Result<T, ForwardError>, NetError>;
 
-/// Batches per destination: a queue as deep as the leader's, a few calls in flight.
+/// Batches per destination: a queue as deep as the leader's, a few calls in flight. Four
+/// slots measured better than sixteen (sandboxes 9,030/s against 7,803/s at 256 connections,
+/// same run; benches/peers/run): fewer, larger calls cost less CPU on a saturated machine.
 const FORWARD_BATCHING: CoalescerConfig = CoalescerConfig { queue_capacity: 16_384, max_batch: 512, max_in_flight: 4 };
 
 /// The follower's coalesced calls to the leader; cheap to clone.
