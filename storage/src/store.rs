@@ -24,7 +24,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -119,7 +119,7 @@ pub fn open_storage(
             machine.state = state;
         }
     }
-    let syncer = LogSyncer::start(db.clone(), config)?;
+    let syncer = LogSyncer::start(&db, config)?;
     let log = LogStore { db: db.clone(), config, syncer };
     let sm = StateMachineStore { db, config, shared: shared.clone() };
     Ok((log, sm, shared))
@@ -151,15 +151,18 @@ struct LogSyncer {
 }
 
 impl LogSyncer {
-    fn start(db: Arc<DB>, config: StorageConfig) -> std::io::Result<LogSyncer> {
+    fn start(db: &Arc<DB>, config: StorageConfig) -> std::io::Result<LogSyncer> {
         let (queue, pending) = tokio::sync::mpsc::channel(SYNC_QUEUE);
+        // A weak handle: the stores own the database, so it closes when they are dropped, on
+        // their thread, never left open for RocksDB's static destructors at process exit.
+        let db = Arc::downgrade(db);
         std::thread::Builder::new().name("corral-log-sync".into()).spawn(move || sync_forever(&db, config, pending))?;
         Ok(LogSyncer { queue })
     }
 }
 
 /// The syncer thread: one fsync per group of waiting appends, then their callbacks in order.
-fn sync_forever(db: &DB, config: StorageConfig, mut pending: tokio::sync::mpsc::Receiver<PendingSync>) {
+fn sync_forever(db: &Weak<DB>, config: StorageConfig, mut pending: tokio::sync::mpsc::Receiver<PendingSync>) {
     let mut group = Vec::new();
     while let Some(first) = pending.blocking_recv() {
         group.push(first);
@@ -167,7 +170,11 @@ fn sync_forever(db: &DB, config: StorageConfig, mut pending: tokio::sync::mpsc::
             group.push(next);
         }
         let started = Instant::now();
-        let synced = if config.fsync { db.flush_wal(true) } else { Ok(()) };
+        let synced = match db.upgrade() {
+            Some(db) if config.fsync => db.flush_wal(true).map_err(|e| e.to_string()),
+            Some(_) => Ok(()),
+            None => Err("the database is closed".to_string()),
+        };
         metrics::histogram!("corral_raft_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("corral_raft_appends_per_fsync").record(group.len() as f64);
         let entries: usize = group.iter().map(|p| p.entries).sum();
