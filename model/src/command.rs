@@ -320,6 +320,22 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// How many objects the command may change: one, or one per item of a batch command. A
+    /// restart replays commands since the last snapshot, and this is their cost; the node
+    /// builds a snapshot once the weight applied since the last one reaches its threshold.
+    pub fn weight(&self) -> u64 {
+        let items = match self {
+            Command::PlaceSandboxes { placements } => placements.len(),
+            Command::RescheduleSandboxes { moves, .. } => moves.len(),
+            Command::RecordApiKeyUse { uses } => uses.len(),
+            Command::RecordRunnerHealth { reporting, silent } => reporting.len() + silent.len(),
+            _ => 1,
+        };
+        items.max(1) as u64
+    }
+}
+
 /// What a node proposes to Raft: a command plus what the proposer chose for it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Proposal {

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use corral_model::{Proposal, SandboxRequest};
 use corral_raft_types::{NodeId, Raft, TypeConfig};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::leader_ops::{LeaderService, MembershipChange};
+use crate::leader_ops::{LeaderService, MembershipChange, PreVoteRequest};
+use crate::liveness::RaftLiveness;
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::pb::Payload;
 use crate::{tls, MAX_MESSAGE_BYTES};
@@ -28,6 +29,7 @@ fn decode_request<T: DeserializeOwned>(payload: &Payload) -> Result<T, tonic::St
 pub struct RaftTransportService {
     raft: Raft,
     leader: Arc<dyn LeaderService>,
+    liveness: RaftLiveness,
 }
 
 /// The gRPC service with its peer check in front.
@@ -41,8 +43,13 @@ pub type GuardedRaftTransport = tonic::service::interceptor::InterceptedService<
 /// call must come from a peer whose certificate names a node ([`tls::peer_role`]): the TLS
 /// handshake already proved the certificate comes from the cluster CA, and this refuses a
 /// runner's certificate from the same CA. Serve it with [`tls::ClusterTls::grpc_server`].
-pub fn raft_transport_server(raft: Raft, leader: Arc<dyn LeaderService>) -> GuardedRaftTransport {
-    let server = RaftTransportServer::new(RaftTransportService { raft, leader })
+/// Accepted AppendEntries are recorded in `liveness` (this node heard from its leader).
+pub fn raft_transport_server(
+    raft: Raft,
+    leader: Arc<dyn LeaderService>,
+    liveness: RaftLiveness,
+) -> GuardedRaftTransport {
+    let server = RaftTransportServer::new(RaftTransportService { raft, leader, liveness })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::service::interceptor::InterceptedService::new(server, require_node_peer)
@@ -66,7 +73,12 @@ impl RaftTransport for RaftTransportService {
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request.get_ref())?;
+        let term = rpc.vote.leader_id().term;
         let reply = self.raft.append_entries(rpc).await;
+        // Anything but a higher vote means this node follows the sender as leader of `term`.
+        if matches!(&reply, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.liveness.heard_from_leader(term, std::time::Instant::now());
+        }
         Ok(tonic::Response::new(encode(&reply)?))
     }
 
@@ -82,12 +94,6 @@ impl RaftTransport for RaftTransportService {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request.get_ref())?;
         let reply = self.raft.install_snapshot(rpc).await;
-        Ok(tonic::Response::new(encode(&reply)?))
-    }
-
-    async fn forward_write(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let proposal: Proposal = decode_request(request.get_ref())?;
-        let reply = self.leader.write(proposal).await;
         Ok(tonic::Response::new(encode(&reply)?))
     }
 
@@ -114,6 +120,12 @@ impl RaftTransport for RaftTransportService {
         Ok(tonic::Response::new(encode(&reply)?))
     }
 
+    async fn pre_vote(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let pre_vote: PreVoteRequest = decode_request(request.get_ref())?;
+        let reply = self.leader.pre_vote(pre_vote).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
     async fn trigger_election(
         &self,
         _request: tonic::Request<Payload>,
@@ -128,12 +140,6 @@ impl RaftTransport for RaftTransportService {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let change: MembershipChange = decode_request(request.get_ref())?;
         let reply = self.leader.change_membership(change).await;
-        Ok(tonic::Response::new(encode(&reply)?))
-    }
-
-    async fn place_sandbox(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let sandbox: SandboxRequest = decode_request(request.get_ref())?;
-        let reply = self.leader.place_sandbox(sandbox).await;
         Ok(tonic::Response::new(encode(&reply)?))
     }
 }

@@ -6,7 +6,7 @@ use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_raft_types::{CorralNode, NodeId};
 use serde::{Deserialize, Serialize};
 
-/// Why the leader side of ForwardWrite/ReadIndex could not serve a request.
+/// Why the leader side of ForwardWrites/ReadIndex could not serve a request.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardError {
     #[error("this node is not the leader (leader: {leader_id:?})")]
@@ -15,6 +15,24 @@ pub enum ForwardError {
     Unavailable(String),
     #[error("the leader's queue is full; retry shortly")]
     Overloaded,
+}
+
+/// A pre-vote (asked of every voter before a node campaigns): would the voter elect `candidate`
+/// now? Asking changes nothing on the voter, so a node that was cut off, paused or is behind
+/// can ask as often as it likes without raising any term.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PreVoteRequest {
+    pub candidate: NodeId,
+    /// The candidate's last log entry as (term, index); `None` for an empty log.
+    pub last_log: Option<(u64, u64)>,
+}
+
+/// A voter's answer to a [`PreVoteRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PreVoteReply {
+    pub granted: bool,
+    /// Why not, when refused (for logs).
+    pub reason: String,
 }
 
 /// A change to the Raft membership, executed by the leader.
@@ -50,18 +68,16 @@ pub type PlacementReply = Result<Result<Sandbox, Rejection>, ForwardError>;
 /// [`ForwardError::NotLeader`] when it does not lead; `campaign` is asked of a follower.
 #[tonic::async_trait]
 pub trait LeaderService: Send + Sync + 'static {
-    /// Commits `proposal` and returns what `apply` answered.
-    async fn write(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError>;
     /// Commits a follower's batch of proposals (coalesced with the leader's own) and answers
     /// each on its own, in order.
     async fn write_batch(&self, proposals: Vec<Proposal>) -> Vec<Result<CommittedWrite, ForwardError>>;
     /// Confirms leadership with a quorum and returns the log index a linearizable reader must
     /// have applied.
     async fn read_index(&self) -> Result<u64, ForwardError>;
-    /// Places one sandbox (batched with others by the scheduler) once it is applied.
-    async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply;
     /// Places a follower's batch of sandbox requests; answers each, in order.
     async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply>;
+    /// Answers a pre-vote (asked of any voter).
+    async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply;
     /// Campaigns for leadership now (a leader hands off to this node before it stops).
     async fn campaign(&self) -> Result<(), ForwardError>;
     /// Runs a membership change.

@@ -11,7 +11,10 @@
 //!   implements;
 //! - [`grpc_server`]: the service peers call ([`raft_transport_server`]): Raft RPCs into the
 //!   local `openraft::Raft`, leader operations into the node's [`LeaderService`];
-//! - [`peer_clients`]: the client side ([`PeerClients`]), one channel per peer.
+//! - [`peer_clients`]: the client side ([`PeerClients`]), one channel per peer;
+//! - [`liveness`]: when a leader was last heard from and when followers last acknowledged
+//!   this node as leader ([`RaftLiveness`], recorded on AppendEntries), for pre-vote and
+//!   leader fencing.
 //!
 //! Over QUIC (quinn + rustls, one UDP endpoint per node, see [`quic`]):
 //! - [`runner_session`]: runner agents' sessions (health reports in, assignments out), asking
@@ -36,6 +39,7 @@ pub mod accept;
 pub mod gossip;
 pub mod grpc_server;
 pub mod leader_ops;
+pub mod liveness;
 pub mod peer_clients;
 pub mod quic;
 pub mod raft_network;
@@ -45,8 +49,10 @@ pub mod tls;
 pub use accept::serve_quic;
 pub use grpc_server::{raft_transport_server, GuardedRaftTransport, RaftTransportService};
 pub use leader_ops::{
-    CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, PlacementReply,
+    CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, PlacementReply, PreVoteReply,
+    PreVoteRequest,
 };
+pub use liveness::RaftLiveness;
 pub use peer_clients::PeerClients;
 pub use raft_network::{GrpcNetworkFactory, GrpcPeer};
 

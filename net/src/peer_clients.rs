@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_model::{Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_model::{Proposal, SandboxRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::leader_ops::{CommittedWrite, ForwardError, MembershipChange, MembershipChanged, PlacementReply};
+use crate::leader_ops::{
+    CommittedWrite, ForwardError, MembershipChange, MembershipChanged, PlacementReply, PreVoteReply, PreVoteRequest,
+};
 use crate::pb::raft_transport_client::RaftTransportClient;
 use crate::pb::Payload;
 use crate::{tls, NetError, CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
@@ -65,21 +67,31 @@ impl PeerClients {
         request: &Req,
         timeout: Duration,
     ) -> Result<Reply, NetError> {
-        let mut client = self.client(addr)?;
         let json = serde_json::to_vec(request)
             .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })?;
+        self.call_encoded(addr, method, json, timeout).await
+    }
+
+    /// [`call`](Self::call) with the request already encoded as JSON.
+    pub(crate) async fn call_encoded<Reply: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: Method,
+        json: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Reply, NetError> {
+        let mut client = self.client(addr)?;
         let mut request = tonic::Request::new(Payload { json });
         request.set_timeout(timeout);
         let reply = match method {
             Method::AppendEntries => client.append_entries(request).await,
             Method::Vote => client.vote(request).await,
             Method::InstallSnapshot => client.install_snapshot(request).await,
-            Method::ForwardWrite => client.forward_write(request).await,
             Method::ForwardWrites => client.forward_writes(request).await,
             Method::PlaceSandboxes => client.place_sandboxes(request).await,
             Method::ReadIndex => client.read_index(request).await,
-            Method::PlaceSandbox => client.place_sandbox(request).await,
             Method::TriggerElection => client.trigger_election(request).await,
+            Method::PreVote => client.pre_vote(request).await,
             Method::ChangeMembership => client.change_membership(request).await,
         };
         let reply = reply.map_err(|status| match status.code() {
@@ -88,16 +100,6 @@ impl PeerClients {
         })?;
         serde_json::from_slice(&reply.get_ref().json)
             .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })
-    }
-
-    /// Sends `proposal` to the leader at `addr`; returns once it is committed and applied there.
-    pub async fn forward_write(
-        &self,
-        addr: &str,
-        proposal: &Proposal,
-        timeout: Duration,
-    ) -> Result<Result<CommittedWrite, ForwardError>, NetError> {
-        self.call(addr, Method::ForwardWrite, proposal, timeout).await
     }
 
     /// Sends a batch of proposals to the leader at `addr` in one call; returns once every one
@@ -125,14 +127,14 @@ impl PeerClients {
         same_length(addr, requests.len(), replies)
     }
 
-    /// Hands a sandbox request to the scheduler of the leader at `addr`.
-    pub async fn place_sandbox(
+    /// Asks the voter at `addr` whether it would elect the candidate now.
+    pub async fn pre_vote(
         &self,
         addr: &str,
-        request: &SandboxRequest,
+        request: &PreVoteRequest,
         timeout: Duration,
-    ) -> Result<Result<Result<Sandbox, Rejection>, ForwardError>, NetError> {
-        self.call(addr, Method::PlaceSandbox, request, timeout).await
+    ) -> Result<PreVoteReply, NetError> {
+        self.call(addr, Method::PreVote, request, timeout).await
     }
 
     /// Asks the node at `addr` to campaign for leadership now.
@@ -173,11 +175,10 @@ pub(crate) enum Method {
     AppendEntries,
     Vote,
     InstallSnapshot,
-    ForwardWrite,
     ForwardWrites,
     PlaceSandboxes,
     ReadIndex,
-    PlaceSandbox,
     TriggerElection,
+    PreVote,
     ChangeMembership,
 }

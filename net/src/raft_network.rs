@@ -2,7 +2,9 @@
 //! AppendEntries, Vote and InstallSnapshot.
 
 use corral_raft_types::{CorralNode, NodeId, TypeConfig};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -11,6 +13,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::liveness::RaftLiveness;
 use crate::peer_clients::{Method, PeerClients};
 use crate::{tls, NetError};
 
@@ -18,12 +21,14 @@ use crate::{tls, NetError};
 #[derive(Clone, Default)]
 pub struct GrpcNetworkFactory {
     pub clients: PeerClients,
+    /// Followers' acknowledgements of this node's leadership are recorded here.
+    pub liveness: RaftLiveness,
 }
 
 impl GrpcNetworkFactory {
     /// Peers are dialed with mutual TLS from the cluster CA.
-    pub fn with_tls(tls: &tls::ClusterTls) -> Self {
-        Self { clients: PeerClients::with_tls(tls) }
+    pub fn with_tls(tls: &tls::ClusterTls, liveness: RaftLiveness) -> Self {
+        Self { clients: PeerClients::with_tls(tls), liveness }
     }
 }
 
@@ -31,7 +36,12 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = GrpcPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &CorralNode) -> Self::Network {
-        GrpcPeer { target, addr: node.raft_addr.clone(), clients: self.clients.clone() }
+        GrpcPeer {
+            target,
+            addr: node.raft_addr.clone(),
+            clients: self.clients.clone(),
+            liveness: self.liveness.clone(),
+        }
     }
 }
 
@@ -40,6 +50,7 @@ pub struct GrpcPeer {
     target: NodeId,
     addr: String,
     clients: PeerClients,
+    liveness: RaftLiveness,
 }
 
 impl GrpcPeer {
@@ -54,14 +65,52 @@ impl GrpcPeer {
         Reply: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let reply: Result<Reply, RaftError<NodeId, E>> =
-            self.clients.call(&self.addr, method, request, option.hard_ttl()).await.map_err(|e| match e {
-                NetError::Unreachable { .. } | NetError::BadAddress { .. } => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                _ => RPCError::Network(NetworkError::new(&e)),
-            })?;
+        self.raft_result(self.clients.call(&self.addr, method, request, option.hard_ttl()).await)
+    }
+
+    fn raft_result<Reply, E>(
+        &self,
+        reply: Result<Result<Reply, RaftError<NodeId, E>>, NetError>,
+    ) -> Result<Reply, RPCError<NodeId, CorralNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error,
+    {
+        let reply = reply.map_err(|e| match e {
+            NetError::Unreachable { .. } | NetError::BadAddress { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+            _ => RPCError::Network(NetworkError::new(&e)),
+        })?;
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// The most one AppendEntries message may carry. An entry holds a batch of up to a thousand
+/// commands, so `max_payload_entries` alone does not bound a message: a lagging follower could
+/// be sent hundreds of megabytes in one call, over the gRPC limit and the call timeout. This
+/// keeps each call a few tens of milliseconds of transfer, far below `MAX_MESSAGE_BYTES`.
+pub const APPEND_ENTRIES_BUDGET_BYTES: usize = 8 * 1024 * 1024;
+
+/// `None` when `bytes` for `entries` entries fit in `budget`; otherwise how many entries to send
+/// instead (the same average entry size, at least one: a single entry is never split, and the
+/// gRPC limit is far above the largest entry the leader builds).
+pub fn entries_that_fit(entries: usize, bytes: usize, budget: usize) -> Option<u64> {
+    if bytes <= budget || entries <= 1 {
+        return None;
+    }
+    let fitting = (entries as u128 * budget as u128 / bytes as u128) as u64;
+    Some(fitting.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entries_that_fit;
+
+    #[test]
+    fn a_message_over_the_budget_asks_for_as_many_entries_as_fit() {
+        assert_eq!(entries_that_fit(1_000, 100, 8), Some(80));
+        assert_eq!(entries_that_fit(10, 5_000, 10_000), None);
+        assert_eq!(entries_that_fit(64, 64 << 20, 8 << 20), Some(8));
+        assert_eq!(entries_that_fit(3, 30 << 20, 8 << 20), Some(1), "never fewer than one");
+        assert_eq!(entries_that_fit(1, 30 << 20, 8 << 20), None, "one entry is sent whole");
     }
 }
 
@@ -71,7 +120,21 @@ impl RaftNetwork<TypeConfig> for GrpcPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, CorralNode, RaftError<NodeId>>> {
-        self.raft_call(Method::AppendEntries, &rpc, &option).await
+        let entries = rpc.entries.len();
+        let json = serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(hint) = entries_that_fit(entries, json.len(), APPEND_ENTRIES_BUDGET_BYTES) {
+            // openraft resends fewer entries at once (for the next few calls) and retries now.
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        }
+        let term = rpc.vote.leader_id().term;
+        let sent = std::time::Instant::now();
+        let reply: AppendEntriesResponse<NodeId> = self
+            .raft_result(self.clients.call_encoded(&self.addr, Method::AppendEntries, json, option.hard_ttl()).await)?;
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+            // The follower still took this node as leader of `term` after `sent`.
+            self.liveness.acked_by(self.target, term, sent);
+        }
+        Ok(reply)
     }
 
     async fn install_snapshot(

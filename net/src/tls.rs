@@ -2,7 +2,7 @@
 //! to runner agents.
 //!
 //! - A **node certificate** names [`NODE_NAME`] (plus the node's own names) and may act as TLS
-//!   server and client. Nodes present it on gRPC (Raft, ForwardWrite, ...) and on QUIC, and
+//!   server and client. Nodes present it on gRPC (Raft, ForwardWrites, ...) and on QUIC, and
 //!   accept a peer on gRPC or gossip only if the peer's certificate chains to the cluster CA
 //!   *and* names [`NODE_NAME`] ([`peer_role`]).
 //! - A **runner certificate** names [`RUNNER_NAME`] and may act only as a TLS client. Runner

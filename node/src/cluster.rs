@@ -23,7 +23,7 @@ use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_net::gossip::Gossip;
 use corral_net::{
     CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, NetError, PeerClients,
-    PlacementReply,
+    PlacementReply, PreVoteReply, PreVoteRequest, RaftLiveness,
 };
 use corral_raft_types::{CorralNode, NodeId, Raft, SharedState};
 use openraft::ServerState;
@@ -51,6 +51,10 @@ pub struct RaftCluster {
     pub draining: Arc<AtomicBool>,
     pub health: SharedHealth,
     pub gossip: Gossip,
+    /// When this node last heard from a leader (for pre-votes).
+    pub liveness: RaftLiveness,
+    pub election: crate::election::Timing,
+    pub last_log: crate::election::LastLogReader,
 }
 
 /// How long a membership change may take (adding a node waits for it to catch up).
@@ -116,12 +120,23 @@ impl RaftCluster {
         }
     }
 
-    async fn pause_or_give_up(deadline: Instant, last: ClusterError) -> Result<(), ClusterError> {
+    /// Waits before the next attempt: until the known leader changes, or `RETRY_PAUSE`,
+    /// whichever comes first; gives up with `last` when the deadline would pass.
+    async fn pause_or_give_up(&self, deadline: Instant, last: ClusterError) -> Result<(), ClusterError> {
         if Instant::now() + RETRY_PAUSE >= deadline {
             return Err(last);
         }
-        tokio::time::sleep(RETRY_PAUSE).await;
+        let mut metrics = self.raft.metrics();
+        let leader_now = metrics.borrow_and_update().current_leader;
+        let _ = tokio::time::timeout(RETRY_PAUSE, metrics.wait_for(|m| m.current_leader != leader_now)).await;
         Ok(())
+    }
+
+    /// Resolves when this node's view of the leader is no longer `target` (a new leader was
+    /// elected while an attempt at `target` was waiting).
+    async fn leader_moved_from(&self, target: Option<NodeId>) {
+        let mut metrics = self.raft.metrics();
+        let _ = metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != target).await;
     }
 
     /// Proposes through the leader, retrying (safely, under one idempotency key) while the
@@ -160,15 +175,52 @@ impl RaftCluster {
         R: Fn(CorralNode, Duration) -> RF,
         RF: std::future::Future<Output = Result<Result<T, ForwardError>, NetError>>,
     {
+        // A leader named by a `NotLeader` answer, tried next even when this node has not
+        // heard of it yet.
+        let mut hint: Option<(NodeId, CorralNode)> = None;
+        let mut followed_hint = false;
         loop {
-            let attempt = match self.leader(deadline).await? {
+            let from_hint = hint.is_some();
+            let target = match hint.take() {
+                Some((id, node)) if id != self.node_id => (Some(id), Target::Remote(node)),
+                _ => match self.leader(deadline).await? {
+                    Target::Local => (Some(self.node_id), Target::Local),
+                    Target::Remote(node) => (self.raft.metrics().borrow().current_leader, Target::Remote(node)),
+                },
+            };
+            let attempt = match target.1 {
+                // A fenced leader (no quorum acknowledged it within the lease) cannot commit:
+                // answer at once, the client retries elsewhere or later.
+                Target::Local if self.leader.is_fenced() => return Err(ClusterError::NoLeader),
                 Target::Local => Ok(local().await.map_err(ForwardError::from)),
-                Target::Remote(node) => remote(node, deadline.saturating_duration_since(Instant::now())).await,
+                Target::Remote(node) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    tokio::select! {
+                        attempt = remote(node, remaining) => attempt,
+                        // The leader changed while waiting: retry there (safe, see above).
+                        () = self.leader_moved_from(target.0), if !from_hint => {
+                            metrics::counter!("corral_forward_retargeted_total").increment(1);
+                            continue;
+                        }
+                    }
+                }
             };
             let last = match attempt {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(ForwardError::Overloaded)) => return Err(ClusterError::Overloaded),
-                Ok(Err(ForwardError::NotLeader { .. })) => ClusterError::NoLeader,
+                Ok(Err(ForwardError::NotLeader { leader_id, leader })) => {
+                    // Follow one hint at once; another `NotLeader` right after waits a pause,
+                    // so two nodes with stale views cannot bounce a request between them.
+                    if let (Some(id), Some(node), false) = (leader_id, leader, followed_hint) {
+                        if Some(id) != target.0 {
+                            hint = Some((id, node));
+                            followed_hint = true;
+                            continue;
+                        }
+                    }
+                    followed_hint = false;
+                    ClusterError::NoLeader
+                }
                 Ok(Err(ForwardError::Unavailable(msg))) if retry_unavailable => ClusterError::Unavailable(msg),
                 Ok(Err(ForwardError::Unavailable(msg))) => return Err(ClusterError::Unavailable(msg)),
                 Err(e) => net_error(e),
@@ -176,7 +228,7 @@ impl RaftCluster {
             if matches!(last, ClusterError::Timeout) {
                 return Err(last);
             }
-            Self::pause_or_give_up(deadline, last).await?;
+            self.pause_or_give_up(deadline, last).await?;
         }
     }
 
@@ -218,6 +270,9 @@ impl RaftCluster {
     pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining for shutdown".into());
+        }
+        if self.leader.is_fenced() {
+            return Err("this leader lost its quorum's acknowledgement (fenced)".into());
         }
         let m = self.raft.metrics().borrow().clone();
         if m.current_leader.is_none() {
@@ -381,10 +436,6 @@ impl ClusterHandle for RaftCluster {
 /// What peers ask of this node when it leads (called by net's gRPC server).
 #[tonic::async_trait]
 impl LeaderService for RaftCluster {
-    async fn write(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError> {
-        Ok(self.leader.write(proposal).await?)
-    }
-
     async fn write_batch(&self, proposals: Vec<Proposal>) -> Vec<Result<CommittedWrite, ForwardError>> {
         // Queued one by one, back to back: the leader's coalescer joins them into few entries.
         let writes = proposals.into_iter().map(|p| async move { Ok(self.leader.write(p).await?) });
@@ -395,13 +446,22 @@ impl LeaderService for RaftCluster {
         Ok(self.leader.read_index().await?)
     }
 
-    async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply {
-        Ok(self.scheduler.place(request).await?)
-    }
-
     async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply> {
         let placements = requests.into_iter().map(|r| async move { Ok(self.scheduler.place(r).await?) });
         futures::future::join_all(placements).await
+    }
+
+    async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply {
+        let leads = self.raft.metrics().borrow().state == ServerState::Leader;
+        let view = crate::election::VoterView {
+            leads_with_quorum: leads && !self.leader.is_fenced() && !self.draining.load(Ordering::Relaxed),
+            since_leader_contact: self.liveness.since_leader_contact(std::time::Instant::now()),
+            last_log: (self.last_log)().await,
+        };
+        match crate::election::judge_pre_vote(&view, &request, self.election.lease) {
+            Ok(()) => PreVoteReply { granted: true, reason: String::new() },
+            Err(reason) => PreVoteReply { granted: false, reason },
+        }
     }
 
     async fn campaign(&self) -> Result<(), ForwardError> {

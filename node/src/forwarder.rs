@@ -26,7 +26,7 @@ const FORWARD_BATCHING: CoalescerConfig = CoalescerConfig { queue_capacity: 16_3
 pub struct Forwarder {
     writes: Coalescer<(String, Proposal), Forwarded<CommittedWrite>>,
     placements: Coalescer<(String, SandboxRequest), Result<PlacementReply, NetError>>,
-    read_indexes: Coalescer<String, Forwarded<u64>>,
+    read_indexes: Coalescer<(String, ()), Forwarded<u64>>,
 }
 
 impl Forwarder {
@@ -49,23 +49,13 @@ impl Forwarder {
                     async move { clients.place_sandboxes(&addr, &requests, call_timeout).await }
                 })
             });
-        let read_indexes = Coalescer::start("forward_read_index", FORWARD_BATCHING, move |batch: Vec<String>| {
+        let read_indexes = Coalescer::start("forward_read_index", FORWARD_BATCHING, move |batch: Vec<(String, ())>| {
             let clients = clients.clone();
-            async move {
-                // One round per leader address named in the batch (one, but for a leader change).
-                let mut answers: Vec<(String, Forwarded<u64>)> = Vec::new();
-                let mut out = Vec::with_capacity(batch.len());
-                for addr in batch {
-                    if let Some((_, answer)) = answers.iter().find(|(a, _)| *a == addr) {
-                        out.push(answer.clone());
-                        continue;
-                    }
-                    let answer = clients.read_index(&addr, call_timeout).await;
-                    answers.push((addr, answer.clone()));
-                    out.push(answer);
-                }
-                out
-            }
+            // One round per leader address: every read waiting on it shares the answer.
+            per_leader(batch, move |addr, waiting| {
+                let clients = clients.clone();
+                async move { Ok(vec![clients.read_index(&addr, call_timeout).await?; waiting.len()]) }
+            })
         });
         Forwarder { writes, placements, read_indexes }
     }
@@ -87,7 +77,7 @@ impl Forwarder {
 
     /// A read index from the leader at `addr`, from a round that started after this call.
     pub async fn read_index(&self, addr: String, timeout: Duration) -> Forwarded<u64> {
-        within(timeout, addr.clone(), self.read_indexes.call(addr)).await
+        within(timeout, addr.clone(), self.read_indexes.call((addr, ()))).await
     }
 }
 

@@ -11,6 +11,8 @@
 //! waiting before it started.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use corral_model::Proposal;
 use corral_net::{CommittedWrite, ForwardError, MembershipChange, MembershipChanged};
@@ -63,6 +65,9 @@ impl From<LeaderError> for ForwardError {
 #[derive(Clone)]
 pub struct Leader {
     raft: Raft,
+    /// Set by the election driver while this leader has no fresh quorum acknowledgement
+    /// (check-quorum): it then acts as if it did not lead.
+    fenced: Arc<AtomicBool>,
     proposals: Coalescer<Proposal, Result<CommittedWrite, LeaderError>>,
     read_indexes: Coalescer<(), Result<u64, LeaderError>>,
 }
@@ -81,7 +86,18 @@ impl Leader {
             let raft = r.clone();
             async move { vec![read_index_round(&raft).await; waiting.len()] }
         });
-        Leader { raft, proposals, read_indexes }
+        Leader { raft, fenced: Arc::new(AtomicBool::new(false)), proposals, read_indexes }
+    }
+
+    /// Fences this leader (it answers `NotLeader` with no leader known, so callers retry) or
+    /// lifts the fence.
+    pub fn set_fenced(&self, fenced: bool) {
+        self.fenced.store(fenced, Ordering::Relaxed);
+    }
+
+    /// Whether this node leads in Raft's eyes but has lost its quorum's acknowledgement.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
     }
 
     pub fn raft(&self) -> &Raft {
@@ -92,13 +108,16 @@ impl Leader {
     pub fn leads(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        m.current_leader == Some(m.id)
+        m.current_leader == Some(m.id) && !self.is_fenced()
     }
 
     /// `Some(NotLeader)` when this node does not lead (as far as its metrics say now).
     pub fn not_leader(&self) -> Option<LeaderError> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
+        if m.current_leader == Some(m.id) && self.is_fenced() {
+            return Some(LeaderError::NotLeader { leader_id: None, leader: None });
+        }
         (m.current_leader != Some(m.id)).then(|| LeaderError::NotLeader {
             leader_id: m.current_leader,
             leader: m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned()),

@@ -33,9 +33,11 @@
 pub mod certs;
 pub mod cluster;
 pub mod coalescer;
+pub mod compaction;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+pub mod election;
 pub mod forwarder;
 pub mod health_monitor;
 pub mod leader;

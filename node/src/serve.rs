@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_api::ApiConfig;
-use corral_net::{raft_transport_server, GrpcNetworkFactory};
+use corral_net::{raft_transport_server, GrpcNetworkFactory, RaftLiveness};
 use corral_raft_types::{CorralNode, Raft};
 use corral_storage::{open_storage, StorageConfig};
 use openraft::SnapshotPolicy;
@@ -23,6 +23,7 @@ use corral_net::tls::ClusterTls;
 use crate::cluster::RaftCluster;
 use crate::coalescer::CoalescerConfig;
 use crate::config::NodeConfig;
+use crate::election::{LastLogReader, Timing};
 use crate::forwarder::Forwarder;
 use crate::health_monitor::MonitorConfig;
 use crate::leader::{Leader, PROPOSAL_BATCHING};
@@ -37,20 +38,42 @@ async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{addr} resolves to no address"))
 }
 
-fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
+fn raft_config(config: &NodeConfig, timing: &Timing) -> anyhow::Result<openraft::Config> {
+    let lease_ms = timing.lease.as_millis() as u64;
     let raft = openraft::Config {
         cluster_name: "corral".into(),
         heartbeat_interval: config.heartbeat_ms,
-        election_timeout_min: config.election_timeout_ms,
-        election_timeout_max: config.election_timeout_ms * 2,
+        // openraft's own election timer is off (the election driver campaigns after a
+        // pre-vote); `election_timeout_max` is the vote lease every voter still enforces.
+        election_timeout_min: lease_ms / 2,
+        election_timeout_max: lease_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
         max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
-        // Bounded AppendEntries batches keep every gRPC message far below its size limit.
-        max_payload_entries: 1_000,
+        // An entry carries up to a thousand commands, so a lagging follower gets at most 64
+        // entries per AppendEntries; the network also splits any call over its byte budget
+        // (`corral_net::raft_network::APPEND_ENTRIES_BUDGET_BYTES`, openraft's PayloadTooLarge).
+        max_payload_entries: 64,
         install_snapshot_timeout: 10_000,
         ..Default::default()
     };
     raft.validate().context("invalid raft configuration")
+}
+
+/// Reads the last log entry (term, index) from a handle on the node's log store.
+fn last_log_reader(log_store: corral_storage::LogStore) -> LastLogReader {
+    Arc::new(move || {
+        let mut log = log_store.clone();
+        Box::pin(async move {
+            use openraft::storage::RaftLogStorage;
+            match log.get_log_state().await {
+                Ok(state) => state.last_log_id.map(|l| (l.leader_id.term, l.index)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the last log entry");
+                    None
+                }
+            }
+        })
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -98,9 +121,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (log_store, state_machine, shared) =
         open_storage(&db_dir, StorageConfig { fsync: config.fsync }).context("cannot open storage")?;
 
-    let network = GrpcNetworkFactory::with_tls(&cluster_tls);
+    let liveness = RaftLiveness::default();
+    let network = GrpcNetworkFactory::with_tls(&cluster_tls, liveness.clone());
     let clients = network.clients.clone();
-    let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), network, log_store, state_machine)
+    let timing = Timing::from_config(config.heartbeat_ms, config.election_timeout_ms);
+    let last_log = last_log_reader(log_store.clone());
+    let raft = Raft::new(config.node_id, Arc::new(raft_config(&config, &timing)?), network, log_store, state_machine)
         .await
         .context("cannot start raft")?;
 
@@ -131,6 +157,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         draining: draining.clone(),
         health: health.clone(),
         gossip: gossip.clone(),
+        liveness: liveness.clone(),
+        election: timing,
+        last_log: last_log.clone(),
     });
     let grpc = {
         let mut stop = stop_rx.clone();
@@ -139,7 +168,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .context("gRPC TLS")?
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
-            .add_service(raft_transport_server(raft.clone(), raft_cluster.clone()));
+            .add_service(raft_transport_server(raft.clone(), raft_cluster.clone(), liveness.clone()));
         tokio::spawn(async move {
             server
                 .serve_with_shutdown(raft_listen, async move {
@@ -149,6 +178,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         })
     };
 
+    let driver = crate::election::Driver {
+        node_id: config.node_id,
+        raft: raft.clone(),
+        leader: raft_cluster.leader.clone(),
+        liveness,
+        clients: raft_cluster.clients.clone(),
+        timing,
+        last_log,
+    };
+    tokio::spawn(crate::election::run(driver, stop_rx.clone()));
     if config.bootstrap {
         bootstrap(&raft, &config).await?;
     }
@@ -171,6 +210,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     tokio::spawn(crate::shared_regions::ensure_on_leadership(raft_cluster.clone(), stop_rx.clone()));
     tokio::spawn(crate::telemetry::watch_raft(raft.clone(), stop_rx.clone()));
+    tokio::spawn(crate::compaction::trigger_by_commands(
+        raft.clone(),
+        shared.clone(),
+        config.snapshot_threshold,
+        stop_rx.clone(),
+    ));
     let monitor = MonitorConfig {
         silence: (config.runner_silence_ms > 0).then(|| Duration::from_millis(config.runner_silence_ms)),
         interval: Duration::from_millis(500),

@@ -82,7 +82,7 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let (runners, sandboxes, built, installed, build_seconds) = {
+        let (runners, sandboxes, built, installed, build_seconds, since_snapshot) = {
             let machine = shared.read();
             let mut runners = [0u64; RunnerState::ALL.len()];
             for r in machine.state.runners.values() {
@@ -98,6 +98,7 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
                 machine.snapshots_built,
                 machine.snapshots_installed,
                 machine.last_snapshot_build_seconds,
+                machine.commands_since_snapshot(),
             )
         };
         for state in RunnerState::ALL {
@@ -109,6 +110,7 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
         metrics::gauge!("corral_snapshots_built").set(built as f64);
         metrics::gauge!("corral_snapshots_installed").set(installed as f64);
         metrics::gauge!("corral_snapshot_last_build_duration_seconds").set(build_seconds);
+        metrics::gauge!("corral_raft_commands_since_snapshot").set(since_snapshot as f64);
         let dir = db_dir.clone();
         if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_size(&dir)).await {
             metrics::gauge!("corral_rocksdb_size_bytes").set(bytes as f64);

@@ -21,6 +21,20 @@ pub struct MachineData {
     pub snapshots_installed: u64,
     /// How long the newest snapshot this node built took (encode + write), in seconds.
     pub last_snapshot_build_seconds: f64,
+    /// The weight of the commands applied since this process opened the store (one per object
+    /// a command may change, `Command::weight`), and how much of it the newest snapshot
+    /// covers: their difference is what a restart would replay. A log entry carries a batch
+    /// of up to a thousand proposals, a placement command a batch of sandboxes, so this, not
+    /// the entry count, decides when to build the next snapshot.
+    pub commands_applied: u64,
+    pub commands_at_snapshot: u64,
+}
+
+impl MachineData {
+    /// Commands applied that the newest snapshot does not cover.
+    pub fn commands_since_snapshot(&self) -> u64 {
+        self.commands_applied.saturating_sub(self.commands_at_snapshot)
+    }
 }
 
 /// Cheap-to-clone handle on the state machine's data.

@@ -378,10 +378,10 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> RaftResult<Snapshot<TypeConfig>> {
         let started = std::time::Instant::now();
-        let (data, last_log_id, last_membership) = {
+        let (data, last_log_id, last_membership, commands_covered) = {
             let machine = self.shared.read();
             let data = machine.state.encode().map_err(|e| StorageIOError::read_state_machine(&e))?;
-            (data, machine.last_applied, machine.membership.clone())
+            (data, machine.last_applied, machine.membership.clone(), machine.commands_applied)
         };
         // The id only has to be unique per snapshot; the build time makes it so across restarts.
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -396,6 +396,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             machine.snapshot_index = last_log_id.map(|l| l.index);
             machine.snapshots_built += 1;
             machine.last_snapshot_build_seconds = started.elapsed().as_secs_f64();
+            machine.commands_at_snapshot = commands_covered;
         }
         tracing::info!(index = ?last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -422,6 +423,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let results = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Normal(batch) => {
+                    machine.commands_applied += batch.0.iter().map(|p| p.command.weight()).sum::<u64>();
                     batch.0.iter().map(|proposal| corral_model::apply(&mut machine.state, proposal)).collect()
                 }
                 EntryPayload::Membership(membership) => {
@@ -457,6 +459,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         machine.membership = meta.last_membership.clone();
         machine.snapshot_index = meta.last_log_id.map(|l| l.index);
         machine.snapshots_installed += 1;
+        machine.commands_at_snapshot = machine.commands_applied;
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), "installed snapshot");
         Ok(())
     }

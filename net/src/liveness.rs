@@ -1,0 +1,88 @@
+//! [`RaftLiveness`]: when this node last heard from a leader, and when each follower last
+//! acknowledged this node as leader. Recorded by the transport, on both sides of AppendEntries
+//! (heartbeats included); read by the node's election driver for pre-vote and leader fencing
+//! (check-quorum). openraft 0.9 exposes neither reliably: its `millis_since_quorum_ack` is only
+//! as fresh as the last metrics report, which stops when nothing changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corral_raft_types::NodeId;
+
+#[derive(Debug)]
+struct Record {
+    /// The last AppendEntries this node accepted from a leader (term, when).
+    leader_contact: Option<(u64, Instant)>,
+    /// Per follower: the last AppendEntries reply that accepted this node's leadership
+    /// (this node's term then, when).
+    acks: HashMap<NodeId, (u64, Instant)>,
+}
+
+/// Shared, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RaftLiveness {
+    record: Arc<Mutex<Record>>,
+    started: Instant,
+}
+
+impl Default for RaftLiveness {
+    fn default() -> Self {
+        RaftLiveness {
+            record: Arc::new(Mutex::new(Record { leader_contact: None, acks: HashMap::new() })),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl RaftLiveness {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An AppendEntries from the leader of `term` was accepted (or only conflicted on the log):
+    /// that leader is alive and this node follows it. Feeds the arrival-gap histogram.
+    pub fn heard_from_leader(&self, term: u64, now: Instant) {
+        let mut record = self.lock();
+        if let Some((last_term, last)) = record.leader_contact {
+            if last_term == term {
+                metrics::histogram!("corral_raft_append_entries_gap_seconds")
+                    .record(now.saturating_duration_since(last).as_secs_f64());
+            }
+        }
+        record.leader_contact = Some((term, now));
+    }
+
+    /// How long since this node last heard from a leader; since the process started if never.
+    pub fn since_leader_contact(&self, now: Instant) -> Duration {
+        let contact = self.lock().leader_contact.map_or(self.started, |(_, at)| at);
+        now.saturating_duration_since(contact)
+    }
+
+    /// `follower` accepted this node as leader of `term`.
+    pub fn acked_by(&self, follower: NodeId, term: u64, now: Instant) {
+        self.lock().acks.insert(follower, (term, now));
+    }
+
+    /// The last acknowledgement from each of `followers` for `term` (`None`: none in that term).
+    pub fn acks_in_term(&self, term: u64, followers: impl Iterator<Item = NodeId>) -> Vec<Option<Instant>> {
+        let record = self.lock();
+        followers.map(|id| record.acks.get(&id).filter(|(t, _)| *t == term).map(|(_, at)| *at)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_and_acks_are_kept_per_term() {
+        let liveness = RaftLiveness::default();
+        let t0 = Instant::now();
+        liveness.heard_from_leader(3, t0);
+        assert_eq!(liveness.since_leader_contact(t0 + Duration::from_millis(40)), Duration::from_millis(40));
+        liveness.acked_by(2, 5, t0);
+        liveness.acked_by(3, 4, t0);
+        assert_eq!(liveness.acks_in_term(5, [2, 3, 4].into_iter()), vec![Some(t0), None, None]);
+    }
+}

@@ -1,0 +1,333 @@
+//! Elections with pre-vote, and leader fencing (check-quorum), on top of openraft 0.9.
+//!
+//! openraft 0.9 campaigns on its own timer: a follower waits its leader lease
+//! (`election_timeout_max`) plus a random election timeout, then raises its term whatever its
+//! peers think. That is slow (3–4 s with etcd-like timeouts), and with short timeouts a node
+//! that was paused, cut off or is behind would raise the term and depose a healthy leader.
+//! So openraft's election timer is switched off (`runtime_config().elect(false)`) and this
+//! driver decides instead:
+//!
+//! - **Pre-vote.** A voter that has not heard from a leader for its election timeout (random
+//!   in `[election_timeout, 2 × election_timeout)`) first asks every voter whether it would
+//!   elect it ([`judge_pre_vote`]): a voter says yes only if it has not heard from a leader
+//!   for the lease itself (and is not a leader holding its quorum), and the candidate's log is
+//!   at least as up to date as its own. Only with a majority of yeses does the node campaign
+//!   (`trigger().elect()`). Asking changes nothing on the voters, so a stalled, lagging or
+//!   rejoining node never raises the term.
+//! - **Fencing.** A leader whose followers' acknowledgements ([`quorum_ack_age`]) are older
+//!   than the lease is fenced: it answers writes and reads with `NotLeader` (no leader known:
+//!   503 `no_leader`, retryable), fails `/readyz`, stops demoting runners and stops sending
+//!   heartbeats, so that behind a one-way cut its followers stop hearing from it and elect.
+//!   The fence lifts when acknowledgements are fresh again, or the node steps down.
+//!
+//! Timing (see [`Timing::from_config`]): the lease is the election timeout less one heartbeat
+//! interval, so a candidate's own silence (at least the election timeout) exceeds the lease
+//! the voters check, with a heartbeat of slack for the other followers' last contact. openraft
+//! still enforces its own vote lease (`election_timeout_max`, set to the lease) on every voter,
+//! which is what makes a granted pre-vote turn into granted votes.
+//!
+//! The decisions are pure functions of what the node observed ([`judge_pre_vote`],
+//! [`quorum_ack_age`], [`election_timeout`]); [`run`] does the I/O.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use corral_net::{PeerClients, PreVoteReply, PreVoteRequest, RaftLiveness};
+use corral_raft_types::{NodeId, Raft};
+use openraft::ServerState;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::leader::Leader;
+
+/// The election timing, from the node's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often a leader heartbeats.
+    pub heartbeat: Duration,
+    /// A follower's silence before it asks for pre-votes is drawn from `[min, 2 × min)`.
+    pub election_timeout: Duration,
+    /// A voter grants a pre-vote only after this much silence from a leader; a leader is
+    /// fenced when its quorum's acknowledgements are older than this.
+    pub lease: Duration,
+    /// How long a pre-vote round may take.
+    pub pre_vote_timeout: Duration,
+}
+
+impl Timing {
+    /// `election_timeout_ms` must be at least three heartbeats (the config checks it).
+    pub fn from_config(heartbeat_ms: u64, election_timeout_ms: u64) -> Timing {
+        let heartbeat = Duration::from_millis(heartbeat_ms);
+        let election_timeout = Duration::from_millis(election_timeout_ms);
+        Timing {
+            heartbeat,
+            election_timeout,
+            lease: election_timeout.saturating_sub(heartbeat),
+            pre_vote_timeout: election_timeout / 2,
+        }
+    }
+}
+
+/// What a voter knows when it judges a pre-vote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoterView {
+    /// This voter leads and its quorum acknowledged it within the lease (not fenced, not
+    /// draining).
+    pub leads_with_quorum: bool,
+    /// Silence from any leader, as this voter saw it (a leader hears from none: its silence
+    /// counts from before it won, so only `leads_with_quorum` keeps it refusing).
+    pub since_leader_contact: Duration,
+    /// This voter's last log entry, (term, index).
+    pub last_log: Option<(u64, u64)>,
+}
+
+/// Whether a voter would elect `request.candidate` now: `Ok`, or why not.
+pub fn judge_pre_vote(view: &VoterView, request: &PreVoteRequest, lease: Duration) -> Result<(), String> {
+    if view.leads_with_quorum {
+        return Err("this voter leads with a quorum".into());
+    }
+    if view.since_leader_contact < lease {
+        return Err(format!("heard from a leader {} ms ago", view.since_leader_contact.as_millis()));
+    }
+    if request.last_log < view.last_log {
+        return Err(format!("the candidate's log {:?} is behind this voter's {:?}", request.last_log, view.last_log));
+    }
+    Ok(())
+}
+
+/// How old the leader's quorum acknowledgement is: the newest time by which a majority of
+/// `voters` (the leader counting itself, always fresh) had acknowledged it. `acks` holds the
+/// other voters' last acknowledgements in this term; a voter that has not acknowledged yet
+/// counts from `leader_since` (the leader's grace period after winning).
+pub fn quorum_ack_age(now: Instant, leader_since: Instant, acks: &[Option<Instant>], voters: usize) -> Duration {
+    let needed_from_others = (voters / 2 + 1).saturating_sub(1);
+    if needed_from_others == 0 {
+        return Duration::ZERO;
+    }
+    let mut times: Vec<Instant> = acks.iter().map(|a| a.unwrap_or(leader_since).max(leader_since)).collect();
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    match times.get(needed_from_others - 1) {
+        Some(t) => now.saturating_duration_since(*t),
+        None => now.saturating_duration_since(leader_since),
+    }
+}
+
+/// A fresh random election timeout in `[timing.election_timeout, 2 × election_timeout)`.
+pub fn election_timeout(timing: &Timing, rng: &mut impl Rng) -> Duration {
+    let min = timing.election_timeout.as_millis() as u64;
+    Duration::from_millis(rng.gen_range(min..min.saturating_mul(2).max(min + 1)))
+}
+
+/// Reads this node's last log entry, (term, index), from its log store.
+pub type LastLogReader = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<(u64, u64)>> + Send + Sync>;
+
+/// What the driver needs besides Raft.
+pub struct Driver {
+    pub node_id: NodeId,
+    pub raft: Raft,
+    pub leader: Leader,
+    pub liveness: RaftLiveness,
+    pub clients: PeerClients,
+    pub timing: Timing,
+    pub last_log: LastLogReader,
+}
+
+/// Runs elections and fencing on this node until `stop`. Switches openraft's own election
+/// timer off first.
+pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
+    driver.raft.runtime_config().elect(false);
+    let timing = driver.timing;
+    let tick = (timing.heartbeat / 2).max(Duration::from_millis(5));
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut timeout = election_timeout(&timing, &mut rng);
+    let mut last_attempt = Instant::now();
+    let mut leading_since: Option<(u64, Instant)> = None;
+    let mut fenced = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Instant::now();
+        let (state, term, voters) = {
+            let m = driver.raft.metrics();
+            let m = m.borrow();
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            (m.state, m.current_term, voters)
+        };
+        if state == ServerState::Leader {
+            let since = match leading_since {
+                Some((t, since)) if t == term => since,
+                _ => {
+                    leading_since = Some((term, now));
+                    now
+                }
+            };
+            let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != driver.node_id).collect();
+            let acks = driver.liveness.acks_in_term(term, others.iter().copied());
+            let age = quorum_ack_age(now, since, &acks, voters.len());
+            metrics::histogram!("corral_raft_quorum_ack_age_seconds").record(age.as_secs_f64());
+            let should_fence = age > timing.lease;
+            if should_fence != fenced {
+                fenced = should_fence;
+                set_fence(&driver, fenced, age, &timing);
+            }
+            last_attempt = now;
+            continue;
+        }
+        leading_since = None;
+        if fenced {
+            fenced = false;
+            set_fence(&driver, false, Duration::ZERO, &timing);
+        }
+        if !voters.contains(&driver.node_id) {
+            continue;
+        }
+        let silence = driver.liveness.since_leader_contact(now).min(now.saturating_duration_since(last_attempt));
+        if silence < timeout {
+            continue;
+        }
+        last_attempt = now;
+        timeout = election_timeout(&timing, &mut rng);
+        if pre_vote_round(&driver, &voters).await {
+            tracing::info!(term, silence_ms = silence.as_millis() as u64, "pre-vote won; campaigning");
+            metrics::counter!("corral_raft_campaigns_total").increment(1);
+            if let Err(e) = driver.raft.trigger().elect().await {
+                tracing::warn!(error = %e, "raft stopped; no more elections");
+                return;
+            }
+        }
+    }
+}
+
+fn set_fence(driver: &Driver, fenced: bool, age: Duration, timing: &Timing) {
+    driver.leader.set_fenced(fenced);
+    // A fenced leader stops heartbeating so that followers it can still reach elect.
+    driver.raft.runtime_config().heartbeat(!fenced);
+    metrics::gauge!("corral_raft_fenced").set(if fenced { 1.0 } else { 0.0 });
+    if fenced {
+        metrics::counter!("corral_raft_fenced_total").increment(1);
+        tracing::warn!(
+            ack_age_ms = age.as_millis() as u64,
+            lease_ms = timing.lease.as_millis() as u64,
+            "no quorum acknowledged this leader within the lease: fenced (no writes, not ready, no heartbeats)"
+        );
+    } else {
+        tracing::info!("leader fence lifted");
+    }
+}
+
+/// Asks every other voter; true when a majority (this node included) would elect it.
+async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>) -> bool {
+    let request = PreVoteRequest { candidate: driver.node_id, last_log: (driver.last_log)().await };
+    let addrs: Vec<(NodeId, String)> = {
+        let m = driver.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        voters
+            .iter()
+            .filter(|id| **id != driver.node_id)
+            .filter_map(|id| membership.get_node(id).map(|n| (*id, n.raft_addr.clone())))
+            .collect()
+    };
+    let asks = addrs.iter().map(|(id, addr)| {
+        let request = &request;
+        async move {
+            let reply = driver.clients.pre_vote(addr, request, driver.timing.pre_vote_timeout).await;
+            (*id, reply)
+        }
+    });
+    let replies = futures::future::join_all(asks).await;
+    let mut granted = 1; // this node: its silence already passed its election timeout
+    for (id, reply) in replies {
+        match reply {
+            Ok(PreVoteReply { granted: true, .. }) => granted += 1,
+            Ok(PreVoteReply { reason, .. }) => tracing::debug!(voter = id, reason, "pre-vote refused"),
+            Err(e) => tracing::debug!(voter = id, error = %e, "pre-vote unanswered"),
+        }
+    }
+    let won = granted > voters.len() / 2;
+    metrics::counter!("corral_raft_pre_votes_total", "outcome" => if won { "won" } else { "lost" }).increment(1);
+    won
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(200);
+
+    fn request(last_log: Option<(u64, u64)>) -> PreVoteRequest {
+        PreVoteRequest { candidate: 2, last_log }
+    }
+
+    #[test]
+    fn a_voter_that_heard_from_its_leader_within_the_lease_refuses() {
+        let view = VoterView {
+            leads_with_quorum: false,
+            since_leader_contact: Duration::from_millis(60),
+            last_log: Some((3, 10)),
+        };
+        assert!(judge_pre_vote(&view, &request(Some((3, 10))), LEASE).is_err());
+        let silent = VoterView { since_leader_contact: Duration::from_millis(250), ..view };
+        assert_eq!(judge_pre_vote(&silent, &request(Some((3, 10))), LEASE), Ok(()));
+    }
+
+    #[test]
+    fn a_leader_holding_its_quorum_refuses_and_a_fenced_one_grants() {
+        let leader = VoterView {
+            leads_with_quorum: true,
+            since_leader_contact: Duration::from_secs(9),
+            last_log: Some((3, 10)),
+        };
+        assert!(judge_pre_vote(&leader, &request(Some((3, 10))), LEASE).is_err());
+        let fenced = VoterView { leads_with_quorum: false, ..leader };
+        assert_eq!(judge_pre_vote(&fenced, &request(Some((3, 12))), LEASE), Ok(()));
+    }
+
+    #[test]
+    fn a_candidate_behind_the_voters_log_is_refused_by_term_then_index() {
+        let view = VoterView {
+            leads_with_quorum: false,
+            since_leader_contact: Duration::from_secs(1),
+            last_log: Some((4, 7)),
+        };
+        assert!(judge_pre_vote(&view, &request(Some((4, 6))), LEASE).is_err(), "same term, shorter");
+        assert!(judge_pre_vote(&view, &request(Some((3, 90))), LEASE).is_err(), "older term, longer");
+        assert!(judge_pre_vote(&view, &request(None), LEASE).is_err(), "empty log");
+        assert_eq!(judge_pre_vote(&view, &request(Some((5, 1))), LEASE), Ok(()), "newer term wins");
+        assert_eq!(judge_pre_vote(&view, &request(Some((4, 7))), LEASE), Ok(()), "equal");
+    }
+
+    #[test]
+    fn the_quorum_ack_age_is_the_majoritys_oldest_fresh_ack() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let now = t0 + ms(1_000);
+        // 3 voters: the leader plus the fresher of two followers.
+        assert_eq!(quorum_ack_age(now, t0, &[Some(t0 + ms(900)), Some(t0 + ms(100))], 3), ms(100));
+        // 5 voters: the leader plus the two freshest of four.
+        let acks = [Some(t0 + ms(950)), None, Some(t0 + ms(500)), Some(t0 + ms(990))];
+        assert_eq!(quorum_ack_age(now, t0, &acks, 5), ms(50));
+        // No acknowledgement yet: the age counts from winning (the grace period).
+        assert_eq!(quorum_ack_age(now, t0 + ms(800), &[None, None], 3), ms(200));
+        // An acknowledgement from before this leadership does not count.
+        assert_eq!(quorum_ack_age(now, t0 + ms(800), &[Some(t0), None], 3), ms(200));
+        // A single voter is its own quorum.
+        assert_eq!(quorum_ack_age(now, t0, &[], 1), Duration::ZERO);
+    }
+
+    #[test]
+    fn timeouts_fall_in_one_to_two_election_timeouts_and_the_lease_leaves_a_heartbeat_of_slack() {
+        let timing = Timing::from_config(50, 300);
+        assert_eq!(timing.lease, Duration::from_millis(250));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..1_000 {
+            let t = election_timeout(&timing, &mut rng);
+            assert!(t >= Duration::from_millis(300) && t < Duration::from_millis(600), "{t:?}");
+            assert!(t > timing.lease);
+        }
+    }
+}
