@@ -88,6 +88,12 @@ impl State {
         serde_json::to_vec(self)
     }
 
+    /// How many organizations, regions, runners and sandboxes the state holds (what a
+    /// snapshot's size grows with).
+    pub fn object_count(&self) -> u64 {
+        (self.organizations.len() + self.regions.len() + self.runners.len() + self.sandboxes.len()) as u64
+    }
+
     /// Decodes [`State::encode`]'s output and rebuilds the derived indexes.
     pub fn decode(bytes: &[u8]) -> Result<State, serde_json::Error> {
         let mut state: State = serde_json::from_slice(bytes)?;

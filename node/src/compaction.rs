@@ -17,9 +17,13 @@ use tokio::sync::watch;
 /// How often the applied-command count is looked at.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether a snapshot is due: `pending` commands are not covered by the newest snapshot.
-pub fn snapshot_due(pending: u64, threshold: u64) -> bool {
-    threshold > 0 && pending >= threshold
+/// Whether a snapshot is due: `pending` command weight is not covered by the newest snapshot,
+/// and the state holds `objects`. A snapshot costs time in proportion to the state (a million
+/// sandboxes take seconds of CPU to encode), so besides the threshold it waits until the
+/// pending weight is a quarter of the state: the cost per command stays constant as the state
+/// grows, and a restart replays at most a quarter of what it decodes.
+pub fn snapshot_due(pending: u64, threshold: u64, objects: u64) -> bool {
+    threshold > 0 && pending >= threshold.max(objects / 4)
 }
 
 /// Triggers a snapshot whenever `snapshot_due`, until `stop`.
@@ -31,8 +35,11 @@ pub async fn trigger_by_commands(raft: Raft, shared: SharedState, threshold: u64
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let pending = shared.read().commands_since_snapshot();
-        if !snapshot_due(pending, threshold) {
+        let (pending, objects) = {
+            let machine = shared.read();
+            (machine.commands_since_snapshot(), machine.state.object_count())
+        };
+        if !snapshot_due(pending, threshold, objects) {
             continue;
         }
         tracing::info!(pending, threshold, "commands since the last snapshot reached the threshold; building one");
@@ -49,9 +56,16 @@ mod tests {
 
     #[test]
     fn due_at_the_threshold_and_never_when_off() {
-        assert!(!snapshot_due(9_999, 10_000));
-        assert!(snapshot_due(10_000, 10_000));
-        assert!(snapshot_due(5_000_000, 10_000));
-        assert!(!snapshot_due(5_000_000, 0));
+        assert!(!snapshot_due(9_999, 10_000, 0));
+        assert!(snapshot_due(10_000, 10_000, 0));
+        assert!(snapshot_due(5_000_000, 10_000, 0));
+        assert!(!snapshot_due(5_000_000, 0, 0));
+    }
+
+    #[test]
+    fn a_large_state_waits_for_a_quarter_of_its_size() {
+        assert!(!snapshot_due(100_000, 100_000, 1_000_000));
+        assert!(snapshot_due(250_000, 100_000, 1_000_000));
+        assert!(snapshot_due(100_000, 100_000, 200_000), "small states snapshot at the threshold");
     }
 }

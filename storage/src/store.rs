@@ -378,19 +378,30 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> RaftResult<Snapshot<TypeConfig>> {
         let started = std::time::Instant::now();
-        let (data, last_log_id, last_membership, commands_covered) = {
-            let machine = self.shared.read();
-            let data = machine.state.encode().map_err(|e| StorageIOError::read_state_machine(&e))?;
-            (data, machine.last_applied, machine.membership.clone(), machine.commands_applied)
-        };
-        // The id only has to be unique per snapshot; the build time makes it so across restarts.
+        // The encoding (seconds of CPU with a million objects) and the write run on a blocking
+        // thread, off the runtime that serves heartbeats and requests. The state is encoded in
+        // place under the read lock rather than copied first: a copy would double the memory
+        // of a large state. `apply` waits meanwhile (see ARCHITECTURE.md, "Snapshots").
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let snapshot_id = match last_log_id {
-            Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
-            None => format!("empty-{nanos}"),
-        };
-        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        self.save_snapshot(&meta, &data)?;
+        let store = self.clone();
+        let (meta, data, commands_covered) = tokio::task::spawn_blocking(move || -> RaftResult<_> {
+            let (data, last_log_id, last_membership, commands_covered) = {
+                let machine = store.shared.read();
+                let data = machine.state.encode().map_err(|e| StorageIOError::read_state_machine(&e))?;
+                (data, machine.last_applied, machine.membership.clone(), machine.commands_applied)
+            };
+            // The id only has to be unique per snapshot; the build time makes it so across restarts.
+            let snapshot_id = match last_log_id {
+                Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
+                None => format!("empty-{nanos}"),
+            };
+            let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+            store.save_snapshot(&meta, &data)?;
+            Ok((meta, data, commands_covered))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))??;
+        let last_log_id = meta.last_log_id;
         {
             let mut machine = self.shared.write();
             machine.snapshot_index = last_log_id.map(|l| l.index);
@@ -398,7 +409,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             machine.last_snapshot_build_seconds = started.elapsed().as_secs_f64();
             machine.commands_at_snapshot = commands_covered;
         }
-        tracing::info!(index = ?last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
+        tracing::info!(
+            index = ?last_log_id.map(|l| l.index),
+            bytes = data.len(),
+            total_ms = started.elapsed().as_millis() as u64,
+            "built snapshot"
+        );
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -450,8 +466,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> RaftResult<()> {
         let data = snapshot.into_inner();
-        let mut state = State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.save_snapshot(meta, &data)?;
+        // Decoding and writing a large snapshot take seconds: on a blocking thread, not on
+        // the runtime that serves heartbeats.
+        let store = self.clone();
+        let signature = meta.signature();
+        let owned_meta = meta.clone();
+        let mut state = tokio::task::spawn_blocking(move || -> RaftResult<State> {
+            let state = State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(signature), &e))?;
+            store.save_snapshot(&owned_meta, &data)?;
+            Ok(state)
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))??;
         let mut machine = self.shared.write();
         state.carry_local_from(&machine.state);
         machine.state = state;
