@@ -25,6 +25,11 @@ pub struct PreVoteRequest {
     pub candidate: NodeId,
     /// The candidate's last log entry as (term, index); `None` for an empty log.
     pub last_log: Option<(u64, u64)>,
+    /// The leader the candidate found dead: its Raft port refused a connection, so no process
+    /// listens there. A voter that also finds that port closed, and has not heard from a
+    /// leader for a few heartbeats, need not wait out the whole lease.
+    #[serde(default)]
+    pub leader_down: Option<NodeId>,
 }
 
 /// A voter's answer to a [`PreVoteRequest`].

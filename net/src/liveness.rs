@@ -5,6 +5,7 @@
 //! as fresh as the last metrics report, which stops when nothing changes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,11 @@ struct Record {
 pub struct RaftLiveness {
     record: Arc<Mutex<Record>>,
     started: Instant,
+    /// Set on a fenced or handing-off leader: it sends no AppendEntries (nor snapshots), so
+    /// its followers stop hearing from it and can elect. openraft would otherwise keep
+    /// retrying the entries it has not had acknowledged, and every retry that arrives
+    /// counts as contact from a live leader.
+    replication_stopped: Arc<AtomicBool>,
 }
 
 impl Default for RaftLiveness {
@@ -31,6 +37,7 @@ impl Default for RaftLiveness {
         RaftLiveness {
             record: Arc::new(Mutex::new(Record { leader_contact: None, acks: HashMap::new() })),
             started: Instant::now(),
+            replication_stopped: Arc::default(),
         }
     }
 }
@@ -59,6 +66,16 @@ impl RaftLiveness {
         now.saturating_duration_since(contact)
     }
 
+    /// Stops (or resumes) this node's outgoing AppendEntries and snapshots, whatever openraft
+    /// asks.
+    pub fn stop_replication(&self, stopped: bool) {
+        self.replication_stopped.store(stopped, Ordering::Relaxed);
+    }
+
+    pub fn replication_stopped(&self) -> bool {
+        self.replication_stopped.load(Ordering::Relaxed)
+    }
+
     /// `follower` accepted this node as leader of `term`.
     pub fn acked_by(&self, follower: NodeId, term: u64, now: Instant) {
         self.lock().acks.insert(follower, (term, now));
@@ -68,6 +85,17 @@ impl RaftLiveness {
     pub fn acks_in_term(&self, term: u64, followers: impl Iterator<Item = NodeId>) -> Vec<Option<Instant>> {
         let record = self.lock();
         followers.map(|id| record.acks.get(&id).filter(|(t, _)| *t == term).map(|(_, at)| *at)).collect()
+    }
+}
+
+/// Whether nothing listens at `addr` (`host:port`): a connection attempt was refused within
+/// `timeout`. A dead process's port refuses at once; a paused, overloaded or cut-off node's
+/// does not (its kernel accepts, or the packets vanish and the attempt times out), so `true`
+/// is evidence that the node is down, never a guess from slowness.
+pub async fn refuses_connections(addr: &str, timeout: Duration) -> bool {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(Ok(_)) | Err(_) => false,
     }
 }
 
@@ -84,5 +112,14 @@ mod tests {
         liveness.acked_by(2, 5, t0);
         liveness.acked_by(3, 4, t0);
         assert_eq!(liveness.acks_in_term(5, [2, 3, 4].into_iter()), vec![Some(t0), None, None]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_refuses_and_a_listening_one_does_not() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        assert!(!refuses_connections(&addr, Duration::from_secs(1)).await, "a listener accepts");
+        drop(listener);
+        assert!(refuses_connections(&addr, Duration::from_secs(1)).await, "nothing listens any more");
     }
 }

@@ -114,12 +114,23 @@ mod tests {
     }
 }
 
+/// What openraft sees while this leader is fenced or handing off: the follower is unreachable
+/// (it backs off and retries later).
+fn replication_stopped<E: std::error::Error>() -> RPCError<NodeId, CorralNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+        "this leader stopped replicating (fenced, or handing off)",
+    )))
+}
+
 impl RaftNetwork<TypeConfig> for GrpcPeer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, CorralNode, RaftError<NodeId>>> {
+        if self.liveness.replication_stopped() {
+            return Err(replication_stopped());
+        }
         let entries = rpc.entries.len();
         let json = serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if let Some(hint) = entries_that_fit(entries, json.len(), APPEND_ENTRIES_BUDGET_BYTES) {
@@ -143,6 +154,9 @@ impl RaftNetwork<TypeConfig> for GrpcPeer {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, CorralNode, RaftError<NodeId, InstallSnapshotError>>>
     {
+        if self.liveness.replication_stopped() {
+            return Err(replication_stopped());
+        }
         self.raft_call(Method::InstallSnapshot, &rpc, &option).await
     }
 

@@ -66,37 +66,72 @@ enum Target {
 }
 
 impl RaftCluster {
-    /// Before a planned shutdown: if this node leads, ask the most caught-up follower to
-    /// campaign, and wait (up to `timeout`) for leadership to move. openraft 0.9 has no
-    /// transfer call; a follower whose log is current wins the election it starts, and the
-    /// old leader steps down on seeing the higher term.
+    /// Before a planned shutdown (SIGTERM): if this node leads, hand leadership to a voter
+    /// that has the whole log, so that the write gap is a fraction of a second instead of an
+    /// election timeout. openraft 0.9 has no transfer call, so:
+    /// 1. stop admitting writes (they wait here for the successor and are forwarded to it);
+    /// 2. wait until everything proposed is applied here and a voter has matched the last entry;
+    /// 3. stop sending (heartbeats and entries), so every voter's vote lease runs out;
+    /// 4. after one vote lease, ask that voter to campaign: its log is the longest, so it wins,
+    ///    and this node steps down on seeing the higher term. Works with any cluster size.
     pub async fn hand_off_leadership(&self, timeout: Duration) {
-        let (successor, addr) = {
-            let m = self.raft.metrics().borrow().clone();
-            if m.current_leader != Some(self.node_id) {
-                return;
-            }
-            let Some(replication) = &m.replication else { return };
-            let best = replication
-                .iter()
-                .filter(|(id, _)| **id != self.node_id)
-                .filter(|(id, _)| m.membership_config.membership().voter_ids().any(|v| v == **id))
-                .max_by_key(|(_, matched)| matched.map(|l| l.index))
-                .map(|(id, _)| *id);
-            let Some(best) = best else { return };
-            let Some(node) = m.membership_config.membership().get_node(&best).cloned() else { return };
-            (best, node.raft_addr)
-        };
-        tracing::info!(successor, "handing leadership off before shutdown");
-        if let Err(e) = self.clients.trigger_election(&addr, timeout).await {
-            tracing::warn!(error = %e, "leadership handoff failed; the cluster will elect after the election timeout");
+        if !self.leader.leads() {
             return;
         }
-        let _ = self
+        let started = Instant::now();
+        let deadline = started + timeout;
+        self.leader.set_handing_off(true);
+        let Some((successor, addr)) = self.caught_up_voter(deadline).await else {
+            tracing::warn!("no voter caught up in time; the cluster elects once this node is gone");
+            return;
+        };
+        self.raft.runtime_config().heartbeat(false);
+        self.liveness.stop_replication(true);
+        // AppendEntries already on the wire arrive within a few ms; then every lease is over.
+        tokio::time::sleep(self.election.vote_lease + Duration::from_millis(10)).await;
+        tracing::info!(successor, "handing leadership off before shutdown");
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        match self.clients.trigger_election(&addr, remaining).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the successor could not campaign"),
+            Err(e) => tracing::warn!(error = %e, "the successor could not be asked to campaign"),
+        }
+        let moved = self
             .raft
-            .wait(Some(timeout))
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
             .metrics(|m| m.current_leader.is_some_and(|l| l != self.node_id), "leadership moved")
-            .await;
+            .await
+            .is_ok();
+        metrics::histogram!("corral_raft_handoff_seconds", "outcome" => if moved { "moved" } else { "timed_out" })
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(moved, elapsed_ms = started.elapsed().as_millis() as u64, successor, "leadership hand-off");
+    }
+
+    /// A voter (not this node) whose log matches this leader's last entry, once everything
+    /// this leader proposed is applied; `None` at `deadline`.
+    async fn caught_up_voter(&self, deadline: Instant) -> Option<(NodeId, String)> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let found = {
+                let m = metrics.borrow_and_update();
+                let last = m.last_log_index;
+                let membership = m.membership_config.membership();
+                let applied = m.last_applied.map(|l| l.index) >= last;
+                m.replication
+                    .iter()
+                    .flatten()
+                    .filter(|(id, matched)| **id != self.node_id && matched.map(|l| l.index) >= last && applied)
+                    .filter(|(id, _)| membership.voter_ids().any(|v| v == **id))
+                    .find_map(|(id, _)| membership.get_node(id).map(|n| (*id, n.raft_addr.clone())))
+            };
+            if found.is_some() {
+                return found;
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
     }
 
     /// The current leader, waiting (until `deadline`) for one to be elected.
@@ -457,8 +492,14 @@ impl LeaderService for RaftCluster {
             leads_with_quorum: leads && !self.leader.is_fenced() && !self.draining.load(Ordering::Relaxed),
             since_leader_contact: self.liveness.since_leader_contact(std::time::Instant::now()),
             last_log: (self.last_log)().await,
+            confirms_leader_down: match request.leader_down {
+                Some(down) if down != self.node_id && !leads => {
+                    crate::election::leader_refuses_connections(&self.raft, down, self.election.heartbeat / 2).await
+                }
+                _ => false,
+            },
         };
-        match crate::election::judge_pre_vote(&view, &request, self.election.lease) {
+        match crate::election::judge_pre_vote(&view, &request, &self.election) {
             Ok(()) => PreVoteReply { granted: true, reason: String::new() },
             Err(reason) => PreVoteReply { granted: false, reason },
         }

@@ -14,17 +14,29 @@
 //!   at least as up to date as its own. Only with a majority of yeses does the node campaign
 //!   (`trigger().elect()`). Asking changes nothing on the voters, so a stalled, lagging or
 //!   rejoining node never raises the term.
+//!
+//! - **A dead leader, fast.** Silence alone cannot tell a dead leader from a slow one, which
+//!   is why the lease is long. A port that refuses connections can: after a few heartbeats of
+//!   silence ([`Timing::suspect_after`], plus jitter) a follower tries to connect to its
+//!   leader's Raft port, and if that is refused (nothing listens: the process is gone) it asks
+//!   for pre-votes naming the dead leader. A voter that finds the port closed too, and has
+//!   itself heard nothing for `suspect_after`, grants without waiting out the lease. A paused,
+//!   overloaded or cut-off leader's port does not refuse (its kernel accepts, or the packets
+//!   vanish), so only a real crash takes this path.
 //! - **Fencing.** A leader whose followers' acknowledgements ([`quorum_ack_age`]) are older
 //!   than the lease is fenced: it answers writes and reads with `NotLeader` (no leader known:
-//!   503 `no_leader`, retryable), fails `/readyz`, stops demoting runners and stops sending
-//!   heartbeats, so that behind a one-way cut its followers stop hearing from it and elect.
-//!   The fence lifts when acknowledgements are fresh again, or the node steps down.
+//!   503 `no_leader`, retryable), fails `/readyz`, stops demoting runners and sends nothing
+//!   more to its followers (no heartbeats, no AppendEntries: `RaftLiveness::stop_replication`),
+//!   so that behind a one-way cut they stop hearing from it and elect. The fence lifts when the
+//!   node steps down.
 //!
 //! Timing (see [`Timing::from_config`]): the lease is the election timeout less one heartbeat
 //! interval, so a candidate's own silence (at least the election timeout) exceeds the lease
-//! the voters check, with a heartbeat of slack for the other followers' last contact. openraft
-//! still enforces its own vote lease (`election_timeout_max`, set to the lease) on every voter,
-//! which is what makes a granted pre-vote turn into granted votes.
+//! the voters check, with a heartbeat of slack for the other followers' last contact.
+//! openraft still enforces its own vote lease (`election_timeout_max`) on every voter; it is
+//! set short ([`Timing::vote_lease`], 1.5 heartbeats) because the pre-vote is the real guard,
+//! and a short one lets a leader that hands off (SIGTERM) have its successor elected a moment
+//! after it stops sending.
 //!
 //! The decisions are pure functions of what the node observed ([`judge_pre_vote`],
 //! [`quorum_ack_age`], [`election_timeout`]); [`run`] does the I/O.
@@ -54,6 +66,13 @@ pub struct Timing {
     pub lease: Duration,
     /// How long a pre-vote round may take.
     pub pre_vote_timeout: Duration,
+    /// Silence after which a follower checks whether its leader's port still listens (drawn
+    /// from `[suspect_after, suspect_after + heartbeat)`), and the least silence a voter needs
+    /// to grant a pre-vote that names a dead leader.
+    pub suspect_after: Duration,
+    /// openraft's vote lease (`election_timeout_max`): a voter refuses votes this long after
+    /// its last AppendEntries.
+    pub vote_lease: Duration,
 }
 
 impl Timing {
@@ -61,12 +80,23 @@ impl Timing {
     pub fn from_config(heartbeat_ms: u64, election_timeout_ms: u64) -> Timing {
         let heartbeat = Duration::from_millis(heartbeat_ms);
         let election_timeout = Duration::from_millis(election_timeout_ms);
+        let quarter = (heartbeat / 4).max(Duration::from_millis(1));
         Timing {
             heartbeat,
             election_timeout,
             lease: election_timeout.saturating_sub(heartbeat),
             pre_vote_timeout: election_timeout / 2,
+            suspect_after: heartbeat * 2,
+            vote_lease: heartbeat + quarter * 2,
         }
+    }
+
+    /// openraft's `(election_timeout_min, election_timeout_max)` in ms: its timer is off, so
+    /// only the maximum matters (the vote lease); openraft wants `heartbeat < min < max`.
+    pub fn openraft_election_timeouts_ms(&self) -> (u64, u64) {
+        let max = self.vote_lease.as_millis() as u64;
+        let heartbeat = self.heartbeat.as_millis() as u64;
+        (heartbeat + (max - heartbeat) / 2, max)
     }
 }
 
@@ -81,14 +111,18 @@ pub struct VoterView {
     pub since_leader_contact: Duration,
     /// This voter's last log entry, (term, index).
     pub last_log: Option<(u64, u64)>,
+    /// The request named a dead leader and this voter found that leader's port closed too.
+    pub confirms_leader_down: bool,
 }
 
 /// Whether a voter would elect `request.candidate` now: `Ok`, or why not.
-pub fn judge_pre_vote(view: &VoterView, request: &PreVoteRequest, lease: Duration) -> Result<(), String> {
+pub fn judge_pre_vote(view: &VoterView, request: &PreVoteRequest, timing: &Timing) -> Result<(), String> {
     if view.leads_with_quorum {
         return Err("this voter leads with a quorum".into());
     }
-    if view.since_leader_contact < lease {
+    // A leader both found dead needs only a few heartbeats of silence; any other, the lease.
+    let enough_silence = if view.confirms_leader_down { timing.suspect_after } else { timing.lease };
+    if view.since_leader_contact < enough_silence {
         return Err(format!("heard from a leader {} ms ago", view.since_leader_contact.as_millis()));
     }
     if request.last_log < view.last_log {
@@ -142,20 +176,24 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
     let tick = (timing.heartbeat / 2).max(Duration::from_millis(5));
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut timeout = election_timeout(&timing, &mut rng);
+    let mut suspect_after = suspicion_delay(&timing, &mut rng);
     let mut last_attempt = Instant::now();
+    let mut last_probe = Instant::now();
     let mut leading_since: Option<(u64, Instant)> = None;
-    let mut fenced = false;
+    // Whether this driver fenced the leader (a hand-off fences it too, and is not undone here).
+    let mut fenced_here = false;
+    let mut last_leader: Option<NodeId> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = Instant::now();
-        let (state, term, voters) = {
+        let (state, term, voters, current_leader) = {
             let m = driver.raft.metrics();
             let m = m.borrow();
             let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
-            (m.state, m.current_term, voters)
+            (m.state, m.current_term, voters, m.current_leader)
         };
         if state == ServerState::Leader {
             let since = match leading_since {
@@ -169,31 +207,44 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
             let acks = driver.liveness.acks_in_term(term, others.iter().copied());
             let age = quorum_ack_age(now, since, &acks, voters.len());
             metrics::histogram!("corral_raft_quorum_ack_age_seconds").record(age.as_secs_f64());
-            let should_fence = age > timing.lease;
-            if should_fence != fenced {
-                fenced = should_fence;
-                set_fence(&driver, fenced, age, &timing);
+            if age > timing.lease && !fenced_here {
+                fenced_here = true;
+                set_fence(&driver, true, age, &timing);
             }
             last_attempt = now;
             continue;
         }
         leading_since = None;
-        if fenced {
-            fenced = false;
+        if fenced_here {
+            fenced_here = false;
             set_fence(&driver, false, Duration::ZERO, &timing);
+        }
+        if let Some(leader) = current_leader.filter(|l| *l != driver.node_id) {
+            last_leader = Some(leader);
         }
         if !voters.contains(&driver.node_id) {
             continue;
         }
         let silence = driver.liveness.since_leader_contact(now).min(now.saturating_duration_since(last_attempt));
-        if silence < timeout {
+        let mut leader_down = None;
+        if silence >= suspect_after && now.saturating_duration_since(last_probe) >= timing.heartbeat {
+            if let Some(leader) = last_leader.filter(|l| voters.contains(l)) {
+                last_probe = now;
+                if leader_refuses_connections(&driver.raft, leader, timing.heartbeat).await {
+                    leader_down = Some(leader);
+                }
+            }
+        }
+        if silence < timeout && leader_down.is_none() {
             continue;
         }
         last_attempt = now;
         timeout = election_timeout(&timing, &mut rng);
-        if pre_vote_round(&driver, &voters).await {
-            tracing::info!(term, silence_ms = silence.as_millis() as u64, "pre-vote won; campaigning");
-            metrics::counter!("corral_raft_campaigns_total").increment(1);
+        suspect_after = suspicion_delay(&timing, &mut rng);
+        if pre_vote_round(&driver, &voters, leader_down).await {
+            tracing::info!(term, silence_ms = silence.as_millis() as u64, ?leader_down, "pre-vote won; campaigning");
+            metrics::counter!("corral_raft_campaigns_total", "reason" => if leader_down.is_some() { "leader_down" } else { "silence" })
+                .increment(1);
             if let Err(e) = driver.raft.trigger().elect().await {
                 tracing::warn!(error = %e, "raft stopped; no more elections");
                 return;
@@ -202,17 +253,36 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// When a silent follower checks its leader's port: `[suspect_after, suspect_after +
+/// heartbeat)`, so that two followers that lost the same leader rarely campaign at once.
+fn suspicion_delay(timing: &Timing, rng: &mut impl Rng) -> Duration {
+    let jitter = timing.heartbeat.as_millis().max(1) as u64;
+    timing.suspect_after + Duration::from_millis(rng.gen_range(0..jitter))
+}
+
+/// Whether `leader`'s Raft port refuses connections (its process is gone), as far as this
+/// node's membership says where it listens.
+pub async fn leader_refuses_connections(raft: &Raft, leader: NodeId, timeout: Duration) -> bool {
+    let addr = raft.metrics().borrow().membership_config.membership().get_node(&leader).map(|n| n.raft_addr.clone());
+    match addr {
+        Some(addr) => corral_net::liveness::refuses_connections(&addr, timeout).await,
+        None => false,
+    }
+}
+
 fn set_fence(driver: &Driver, fenced: bool, age: Duration, timing: &Timing) {
     driver.leader.set_fenced(fenced);
-    // A fenced leader stops heartbeating so that followers it can still reach elect.
+    // A fenced leader sends nothing, heartbeats or entries, so that followers it can still
+    // reach stop hearing from it and elect.
     driver.raft.runtime_config().heartbeat(!fenced);
+    driver.liveness.stop_replication(fenced);
     metrics::gauge!("corral_raft_fenced").set(if fenced { 1.0 } else { 0.0 });
     if fenced {
         metrics::counter!("corral_raft_fenced_total").increment(1);
         tracing::warn!(
             ack_age_ms = age.as_millis() as u64,
             lease_ms = timing.lease.as_millis() as u64,
-            "no quorum acknowledged this leader within the lease: fenced (no writes, not ready, no heartbeats)"
+            "no quorum acknowledged this leader within the lease: fenced (no writes, not ready, nothing sent)"
         );
     } else {
         tracing::info!("leader fence lifted");
@@ -220,15 +290,15 @@ fn set_fence(driver: &Driver, fenced: bool, age: Duration, timing: &Timing) {
 }
 
 /// Asks every other voter; true when a majority (this node included) would elect it.
-async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>) -> bool {
-    let request = PreVoteRequest { candidate: driver.node_id, last_log: (driver.last_log)().await };
+async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>, leader_down: Option<NodeId>) -> bool {
+    let request = PreVoteRequest { candidate: driver.node_id, last_log: (driver.last_log)().await, leader_down };
     let addrs: Vec<(NodeId, String)> = {
         let m = driver.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
         voters
             .iter()
-            .filter(|id| **id != driver.node_id)
+            .filter(|id| **id != driver.node_id && Some(**id) != leader_down)
             .filter_map(|id| membership.get_node(id).map(|n| (*id, n.raft_addr.clone())))
             .collect()
     };
@@ -257,10 +327,13 @@ async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>) -> bool {
 mod tests {
     use super::*;
 
-    const LEASE: Duration = Duration::from_millis(200);
+    /// Heartbeat 50 ms, election timeout 250 ms: lease 200 ms, suspicion after 100 ms.
+    fn timing() -> Timing {
+        Timing::from_config(50, 250)
+    }
 
     fn request(last_log: Option<(u64, u64)>) -> PreVoteRequest {
-        PreVoteRequest { candidate: 2, last_log }
+        PreVoteRequest { candidate: 2, last_log, leader_down: None }
     }
 
     #[test]
@@ -269,10 +342,39 @@ mod tests {
             leads_with_quorum: false,
             since_leader_contact: Duration::from_millis(60),
             last_log: Some((3, 10)),
+            confirms_leader_down: false,
         };
-        assert!(judge_pre_vote(&view, &request(Some((3, 10))), LEASE).is_err());
+        assert!(judge_pre_vote(&view, &request(Some((3, 10))), &timing()).is_err());
         let silent = VoterView { since_leader_contact: Duration::from_millis(250), ..view };
-        assert_eq!(judge_pre_vote(&silent, &request(Some((3, 10))), LEASE), Ok(()));
+        assert_eq!(judge_pre_vote(&silent, &request(Some((3, 10))), &timing()), Ok(()));
+    }
+
+    #[test]
+    fn a_leader_both_found_dead_needs_only_the_suspicion_silence() {
+        let view = VoterView {
+            leads_with_quorum: false,
+            since_leader_contact: Duration::from_millis(120),
+            last_log: Some((3, 10)),
+            confirms_leader_down: false,
+        };
+        let dead = PreVoteRequest { leader_down: Some(1), ..request(Some((3, 10))) };
+        assert!(judge_pre_vote(&view, &dead, &timing()).is_err(), "this voter's probe found the port open");
+        let confirmed = VoterView { confirms_leader_down: true, ..view.clone() };
+        assert_eq!(judge_pre_vote(&confirmed, &dead, &timing()), Ok(()));
+        let recent = VoterView { since_leader_contact: Duration::from_millis(60), ..confirmed.clone() };
+        assert!(judge_pre_vote(&recent, &dead, &timing()).is_err(), "heard from a leader (a new one) just now");
+        let behind = PreVoteRequest { leader_down: Some(1), ..request(Some((3, 9))) };
+        assert!(judge_pre_vote(&confirmed, &behind, &timing()).is_err(), "the log check still holds");
+    }
+
+    #[test]
+    fn openraft_gets_a_short_vote_lease_within_its_rules() {
+        let timing = Timing::from_config(100, 1_000);
+        assert_eq!(timing.vote_lease, Duration::from_millis(150));
+        assert_eq!(timing.openraft_election_timeouts_ms(), (125, 150));
+        let tiny = Timing::from_config(1, 3);
+        let (min, max) = tiny.openraft_election_timeouts_ms();
+        assert!(1 < min && min < max, "({min}, {max})");
     }
 
     #[test]
@@ -281,10 +383,11 @@ mod tests {
             leads_with_quorum: true,
             since_leader_contact: Duration::from_secs(9),
             last_log: Some((3, 10)),
+            confirms_leader_down: false,
         };
-        assert!(judge_pre_vote(&leader, &request(Some((3, 10))), LEASE).is_err());
+        assert!(judge_pre_vote(&leader, &request(Some((3, 10))), &timing()).is_err());
         let fenced = VoterView { leads_with_quorum: false, ..leader };
-        assert_eq!(judge_pre_vote(&fenced, &request(Some((3, 12))), LEASE), Ok(()));
+        assert_eq!(judge_pre_vote(&fenced, &request(Some((3, 12))), &timing()), Ok(()));
     }
 
     #[test]
@@ -293,12 +396,13 @@ mod tests {
             leads_with_quorum: false,
             since_leader_contact: Duration::from_secs(1),
             last_log: Some((4, 7)),
+            confirms_leader_down: false,
         };
-        assert!(judge_pre_vote(&view, &request(Some((4, 6))), LEASE).is_err(), "same term, shorter");
-        assert!(judge_pre_vote(&view, &request(Some((3, 90))), LEASE).is_err(), "older term, longer");
-        assert!(judge_pre_vote(&view, &request(None), LEASE).is_err(), "empty log");
-        assert_eq!(judge_pre_vote(&view, &request(Some((5, 1))), LEASE), Ok(()), "newer term wins");
-        assert_eq!(judge_pre_vote(&view, &request(Some((4, 7))), LEASE), Ok(()), "equal");
+        assert!(judge_pre_vote(&view, &request(Some((4, 6))), &timing()).is_err(), "same term, shorter");
+        assert!(judge_pre_vote(&view, &request(Some((3, 90))), &timing()).is_err(), "older term, longer");
+        assert!(judge_pre_vote(&view, &request(None), &timing()).is_err(), "empty log");
+        assert_eq!(judge_pre_vote(&view, &request(Some((5, 1))), &timing()), Ok(()), "newer term wins");
+        assert_eq!(judge_pre_vote(&view, &request(Some((4, 7))), &timing()), Ok(()), "equal");
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub struct Leader {
     /// Set by the election driver while this leader has no fresh quorum acknowledgement
     /// (check-quorum): it then acts as if it did not lead.
     fenced: Arc<AtomicBool>,
+    /// Set while this leader hands off before a shutdown ([`Leader::set_handing_off`]).
+    handing_off: Arc<AtomicBool>,
     proposals: Coalescer<Proposal, Result<CommittedWrite, LeaderError>>,
     read_indexes: Coalescer<(), Result<u64, LeaderError>>,
 }
@@ -77,16 +79,27 @@ impl Leader {
     /// batching tasks on the current tokio runtime.
     pub fn new(raft: Raft, batching: CoalescerConfig) -> Self {
         let r = raft.clone();
+        let handing_off = Arc::new(AtomicBool::new(false));
+        let stop_admitting = handing_off.clone();
         let proposals = Coalescer::start("proposals", batching, move |batch: Vec<Proposal>| {
             let raft = r.clone();
-            async move { commit_batch(&raft, batch).await }
+            // A batch queued before a hand-off began is not appended after it: the successor
+            // is chosen by the log as it stands.
+            let handing_off = stop_admitting.load(Ordering::Relaxed);
+            async move {
+                if handing_off {
+                    let count = batch.len();
+                    return vec![Err(LeaderError::NotLeader { leader_id: None, leader: None }); count];
+                }
+                commit_batch(&raft, batch).await
+            }
         });
         let r = raft.clone();
         let read_indexes = Coalescer::start("read_index", READ_INDEX_BATCHING, move |waiting: Vec<()>| {
             let raft = r.clone();
             async move { vec![read_index_round(&raft).await; waiting.len()] }
         });
-        Leader { raft, fenced: Arc::new(AtomicBool::new(false)), proposals, read_indexes }
+        Leader { raft, fenced: Arc::new(AtomicBool::new(false)), handing_off, proposals, read_indexes }
     }
 
     /// Fences this leader (it answers `NotLeader` with no leader known, so callers retry) or
@@ -100,6 +113,18 @@ impl Leader {
         self.fenced.load(Ordering::Relaxed)
     }
 
+    /// Set while this leader hands leadership off before shutting down: like a fence, it
+    /// admits nothing (`NotLeader`, no leader known), but callers wait for the successor
+    /// instead of failing, since one is a moment away.
+    pub fn set_handing_off(&self, handing_off: bool) {
+        self.handing_off.store(handing_off, Ordering::Relaxed);
+    }
+
+    /// Fenced or handing off: leads in Raft's eyes, but admits nothing.
+    fn stands_aside(&self) -> bool {
+        self.is_fenced() || self.handing_off.load(Ordering::Relaxed)
+    }
+
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
@@ -108,14 +133,14 @@ impl Leader {
     pub fn leads(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        m.current_leader == Some(m.id) && !self.is_fenced()
+        m.current_leader == Some(m.id) && !self.stands_aside()
     }
 
     /// `Some(NotLeader)` when this node does not lead (as far as its metrics say now).
     pub fn not_leader(&self) -> Option<LeaderError> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        if m.current_leader == Some(m.id) && self.is_fenced() {
+        if m.current_leader == Some(m.id) && self.stands_aside() {
             return Some(LeaderError::NotLeader { leader_id: None, leader: None });
         }
         (m.current_leader != Some(m.id)).then(|| LeaderError::NotLeader {

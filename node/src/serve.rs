@@ -39,14 +39,14 @@ async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn raft_config(config: &NodeConfig, timing: &Timing) -> anyhow::Result<openraft::Config> {
-    let lease_ms = timing.lease.as_millis() as u64;
+    let (election_timeout_min, election_timeout_max) = timing.openraft_election_timeouts_ms();
     let raft = openraft::Config {
         cluster_name: "corral".into(),
         heartbeat_interval: config.heartbeat_ms,
         // openraft's own election timer is off (the election driver campaigns after a
-        // pre-vote); `election_timeout_max` is the vote lease every voter still enforces.
-        election_timeout_min: lease_ms / 2,
-        election_timeout_max: lease_ms,
+        // pre-vote); `election_timeout_max` is the short vote lease every voter still enforces.
+        election_timeout_min,
+        election_timeout_max,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
         max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
         // An entry carries up to a thousand commands, so a lagging follower gets at most 64

@@ -148,12 +148,17 @@ fn metric_names_in_deploy_files() -> std::collections::BTreeSet<String> {
 }
 
 /// deploy/haproxy.cfg with the cluster's addresses; returns (haproxy process, its address).
+/// haproxy with deploy/haproxy.cfg, its bind address rewritten and one server line per node.
 fn start_haproxy(c: &TestCluster, dir: &Path) -> (Process, String) {
     let front = format!("127.0.0.1:{}", free_port());
-    let mut cfg = std::fs::read_to_string(deploy("haproxy.cfg")).expect("haproxy.cfg");
-    cfg = cfg.replace("127.0.0.1:8800", &front);
-    for id in 1..=3 {
-        cfg = cfg.replace(&format!("127.0.0.1:880{id}"), &c.node(id).api_addr);
+    let deployed = std::fs::read_to_string(deploy("haproxy.cfg")).expect("haproxy.cfg");
+    let mut cfg: String = deployed
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("server "))
+        .map(|line| format!("{}\n", line.replace("127.0.0.1:8800", &front)))
+        .collect();
+    for node in &c.nodes {
+        cfg.push_str(&format!("    server node{} {} check\n", node.id, node.api_addr));
     }
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, cfg).expect("write cfg");
@@ -353,6 +358,19 @@ fn write_until(
     retry: bool,
     stop: &std::sync::atomic::AtomicBool,
 ) -> (Vec<String>, Vec<String>) {
+    let (acked, failures) = write_until_timed(http, base, key, prefix, retry, stop);
+    (acked.into_iter().map(|(name, _)| name).collect(), failures)
+}
+
+/// [`write_until`], with the time each write was acknowledged.
+fn write_until_timed(
+    http: &reqwest::blocking::Client,
+    base: &[String],
+    key: &str,
+    prefix: &str,
+    retry: bool,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (Vec<(String, Instant)>, Vec<String>) {
     let (mut acked, mut failures) = (Vec::new(), Vec::new());
     let mut i = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -363,7 +381,7 @@ fn write_until(
                 http.post(url).bearer_auth(key).header("Idempotency-Key", &name).json(&json!({ "name": name })).send();
             match sent {
                 Ok(r) if r.status().as_u16() == 201 => {
-                    acked.push(name.clone());
+                    acked.push((name.clone(), Instant::now()));
                     break;
                 }
                 Ok(r) => failures.push(format!("{name}: {}", r.status())),
@@ -421,6 +439,91 @@ fn rolling_restart_under_load_through_haproxy_fails_no_request() {
     for name in &acked {
         assert!(names.contains(name.as_str()), "{name} lost");
     }
+}
+
+/// SIGTERM of the leader while clients write through haproxy: the leader stops admitting
+/// writes, waits until a voter has its whole log, stops sending and has that voter campaign
+/// (`RaftCluster::hand_off_leadership`). No request may fail, and the largest gap between
+/// acknowledgements (printed; the README reports it) is a fraction of a second.
+fn sigterm_of_the_leader_under_load_fails_no_request(nodes: u64) {
+    let mut c = TestCluster::start(nodes, &["--request-timeout-ms", "8000"]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_haproxy, front) = start_haproxy(&c, dir.path());
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+    let base = vec![format!("http://{front}")];
+    wait_ready(&http, &base[0]);
+    let (_, key) = c.create_organization(leader, "handoff");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (stopped_at, clients) = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|i| {
+                let (http, base, key, stop) = (&http, &base, &key, &stop);
+                scope.spawn(move || write_until_timed(http, base, key, &format!("handoff-{i}"), false, stop))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1_500));
+        let stopping = Instant::now();
+        c.stop(leader);
+        let stopped_at = stopping.elapsed();
+        std::thread::sleep(Duration::from_millis(1_500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (stopped_at, clients.into_iter().map(|c| c.join().expect("client")).collect::<Vec<_>>())
+    });
+    let failures: Vec<&String> = clients.iter().flat_map(|(_, f)| f).collect();
+    let mut acked: Vec<&(String, Instant)> = clients.iter().flat_map(|(a, _)| a).collect();
+    acked.sort_by_key(|(_, at)| *at);
+    let gap = acked.windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or_default();
+    println!(
+        "{nodes} nodes, SIGTERM of leader {leader}: {} writes acknowledged, {} failed, largest gap between \
+         acknowledgements {gap:?}, node stopped {stopped_at:?} after SIGTERM",
+        acked.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed requests while the leader handed off: {failures:?}");
+    assert!(acked.len() > 50, "the clients made progress: {}", acked.len());
+    let successor = c.wait_leader(Duration::from_secs(30));
+    assert_ne!(successor, leader);
+    let log = std::fs::read_to_string(&c.node(leader).log_path).unwrap_or_default();
+    let hand_off = log.lines().find(|l| l.contains("leadership hand-off")).map(strip_ansi);
+    assert!(hand_off.as_deref().is_some_and(|l| l.contains("moved=true")), "no hand-off in the log:\n{log}");
+    c.start_node(leader);
+    c.wait_converged(Duration::from_secs(60));
+    let (_, list) = c.call(successor, "GET", "/api/regions", Some(&key), None, &[]);
+    let names: std::collections::BTreeSet<&str> =
+        list.as_array().expect("list").iter().filter_map(|r| r["name"].as_str()).collect();
+    for (name, _) in acked {
+        assert!(names.contains(name.as_str()), "{name} lost");
+    }
+}
+
+/// A log line without its terminal colours.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_of_the_leader_under_load_through_haproxy_fails_no_request_with_three_nodes() {
+    sigterm_of_the_leader_under_load_fails_no_request(3);
+}
+
+#[test]
+fn sigterm_of_the_leader_under_load_through_haproxy_fails_no_request_with_five_nodes() {
+    sigterm_of_the_leader_under_load_fails_no_request(5);
 }
 
 #[test]
