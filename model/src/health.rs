@@ -113,22 +113,31 @@ impl HealthTable {
 
 /// Runners to move to `ready` (they report) and to `unresponsive` (silent for longer than
 /// `silence`, counted from no earlier than `watching_since`).
+///
+/// `relays_lost_at` holds, per node, when this node saw it stop relaying (gossip found it
+/// suspect or down). A runner whose last report came through such a node lost its session
+/// with it, not necessarily its health: its silence counts from that moment, so it has the
+/// whole `silence` to reconnect elsewhere (a node killed, a leader failover).
 pub fn health_verdict(
     state: &State,
     health: &HealthTable,
     now: Instant,
     silence: Duration,
     watching_since: Instant,
+    relays_lost_at: &HashMap<u64, Instant>,
 ) -> (Vec<String>, Vec<String>) {
     let mut reporting = Vec::new();
     let mut silent = Vec::new();
     for runner in state.runners.values() {
-        let last_seen = health.get(&runner.id).map(|e| e.seen_at);
+        let entry = health.get(&runner.id);
+        let last_seen = entry.map(|e| e.seen_at);
+        let relay_lost = entry.and_then(|e| relays_lost_at.get(&e.report.via_node).copied());
         let fresh = last_seen.is_some_and(|seen| now.saturating_duration_since(seen) <= silence);
         match runner.state {
             RunnerState::Initializing | RunnerState::Unresponsive if fresh => reporting.push(runner.id.clone()),
             RunnerState::Ready => {
                 let since = last_seen.map_or(watching_since, |seen| seen.max(watching_since));
+                let since = relay_lost.map_or(since, |lost| since.max(lost));
                 if now.saturating_duration_since(since) > silence {
                     silent.push(runner.id.clone());
                 }
@@ -250,12 +259,12 @@ mod tests {
         table.merge(report("off", 1), start + Duration::from_secs(15));
 
         let now = start + Duration::from_secs(16);
-        let (reporting, silent) = health_verdict(&state, &table, now, silence, start);
+        let (reporting, silent) = health_verdict(&state, &table, now, silence, start, &HashMap::new());
         assert_eq!(reporting, vec!["back".to_string()], "`new` reported, but 16 s ago");
         assert_eq!(silent, vec!["quiet".to_string()]);
 
         // A leader that started watching 5 s ago gives every runner the full silence first.
-        let (_, silent) = health_verdict(&state, &table, now, silence, now - Duration::from_secs(5));
+        let (_, silent) = health_verdict(&state, &table, now, silence, now - Duration::from_secs(5), &HashMap::new());
         assert!(silent.is_empty());
     }
 
@@ -266,9 +275,38 @@ mod tests {
         state.runners.insert("mute".into(), runner("mute", RunnerState::Ready));
         let table = HealthTable::default();
         let silence = Duration::from_secs(10);
-        let (_, silent) = health_verdict(&state, &table, start + Duration::from_secs(9), silence, start);
+        let (_, silent) =
+            health_verdict(&state, &table, start + Duration::from_secs(9), silence, start, &HashMap::new());
         assert!(silent.is_empty());
-        let (_, silent) = health_verdict(&state, &table, start + Duration::from_secs(11), silence, start);
+        let (_, silent) =
+            health_verdict(&state, &table, start + Duration::from_secs(11), silence, start, &HashMap::new());
         assert_eq!(silent, vec!["mute".to_string()]);
+    }
+
+    #[test]
+    fn a_runner_whose_relay_node_died_gets_the_whole_silence_to_reconnect() {
+        let start = Instant::now();
+        let silence = Duration::from_secs(10);
+        let mut state = State::default();
+        for id in ["via-dead", "via-live"] {
+            state.runners.insert(id.into(), runner(id, RunnerState::Ready));
+        }
+        let mut table = HealthTable::default();
+        let mut dead_relay = report("via-dead", 1);
+        dead_relay.via_node = 3;
+        table.merge(dead_relay, start);
+        table.merge(report("via-live", 1), start);
+        // Node 3 was seen down 4 s after the last reports; at 12 s only the runner that still
+        // had a live relay and went quiet is demoted; at 15 s, the other one too.
+        let lost = HashMap::from([(3, start + Duration::from_secs(4))]);
+        let (_, silent) = health_verdict(&state, &table, start + Duration::from_secs(12), silence, start, &lost);
+        assert_eq!(silent, vec!["via-live".to_string()]);
+        let (_, mut silent) = health_verdict(&state, &table, start + Duration::from_secs(15), silence, start, &lost);
+        silent.sort();
+        assert_eq!(silent, vec!["via-dead".to_string(), "via-live".to_string()]);
+        // A relay lost before the runner's last report changes nothing.
+        let early = HashMap::from([(3, start - Duration::from_secs(1))]);
+        let (_, silent) = health_verdict(&state, &table, start + Duration::from_secs(12), silence, start, &early);
+        assert_eq!(silent.len(), 2);
     }
 }

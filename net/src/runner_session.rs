@@ -39,6 +39,8 @@ use crate::quic::{read_frame, write_frame, FrameError};
 
 /// Close code for a refused runner (wrong or deleted token).
 pub const CLOSE_UNAUTHORIZED: u32 = 1;
+/// Connection close code: this node cannot serve runners now; connect to another node.
+pub const CLOSE_MOVE_ELSEWHERE: u32 = 4;
 
 /// Assignments per frame: a reconnecting runner's full set goes out in frames of about
 /// 100 KB, far under the frame cap, and is acknowledged one frame at a time.
@@ -101,6 +103,12 @@ pub trait RunnerDirectory: Send + Sync + 'static {
         cursor: Option<u64>,
         sent: &HashMap<String, AssignmentAction>,
     ) -> AssignmentPoll;
+    /// `Err(why)` when this node should not hold runner sessions now (it cannot reach the
+    /// cluster's leader, so what its runners report would reach no leader): sessions are
+    /// closed, not refused, so agents move to another node.
+    fn accepts_runners(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// A report arrived (already stamped with runner id, node and receipt time).
     fn record(&self, report: HealthReport);
     /// The runner's agent reported its host's capacity.
@@ -171,6 +179,8 @@ enum SessionError {
     Protocol,
     #[error("refused: {0}")]
     Refused(String),
+    #[error("sent to another node: {0}")]
+    MovedElsewhere(String),
 }
 
 async fn refuse(connection: &Connection, send: &mut SendStream, reason: &str) -> SessionError {
@@ -181,6 +191,15 @@ async fn refuse(connection: &Connection, send: &mut SendStream, reason: &str) ->
     tokio::time::sleep(Duration::from_millis(50)).await;
     connection.close(CLOSE_UNAUTHORIZED.into(), reason.as_bytes());
     SessionError::Refused(reason.to_string())
+}
+
+/// Closes the connection so that its agent reconnects to another node (no `Refused`: the
+/// runner is welcome, only not here, now).
+fn move_elsewhere(connection: &Connection, runner_id: &str, reason: &str) -> SessionError {
+    tracing::debug!(runner_id, reason, "runner session closed: move to another node");
+    metrics::counter!("corral_runner_sessions_moved_total").increment(1);
+    connection.close(CLOSE_MOVE_ELSEWHERE.into(), reason.as_bytes());
+    SessionError::MovedElsewhere(reason.to_string())
 }
 
 async fn session(
@@ -200,6 +219,9 @@ async fn session(
         tracing::warn!(remote = %connection.remote_address(), "runner refused: unknown token");
         return Err(refuse(connection, &mut send, "unknown or revoked runner token").await);
     };
+    if let Err(reason) = directory.accepts_runners() {
+        return Err(move_elsewhere(connection, &runner_id, &reason));
+    }
     // Kept only hashed: the session checks on every poll that the token is still the runner's.
     let token_hash = corral_model::secret::hash_secret(&token);
     drop(token);
@@ -231,6 +253,9 @@ async fn session(
                 };
             }
             _ = poll.tick() => {
+                if let Err(reason) = directory.accepts_runners() {
+                    return Err(move_elsewhere(connection, &runner_id, &reason));
+                }
                 if !directory.holds_token(&runner_id, &token_hash) {
                     tracing::warn!(runner_id, "runner token regenerated or runner deleted; closing its session");
                     return Err(refuse(connection, &mut send, "runner token regenerated or runner deleted").await);

@@ -321,6 +321,26 @@ impl RaftCluster {
         Ok(())
     }
 
+    /// `Err(why)` when runner sessions do not belong on this node now: it is a fenced leader,
+    /// or a member that has heard from no leader for two election timeouts (cut off from the
+    /// majority). What its runners report would reach no leader and they would be marked
+    /// `unresponsive`; closed sessions reconnect to another node.
+    pub fn serves_runners(&self) -> Result<(), String> {
+        if self.leader.is_fenced() {
+            return Err("this leader lost its quorum (fenced)".into());
+        }
+        let (leads, member) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state == ServerState::Leader, m.membership_config.membership().get_node(&self.node_id).is_some())
+        };
+        let silence = self.liveness.since_leader_contact(std::time::Instant::now());
+        if member && !leads && silence > self.election.election_timeout * 2 {
+            return Err(format!("this node has heard from no leader for {} ms", silence.as_millis()));
+        }
+        Ok(())
+    }
+
     /// Runs a membership change on the leader; returns the members after it.
     pub async fn change_membership(&self, change: MemberChange) -> Result<Vec<MemberStatus>, ClusterError> {
         let change = match change {

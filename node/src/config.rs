@@ -15,6 +15,13 @@ use serde::Deserialize;
 /// (100/600) often enough to change the leader 31 and 8 times in 125 s, mostly while
 /// snapshots were encoded; 100/1000 (lease 900 ms) is the setting measured for the default.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+
+/// A ready runner silent this long is marked `unresponsive`: four missed reports at the default
+/// 1 s interval, so a dead agent is noticed within about 4.5 s (the health monitor looks every
+/// 0.5 s). Silence counts from the latest of the runner's last report, the leader's election
+/// and the moment its relay node was seen down, and an agent leaves a silent node after 2.5 s
+/// (its QUIC idle timeout), so neither a failover nor a dead node marks a healthy fleet.
+pub const DEFAULT_RUNNER_SILENCE_MS: u64 = 4_000;
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
@@ -303,7 +310,7 @@ impl NodeConfig {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             // haproxy's check (deploy/haproxy.cfg: every 500 ms, down after 2) needs ~1 s.
             drain_ms: args.drain_ms.or(file.drain_ms).unwrap_or(1_500),
-            runner_silence_ms: args.runner_silence_ms.or(file.runner_silence_ms).unwrap_or(10_000),
+            runner_silence_ms: args.runner_silence_ms.or(file.runner_silence_ms).unwrap_or(DEFAULT_RUNNER_SILENCE_MS),
             reschedule_after_ms: args.reschedule_after_ms.or(file.reschedule_after_ms).unwrap_or(60_000),
             runner_report_interval_ms: args
                 .runner_report_interval_ms

@@ -2,14 +2,18 @@
 //! [`health_verdict`] (runners that report become `ready`, silent ones `unresponsive`) is
 //! committed through the node's handle. Silence is measured from the later of the runner's
 //! last report seen here and the moment this node started watching (became leader), so a new
-//! leader whose table is still filling does not demote a healthy fleet. On every node it also
-//! drops health entries of deleted runners.
+//! leader whose table is still filling does not demote a healthy fleet, and from the moment
+//! this node saw the node a runner reported through stop relaying (gossip: suspect or down),
+//! so a runner whose node died has the whole silence to reconnect elsewhere. On every node it
+//! also drops health entries of deleted runners.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_model::health::{health_verdict, SharedHealth};
 use corral_model::{Command, Outcome, Proposal};
+use corral_net::gossip::Liveness;
 use tokio::sync::watch;
 
 use crate::cluster::RaftCluster;
@@ -38,10 +42,20 @@ pub async fn run_monitor(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading_since: Option<Instant> = None;
     let mut last_prune = Instant::now();
+    // Node id → when this node first saw it not alive (it relays no more reports).
+    let mut relays_lost_at: HashMap<u64, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Instant::now();
+        for member in cluster.gossip.members() {
+            if member.liveness == Liveness::Alive {
+                relays_lost_at.remove(&member.node_id);
+            } else {
+                relays_lost_at.entry(member.node_id).or_insert(now);
+            }
         }
         if last_prune.elapsed() > Duration::from_secs(30) {
             last_prune = Instant::now();
@@ -57,7 +71,7 @@ pub async fn run_monitor(
         let (reporting, silent) = {
             let machine = cluster.shared.read();
             let table = health.read();
-            health_verdict(&machine.state, &table, Instant::now(), silence, since)
+            health_verdict(&machine.state, &table, now, silence, since, &relays_lost_at)
         };
         if reporting.is_empty() && silent.is_empty() {
             continue;

@@ -36,9 +36,15 @@ pub struct NodeRunnerDirectory {
     pub gossip: Gossip,
     /// Reported capacities that differ from the runners' (see [`commit_reported_capacity`]).
     pub capacity_reports: mpsc::Sender<(String, Resources)>,
+    /// Whether this node can reach a leader (runner sessions move away when it cannot).
+    pub cluster: Arc<RaftCluster>,
 }
 
 impl RunnerDirectory for NodeRunnerDirectory {
+    fn accepts_runners(&self) -> Result<(), String> {
+        self.cluster.serves_runners()
+    }
+
     fn authenticate(&self, token: &str) -> Option<String> {
         let hash = hash_secret(token);
         self.shared.read().state.runner_keys.get(&hash).cloned()

@@ -200,6 +200,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         health: health.clone(),
         gossip: gossip.clone(),
         capacity_reports,
+        cluster: raft_cluster.clone(),
     });
     let sessions = SessionConfig {
         report_interval: Duration::from_millis(config.runner_report_interval_ms),

@@ -23,13 +23,19 @@ pub struct NodeLink {
     current: tokio::sync::Mutex<(usize, Option<Connection>)>,
 }
 
+/// A node silent this long is taken for gone (QUIC's idle timeout; keep-alives go every
+/// quarter of it) and the agent moves to the next endpoint. It must be well under the
+/// cluster's `runner_silence_ms` (4 s by default), which counts from when the cluster saw the
+/// node go, so that a runner whose node died reconnects before it is marked `unresponsive`.
+const NODE_SILENCE: Duration = Duration::from_millis(2_500);
+
 impl NodeLink {
     /// Dials `endpoints` presenting the runner certificate in `tls`.
     pub fn new(endpoints: Vec<String>, tls: &ClusterTls) -> Result<NodeLink, AgentError> {
         if endpoints.is_empty() {
             return Err(AgentError::NoEndpoints);
         }
-        let endpoint = client_endpoint(tls, ALPN_RUNNER, Duration::from_secs(5))?;
+        let endpoint = client_endpoint(tls, ALPN_RUNNER, NODE_SILENCE)?;
         Ok(NodeLink { endpoint, endpoints, current: tokio::sync::Mutex::new((0, None)) })
     }
 
