@@ -60,6 +60,24 @@ def unresponsive(addr):
     return int(float(match.group(1))) if match else 0
 
 
+COUNTERS = ["corral_runner_sessions_moved_total", "corral_raft_fenced_total", "corral_raft_campaigns_total",
+            "corral_raft_fence_probes_total"]
+
+
+def counters(addr):
+    """The COUNTERS on one node (summed over labels), {} when it does not answer."""
+    try:
+        status, body = get(addr, "/metrics")
+    except (OSError, http.client.HTTPException):
+        return {}
+    found = {}
+    for line in body.decode(errors="replace").splitlines():
+        for name in COUNTERS:
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                found[name] = found.get(name, 0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
 def leader_of(admin):
     for addr in API:
         status = cluster_status(addr, admin)
@@ -83,6 +101,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.admin, self.stop, self.terms, self.leaders, self.max_unresponsive = admin, False, set(), set(), 0
         self.samples = 0
+        self.counters = {}
 
     def run(self):
         while not self.stop:
@@ -92,6 +111,9 @@ class Sampler(threading.Thread):
                     self.terms.add(status.get("term"))
                     if status.get("leaderId"):
                         self.leaders.add((status.get("term"), status["leaderId"]))
+                for name, value in counters(addr).items():
+                    key = f"{addr} {name}"
+                    self.counters[key] = max(self.counters.get(key, 0), value)
                 count = unresponsive(addr)
                 if count is not None:
                     self.max_unresponsive = max(self.max_unresponsive, count)
@@ -162,6 +184,7 @@ def main():
                 "leaders": sorted(sampler.leaders),
                 "max_unresponsive": sampler.max_unresponsive,
                 "samples": sampler.samples,
+                "counters": sampler.counters,
                 "loadgen": text.strip().splitlines()[-6:],
             }
             print(json.dumps({"load": result["load"]}), flush=True)
@@ -191,7 +214,7 @@ def main():
             sampler.stop = True
             sampler.join()
             result["kills"] = {"killed": kills, "max_unresponsive": sampler.max_unresponsive,
-                               "samples": sampler.samples}
+                               "samples": sampler.samples, "counters": sampler.counters}
             print(json.dumps({"kills": result["kills"]}), flush=True)
 
         if "agents" in phases and keep is not None:

@@ -49,41 +49,44 @@ async fn cut_and_check(cluster: &Cluster, org_key: &str, leader: u64, deaf: bool
     cluster.partition(&cuts).expect("partition");
     let cut_at = Instant::now();
 
-    let mut fenced_after = None;
-    let mut written_after = None;
-    let mut attempt = 0;
-    while fenced_after.is_none() || written_after.is_none() {
-        assert!(
-            cut_at.elapsed() < Duration::from_secs(20),
-            "{round}: fenced after {fenced_after:?}, majority wrote after {written_after:?}"
-        );
-        if fenced_after.is_none() && !ready(cluster, leader).await {
-            fenced_after = Some(cut_at.elapsed());
-            // A fenced leader refuses at once, with the retryable no_leader.
-            let asked = Instant::now();
-            let (status, body) =
-                post(cluster, leader, "/api/regions", org_key, &json!({ "name": format!("{round}-fenced") })).await;
-            assert_eq!((status, body["code"].as_str()), (503, Some("no_leader")), "{round}: {body}");
-            assert!(asked.elapsed() < Duration::from_secs(2), "{round}: refused after {:?}", asked.elapsed());
+    let limit = Duration::from_secs(20);
+    // The fence and the majority's first write, watched side by side (a write may wait).
+    let fence = async {
+        while ready(cluster, leader).await {
+            assert!(cut_at.elapsed() < limit, "{round}: the cut-off leader still reports ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if written_after.is_none() {
+        let fenced_after = cut_at.elapsed();
+        // A fenced leader refuses at once, with the retryable no_leader.
+        let asked = Instant::now();
+        let (status, body) =
+            post(cluster, leader, "/api/regions", org_key, &json!({ "name": format!("{round}-fenced") })).await;
+        assert_eq!((status, body["code"].as_str()), (503, Some("no_leader")), "{round}: {body}");
+        assert!(asked.elapsed() < Duration::from_secs(2), "{round}: refused after {:?}", asked.elapsed());
+        fenced_after
+    };
+    let majority = async {
+        let mut attempt = 0;
+        loop {
+            assert!(cut_at.elapsed() < limit, "{round}: the majority took no write");
             let via = followers[attempt % followers.len()];
             let name = format!("{round}-majority-{attempt}");
             let (status, _) = post(cluster, via, "/api/regions", org_key, &json!({ "name": name })).await;
             if status == 201 {
-                written_after = Some(cut_at.elapsed());
+                return cut_at.elapsed();
             }
             attempt += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    let (fenced_after, written_after) = tokio::join!(fence, majority);
     let new_leader = cluster.leader().await;
     assert!(new_leader.is_some_and(|l| l != leader), "{round}: the majority's leader is {new_leader:?}");
     cluster.heal();
     cluster.wait_converged(Duration::from_secs(60)).await.expect("converged after healing");
     let status = cluster.status(leader).await.expect("old leader answers");
     assert_eq!(status.role, "follower", "{round}: the old leader follows after healing");
-    (fenced_after.unwrap_or_default(), written_after.unwrap_or_default())
+    (fenced_after, written_after)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

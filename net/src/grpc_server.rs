@@ -11,7 +11,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapsho
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::leader_ops::{LeaderService, MembershipChange, PreVoteRequest};
+use crate::leader_ops::{LeaderService, LeadershipProbe, MembershipChange, PreVoteRequest, ProbeReply};
 use crate::liveness::RaftLiveness;
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::pb::Payload;
@@ -123,6 +123,25 @@ impl RaftTransport for RaftTransportService {
     async fn pre_vote(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
         let pre_vote: PreVoteRequest = decode_request(request.get_ref())?;
         let reply = self.leader.pre_vote(pre_vote).await;
+        Ok(tonic::Response::new(encode(&reply)?))
+    }
+
+    async fn probe_leadership(
+        &self,
+        request: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let probe: LeadershipProbe = decode_request(request.get_ref())?;
+        let reply = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.current_term > probe.term {
+                ProbeReply::HigherTerm(m.current_term)
+            } else if m.current_term == probe.term && m.current_leader == Some(probe.leader) {
+                ProbeReply::Follows
+            } else {
+                ProbeReply::Other
+            }
+        };
         Ok(tonic::Response::new(encode(&reply)?))
     }
 

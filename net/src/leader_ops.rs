@@ -32,6 +32,27 @@ pub struct PreVoteRequest {
     pub leader_down: Option<NodeId>,
 }
 
+/// A fenced leader's question to a voter: do you still follow `leader` in `term`? The voter
+/// answers from its Raft metrics, touching nothing and counting nothing as leader contact, so
+/// a leader that lost its acknowledgements only to load learns it still leads, while its
+/// followers' election timers keep running as if it were silent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeadershipProbe {
+    pub term: u64,
+    pub leader: NodeId,
+}
+
+/// A voter's answer to a [`LeadershipProbe`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ProbeReply {
+    /// The voter follows the asking leader in its term.
+    Follows,
+    /// The voter knows a higher term than the probe's.
+    HigherTerm(u64),
+    /// Neither (same term, no leader or another one known; or a lower term).
+    Other,
+}
+
 /// A voter's answer to a [`PreVoteRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PreVoteReply {

@@ -49,8 +49,8 @@ pub mod tls;
 pub use accept::serve_quic;
 pub use grpc_server::{raft_transport_server, GuardedRaftTransport, RaftTransportService};
 pub use leader_ops::{
-    CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, PlacementReply, PreVoteReply,
-    PreVoteRequest,
+    CommittedWrite, ForwardError, LeaderService, LeadershipProbe, MembershipChange, MembershipChanged, PlacementReply,
+    PreVoteReply, PreVoteRequest, ProbeReply,
 };
 pub use liveness::RaftLiveness;
 pub use peer_clients::PeerClients;

@@ -11,7 +11,8 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::leader_ops::{
-    CommittedWrite, ForwardError, MembershipChange, MembershipChanged, PlacementReply, PreVoteReply, PreVoteRequest,
+    CommittedWrite, ForwardError, LeadershipProbe, MembershipChange, MembershipChanged, PlacementReply, PreVoteReply,
+    PreVoteRequest, ProbeReply,
 };
 use crate::pb::raft_transport_client::RaftTransportClient;
 use crate::pb::Payload;
@@ -92,6 +93,7 @@ impl PeerClients {
             Method::ReadIndex => client.read_index(request).await,
             Method::TriggerElection => client.trigger_election(request).await,
             Method::PreVote => client.pre_vote(request).await,
+            Method::ProbeLeadership => client.probe_leadership(request).await,
             Method::ChangeMembership => client.change_membership(request).await,
         };
         let reply = reply.map_err(|status| match status.code() {
@@ -128,6 +130,16 @@ impl PeerClients {
     }
 
     /// Asks the voter at `addr` whether it would elect the candidate now.
+    /// Asks the voter at `addr` whether it still follows this (fenced) leader.
+    pub async fn probe_leadership(
+        &self,
+        addr: &str,
+        probe: &LeadershipProbe,
+        timeout: Duration,
+    ) -> Result<ProbeReply, NetError> {
+        self.call(addr, Method::ProbeLeadership, probe, timeout).await
+    }
+
     pub async fn pre_vote(
         &self,
         addr: &str,
@@ -180,5 +192,6 @@ pub(crate) enum Method {
     ReadIndex,
     TriggerElection,
     PreVote,
+    ProbeLeadership,
     ChangeMembership,
 }

@@ -322,8 +322,9 @@ impl RaftCluster {
     }
 
     /// `Err(why)` when runner sessions do not belong on this node now: it is a fenced leader,
-    /// or a member that has heard from no leader for two election timeouts (cut off from the
-    /// majority). What its runners report would reach no leader and they would be marked
+    /// or a member that has heard from no leader for three election timeouts (cut off from the
+    /// majority: under load, AppendEntries gaps of a second or two happen, and moving every
+    /// runner of a node costs more than a late report). What its runners report would reach no leader and they would be marked
     /// `unresponsive`; closed sessions reconnect to another node.
     pub fn serves_runners(&self) -> Result<(), String> {
         if self.leader.is_fenced() {
@@ -335,7 +336,7 @@ impl RaftCluster {
             (m.state == ServerState::Leader, m.membership_config.membership().get_node(&self.node_id).is_some())
         };
         let silence = self.liveness.since_leader_contact(std::time::Instant::now());
-        if member && !leads && silence > self.election.election_timeout * 2 {
+        if member && !leads && silence > self.election.election_timeout * 3 {
             return Err(format!("this node has heard from no leader for {} ms", silence.as_millis()));
         }
         Ok(())

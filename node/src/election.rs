@@ -27,8 +27,11 @@
 //!   than the lease is fenced: it answers writes and reads with `NotLeader` (no leader known:
 //!   503 `no_leader`, retryable), fails `/readyz`, stops demoting runners and sends nothing
 //!   more to its followers (no heartbeats, no AppendEntries: `RaftLiveness::stop_replication`),
-//!   so that behind a one-way cut they stop hearing from it and elect. The fence lifts when the
-//!   node steps down.
+//!   so that behind a one-way cut they stop hearing from it and elect. Each heartbeat it asks
+//!   the voters whether they still follow it (`ProbeLeadership`: answered from their Raft
+//!   metrics, no contact for their timers): the fence lifts when a majority does (only the
+//!   acknowledgements were slow, as under load) or one knows a higher term (a successor exists;
+//!   openraft then steps down).
 //!
 //! Timing (see [`Timing::from_config`]): the lease is the election timeout less one heartbeat
 //! interval, so a candidate's own silence (at least the election timeout) exceeds the lease
@@ -46,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use corral_net::{PeerClients, PreVoteReply, PreVoteRequest, RaftLiveness};
+use corral_net::{LeadershipProbe, PeerClients, PreVoteReply, PreVoteRequest, ProbeReply, RaftLiveness};
 use corral_raft_types::{NodeId, Raft};
 use openraft::ServerState;
 use rand::{Rng, SeedableRng};
@@ -196,6 +199,7 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
             (m.state, m.current_term, voters, m.current_leader)
         };
         if state == ServerState::Leader {
+            // Acknowledgements count from winning, or from the last time the fence lifted.
             let since = match leading_since {
                 Some((t, since)) if t == term => since,
                 _ => {
@@ -203,15 +207,33 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
                     now
                 }
             };
+            last_attempt = now;
+            if fenced_here {
+                // Fenced: nothing is sent, so no acknowledgement comes. Probe the voters each
+                // heartbeat (a probe is no contact for their election timers): a majority that
+                // still follows means only the acknowledgements were slow (load), and a higher
+                // term means a successor exists; either way lift the fence (openraft then
+                // learns of the higher term and steps down).
+                if now.saturating_duration_since(last_probe) >= timing.heartbeat {
+                    last_probe = now;
+                    let outcome = probe_round(&driver, term, &voters).await;
+                    metrics::counter!("corral_raft_fence_probes_total", "outcome" => outcome.label()).increment(1);
+                    if outcome != FenceProbe::NoQuorum {
+                        fenced_here = false;
+                        leading_since = Some((term, Instant::now()));
+                        set_fence(&driver, false, Duration::ZERO, &timing);
+                    }
+                }
+                continue;
+            }
             let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != driver.node_id).collect();
             let acks = driver.liveness.acks_in_term(term, others.iter().copied());
             let age = quorum_ack_age(now, since, &acks, voters.len());
             metrics::histogram!("corral_raft_quorum_ack_age_seconds").record(age.as_secs_f64());
-            if age > timing.lease && !fenced_here {
+            if age > timing.lease {
                 fenced_here = true;
                 set_fence(&driver, true, age, &timing);
             }
-            last_attempt = now;
             continue;
         }
         leading_since = None;
@@ -289,19 +311,60 @@ fn set_fence(driver: &Driver, fenced: bool, age: Duration, timing: &Timing) {
     }
 }
 
+/// What a fenced leader's probe round found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FenceProbe {
+    /// A majority (this node included) still follows it in its term.
+    StillLeads,
+    /// A voter knows a higher term: a successor was elected.
+    HigherTerm,
+    /// Neither: stay fenced.
+    NoQuorum,
+}
+
+impl FenceProbe {
+    fn label(self) -> &'static str {
+        match self {
+            FenceProbe::StillLeads => "still_leads",
+            FenceProbe::HigherTerm => "higher_term",
+            FenceProbe::NoQuorum => "no_quorum",
+        }
+    }
+}
+
+/// Asks every other voter whether it still follows this leader in `term`.
+async fn probe_round(driver: &Driver, term: u64, voters: &BTreeSet<NodeId>) -> FenceProbe {
+    let probe = LeadershipProbe { term, leader: driver.node_id };
+    let addrs = voter_addrs(driver, voters, None);
+    let asks = addrs.iter().map(|(_, addr)| driver.clients.probe_leadership(addr, &probe, driver.timing.heartbeat));
+    let replies = futures::future::join_all(asks).await;
+    if replies.iter().any(|r| matches!(r, Ok(ProbeReply::HigherTerm(_)))) {
+        return FenceProbe::HigherTerm;
+    }
+    let follows = 1 + replies.iter().filter(|r| matches!(r, Ok(ProbeReply::Follows))).count();
+    if follows > voters.len() / 2 {
+        FenceProbe::StillLeads
+    } else {
+        FenceProbe::NoQuorum
+    }
+}
+
+/// The other voters' Raft addresses, `skip` left out.
+fn voter_addrs(driver: &Driver, voters: &BTreeSet<NodeId>, skip: Option<NodeId>) -> Vec<(NodeId, String)> {
+    let m = driver.raft.metrics();
+    let m = m.borrow();
+    let membership = m.membership_config.membership();
+    voters
+        .iter()
+        .filter(|id| **id != driver.node_id && Some(**id) != skip)
+        .filter_map(|id| membership.get_node(id).map(|n| (*id, n.raft_addr.clone())))
+        .collect()
+}
+
 /// Asks every other voter; true when a majority (this node included) would elect it.
 async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>, leader_down: Option<NodeId>) -> bool {
     let request = PreVoteRequest { candidate: driver.node_id, last_log: (driver.last_log)().await, leader_down };
-    let addrs: Vec<(NodeId, String)> = {
-        let m = driver.raft.metrics();
-        let m = m.borrow();
-        let membership = m.membership_config.membership();
-        voters
-            .iter()
-            .filter(|id| **id != driver.node_id && Some(**id) != leader_down)
-            .filter_map(|id| membership.get_node(id).map(|n| (*id, n.raft_addr.clone())))
-            .collect()
-    };
+    let addrs = voter_addrs(driver, voters, leader_down);
     let asks = addrs.iter().map(|(id, addr)| {
         let request = &request;
         async move {
