@@ -321,13 +321,15 @@ impl RaftCluster {
         Ok(())
     }
 
-    /// `Err(why)` when runner sessions do not belong on this node now: it is a fenced leader,
-    /// or a member that has heard from no leader for three election timeouts (cut off from the
-    /// majority: under load, AppendEntries gaps of a second or two happen, and moving every
-    /// runner of a node costs more than a late report). What its runners report would reach no leader and they would be marked
-    /// `unresponsive`; closed sessions reconnect to another node.
+    /// `Err(why)` when runner sessions do not belong on this node now: it has been a fenced
+    /// leader for an election timeout (a fence that load caused lifts sooner), or it is a
+    /// member that has heard from no leader for five election timeouts (cut off from the
+    /// majority; on an overloaded machine AppendEntries gaps of a few seconds happen, and
+    /// moving every runner of a node costs more than a late report). What its runners report
+    /// would reach no leader and they would be marked `unresponsive`; closed sessions
+    /// reconnect to another node.
     pub fn serves_runners(&self) -> Result<(), String> {
-        if self.leader.is_fenced() {
+        if self.leader.fenced_for().is_some_and(|f| f > self.election.election_timeout) {
             return Err("this leader lost its quorum (fenced)".into());
         }
         let (leads, member) = {
@@ -336,7 +338,7 @@ impl RaftCluster {
             (m.state == ServerState::Leader, m.membership_config.membership().get_node(&self.node_id).is_some())
         };
         let silence = self.liveness.since_leader_contact(std::time::Instant::now());
-        if member && !leads && silence > self.election.election_timeout * 3 {
+        if member && !leads && silence > self.election.election_timeout * 5 {
             return Err(format!("this node has heard from no leader for {} ms", silence.as_millis()));
         }
         Ok(())

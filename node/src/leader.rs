@@ -68,6 +68,8 @@ pub struct Leader {
     /// Set by the election driver while this leader has no fresh quorum acknowledgement
     /// (check-quorum): it then acts as if it did not lead.
     fenced: Arc<AtomicBool>,
+    /// Since when it is fenced.
+    fenced_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// Set while this leader hands off before a shutdown ([`Leader::set_handing_off`]).
     handing_off: Arc<AtomicBool>,
     proposals: Coalescer<Proposal, Result<CommittedWrite, LeaderError>>,
@@ -99,13 +101,27 @@ impl Leader {
             let raft = r.clone();
             async move { vec![read_index_round(&raft).await; waiting.len()] }
         });
-        Leader { raft, fenced: Arc::new(AtomicBool::new(false)), handing_off, proposals, read_indexes }
+        Leader {
+            raft,
+            fenced: Arc::new(AtomicBool::new(false)),
+            fenced_since: Arc::default(),
+            handing_off,
+            proposals,
+            read_indexes,
+        }
     }
 
     /// Fences this leader (it answers `NotLeader` with no leader known, so callers retry) or
     /// lifts the fence.
     pub fn set_fenced(&self, fenced: bool) {
+        let mut since = self.fenced_since.lock().unwrap_or_else(|p| p.into_inner());
+        *since = fenced.then(|| since.unwrap_or_else(std::time::Instant::now));
         self.fenced.store(fenced, Ordering::Relaxed);
+    }
+
+    /// How long this leader has been fenced without a break (`None`: it is not).
+    pub fn fenced_for(&self) -> Option<std::time::Duration> {
+        self.fenced_since.lock().unwrap_or_else(|p| p.into_inner()).map(|since| since.elapsed())
     }
 
     /// Whether this node leads in Raft's eyes but has lost its quorum's acknowledgement.

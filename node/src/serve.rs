@@ -215,6 +215,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         raft.clone(),
         shared.clone(),
         config.snapshot_threshold,
+        config.node_id,
         stop_rx.clone(),
     ));
     let monitor = MonitorConfig {

@@ -24,6 +24,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -121,7 +122,7 @@ pub fn open_storage(
     }
     let syncer = LogSyncer::start(&db, config)?;
     let log = LogStore { db: db.clone(), config, syncer };
-    let sm = StateMachineStore { db, config, shared: shared.clone() };
+    let sm = StateMachineStore { db, config, shared: shared.clone(), snapshot_encoding: Arc::default() };
     Ok((log, sm, shared))
 }
 
@@ -358,6 +359,20 @@ pub struct StateMachineStore {
     db: Arc<DB>,
     config: StorageConfig,
     shared: SharedState,
+    /// Set while a snapshot is encoded under the state's read lock (seconds for a large
+    /// state). `apply` then waits without blocking a runtime thread: a writer blocked on the
+    /// std `RwLock` would also block every later reader (it prefers writers), and with them
+    /// the threads that serve heartbeats and requests.
+    snapshot_encoding: Arc<AtomicBool>,
+}
+
+/// Clears the snapshot-encoding flag when the encoding ends, however it ends.
+struct EncodingFlag(Arc<AtomicBool>);
+
+impl Drop for EncodingFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl StateMachineStore {
@@ -384,8 +399,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // of a large state. `apply` waits meanwhile (see ARCHITECTURE.md, "Snapshots").
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let store = self.clone();
+        self.snapshot_encoding.store(true, Ordering::Release);
+        let encoding = EncodingFlag(self.snapshot_encoding.clone());
         let (meta, data, commands_covered) = tokio::task::spawn_blocking(move || -> RaftResult<_> {
             let (data, last_log_id, last_membership, commands_covered) = {
+                let _encoding = encoding;
                 let machine = store.shared.read();
                 let data = machine.state.encode().map_err(|e| StorageIOError::read_state_machine(&e))?;
                 (data, machine.last_applied, machine.membership.clone(), machine.commands_applied)
@@ -432,6 +450,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        while self.snapshot_encoding.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
         let mut machine = self.shared.write();
         let mut replies = Vec::new();
         for entry in entries {

@@ -25,7 +25,7 @@ pub struct NodeLink {
 
 /// A node silent this long is taken for gone (QUIC's idle timeout; keep-alives go every
 /// quarter of it) and the agent moves to the next endpoint. It must be well under the
-/// cluster's `runner_silence_ms` (4 s by default), which counts from when the cluster saw the
+/// cluster's `runner_silence_ms` (10 s by default), which counts from when the cluster saw the
 /// node go, so that a runner whose node died reconnects before it is marked `unresponsive`.
 const NODE_SILENCE: Duration = Duration::from_millis(2_500);
 
