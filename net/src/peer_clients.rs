@@ -129,7 +129,6 @@ impl PeerClients {
         same_length(addr, requests.len(), replies)
     }
 
-    /// Asks the voter at `addr` whether it would elect the candidate now.
     /// Asks the voter at `addr` whether it still follows this (fenced) leader.
     pub async fn probe_leadership(
         &self,
@@ -140,6 +139,7 @@ impl PeerClients {
         self.call(addr, Method::ProbeLeadership, probe, timeout).await
     }
 
+    /// Asks the voter at `addr` whether it would elect the candidate now.
     pub async fn pre_vote(
         &self,
         addr: &str,

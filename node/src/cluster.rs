@@ -75,41 +75,78 @@ impl RaftCluster {
     /// 4. after one vote lease, ask that voter to campaign: its log is the longest, so it wins,
     ///    and this node steps down on seeing the higher term. Works with any cluster size.
     pub async fn hand_off_leadership(&self, timeout: Duration) {
-        if !self.leader.leads() {
+        let others = self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v != self.node_id);
+        if !self.leader.leads() || !others {
             return;
         }
         let started = Instant::now();
         let deadline = started + timeout;
         self.leader.set_handing_off(true);
-        let Some((successor, addr)) = self.caught_up_voter(deadline).await else {
-            tracing::warn!("no voter caught up in time; the cluster elects once this node is gone");
-            return;
-        };
-        self.raft.runtime_config().heartbeat(false);
-        self.liveness.stop_replication(true);
-        // AppendEntries already on the wire arrive within a few ms; then every lease is over.
-        tokio::time::sleep(self.election.vote_lease + Duration::from_millis(10)).await;
-        tracing::info!(successor, "handing leadership off before shutdown");
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        match self.clients.trigger_election(&addr, remaining).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the successor could not campaign"),
-            Err(e) => tracing::warn!(error = %e, "the successor could not be asked to campaign"),
+        let moved = self.hand_off(deadline).await;
+        if !moved {
+            // Leading on beats refusing every write until the process is gone: the cluster
+            // then elects once this node's port closes (a few heartbeats).
+            self.liveness.stop_replication(false);
+            self.raft.runtime_config().heartbeat(true);
+            self.leader.set_handing_off(false);
         }
-        let moved = self
-            .raft
-            .wait(Some(deadline.saturating_duration_since(Instant::now())))
-            .metrics(|m| m.current_leader.is_some_and(|l| l != self.node_id), "leadership moved")
-            .await
-            .is_ok();
         metrics::histogram!("corral_raft_handoff_seconds", "outcome" => if moved { "moved" } else { "timed_out" })
             .record(started.elapsed().as_secs_f64());
-        tracing::info!(moved, elapsed_ms = started.elapsed().as_millis() as u64, successor, "leadership hand-off");
+        tracing::info!(moved, elapsed_ms = started.elapsed().as_millis() as u64, "leadership hand-off");
+    }
+
+    /// The steps of [`hand_off_leadership`](Self::hand_off_leadership); true once another node
+    /// leads.
+    async fn hand_off(&self, deadline: Instant) -> bool {
+        let (successor, addr) = loop {
+            let Some((successor, addr, last)) = self.caught_up_voter(deadline).await else {
+                tracing::warn!("no voter caught up in time");
+                return false;
+            };
+            self.raft.runtime_config().heartbeat(false);
+            self.liveness.stop_replication(true);
+            // A batch that reached openraft just before may have grown the log past what the
+            // successor matched: then replicate it and choose again.
+            if self.raft.metrics().borrow().last_log_index == last {
+                break (successor, addr);
+            }
+            self.liveness.stop_replication(false);
+            self.raft.runtime_config().heartbeat(true);
+        };
+        // AppendEntries already on the wire arrive within a few ms; after one vote lease and
+        // half a heartbeat of margin, no voter refuses a vote for having just heard from this
+        // node (and if one does, the successor is asked again below).
+        tokio::time::sleep(self.election.vote_lease + self.election.heartbeat / 2).await;
+        tracing::info!(successor, "handing leadership off before shutdown");
+        // Asked again every few heartbeats: a vote can time out on a loaded machine.
+        let mut metrics = self.raft.metrics();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return false;
+            }
+            match self.clients.trigger_election(&addr, remaining).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the successor could not campaign"),
+                Err(e) => tracing::warn!(error = %e, "the successor could not be asked to campaign"),
+            }
+            let retry = Instant::now() + self.election.heartbeat * 4;
+            loop {
+                if metrics.borrow_and_update().current_leader.is_some_and(|l| l != self.node_id) {
+                    return true;
+                }
+                match tokio::time::timeout_at(retry.min(deadline), metrics.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return false,
+                    Err(_) => break,
+                }
+            }
+        }
     }
 
     /// A voter (not this node) whose log matches this leader's last entry, once everything
-    /// this leader proposed is applied; `None` at `deadline`.
-    async fn caught_up_voter(&self, deadline: Instant) -> Option<(NodeId, String)> {
+    /// this leader proposed is applied, with that last index; `None` at `deadline`.
+    async fn caught_up_voter(&self, deadline: Instant) -> Option<(NodeId, String, Option<u64>)> {
         let mut metrics = self.raft.metrics();
         loop {
             let found = {
@@ -122,7 +159,7 @@ impl RaftCluster {
                     .flatten()
                     .filter(|(id, matched)| **id != self.node_id && matched.map(|l| l.index) >= last && applied)
                     .filter(|(id, _)| membership.voter_ids().any(|v| v == **id))
-                    .find_map(|(id, _)| membership.get_node(id).map(|n| (*id, n.raft_addr.clone())))
+                    .find_map(|(id, _)| membership.get_node(id).map(|n| (*id, n.raft_addr.clone(), last)))
             };
             if found.is_some() {
                 return found;
@@ -510,13 +547,19 @@ impl LeaderService for RaftCluster {
     }
 
     async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply {
-        let leads = self.raft.metrics().borrow().state == ServerState::Leader;
+        let (leads, own_leader) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state == ServerState::Leader, m.current_leader)
+        };
         let view = crate::election::VoterView {
             leads_with_quorum: leads && !self.leader.is_fenced() && !self.draining.load(Ordering::Relaxed),
             since_leader_contact: self.liveness.since_leader_contact(std::time::Instant::now()),
             last_log: (self.last_log)().await,
             confirms_leader_down: match request.leader_down {
-                Some(down) if down != self.node_id && !leads => {
+                // Only this voter's own leader (or none, after a failed election) may be
+                // declared dead here: a voter that follows a live leader refuses.
+                Some(down) if down != self.node_id && !leads && own_leader.is_none_or(|l| l == down) => {
                     crate::election::leader_refuses_connections(&self.raft, down, self.election.heartbeat / 2).await
                 }
                 _ => false,

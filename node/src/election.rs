@@ -208,20 +208,31 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
                 }
             };
             last_attempt = now;
+            if driver.leader.is_handing_off() {
+                // The hand-off owns replication and admission until the node stops.
+                continue;
+            }
             if fenced_here {
                 // Fenced: nothing is sent, so no acknowledgement comes. Probe the voters each
                 // heartbeat (a probe is no contact for their election timers): a majority that
-                // still follows means only the acknowledgements were slow (load), and a higher
-                // term means a successor exists; either way lift the fence (openraft then
-                // learns of the higher term and steps down).
+                // still follows means only the acknowledgements were slow (load): lift the
+                // fence. A higher term means a successor exists: send again, so that openraft
+                // learns of it and steps down, but go on refusing writes until it has.
                 if now.saturating_duration_since(last_probe) >= timing.heartbeat {
                     last_probe = now;
                     let outcome = probe_round(&driver, term, &voters).await;
                     metrics::counter!("corral_raft_fence_probes_total", "outcome" => outcome.label()).increment(1);
-                    if outcome != FenceProbe::NoQuorum {
-                        fenced_here = false;
-                        leading_since = Some((term, Instant::now()));
-                        set_fence(&driver, false, Duration::ZERO, &timing);
+                    match outcome {
+                        FenceProbe::StillLeads => {
+                            fenced_here = false;
+                            leading_since = Some((term, Instant::now()));
+                            set_fence(&driver, false, Duration::ZERO, &timing);
+                        }
+                        FenceProbe::HigherTerm => {
+                            driver.raft.runtime_config().heartbeat(true);
+                            driver.liveness.stop_replication(false);
+                        }
+                        FenceProbe::NoQuorum => {}
                     }
                 }
                 continue;

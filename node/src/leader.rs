@@ -136,6 +136,10 @@ impl Leader {
         self.handing_off.store(handing_off, Ordering::Relaxed);
     }
 
+    pub fn is_handing_off(&self) -> bool {
+        self.handing_off.load(Ordering::Relaxed)
+    }
+
     /// Fenced or handing off: leads in Raft's eyes, but admits nothing.
     fn stands_aside(&self) -> bool {
         self.is_fenced() || self.handing_off.load(Ordering::Relaxed)

@@ -49,6 +49,15 @@ impl SharedState {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Write access if nobody holds the lock now.
+    pub fn try_write(&self) -> Option<std::sync::RwLockWriteGuard<'_, MachineData>> {
+        match self.0.try_write() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Write access, for the state machine (apply, snapshot install); never across an await.
     pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, MachineData> {
         self.0.write().unwrap_or_else(|p| p.into_inner())

@@ -450,10 +450,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        while self.snapshot_encoding.load(Ordering::Acquire) {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-        let mut machine = self.shared.write();
+        let mut machine = loop {
+            if self.snapshot_encoding.load(Ordering::Acquire) {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                continue;
+            }
+            match self.shared.try_write() {
+                Some(machine) => break machine,
+                // Readers hold the lock briefly, unless an encoding took it meanwhile.
+                None if self.snapshot_encoding.load(Ordering::Acquire) => continue,
+                None => break self.shared.write(),
+            }
+        };
         let mut replies = Vec::new();
         for entry in entries {
             machine.last_applied = Some(entry.log_id);
