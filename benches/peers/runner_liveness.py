@@ -50,43 +50,42 @@ def cluster_status(addr, admin):
         return None
 
 
-def unresponsive(addr):
+def scrape(addr):
+    """The node's /metrics text (bytes), None when it does not answer."""
     try:
         status, body = get(addr, "/metrics")
     except (OSError, http.client.HTTPException):
         return None
-    if status != 200:
-        return None
-    match = re.search(rb'^corral_runners\{state="unresponsive"\} (\S+)', body, re.M)
+    return body if status == 200 else None
+
+
+def gauge(body, pattern):
+    """The first sample matching `pattern` (a bytes regex up to the value) as an int, 0 if absent."""
+    match = re.search(pattern + rb" (\S+)", body, re.M)
     return int(float(match.group(1))) if match else 0
+
+
+def unresponsive(body):
+    return gauge(body, rb'^corral_runners\{state="unresponsive"\}')
+
+
+def transitions(body):
+    """The node's committed runner health transitions so far."""
+    return gauge(body, rb"^corral_runner_health_transitions_total")
 
 
 COUNTERS = ["corral_runner_sessions_moved_total", "corral_raft_fenced_total", "corral_raft_campaigns_total",
             "corral_raft_fence_probes_total"]
 
 
-def counters(addr):
-    """The COUNTERS on one node (summed over labels), {} when it does not answer."""
-    try:
-        status, body = get(addr, "/metrics")
-    except (OSError, http.client.HTTPException):
-        return {}
+def counters(body):
+    """The COUNTERS in one scrape (summed over labels)."""
     found = {}
     for line in body.decode(errors="replace").splitlines():
         for name in COUNTERS:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 found[name] = found.get(name, 0) + float(line.rsplit(" ", 1)[1])
     return found
-
-
-def transitions(addr):
-    """The node's committed runner health transitions so far."""
-    try:
-        status, body = get(addr, "/metrics")
-    except (OSError, http.client.HTTPException):
-        return None
-    match = re.search(rb"^corral_runner_health_transitions_total (\S+)", body, re.M)
-    return int(float(match.group(1))) if match else 0
 
 
 def leader_of(admin):
@@ -122,12 +121,13 @@ class Sampler(threading.Thread):
                     self.terms.add(status.get("term"))
                     if status.get("leaderId"):
                         self.leaders.add((status.get("term"), status["leaderId"]))
-                for name, value in counters(addr).items():
+                body = scrape(addr)
+                if body is None:
+                    continue
+                for name, value in counters(body).items():
                     key = f"{addr} {name}"
                     self.counters[key] = max(self.counters.get(key, 0), value)
-                count = unresponsive(addr)
-                if count is not None:
-                    self.max_unresponsive = max(self.max_unresponsive, count)
+                self.max_unresponsive = max(self.max_unresponsive, unresponsive(body))
             self.samples += 1
             time.sleep(0.5)
 
@@ -233,12 +233,14 @@ def main():
 
         if "agents" in phases and keep is not None:
             leader = leader_of(admin)
-            before = transitions(API[leader - 1]) if leader else None
+            scraped = scrape(API[leader - 1]) if leader else None
+            before = transitions(scraped) if scraped is not None else None
             keep.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             p99_at = all_at = None
             while all_at is None and time.monotonic() - killed < 60:
-                now = transitions(API[leader - 1]) if leader else None
+                scraped = scrape(API[leader - 1]) if leader else None
+                now = transitions(scraped) if scraped is not None else None
                 count = now - before if now is not None and before is not None else None
                 if count is not None:
                     if p99_at is None and count >= 0.99 * args.runners:
