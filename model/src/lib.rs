@@ -20,6 +20,8 @@
 //! - [`access`]: key roles, the permission each command needs, and [`access::authorize`], the
 //!   check the API makes before proposing and `apply` makes again.
 //! - [`quota`]: organization quotas in shared regions and [`quota::admits`], their one rule.
+//! - [`injected`]: the test-only injected bugs (feature `injected-bugs`, never in a default
+//!   build) that control runs switch on to prove a checker fires.
 //!
 //! Architecture invariants: nothing here does I/O, awaits, reads a clock or draws an unseeded
 //! random number; time, ids and randomness are arguments. `apply` is deterministic, so replicas
@@ -37,6 +39,7 @@ pub mod apply;
 pub mod assignment;
 pub mod command;
 pub mod health;
+pub mod injected;
 pub mod outcome;
 pub mod placement;
 pub mod quota;

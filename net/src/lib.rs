@@ -66,13 +66,32 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// How long a connection attempt to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+thread_local! {
+    /// Set on a simulation's thread: (the simulated instant the wall clock started at, the
+    /// wall-clock reading then).
+    static SIMULATED_WALL_CLOCK: std::cell::Cell<Option<(tokio::time::Instant, corral_model::Millis)>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// Wall-clock milliseconds since the Unix epoch, for stamping soft state (health reports'
 /// receipt, gossip incarnations) and, in the node, proposals. The model never reads a clock.
+/// On a thread that [`simulate_wall_clock`] set up, the reading follows tokio's (paused,
+/// simulated) clock instead, so that a simulation's proposals carry the same times on
+/// every run of a seed.
 pub fn now_millis() -> corral_model::Millis {
+    if let Some((origin, at_origin)) = SIMULATED_WALL_CLOCK.with(std::cell::Cell::get) {
+        return at_origin + origin.elapsed().as_millis() as corral_model::Millis;
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as corral_model::Millis)
         .unwrap_or(0)
+}
+
+/// From now on, [`now_millis`] on this thread reads `start` plus the time tokio's clock has
+/// advanced since this call (`None`: the real wall clock again). For the simulation only.
+pub fn simulate_wall_clock(start: Option<corral_model::Millis>) {
+    SIMULATED_WALL_CLOCK.with(|c| c.set(start.map(|at| (tokio::time::Instant::now(), at))));
 }
 
 /// Errors of this crate's client calls.

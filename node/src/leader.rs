@@ -14,9 +14,10 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use corral_model::injected::{injected, InjectedBug};
 use corral_model::Proposal;
 use corral_net::{CommittedWrite, ForwardError, MembershipChange, MembershipChanged};
-use corral_raft_types::{CorralNode, NodeId, ProposalBatch, Raft};
+use corral_raft_types::{CorralNode, NodeId, ProposalBatch, Raft, SharedState};
 
 use crate::coalescer::{CoalesceError, Coalescer, CoalescerConfig};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -65,6 +66,8 @@ impl From<LeaderError> for ForwardError {
 #[derive(Clone)]
 pub struct Leader {
     raft: Raft,
+    /// This node's state machine (what a build with injected bugs answers from early).
+    applied: SharedState,
     /// Set by the election driver while this leader has no fresh quorum acknowledgement
     /// (check-quorum): it then acts as if it did not lead.
     fenced: Arc<AtomicBool>,
@@ -79,12 +82,14 @@ pub struct Leader {
 impl Leader {
     /// The leader operations on `raft`, with proposals batched as `batching` says. Starts the
     /// batching tasks on the current tokio runtime.
-    pub fn new(raft: Raft, batching: CoalescerConfig) -> Self {
+    pub fn new(raft: Raft, applied: SharedState, batching: CoalescerConfig) -> Self {
         let r = raft.clone();
+        let state = applied.clone();
         let handing_off = Arc::new(AtomicBool::new(false));
         let stop_admitting = handing_off.clone();
         let proposals = Coalescer::start("proposals", batching, move |batch: Vec<Proposal>| {
             let raft = r.clone();
+            let state = state.clone();
             // A batch queued before a hand-off began is not appended after it: the successor
             // is chosen by the log as it stands.
             let handing_off = stop_admitting.load(Ordering::Relaxed);
@@ -92,6 +97,9 @@ impl Leader {
                 if handing_off {
                     let count = batch.len();
                     return vec![Err(LeaderError::NotLeader { leader_id: None, leader: None }); count];
+                }
+                if injected(InjectedBug::AckBeforeCommit) {
+                    return answer_before_commit(&raft, &state, batch).await;
                 }
                 commit_batch(&raft, batch).await
             }
@@ -103,6 +111,7 @@ impl Leader {
         });
         Leader {
             raft,
+            applied,
             fenced: Arc::new(AtomicBool::new(false)),
             fenced_since: Arc::default(),
             handing_off,
@@ -186,6 +195,9 @@ impl Leader {
         if let Some(not_leader) = self.not_leader() {
             return Err(not_leader);
         }
+        if injected(InjectedBug::ReadWithoutReadIndex) {
+            return Ok(self.applied.read().last_applied.map_or(0, |l| l.index));
+        }
         self.read_indexes.call(()).await?
     }
 
@@ -240,6 +252,24 @@ async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) -> Vec<Result<Committed
             vec![Err(LeaderError::Unavailable("the entry applied with a wrong answer count".into())); count]
         }
         Err(e) => vec![Err(client_write_error(e)); count],
+    }
+}
+
+/// The injected bug `ack-before-commit`: hands the batch to Raft and answers at once with
+/// what `apply` gives on a copy of the applied state, as if it had committed.
+async fn answer_before_commit(
+    raft: &Raft,
+    applied: &SharedState,
+    batch: Vec<Proposal>,
+) -> Vec<Result<CommittedWrite, LeaderError>> {
+    let mut state = applied.read().state.clone();
+    let answers = batch
+        .iter()
+        .map(|p| Ok(CommittedWrite { log_index: 0, response: corral_model::apply(&mut state, p) }))
+        .collect();
+    match raft.client_write_ff(ProposalBatch(batch)).await {
+        Ok(_committed_later) => answers,
+        Err(e) => answers.iter().map(|_| Err(LeaderError::Unavailable(e.to_string()))).collect(),
     }
 }
 

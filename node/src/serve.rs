@@ -132,7 +132,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     let health = SharedHealth::default();
     let batching = CoalescerConfig { queue_capacity: config.proposal_queue, ..PROPOSAL_BATCHING };
-    let leader = Leader::new(raft.clone(), batching);
+    let leader = Leader::new(raft.clone(), shared.clone(), batching);
     let scheduler_config = SchedulerConfig { seed: config.scheduler_seed, ..SchedulerConfig::default() };
     let scheduler = Scheduler::start(leader.clone(), shared.clone(), health.clone(), scheduler_config);
     let shared_for_metrics = shared.clone();

@@ -7,11 +7,14 @@ mod common;
 use corral_model::{Command, NewRegion, NewRunner, Proposal, RegionType, Resources, RunnerState, SandboxRequest};
 use corral_node::leader::{Leader, PROPOSAL_BATCHING};
 use corral_node::scheduler::{commit_and_retry, plan, IndexCache, Pending};
-use corral_raft_types::Raft;
+use corral_raft_types::{Raft, SharedState};
 use rand::SeedableRng;
 
-async fn write(raft: &Raft, command: Command) {
-    let reply = Leader::new(raft.clone(), PROPOSAL_BATCHING).write(Proposal::new(command, 1)).await.expect("committed");
+async fn write(raft: &Raft, shared: &SharedState, command: Command) {
+    let reply = Leader::new(raft.clone(), shared.clone(), PROPOSAL_BATCHING)
+        .write(Proposal::new(command, 1))
+        .await
+        .expect("committed");
     assert!(reply.response.is_ok(), "{:?}", reply.response);
 }
 
@@ -30,10 +33,10 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (raft, shared) = common::one_node_raft(dir.path(), false).await;
 
-    write(&raft, Command::CreateRegion(NewRegion::new("reg", "org", "reg", RegionType::Custom))).await;
-    write(&raft, runner("a")).await;
-    write(&raft, runner("b")).await;
-    write(&raft, Command::SetRunnerState { id: "a".into(), state: RunnerState::Ready }).await;
+    write(&raft, &shared, Command::CreateRegion(NewRegion::new("reg", "org", "reg", RegionType::Custom))).await;
+    write(&raft, &shared, runner("a")).await;
+    write(&raft, &shared, runner("b")).await;
+    write(&raft, &shared, Command::SetRunnerState { id: "a".into(), state: RunnerState::Ready }).await;
 
     // Plan two sandboxes while only runner a is eligible: both go to a.
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -60,10 +63,17 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
     assert_eq!(planned.len(), 2);
 
     // The race: a is cordoned and b admitted before the batch is committed.
-    write(&raft, Command::SetRunnerSchedulable { id: "a".into(), schedulable: Some(false) }).await;
-    write(&raft, Command::SetRunnerState { id: "b".into(), state: RunnerState::Ready }).await;
+    write(&raft, &shared, Command::SetRunnerSchedulable { id: "a".into(), schedulable: Some(false) }).await;
+    write(&raft, &shared, Command::SetRunnerState { id: "b".into(), state: RunnerState::Ready }).await;
 
-    commit_and_retry(&Leader::new(raft.clone(), PROPOSAL_BATCHING), &shared, planned, &mut rng, &mut cache).await;
+    commit_and_retry(
+        &Leader::new(raft.clone(), shared.clone(), PROPOSAL_BATCHING),
+        &shared,
+        planned,
+        &mut rng,
+        &mut cache,
+    )
+    .await;
     for answer in answers {
         let sandbox = answer.await.expect("answered").expect("no cluster error").expect("placed on retry");
         assert_eq!(sandbox.runner_id, "b", "placed again, on the runner that can take it");

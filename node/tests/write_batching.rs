@@ -23,7 +23,7 @@ fn create_region(name: &str) -> Proposal {
 async fn a_batch_mixing_accepted_and_rejected_commands_answers_each_on_its_own() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (raft, shared) = one_node_raft(dir.path(), true).await;
-    let leader = Leader::new(raft.clone(), CoalescerConfig { max_in_flight: 1, ..PROPOSAL_BATCHING });
+    let leader = Leader::new(raft.clone(), shared.clone(), CoalescerConfig { max_in_flight: 1, ..PROPOSAL_BATCHING });
 
     // 20 new regions, 20 creations of one name (one wins), 20 deletions of nothing.
     let proposals: Vec<Proposal> = (0..20)
@@ -66,7 +66,11 @@ async fn a_batch_mixing_accepted_and_rejected_commands_answers_each_on_its_own()
 async fn a_full_proposal_queue_answers_overloaded_at_once_and_loses_nothing_it_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (raft, shared) = one_node_raft(dir.path(), true).await;
-    let leader = Leader::new(raft.clone(), CoalescerConfig { queue_capacity: 1, max_batch: 1, max_in_flight: 1 });
+    let leader = Leader::new(
+        raft.clone(),
+        shared.clone(),
+        CoalescerConfig { queue_capacity: 1, max_batch: 1, max_in_flight: 1 },
+    );
 
     let writes = (0..200).map(|i| leader.write(create_region(&format!("r-{i}"))));
     let answers = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(writes))

@@ -8,6 +8,8 @@
 //! - [`shared`]: the state machine's in-memory data ([`MachineData`]: the domain
 //!   [`corral_model::State`] plus openraft's applied log id and membership) and the handle
 //!   ([`SharedState`]) that storage applies through and the API and node read through.
+//! - [`runtime`]: openraft's tokio runtime whose random numbers (election timeouts) a thread
+//!   can seed, so that the simulation replays a seed exactly.
 //!
 //! Why a crate of its own: openraft depends on tokio unconditionally, and corral-model must
 //! stay pure (no tokio in its dependency tree). storage, net, api and node depend on this
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod raft;
+pub mod runtime;
 pub mod shared;
 
 pub use raft::{ApplyResponse, CorralNode, NodeId, ProposalBatch, Raft, TypeConfig};

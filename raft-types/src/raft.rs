@@ -81,7 +81,7 @@ openraft::declare_raft_types!(
         Node = CorralNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::CorralRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

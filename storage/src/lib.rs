@@ -8,6 +8,8 @@
 //!   (entries by index), `meta` (vote, committed, last purged) and `state` (the latest snapshot
 //!   of the state machine). The state machine applies with `corral_model::apply` to the
 //!   in-memory [`corral_raft_types::SharedState`].
+//! - [`memory`]: the same log store on a simulated disk ([`MemDisk`]) that tells synced from
+//!   unsynced writes and can lose the unsynced ones in a crash; the simulation runs on it.
 //!
 //! Invariants: a log append is acknowledged to openraft only after RocksDB has synced it (when
 //! `fsync` is on); the state machine's in-memory `State` is exactly the fold of `apply` over
@@ -20,6 +22,8 @@
 #![allow(clippy::result_large_err)]
 #![forbid(unsafe_code)]
 
+pub mod memory;
 pub mod store;
 
+pub use memory::{open_memory, MemDisk, MemLogStore};
 pub use store::{open_storage, LogStore, StateMachineStore, StorageConfig, StorageError};

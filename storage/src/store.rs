@@ -105,25 +105,11 @@ pub fn open_storage(
     let db = Arc::new(DB::open_cf_descriptors(&db_opts, dir, cfs)?);
 
     let shared = SharedState::default();
-    {
-        let state_cf = db.cf_handle(CF_STATE).ok_or_else(|| StorageError::CorruptSnapshot("no state cf".into()))?;
-        let meta = db.get_cf(state_cf, KEY_SNAPSHOT_META)?;
-        let data = db.get_cf(state_cf, KEY_SNAPSHOT_DATA)?;
-        if let (Some(meta), Some(data)) = (meta, data) {
-            let meta: SnapshotMeta<NodeId, CorralNode> =
-                serde_json::from_slice(&meta).map_err(|e| StorageError::CorruptSnapshot(e.to_string()))?;
-            let state = State::decode(&data).map_err(|e| StorageError::CorruptSnapshot(e.to_string()))?;
-            let mut machine = shared.write();
-            machine.last_applied = meta.last_log_id;
-            machine.membership = meta.last_membership.clone();
-            machine.snapshot_index = meta.last_log_id.map(|l| l.index);
-            machine.state = state;
-        }
-    }
+    let snapshots = SnapshotFile::Rocks { db: db.clone(), config };
+    StateMachineStore::restore(&snapshots, &shared)?;
     let syncer = LogSyncer::start(&db, config)?;
-    let log = LogStore { db: db.clone(), config, syncer };
-    let sm = StateMachineStore { db, config, shared: shared.clone(), snapshot_encoding: Arc::default() };
-    Ok((log, sm, shared))
+    let log = LogStore { db, config, syncer };
+    Ok((log, StateMachineStore::new(snapshots, shared.clone()), shared))
 }
 
 /// The Raft log and hard state (vote, committed) in RocksDB.
@@ -323,6 +309,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 return Err(e.into());
             }
         };
+        if corral_model::injected::injected(corral_model::injected::InjectedBug::FlushBeforeFsync) {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         if let Err(refused) = self.syncer.queue.send(PendingSync { entries, callback }).await {
             let e = std::io::Error::other("the log syncer has stopped");
             refused.0.callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
@@ -356,8 +346,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// snapshot in the `state` column family.
 #[derive(Clone)]
 pub struct StateMachineStore {
-    db: Arc<DB>,
-    config: StorageConfig,
+    snapshots: SnapshotFile,
     shared: SharedState,
     /// Set while a snapshot is encoded under the state's read lock (seconds for a large
     /// state). `apply` then waits without blocking a runtime thread: a writer blocked on the
@@ -375,17 +364,86 @@ impl Drop for EncodingFlag {
     }
 }
 
-impl StateMachineStore {
-    fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, CorralNode>, data: &[u8]) -> RaftResult<()> {
-        let state_cf = cf(&self.db, CF_STATE)?;
+/// Where the state machine keeps its latest snapshot: the `state` column family, or the
+/// simulated disk of [`crate::memory`].
+#[derive(Clone)]
+pub(crate) enum SnapshotFile {
+    Rocks { db: Arc<DB>, config: StorageConfig },
+    Memory(crate::memory::MemDisk),
+}
+
+impl SnapshotFile {
+    fn save(&self, meta: &SnapshotMeta<NodeId, CorralNode>, data: &[u8]) -> RaftResult<()> {
+        let db = match self {
+            SnapshotFile::Rocks { db, .. } => db,
+            SnapshotFile::Memory(disk) => return disk.save_snapshot(meta, data),
+        };
+        let state_cf = cf(db, CF_STATE)?;
         let meta_bytes =
             serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(state_cf, KEY_SNAPSHOT_META, meta_bytes);
         batch.put_cf(state_cf, KEY_SNAPSHOT_DATA, data);
-        self.db
-            .write_opt(batch, &write_options(self.config))
+        let config = match self {
+            SnapshotFile::Rocks { config, .. } => *config,
+            SnapshotFile::Memory(_) => StorageConfig::default(),
+        };
+        db.write_opt(batch, &write_options(config))
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(())
+    }
+
+    fn load(&self) -> RaftResult<Option<(SnapshotMeta<NodeId, CorralNode>, Vec<u8>)>> {
+        let db = match self {
+            SnapshotFile::Rocks { db, .. } => db,
+            SnapshotFile::Memory(disk) => return Ok(disk.snapshot()),
+        };
+        let state_cf = cf(db, CF_STATE)?;
+        let meta = db.get_cf(state_cf, KEY_SNAPSHOT_META).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let data = db.get_cf(state_cf, KEY_SNAPSHOT_DATA).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let (Some(meta), Some(data)) = (meta, data) else {
+            return Ok(None);
+        };
+        let meta = serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some((meta, data)))
+    }
+
+    /// Whether encoding and decoding go to a blocking thread. The simulated disk keeps them
+    /// on the runtime: its states are small, and a thread outside the simulation's one
+    /// runtime would make its timing depend on the host.
+    fn off_runtime(&self) -> bool {
+        matches!(self, SnapshotFile::Rocks { .. })
+    }
+}
+
+/// Runs `work` on a blocking thread when `off_runtime`, else here.
+async fn run_blocking<T: Send + 'static>(
+    off_runtime: bool,
+    work: impl FnOnce() -> RaftResult<T> + Send + 'static,
+) -> RaftResult<T> {
+    if !off_runtime {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.map_err(|e| StorageIOError::write_snapshot(None, &e))?
+}
+
+impl StateMachineStore {
+    /// A state machine on `shared` whose snapshots go to `snapshots`.
+    pub(crate) fn new(snapshots: SnapshotFile, shared: SharedState) -> Self {
+        StateMachineStore { snapshots, shared, snapshot_encoding: Arc::default() }
+    }
+
+    /// `shared` loaded from the snapshot in `snapshots`, if there is one.
+    pub(crate) fn restore(snapshots: &SnapshotFile, shared: &SharedState) -> Result<(), StorageError> {
+        let stored = snapshots.load().map_err(|e| StorageError::CorruptSnapshot(e.to_string()))?;
+        if let Some((meta, data)) = stored {
+            let state = State::decode(&data).map_err(|e| StorageError::CorruptSnapshot(e.to_string()))?;
+            let mut machine = shared.write();
+            machine.last_applied = meta.last_log_id;
+            machine.membership = meta.last_membership.clone();
+            machine.snapshot_index = meta.last_log_id.map(|l| l.index);
+            machine.state = state;
+        }
         Ok(())
     }
 }
@@ -397,11 +455,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // thread, off the runtime that serves heartbeats and requests. The state is encoded in
         // place under the read lock rather than copied first: a copy would double the memory
         // of a large state. `apply` waits meanwhile (see ARCHITECTURE.md, "Snapshots").
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = match &self.snapshots {
+            SnapshotFile::Rocks { .. } => {
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+            }
+            // The simulation's ids must not depend on the host's clock.
+            SnapshotFile::Memory(disk) => u128::from(disk.next_snapshot_number()),
+        };
         let store = self.clone();
         self.snapshot_encoding.store(true, Ordering::Release);
         let encoding = EncodingFlag(self.snapshot_encoding.clone());
-        let (meta, data, commands_covered) = tokio::task::spawn_blocking(move || -> RaftResult<_> {
+        let (meta, data, commands_covered) = run_blocking(self.snapshots.off_runtime(), move || -> RaftResult<_> {
             let (data, last_log_id, last_membership, commands_covered) = {
                 let _encoding = encoding;
                 let machine = store.shared.read();
@@ -414,11 +478,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 None => format!("empty-{nanos}"),
             };
             let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-            store.save_snapshot(&meta, &data)?;
+            store.snapshots.save(&meta, &data)?;
             Ok((meta, data, commands_covered))
         })
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(None, &e))??;
+        .await?;
         let last_log_id = meta.last_log_id;
         {
             let mut machine = self.shared.write();
@@ -500,13 +563,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let store = self.clone();
         let signature = meta.signature();
         let owned_meta = meta.clone();
-        let mut state = tokio::task::spawn_blocking(move || -> RaftResult<State> {
+        let mut state = run_blocking(self.snapshots.off_runtime(), move || -> RaftResult<State> {
             let state = State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(signature), &e))?;
-            store.save_snapshot(&owned_meta, &data)?;
+            store.snapshots.save(&owned_meta, &data)?;
             Ok(state)
         })
-        .await
-        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))??;
+        .await?;
         let mut machine = self.shared.write();
         state.carry_local_from(&machine.state);
         machine.state = state;
@@ -520,14 +582,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> RaftResult<Option<Snapshot<TypeConfig>>> {
-        let state_cf = cf(&self.db, CF_STATE)?;
-        let meta = self.db.get_cf(state_cf, KEY_SNAPSHOT_META).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let data = self.db.get_cf(state_cf, KEY_SNAPSHOT_DATA).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let (Some(meta), Some(data)) = (meta, data) else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta<NodeId, CorralNode> =
-            serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(self.snapshots.load()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }

@@ -2,7 +2,7 @@
 //! machine (real files in a temporary directory).
 
 use corral_raft_types::TypeConfig;
-use corral_storage::{open_storage, LogStore, StateMachineStore, StorageConfig};
+use corral_storage::{open_memory, open_storage, LogStore, MemDisk, MemLogStore, StateMachineStore, StorageConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{StorageError, StorageIOError};
 
@@ -31,5 +31,24 @@ fn openraft_storage_suite() {
 fn openraft_storage_suite_with_group_commit() {
     if let Err(e) = Suite::test_all(RocksBuilder { fsync: true }) {
         panic!("storage suite (fsync on) failed: {e}");
+    }
+}
+
+struct MemBuilder;
+
+impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore, ()> for MemBuilder {
+    async fn build(&self) -> Result<((), MemLogStore, StateMachineStore), StorageError<u64>> {
+        let disk = MemDisk::new(std::time::Duration::from_millis(1));
+        let (log, sm, _shared) =
+            open_memory(&disk).map_err(|e| StorageIOError::write(&std::io::Error::other(e.to_string())))?;
+        Ok(((), log, sm))
+    }
+}
+
+/// The simulated disk passes the same suite.
+#[test]
+fn openraft_storage_suite_on_the_simulated_disk() {
+    if let Err(e) = Suite::test_all(MemBuilder) {
+        panic!("storage suite (simulated disk) failed: {e}");
     }
 }

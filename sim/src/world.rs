@@ -1,0 +1,147 @@
+//! What the clients and the invariant checker see of the cluster: the handles of the nodes
+//! that are up, and the run's record (history, sandboxes, trace hash).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use corral_chaos::history::{Call, History, Nanos, Outcome};
+use corral_node::leader::Leader;
+use corral_node::scheduler::Scheduler;
+use corral_raft_types::{NodeId, Raft, SharedState};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+/// A node that is up, as its clients reach it.
+#[derive(Clone)]
+pub struct Handles {
+    pub raft: Raft,
+    pub leader: Leader,
+    pub scheduler: Scheduler,
+    pub shared: SharedState,
+    pub incarnation: u64,
+}
+
+/// A sandbox creation as the clients saw it.
+#[derive(Debug, Clone)]
+pub struct SandboxOp {
+    /// The request's label (its idempotency key).
+    pub request: String,
+    pub acknowledged: bool,
+    /// A delete of it was sent (whatever came back).
+    pub deleted: bool,
+}
+
+#[derive(Default)]
+struct Record {
+    history: History,
+    sandboxes: Vec<SandboxOp>,
+    trace: Sha256,
+    events: u64,
+}
+
+/// Shared by the clients, the nemesis and the checker (cheap to clone).
+#[derive(Clone)]
+pub struct World {
+    up: Arc<Mutex<BTreeMap<NodeId, Handles>>>,
+    record: Arc<Mutex<Record>>,
+    start: Instant,
+    /// Print every traced event (`CORRAL_SIM_TRACE=1`, for reading a replay).
+    print: bool,
+}
+
+impl World {
+    pub fn new() -> World {
+        let print = std::env::var_os("CORRAL_SIM_TRACE").is_some_and(|v| v == "1");
+        World { up: Arc::default(), record: Arc::default(), start: Instant::now(), print }
+    }
+
+    pub fn now(&self) -> Nanos {
+        self.start.elapsed().as_nanos() as Nanos
+    }
+
+    fn record(&self) -> MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn nodes(&self) -> MutexGuard<'_, BTreeMap<NodeId, Handles>> {
+        self.up.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_up(&self, id: NodeId, handles: Handles) {
+        self.nodes().insert(id, handles);
+    }
+
+    pub fn set_down(&self, id: NodeId) {
+        self.nodes().remove(&id);
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<Handles> {
+        self.nodes().get(&id).cloned()
+    }
+
+    pub fn up(&self) -> Vec<(NodeId, Handles)> {
+        self.nodes().iter().map(|(id, h)| (*id, h.clone())).collect()
+    }
+
+    /// Adds an event to the run's trace hash (and counts it).
+    pub fn trace(&self, event: &str) {
+        let at = self.now();
+        if self.print {
+            println!("{:>10.3} s  {event}", at as f64 / 1e9);
+        }
+        let mut record = self.record();
+        record.trace.update(at.to_le_bytes());
+        record.trace.update(event.as_bytes());
+        record.trace.update([0]);
+        record.events += 1;
+    }
+
+    /// Records a finished register operation; returns its id.
+    pub fn push_op(
+        &self,
+        client: u64,
+        call: Call,
+        invoke: Nanos,
+        outcome: Outcome,
+        read: Option<Option<String>>,
+    ) -> u64 {
+        let complete = (outcome != Outcome::Unknown).then(|| self.now());
+        self.trace(&format!("op c{client} {call:?} {outcome:?} {read:?}"));
+        let mut record = self.record();
+        let id = record.history.push(client, call, invoke, complete, outcome);
+        if let Some(op) = record.history.ops.last_mut() {
+            op.read = read;
+        }
+        id
+    }
+
+    pub fn push_sandbox(&self, op: SandboxOp) {
+        self.trace(&format!("sandbox {} acked={}", op.request, op.acknowledged));
+        self.record().sandboxes.push(op);
+    }
+
+    pub fn mark_deleted(&self, request: &str) {
+        self.trace(&format!("sandbox {request} deleted"));
+        if let Some(op) = self.record().sandboxes.iter_mut().find(|s| s.request == request) {
+            op.deleted = true;
+        }
+    }
+
+    /// Takes the history and the sandbox operations recorded so far.
+    pub fn take_history(&self) -> (History, Vec<SandboxOp>) {
+        let mut record = self.record();
+        (std::mem::take(&mut record.history), std::mem::take(&mut record.sandboxes))
+    }
+
+    /// The trace hash so far, and how many events it covers.
+    pub fn trace_hash(&self) -> (String, u64) {
+        let record = self.record();
+        (hex::encode(record.trace.clone().finalize()), record.events)
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World::new()
+    }
+}
