@@ -186,18 +186,27 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
     // Whether this driver fenced the leader (a hand-off fences it too, and is not undone here).
     let mut fenced_here = false;
     let mut last_leader: Option<NodeId> = None;
+    // This node's vote and when it last changed: granting a vote restarts the wait, as in
+    // Raft, so that a voter does not campaign against the candidate it just elected before
+    // that leader's first heartbeat arrives.
+    let mut last_vote = None;
+    let mut vote_changed_at = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = Instant::now();
-        let (state, term, voters, current_leader) = {
+        let (state, term, voters, current_leader, vote) = {
             let m = driver.raft.metrics();
             let m = m.borrow();
             let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
-            (m.state, m.current_term, voters, m.current_leader)
+            (m.state, m.current_term, voters, m.current_leader, m.vote)
         };
+        if last_vote != Some(vote) {
+            last_vote = Some(vote);
+            vote_changed_at = now;
+        }
         if state == ServerState::Leader {
             // Acknowledgements count from winning, or from the last time the fence lifted.
             let since = match leading_since {
@@ -258,7 +267,11 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
         if !voters.contains(&driver.node_id) {
             continue;
         }
-        let silence = driver.liveness.since_leader_contact(now).min(now.saturating_duration_since(last_attempt));
+        let silence = driver
+            .liveness
+            .since_leader_contact(now)
+            .min(now.saturating_duration_since(last_attempt))
+            .min(now.saturating_duration_since(vote_changed_at));
         let mut leader_down = None;
         if silence >= suspect_after && now.saturating_duration_since(last_probe) >= timing.heartbeat {
             if let Some(leader) = last_leader.filter(|l| voters.contains(l)) {

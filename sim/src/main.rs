@@ -224,8 +224,15 @@ fn main() {
                 .filter(|r| r.violations.iter().any(|v| signs.iter().any(|s| v.contains(s))))
                 .map(|r| r.seed)
                 .collect();
+            // From each starting seed, how many seeds a search takes to reach a finding one.
+            let mut distances: Vec<u64> = (range.start..=found.last().copied().unwrap_or(range.start))
+                .filter_map(|start| found.iter().find(|f| **f >= start).map(|f| f - start + 1))
+                .collect();
+            distances.sort_unstable();
+            let median = distances.get(distances.len() / 2).copied().unwrap_or(0);
             match found.first() {
                 Some(first) => {
+                    println!("control {}: median seeds to a finding, over starting seeds: {median}", bug.name());
                     println!(
                         "control {}: caught ({}) by {} of {} seeds, first by seed {first} ({} seeds in)",
                         bug.name(),
