@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use corral_model::{Proposal, SandboxRequest};
 use corral_raft_types::{NodeId, Raft, TypeConfig};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::leader_ops::{LeaderService, LeadershipProbe, MembershipChange, PreVoteRequest, ProbeReply};
+use crate::leader_ops::{LeaderService, LeadershipProbe, MembershipChange, PreVoteRequest};
 use crate::liveness::RaftLiveness;
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::pb::Payload;
@@ -75,10 +75,7 @@ impl RaftTransport for RaftTransportService {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request.get_ref())?;
         let term = rpc.vote.leader_id().term;
         let reply = self.raft.append_entries(rpc).await;
-        // Anything but a higher vote means this node follows the sender as leader of `term`.
-        if matches!(&reply, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-            self.liveness.heard_from_leader(term, std::time::Instant::now());
-        }
+        self.liveness.record_append_received(term, &reply);
         Ok(tonic::Response::new(encode(&reply)?))
     }
 
@@ -131,17 +128,7 @@ impl RaftTransport for RaftTransportService {
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let probe: LeadershipProbe = decode_request(request.get_ref())?;
-        let reply = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            if m.current_term > probe.term {
-                ProbeReply::HigherTerm(m.current_term)
-            } else if m.current_term == probe.term && m.current_leader == Some(probe.leader) {
-                ProbeReply::Follows
-            } else {
-                ProbeReply::Other
-            }
-        };
+        let reply = crate::liveness::answer_probe(&self.raft, &probe);
         Ok(tonic::Response::new(encode(&reply)?))
     }
 

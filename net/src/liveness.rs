@@ -7,9 +7,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use corral_raft_types::NodeId;
+use corral_raft_types::{NodeId, Raft};
+use openraft::error::RaftError;
+use openraft::raft::AppendEntriesResponse;
+// tokio's clock: the real one in a node, the simulated one in corral-sim.
+use tokio::time::Instant;
+
+use crate::{LeadershipProbe, ProbeReply};
 
 #[derive(Debug)]
 struct Record {
@@ -81,10 +87,46 @@ impl RaftLiveness {
         self.lock().acks.insert(follower, (term, now));
     }
 
+    /// The receiving side of an AppendEntries from the leader of `term`: anything but a
+    /// higher vote means this node follows it (the transports call this).
+    pub fn record_append_received(&self, term: u64, reply: &Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>) {
+        if matches!(reply, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.heard_from_leader(term, Instant::now());
+        }
+    }
+
+    /// The sending side: `follower` answered an AppendEntries of `term` sent at `sent`;
+    /// anything but a higher vote is an acknowledgement of this node's leadership.
+    pub fn record_append_reply(
+        &self,
+        follower: NodeId,
+        term: u64,
+        sent: Instant,
+        reply: &AppendEntriesResponse<NodeId>,
+    ) {
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+            self.acked_by(follower, term, sent);
+        }
+    }
+
     /// The last acknowledgement from each of `followers` for `term` (`None`: none in that term).
     pub fn acks_in_term(&self, term: u64, followers: impl Iterator<Item = NodeId>) -> Vec<Option<Instant>> {
         let record = self.lock();
         followers.map(|id| record.acks.get(&id).filter(|(t, _)| *t == term).map(|(_, at)| *at)).collect()
+    }
+}
+
+/// A voter's answer to a fenced leader's probe, from its Raft metrics alone (it touches no
+/// state and counts as no contact).
+pub fn answer_probe(raft: &Raft, probe: &LeadershipProbe) -> ProbeReply {
+    let m = raft.metrics();
+    let m = m.borrow();
+    if m.current_term > probe.term {
+        ProbeReply::HigherTerm(m.current_term)
+    } else if m.current_term == probe.term && m.current_leader == Some(probe.leader) {
+        ProbeReply::Follows
+    } else {
+        ProbeReply::Other
     }
 }
 

@@ -119,7 +119,7 @@ const REPLICATION_RETRY: std::time::Duration = std::time::Duration::from_millis(
 
 /// What openraft sees while this leader is fenced or handing off: the follower is unreachable
 /// (it backs off and retries later).
-fn replication_stopped<E: std::error::Error>() -> RPCError<NodeId, CorralNode, E> {
+pub fn replication_stopped<E: std::error::Error>() -> RPCError<NodeId, CorralNode, E> {
     RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
         "this leader stopped replicating (fenced, or handing off)",
     )))
@@ -141,13 +141,10 @@ impl RaftNetwork<TypeConfig> for GrpcPeer {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
         }
         let term = rpc.vote.leader_id().term;
-        let sent = std::time::Instant::now();
+        let sent = tokio::time::Instant::now();
         let reply: AppendEntriesResponse<NodeId> = self
             .raft_result(self.clients.call_encoded(&self.addr, Method::AppendEntries, json, option.hard_ttl()).await)?;
-        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
-            // The follower still took this node as leader of `term` after `sent`.
-            self.liveness.acked_by(self.target, term, sent);
-        }
+        self.liveness.record_append_reply(self.target, term, sent, &reply);
         Ok(reply)
     }
 

@@ -374,7 +374,7 @@ impl RaftCluster {
             let m = m.borrow();
             (m.state == ServerState::Leader, m.membership_config.membership().get_node(&self.node_id).is_some())
         };
-        let silence = self.liveness.since_leader_contact(std::time::Instant::now());
+        let silence = self.liveness.since_leader_contact(tokio::time::Instant::now());
         if member && !leads && silence > self.election.election_timeout * 5 {
             return Err(format!("this node has heard from no leader for {} ms", silence.as_millis()));
         }
@@ -547,28 +547,17 @@ impl LeaderService for RaftCluster {
     }
 
     async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply {
-        let (leads, own_leader) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            (m.state == ServerState::Leader, m.current_leader)
+        let voter = crate::election::Voter {
+            node_id: self.node_id,
+            raft: &self.raft,
+            leader: &self.leader,
+            liveness: &self.liveness,
+            last_log: &self.last_log,
+            timing: &self.election,
+            link: &self.clients,
+            draining: self.draining.load(Ordering::Relaxed),
         };
-        let view = crate::election::VoterView {
-            leads_with_quorum: leads && !self.leader.is_fenced() && !self.draining.load(Ordering::Relaxed),
-            since_leader_contact: self.liveness.since_leader_contact(std::time::Instant::now()),
-            last_log: (self.last_log)().await,
-            confirms_leader_down: match request.leader_down {
-                // Only this voter's own leader (or none, after a failed election) may be
-                // declared dead here: a voter that follows a live leader refuses.
-                Some(down) if down != self.node_id && !leads && own_leader.is_none_or(|l| l == down) => {
-                    crate::election::leader_refuses_connections(&self.raft, down, self.election.heartbeat / 2).await
-                }
-                _ => false,
-            },
-        };
-        match crate::election::judge_pre_vote(&view, &request, &self.election) {
-            Ok(()) => PreVoteReply { granted: true, reason: String::new() },
-            Err(reason) => PreVoteReply { granted: false, reason },
-        }
+        crate::election::answer_pre_vote(&voter, &request).await
     }
 
     async fn campaign(&self) -> Result<(), ForwardError> {

@@ -45,11 +45,14 @@
 //! [`quorum_ack_age`], [`election_timeout`]); [`run`] does the I/O.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+// tokio's clock: the real one in a node, the simulated one in corral-sim.
+use tokio::time::Instant;
 
-use corral_net::{LeadershipProbe, PeerClients, PreVoteReply, PreVoteRequest, ProbeReply, RaftLiveness};
+use corral_net::{LeadershipProbe, NetError, PeerClients, PreVoteReply, PreVoteRequest, ProbeReply, RaftLiveness};
 use corral_raft_types::{NodeId, Raft};
 use openraft::ServerState;
 use rand::{Rng, SeedableRng};
@@ -160,15 +163,106 @@ pub fn election_timeout(timing: &Timing, rng: &mut impl Rng) -> Duration {
 /// Reads this node's last log entry, (term, index), from its log store.
 pub type LastLogReader = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<(u64, u64)>> + Send + Sync>;
 
+/// How the driver reaches the other voters: gRPC in a node ([`PeerClients`]), the simulated
+/// network in corral-sim.
+pub trait ElectionLink: Send + Sync + 'static {
+    /// Asks voter `to` (at `addr`) whether it would elect the candidate now.
+    fn pre_vote<'a>(
+        &'a self,
+        to: NodeId,
+        addr: &'a str,
+        request: &'a PreVoteRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<PreVoteReply, NetError>>;
+    /// Asks voter `to` whether it still follows this leader.
+    fn probe_leadership<'a>(
+        &'a self,
+        to: NodeId,
+        addr: &'a str,
+        probe: &'a LeadershipProbe,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ProbeReply, NetError>>;
+    /// Whether node `to`'s Raft port refuses connections (its process is gone).
+    fn refuses_connections<'a>(&'a self, to: NodeId, addr: &'a str, timeout: Duration) -> BoxFuture<'a, bool>;
+}
+
+impl ElectionLink for PeerClients {
+    fn pre_vote<'a>(
+        &'a self,
+        _to: NodeId,
+        addr: &'a str,
+        request: &'a PreVoteRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<PreVoteReply, NetError>> {
+        Box::pin(PeerClients::pre_vote(self, addr, request, timeout))
+    }
+
+    fn probe_leadership<'a>(
+        &'a self,
+        _to: NodeId,
+        addr: &'a str,
+        probe: &'a LeadershipProbe,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ProbeReply, NetError>> {
+        Box::pin(PeerClients::probe_leadership(self, addr, probe, timeout))
+    }
+
+    fn refuses_connections<'a>(&'a self, _to: NodeId, addr: &'a str, timeout: Duration) -> BoxFuture<'a, bool> {
+        Box::pin(corral_net::liveness::refuses_connections(addr, timeout))
+    }
+}
+
 /// What the driver needs besides Raft.
 pub struct Driver {
     pub node_id: NodeId,
     pub raft: Raft,
     pub leader: Leader,
     pub liveness: RaftLiveness,
-    pub clients: PeerClients,
+    pub link: Arc<dyn ElectionLink>,
     pub timing: Timing,
     pub last_log: LastLogReader,
+    /// Seed of the timers' jitter (`None`: from the OS); the simulation sets it.
+    pub seed: Option<u64>,
+}
+
+/// What a voter consults to answer a pre-vote (the node's gRPC handler and the simulation
+/// both answer through [`answer_pre_vote`]).
+pub struct Voter<'a> {
+    pub node_id: NodeId,
+    pub raft: &'a Raft,
+    pub leader: &'a Leader,
+    pub liveness: &'a RaftLiveness,
+    pub last_log: &'a LastLogReader,
+    pub timing: &'a Timing,
+    pub link: &'a dyn ElectionLink,
+    /// The node is shutting down (it refuses to keep leading).
+    pub draining: bool,
+}
+
+/// A voter's answer to a pre-vote: gathers its view, then [`judge_pre_vote`].
+pub async fn answer_pre_vote(voter: &Voter<'_>, request: &PreVoteRequest) -> PreVoteReply {
+    let (leads, own_leader) = {
+        let m = voter.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader, m.current_leader)
+    };
+    let view = VoterView {
+        leads_with_quorum: leads && !voter.leader.is_fenced() && !voter.draining,
+        since_leader_contact: voter.liveness.since_leader_contact(Instant::now()),
+        last_log: (voter.last_log)().await,
+        confirms_leader_down: match request.leader_down {
+            // Only this voter's own leader (or none, after a failed election) may be declared
+            // dead here: a voter that follows a live leader refuses.
+            Some(down) if down != voter.node_id && !leads && own_leader.is_none_or(|l| l == down) => {
+                leader_refuses_connections(voter.link, voter.raft, down, voter.timing.heartbeat / 2).await
+            }
+            _ => false,
+        },
+    };
+    match judge_pre_vote(&view, request, voter.timing) {
+        Ok(()) => PreVoteReply { granted: true, reason: String::new() },
+        Err(reason) => PreVoteReply { granted: false, reason },
+    }
 }
 
 /// Runs elections and fencing on this node until `stop`. Switches openraft's own election
@@ -177,7 +271,7 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
     driver.raft.runtime_config().elect(false);
     let timing = driver.timing;
     let tick = (timing.heartbeat / 2).max(Duration::from_millis(5));
-    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut rng = driver.seed.map_or_else(rand::rngs::StdRng::from_entropy, rand::rngs::StdRng::seed_from_u64);
     let mut timeout = election_timeout(&timing, &mut rng);
     let mut suspect_after = suspicion_delay(&timing, &mut rng);
     let mut last_attempt = Instant::now();
@@ -276,7 +370,7 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
         if silence >= suspect_after && now.saturating_duration_since(last_probe) >= timing.heartbeat {
             if let Some(leader) = last_leader.filter(|l| voters.contains(l)) {
                 last_probe = now;
-                if leader_refuses_connections(&driver.raft, leader, timing.heartbeat).await {
+                if leader_refuses_connections(driver.link.as_ref(), &driver.raft, leader, timing.heartbeat).await {
                     leader_down = Some(leader);
                 }
             }
@@ -308,10 +402,15 @@ fn suspicion_delay(timing: &Timing, rng: &mut impl Rng) -> Duration {
 
 /// Whether `leader`'s Raft port refuses connections (its process is gone), as far as this
 /// node's membership says where it listens.
-pub async fn leader_refuses_connections(raft: &Raft, leader: NodeId, timeout: Duration) -> bool {
+pub async fn leader_refuses_connections(
+    link: &dyn ElectionLink,
+    raft: &Raft,
+    leader: NodeId,
+    timeout: Duration,
+) -> bool {
     let addr = raft.metrics().borrow().membership_config.membership().get_node(&leader).map(|n| n.raft_addr.clone());
     match addr {
-        Some(addr) => corral_net::liveness::refuses_connections(&addr, timeout).await,
+        Some(addr) => link.refuses_connections(leader, &addr, timeout).await,
         None => false,
     }
 }
@@ -360,7 +459,7 @@ impl FenceProbe {
 async fn probe_round(driver: &Driver, term: u64, voters: &BTreeSet<NodeId>) -> FenceProbe {
     let probe = LeadershipProbe { term, leader: driver.node_id };
     let addrs = voter_addrs(driver, voters, None);
-    let asks = addrs.iter().map(|(_, addr)| driver.clients.probe_leadership(addr, &probe, driver.timing.heartbeat));
+    let asks = addrs.iter().map(|(id, addr)| driver.link.probe_leadership(*id, addr, &probe, driver.timing.heartbeat));
     let replies = futures::future::join_all(asks).await;
     if replies.iter().any(|r| matches!(r, Ok(ProbeReply::HigherTerm(_)))) {
         return FenceProbe::HigherTerm;
@@ -392,7 +491,7 @@ async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>, leader_down:
     let asks = addrs.iter().map(|(id, addr)| {
         let request = &request;
         async move {
-            let reply = driver.clients.pre_vote(addr, request, driver.timing.pre_vote_timeout).await;
+            let reply = driver.link.pre_vote(*id, addr, request, driver.timing.pre_vote_timeout).await;
             (*id, reply)
         }
     });

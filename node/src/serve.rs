@@ -183,9 +183,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         raft: raft.clone(),
         leader: raft_cluster.leader.clone(),
         liveness,
-        clients: raft_cluster.clients.clone(),
+        link: Arc::new(raft_cluster.clients.clone()),
         timing,
         last_log,
+        seed: None,
     };
     tokio::spawn(crate::election::run(driver, stop_rx.clone()));
     if config.bootstrap {

@@ -32,12 +32,18 @@
 //! goes back within one incarnation; two nodes at the same applied index have the same state;
 //! no runner over capacity; a runner's allocation equals its sandboxes'.
 //!
+//! Each node also runs the node's election driver (`corral_node::election::run`: pre-vote,
+//! the dead-leader fast path, leader fencing with probes) with `corral serve`'s default timing;
+//! its pre-votes and probes cross the simulated network ([`election_link`]) and are answered
+//! by the same functions as a node's gRPC handlers.
+//!
 //! Departures from the design (ARCHITECTURE.md, "Simulation"): the network is simulated at
-//! the level of openraft's RPCs and the node's forwarding, not as TCP under tonic; elections
-//! use openraft's own timer, not the node's pre-vote driver, which still talks gRPC; runner
-//! sessions and gossip are not simulated (runners are made ready by a command).
+//! the level of openraft's RPCs and the node's forwarding, not as TCP under tonic; runner
+//! sessions and gossip are not simulated (runners are made ready by a command, health
+//! verdicts are proposed by a client).
 
 pub mod clients;
+pub mod election_link;
 pub mod invariants;
 pub mod nemesis;
 pub mod network;

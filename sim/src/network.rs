@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use corral_net::RaftLiveness;
 use corral_raft_types::{CorralNode, NodeId, Raft, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -41,8 +42,8 @@ pub struct Faults {
 
 struct FabricState {
     rng: StdRng,
-    /// The Raft handle of each node that is up.
-    up: BTreeMap<NodeId, Raft>,
+    /// The Raft handle of each node that is up, and where its transport records contact.
+    up: BTreeMap<NodeId, (Raft, RaftLiveness)>,
     faults: Faults,
     messages: u64,
     lost: u64,
@@ -59,7 +60,7 @@ pub struct Fabric {
 /// What the fabric decided for one message.
 enum Route {
     Lost,
-    Deliver { delay: Duration, to: Raft },
+    Deliver { delay: Duration, to: (Raft, RaftLiveness) },
 }
 
 impl Fabric {
@@ -78,8 +79,8 @@ impl Fabric {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_up(&self, id: NodeId, raft: Raft) {
-        self.lock().up.insert(id, raft);
+    pub fn set_up(&self, id: NodeId, raft: Raft, liveness: RaftLiveness) {
+        self.lock().up.insert(id, (raft, liveness));
     }
 
     pub fn set_down(&self, id: NodeId) {
@@ -135,10 +136,26 @@ impl Fabric {
         }
     }
 
+    /// Whether a connection attempt `from → to` is refused: only when the link works and
+    /// nothing runs at `to` (a crashed node); a paused or cut-off node's port is not refused
+    /// (the attempt hangs until its timeout, which the caller applies).
+    pub async fn connection_refused(&self, from: NodeId, to: NodeId) -> bool {
+        let (cut, down, delay) = {
+            let s = self.lock();
+            let (low, _) = s.faults.latency_ms;
+            (s.faults.cut.contains(&(from, to)) || s.faults.cut.contains(&(to, from)), !s.up.contains_key(&to), low)
+        };
+        if cut || !down {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_millis(delay * 2)).await;
+        true
+    }
+
     /// Carries one Raft RPC `from → to` and its reply back, or loses it.
     async fn call<Reply, F, Fut>(&self, from: NodeId, to: NodeId, run: F) -> Result<Reply, Lost>
     where
-        F: FnOnce(Raft) -> Fut,
+        F: FnOnce((Raft, RaftLiveness)) -> Fut,
         Fut: std::future::Future<Output = Reply>,
     {
         self.wait_unpaused(from, to).await;
@@ -199,13 +216,15 @@ struct Lost;
 pub struct SimNetwork {
     pub from: NodeId,
     pub fabric: Fabric,
+    /// The node's record of acknowledgements (and its fence), as the gRPC transport keeps it.
+    pub liveness: RaftLiveness,
 }
 
 impl RaftNetworkFactory<TypeConfig> for SimNetwork {
     type Network = SimPeer;
 
     async fn new_client(&mut self, target: NodeId, _node: &CorralNode) -> SimPeer {
-        SimPeer { from: self.from, to: target, fabric: self.fabric.clone() }
+        SimPeer { from: self.from, to: target, fabric: self.fabric.clone(), liveness: self.liveness.clone() }
     }
 }
 
@@ -214,6 +233,7 @@ pub struct SimPeer {
     from: NodeId,
     to: NodeId,
     fabric: Fabric,
+    liveness: RaftLiveness,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, CorralNode, RaftError<NodeId, E>>>;
@@ -234,7 +254,22 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let reply = self.fabric.call(self.from, self.to, |raft| async move { raft.append_entries(rpc).await }).await;
+        if self.liveness.replication_stopped() {
+            return Err(corral_net::raft_network::replication_stopped());
+        }
+        let term = rpc.vote.leader_id().term;
+        let sent = tokio::time::Instant::now();
+        let reply = self
+            .fabric
+            .call(self.from, self.to, |(raft, target)| async move {
+                let reply = raft.append_entries(rpc).await;
+                target.record_append_received(term, &reply);
+                reply
+            })
+            .await;
+        if let Ok(Ok(answer)) = &reply {
+            self.liveness.record_append_reply(self.to, term, sent, answer);
+        }
         self.answer(reply)
     }
 
@@ -243,12 +278,16 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        let reply = self.fabric.call(self.from, self.to, |raft| async move { raft.install_snapshot(rpc).await }).await;
+        if self.liveness.replication_stopped() {
+            return Err(corral_net::raft_network::replication_stopped());
+        }
+        let reply =
+            self.fabric.call(self.from, self.to, |(raft, _)| async move { raft.install_snapshot(rpc).await }).await;
         self.answer(reply)
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, _option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
-        let reply = self.fabric.call(self.from, self.to, |raft| async move { raft.vote(rpc).await }).await;
+        let reply = self.fabric.call(self.from, self.to, |(raft, _)| async move { raft.vote(rpc).await }).await;
         self.answer(reply)
     }
 

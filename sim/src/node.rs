@@ -1,28 +1,37 @@
 //! One simulated node: openraft with Corral's state machine on a simulated disk, Corral's
-//! leader handle (the coalescing write path and read index) and its scheduler, all on the
-//! simulation's runtime. A crash loses what the disk had not synced; a restart opens the
-//! node again on what survived, as a new incarnation.
+//! leader handle (the coalescing write path and read index), its scheduler and its election
+//! driver (pre-vote, fencing), all on the simulation's runtime, with the node's default
+//! timing. A crash loses what the disk had not synced; a restart opens the node again on
+//! what survived, as a new incarnation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use corral_model::health::SharedHealth;
+use corral_net::RaftLiveness;
+use corral_node::config::{DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS};
+use corral_node::election::{Driver, LastLogReader, Timing};
 use corral_node::leader::{Leader, PROPOSAL_BATCHING};
 use corral_node::scheduler::{Scheduler, SchedulerConfig};
-use corral_raft_types::{CorralNode, NodeId, Raft, SharedState};
+use corral_raft_types::{CorralNode, NodeId, Raft};
 use corral_storage::{open_memory, MemDisk};
+use tokio::sync::watch;
 
+use crate::election_link::SimElectionLink;
 use crate::network::{Fabric, SimNetwork};
+use crate::world::{Handles, World};
 
-/// openraft's timing in the simulation: Corral's heartbeat, and openraft's own randomized
-/// election timer (seeded by the simulation).
-fn raft_config() -> Result<openraft::Config, String> {
+/// openraft's configuration as `corral serve` sets it (heartbeat, the short vote lease; the
+/// election driver switches openraft's own timer off), with snapshots every 300 entries so
+/// that runs exercise snapshot building, log purging and installing.
+fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
+    let (election_timeout_min, election_timeout_max) = timing.openraft_election_timeouts_ms();
     let config = openraft::Config {
         cluster_name: "corral-sim".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: timing.heartbeat.as_millis() as u64,
+        election_timeout_min,
+        election_timeout_max,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(300),
         max_in_snapshot_log_to_keep: 50,
         max_payload_entries: 64,
@@ -32,18 +41,11 @@ fn raft_config() -> Result<openraft::Config, String> {
     config.validate().map_err(|e| e.to_string())
 }
 
-/// A running incarnation of a node.
-pub struct Running {
-    pub raft: Raft,
-    pub leader: Leader,
-    pub shared: SharedState,
-    pub scheduler: Scheduler,
-}
-
 pub struct SimNode {
     pub id: NodeId,
     pub disk: MemDisk,
-    pub running: Option<Running>,
+    /// The running incarnation's Raft, and the switch that stops its election driver.
+    pub running: Option<(Raft, watch::Sender<bool>)>,
     /// Incremented at every start.
     pub incarnation: u64,
 }
@@ -57,34 +59,53 @@ impl SimNode {
         SimNode { id, disk: MemDisk::new(sync_delay), running: None, incarnation: 0 }
     }
 
-    /// Starts (or restarts) the node on its disk.
-    pub async fn start(&mut self, fabric: &Fabric, seed: u64) -> Result<(), String> {
+    /// Starts (or restarts) the node on its disk; returns what its clients and peers use.
+    pub async fn start(&mut self, fabric: &Fabric, world: &World, seed: u64) -> Result<Handles, String> {
+        let timing = Timing::from_config(DEFAULT_HEARTBEAT_MS, DEFAULT_ELECTION_TIMEOUT_MS);
         let (log, state_machine, shared) = open_memory(&self.disk).map_err(|e| e.to_string())?;
-        let network = SimNetwork { from: self.id, fabric: fabric.clone() };
-        let raft = Raft::new(self.id, Arc::new(raft_config()?), network, log, state_machine)
+        let liveness = RaftLiveness::default();
+        let network = SimNetwork { from: self.id, fabric: fabric.clone(), liveness: liveness.clone() };
+        let raft = Raft::new(self.id, Arc::new(raft_config(&timing)?), network, log.clone(), state_machine)
             .await
             .map_err(|e| format!("node {}: raft did not start: {e}", self.id))?;
         let leader = Leader::new(raft.clone(), shared.clone(), PROPOSAL_BATCHING);
-        let scheduler_seed = seed.wrapping_mul(31).wrapping_add(self.id * 1_000 + self.incarnation);
+        self.incarnation += 1;
+        let own_seed = seed.wrapping_mul(31).wrapping_add(self.id * 1_000 + self.incarnation);
         let scheduler = Scheduler::start(
             leader.clone(),
             shared.clone(),
             SharedHealth::default(),
-            SchedulerConfig { seed: Some(scheduler_seed), ..SchedulerConfig::default() },
+            SchedulerConfig { seed: Some(own_seed), ..SchedulerConfig::default() },
         );
-        fabric.set_up(self.id, raft.clone());
-        self.incarnation += 1;
-        self.running = Some(Running { raft, leader, shared, scheduler });
-        Ok(())
+        let last_log: LastLogReader = Arc::new(move || {
+            let last = log.last_log();
+            Box::pin(async move { last })
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let driver = Driver {
+            node_id: self.id,
+            raft: raft.clone(),
+            leader: leader.clone(),
+            liveness: liveness.clone(),
+            link: Arc::new(SimElectionLink { from: self.id, fabric: fabric.clone(), world: world.clone() }),
+            timing,
+            last_log: last_log.clone(),
+            seed: Some(own_seed ^ 0x656c_6563),
+        };
+        tokio::spawn(corral_node::election::run(driver, stop_rx));
+        fabric.set_up(self.id, raft.clone(), liveness.clone());
+        self.running = Some((raft.clone(), stop_tx));
+        Ok(Handles { raft, leader, scheduler, shared, incarnation: self.incarnation, liveness, last_log, timing })
     }
 
     /// Power loss: the node stops at once and its disk keeps only what was synced.
     pub async fn crash(&mut self, fabric: &Fabric) -> usize {
         fabric.set_down(self.id);
         let lost = self.disk.crash();
-        if let Some(running) = self.running.take() {
+        if let Some((raft, stop)) = self.running.take() {
+            let _ = stop.send(true);
             // Its stores already fail; shutting openraft down ends its tasks.
-            let _ = running.raft.shutdown().await;
+            let _ = raft.shutdown().await;
         }
         lost
     }
@@ -93,6 +114,6 @@ impl SimNode {
 /// Bootstraps the cluster from node 1 with every node as a voter.
 pub async fn bootstrap(nodes: &[SimNode]) -> Result<(), String> {
     let members: BTreeMap<NodeId, CorralNode> = nodes.iter().map(|n| (n.id, member(n.id))).collect();
-    let first = nodes.first().and_then(|n| n.running.as_ref()).ok_or("node 1 is not running")?;
-    first.raft.initialize(members).await.map_err(|e| format!("initialize: {e}"))
+    let (first, _) = nodes.first().and_then(|n| n.running.as_ref()).ok_or("node 1 is not running")?;
+    first.initialize(members).await.map_err(|e| format!("initialize: {e}"))
 }

@@ -16,7 +16,7 @@ use crate::invariants::Invariants;
 use crate::nemesis::{self, Fault, FaultKind, Profile};
 use crate::network::{Fabric, Faults};
 use crate::node::{bootstrap, SimNode};
-use crate::world::{Handles, World};
+use crate::world::World;
 
 /// How a run is shaped (the seed draws the rest).
 #[derive(Debug, Clone)]
@@ -142,17 +142,8 @@ impl Sim {
         if node.running.is_some() {
             return Ok(());
         }
-        node.start(&fabric, seed).await?;
-        if let Some(r) = &node.running {
-            let handles = Handles {
-                raft: r.raft.clone(),
-                leader: r.leader.clone(),
-                scheduler: r.scheduler.clone(),
-                shared: r.shared.clone(),
-                incarnation: node.incarnation,
-            };
-            world.set_up(id, handles);
-        }
+        let handles = node.start(&fabric, &world, seed).await?;
+        world.set_up(id, handles);
         world.trace(&format!("start {id}"));
         Ok(())
     }
@@ -527,8 +518,9 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     report.trace_hash = trace_hash;
     report.events = events;
     for node in &sim.nodes {
-        if let Some(r) = &node.running {
-            let _ = r.raft.shutdown().await;
+        if let Some((raft, stop)) = &node.running {
+            let _ = stop.send(true);
+            let _ = raft.shutdown().await;
         }
     }
     report

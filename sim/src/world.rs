@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use corral_chaos::history::{Call, History, Nanos, Outcome};
+use corral_net::RaftLiveness;
+use corral_node::election::{LastLogReader, Timing};
 use corral_node::leader::Leader;
 use corral_node::scheduler::Scheduler;
 use corral_raft_types::{NodeId, Raft, SharedState};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-/// A node that is up, as its clients reach it.
+/// A node that is up, as its clients and its peers reach it.
 #[derive(Clone)]
 pub struct Handles {
     pub raft: Raft,
@@ -19,6 +21,10 @@ pub struct Handles {
     pub scheduler: Scheduler,
     pub shared: SharedState,
     pub incarnation: u64,
+    /// What its election driver and pre-vote answers read.
+    pub liveness: RaftLiveness,
+    pub last_log: LastLogReader,
+    pub timing: Timing,
 }
 
 /// A sandbox creation as the clients saw it.
