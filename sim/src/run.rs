@@ -83,7 +83,11 @@ pub fn run_seed(seed: u64, options: &Options) -> SeedReport {
         .build();
     let runtime = match runtime {
         Ok(r) => r,
-        Err(e) => return SeedReport::failed(seed, format!("cannot build the runtime: {e}")),
+        Err(e) => {
+            let mut report = SeedReport::empty(seed);
+            report.violations.push(format!("cannot build the runtime: {e}"));
+            return report;
+        }
     };
     corral_raft_types::runtime::seed_thread_rng(seed);
     let report = runtime.block_on(async {
@@ -100,13 +104,14 @@ pub fn run_seed(seed: u64, options: &Options) -> SeedReport {
 }
 
 impl SeedReport {
-    fn failed(seed: u64, why: String) -> SeedReport {
+    /// A report of nothing yet.
+    fn empty(seed: u64) -> SeedReport {
         SeedReport {
             seed,
             nodes: 0,
             fault_kinds: Vec::new(),
             faults: Vec::new(),
-            violations: vec![why],
+            violations: Vec::new(),
             trace_hash: String::new(),
             events: 0,
             operations: 0,
@@ -339,8 +344,7 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     let nodes =
         (1..=node_count as NodeId).map(|id| SimNode::new(id, Duration::from_millis(rng.gen_range(1..=5)))).collect();
     let mut sim = Sim { seed, rng, fabric, world: world.clone(), nodes, unsynced_lost: 0 };
-    let mut report = SeedReport::failed(seed, String::new());
-    report.violations.clear();
+    let mut report = SeedReport::empty(seed);
     report.nodes = node_count;
     report.fault_kinds = profile.kinds.clone();
     world.trace(&format!("seed {seed} nodes {node_count} profile {profile:?}"));
