@@ -116,6 +116,12 @@ pub struct Report {
     pub unavailability: Spread,
     /// The same, for faults that hit the leader (failovers).
     pub failover: Spread,
+    /// `unavailability` by fault kind.
+    #[serde(default)]
+    pub unavailability_by_kind: BTreeMap<String, Spread>,
+    /// `failover` by fault kind.
+    #[serde(default)]
+    pub failover_by_kind: BTreeMap<String, Spread>,
     pub state_hashes: BTreeMap<u64, String>,
     pub faults: Vec<FaultRecord>,
     /// Planned faults that did not happen (in `faults` with `injected: false` and the reason).
@@ -165,6 +171,19 @@ impl Report {
             "failover (faults on the leader): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} faults)",
             self.failover.p50_ms, self.failover.p99_ms, self.failover.max_ms, self.failover.count
         );
+        for (kind, all) in &self.unavailability_by_kind {
+            let on_leader = self.failover_by_kind.get(kind).filter(|f| f.count > 0).map_or(String::new(), |f| {
+                format!(
+                    "; on the leader p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({})",
+                    f.p50_ms, f.p99_ms, f.max_ms, f.count
+                )
+            });
+            let _ = writeln!(
+                s,
+                "  {kind:<8} p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({}){on_leader}",
+                all.p50_ms, all.p99_ms, all.max_ms, all.count
+            );
+        }
         let hashes: std::collections::BTreeSet<&String> = self.state_hashes.values().collect();
         let _ =
             writeln!(s, "state hashes after healing: {} node(s), {} distinct", self.state_hashes.len(), hashes.len());

@@ -592,14 +592,20 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
 
     let acks = report::write_acks(&history, &sandbox_ops);
     report::fill_availability(&mut faults, &acks, end);
-    let windows = |leader_only: bool| {
+    let windows_of = |kind: Option<&str>, leader_only: bool| {
         report::spread(
             faults
                 .iter()
                 .filter(|f| f.injected && (!leader_only || f.hit_leader))
+                .filter(|f| kind.is_none_or(|k| f.kind.name() == k))
                 .filter_map(|f| f.longest_no_write_ms)
                 .collect(),
         )
+    };
+    let windows = |leader_only: bool| windows_of(None, leader_only);
+    let kinds: std::collections::BTreeSet<&str> = faults.iter().filter(|f| f.injected).map(|f| f.kind.name()).collect();
+    let by_kind = |leader_only: bool| -> BTreeMap<String, report::Spread> {
+        kinds.iter().map(|k| (k.to_string(), windows_of(Some(k), leader_only))).collect()
     };
     let mut faults_by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for f in faults.iter().filter(|f| f.injected) {
@@ -622,6 +628,8 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
         violations,
         unavailability: windows(false),
         failover: windows(true),
+        unavailability_by_kind: by_kind(false),
+        failover_by_kind: by_kind(true),
         state_hashes: hashes,
         faults,
     };

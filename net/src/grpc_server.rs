@@ -128,7 +128,7 @@ impl RaftTransport for RaftTransportService {
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let probe: LeadershipProbe = decode_request(request.get_ref())?;
-        let reply = crate::liveness::answer_probe(&self.raft, &probe);
+        let reply = crate::liveness::answer_probe(&self.raft, &self.liveness, &probe);
         Ok(tonic::Response::new(encode(&reply)?))
     }
 

@@ -24,6 +24,14 @@ struct Record {
     /// Per follower: the last AppendEntries reply that accepted this node's leadership
     /// (this node's term then, when).
     acks: HashMap<NodeId, (u64, Instant)>,
+    /// When this node last granted a pre-vote: a candidate it would elect is about to
+    /// campaign, so its own election wait restarts, as granting a vote restarts it in Raft
+    /// (two followers that lost the same leader then rarely campaign at once and split the
+    /// vote).
+    pre_vote_granted: Option<Instant>,
+    /// Since when this node's leader has been probing it (term, first probe): that leader is
+    /// fenced and sends nothing else. Cleared by the next AppendEntries from a leader.
+    leader_fenced_since: Option<(u64, Instant)>,
 }
 
 /// Shared, cheap to clone.
@@ -36,14 +44,25 @@ pub struct RaftLiveness {
     /// retrying the entries it has not had acknowledged, and every retry that arrives
     /// counts as contact from a live leader.
     replication_stopped: Arc<AtomicBool>,
+    /// Set when this node refused a pre-vote because the candidate's log was behind its own,
+    /// while it had itself been silent for the lease: the cluster wants a leader and this
+    /// node is one that can win, so its election driver asks for pre-votes at once instead
+    /// of waiting out the rest of its own election timeout.
+    campaign_now: Arc<AtomicBool>,
 }
 
 impl Default for RaftLiveness {
     fn default() -> Self {
         RaftLiveness {
-            record: Arc::new(Mutex::new(Record { leader_contact: None, acks: HashMap::new() })),
+            record: Arc::new(Mutex::new(Record {
+                leader_contact: None,
+                acks: HashMap::new(),
+                pre_vote_granted: None,
+                leader_fenced_since: None,
+            })),
             started: Instant::now(),
             replication_stopped: Arc::default(),
+            campaign_now: Arc::default(),
         }
     }
 }
@@ -64,12 +83,28 @@ impl RaftLiveness {
             }
         }
         record.leader_contact = Some((term, now));
+        record.leader_fenced_since = None;
     }
 
     /// How long since this node last heard from a leader; since the process started if never.
     pub fn since_leader_contact(&self, now: Instant) -> Duration {
         let contact = self.lock().leader_contact.map_or(self.started, |(_, at)| at);
         now.saturating_duration_since(contact)
+    }
+
+    /// How long this node's leader has been fenced, as its probes tell (zero when it is not).
+    pub fn leader_fenced_for(&self, now: Instant) -> Duration {
+        self.lock().leader_fenced_since.map_or(Duration::ZERO, |(_, since)| now.saturating_duration_since(since))
+    }
+
+    /// This node granted a pre-vote at `now`.
+    pub fn record_pre_vote_granted(&self, now: Instant) {
+        self.lock().pre_vote_granted = Some(now);
+    }
+
+    /// How long since this node last granted a pre-vote (`None`: never).
+    pub fn since_pre_vote_granted(&self, now: Instant) -> Option<Duration> {
+        self.lock().pre_vote_granted.map(|at| now.saturating_duration_since(at))
     }
 
     /// Stops (or resumes) this node's outgoing AppendEntries and snapshots, whatever openraft
@@ -80,6 +115,16 @@ impl RaftLiveness {
 
     pub fn replication_stopped(&self) -> bool {
         self.replication_stopped.load(Ordering::Relaxed)
+    }
+
+    /// Asks this node's election driver to run its pre-vote now (see `campaign_now`).
+    pub fn request_campaign(&self) {
+        self.campaign_now.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a campaign was requested since the last call (and clears the request).
+    pub fn take_campaign_request(&self) -> bool {
+        self.campaign_now.swap(false, Ordering::Relaxed)
     }
 
     /// `follower` accepted this node as leader of `term`.
@@ -117,13 +162,23 @@ impl RaftLiveness {
 }
 
 /// A voter's answer to a fenced leader's probe, from its Raft metrics alone (it touches no
-/// state and counts as no contact).
-pub fn answer_probe(raft: &Raft, probe: &LeadershipProbe) -> ProbeReply {
-    let m = raft.metrics();
-    let m = m.borrow();
-    if m.current_term > probe.term {
-        ProbeReply::HigherTerm(m.current_term)
-    } else if m.current_term == probe.term && m.current_leader == Some(probe.leader) {
+/// Raft state and counts as no contact). A probe from this node's own leader is recorded in
+/// `liveness`: that leader is fenced, and once it has been for a while (a deaf leader, whose
+/// probes arrive but whose answers do not) the followers elect without waiting out their
+/// silence (see the node's election driver).
+pub fn answer_probe(raft: &Raft, liveness: &RaftLiveness, probe: &LeadershipProbe) -> ProbeReply {
+    let (term, leader) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        (m.current_term, m.current_leader)
+    };
+    if term > probe.term {
+        ProbeReply::HigherTerm(term)
+    } else if term == probe.term && leader == Some(probe.leader) {
+        let mut record = liveness.lock();
+        if record.leader_fenced_since.is_none_or(|(t, _)| t != probe.term) {
+            record.leader_fenced_since = Some((probe.term, Instant::now()));
+        }
         ProbeReply::Follows
     } else {
         ProbeReply::Other

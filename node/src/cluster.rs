@@ -337,8 +337,8 @@ impl RaftCluster {
         result
     }
 
-    /// `Ok` when this node can serve: it knows a leader, its state machine is caught up, and
-    /// it is not draining for shutdown.
+    /// `Ok` when this node can serve: it knows a leader and, as a follower, heard from it
+    /// within the lease, its state machine is caught up, and it is not draining for shutdown.
     pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining for shutdown".into());
@@ -349,6 +349,15 @@ impl RaftCluster {
         let m = self.raft.metrics().borrow().clone();
         if m.current_leader.is_none() {
             return Err("no known leader".into());
+        }
+        // A follower cut off from its leader still names it (openraft keeps the leader until
+        // a vote changes) but could only hold requests until they time out: it leaves the
+        // load balancer after the same lease that fences a leader.
+        if m.state != ServerState::Leader {
+            let silence = self.liveness.since_leader_contact(tokio::time::Instant::now());
+            if silence > self.election.lease {
+                return Err(format!("heard from no leader for {} ms", silence.as_millis()));
+            }
         }
         let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
         let last = m.last_log_index.unwrap_or(0);

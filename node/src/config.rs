@@ -65,7 +65,7 @@ pub struct NodeConfig {
     pub keep_logs_after_snapshot: u64,
     pub heartbeat_ms: u64,
     /// A follower that has not heard from a leader for a time drawn from
-    /// [election_timeout_ms, 2 × election_timeout_ms) asks for pre-votes; the lease (a voter's
+    /// [election_timeout_ms, 1.5 × election_timeout_ms) asks for pre-votes; the lease (a voter's
     /// refusal to elect while it hears from a leader, and a leader's fence without a quorum's
     /// acknowledgement) is election_timeout_ms less one heartbeat (see `election`).
     pub election_timeout_ms: u64,

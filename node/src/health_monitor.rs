@@ -4,15 +4,18 @@
 //! last report seen here and the moment this node started watching (became leader), so a new
 //! leader whose table is still filling does not demote a healthy fleet, and from the moment
 //! this node saw the node a runner reported through stop relaying (gossip: suspect or down),
-//! so a runner whose node died has the whole silence to reconnect elsewhere. On every node it
-//! also drops health entries of deleted runners.
+//! so a runner whose node died has the whole silence to reconnect elsewhere, even when that
+//! node is back a moment later (its sessions died with it all the same). A monitor round
+//! that comes far later than its interval means this node was stalled (paused, starved): its
+//! table may miss what arrived meanwhile, so silence counts afresh. On every node it also
+//! drops health entries of deleted runners.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_model::health::{health_verdict, SharedHealth};
-use corral_model::{Command, Outcome, Proposal};
+use corral_model::health::{health_verdict, HealthTable, SharedHealth};
+use corral_model::{Command, Outcome, Proposal, State};
 use corral_net::gossip::Liveness;
 use tokio::sync::watch;
 
@@ -30,6 +33,84 @@ pub struct MonitorConfig {
 /// Most runners one health entry carries.
 const MAX_RUNNERS_PER_ENTRY: usize = 5_000;
 
+/// What the monitor remembers between rounds, and the round itself: a pure function of what
+/// the node observed (corral-sim runs the same rounds on its simulated clock and gossip).
+#[derive(Debug, Default)]
+pub struct HealthWatch {
+    /// Since when this node leads (silence counts from no earlier).
+    leading_since: Option<Instant>,
+    /// Node id → when this node last saw it stop being alive (its runner sessions died then).
+    /// Kept after the node is back: a runner whose last report came through it before that
+    /// moment still lost its session, however quickly the node restarted.
+    relays_lost_at: HashMap<u64, Instant>,
+    /// Nodes not alive at the last round.
+    relays_down: HashSet<u64>,
+}
+
+impl HealthWatch {
+    /// One round at `now`. `relays` is every node gossip knows, with whether it is alive;
+    /// `leads` whether this node leads (and is not fenced). Returns the health entries to
+    /// commit: none unless this node leads, `silence` is set and some runner changes.
+    pub fn round(
+        &mut self,
+        now: Instant,
+        relays: impl IntoIterator<Item = (u64, bool)>,
+        leads: bool,
+        silence: Option<Duration>,
+        state: &State,
+        table: &HealthTable,
+    ) -> Vec<Command> {
+        self.observe_relays(now, relays);
+        if !leads {
+            self.leading_since = None;
+            return Vec::new();
+        }
+        let since = *self.leading_since.get_or_insert(now);
+        let Some(silence) = silence else { return Vec::new() };
+        let (reporting, silent) = health_verdict(state, table, now, silence, since, &self.relays_lost_at);
+        let reporting = reporting
+            .chunks(MAX_RUNNERS_PER_ENTRY)
+            .map(|chunk| Command::RecordRunnerHealth { reporting: chunk.to_vec(), silent: Vec::new() });
+        let silent = silent
+            .chunks(MAX_RUNNERS_PER_ENTRY)
+            .map(|chunk| Command::RecordRunnerHealth { reporting: Vec::new(), silent: chunk.to_vec() });
+        reporting.chain(silent).collect()
+    }
+}
+
+impl HealthWatch {
+    /// Notes which nodes are alive at `now` (a round does too). Called while a round's
+    /// entries commit as well, so that a node that is down only for that while (a commit
+    /// waits while a majority restarts) is not missed.
+    pub fn observe_relays(&mut self, now: Instant, relays: impl IntoIterator<Item = (u64, bool)>) {
+        for (node_id, alive) in relays {
+            if alive {
+                self.relays_down.remove(&node_id);
+            } else if self.relays_down.insert(node_id) {
+                self.relays_lost_at.insert(node_id, now);
+            }
+        }
+    }
+
+    /// This node was stalled (paused, or starved of CPU): reports that arrived meanwhile may
+    /// not be in its table yet, so silence counts afresh from the next round, as for a new
+    /// leader.
+    pub fn stalled(&mut self) {
+        self.leading_since = None;
+    }
+}
+
+/// A round this much later than its interval means the node was stalled.
+pub const STALL_AFTER_INTERVALS: u32 = 4;
+
+/// Runners a health entry moves (to ready, to unresponsive).
+pub fn moved_runners(command: &Command) -> (usize, usize) {
+    match command {
+        Command::RecordRunnerHealth { reporting, silent } => (reporting.len(), silent.len()),
+        _ => (0, 0),
+    }
+}
+
 /// The leader's loop: every `interval`, commit the verdict (if any) through Raft. Also drops
 /// health entries of deleted runners, on every node.
 pub async fn run_monitor(
@@ -40,52 +121,54 @@ pub async fn run_monitor(
 ) {
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut leading_since: Option<Instant> = None;
+    let mut watch = HealthWatch::default();
     let mut last_prune = Instant::now();
-    // Node id → when this node first saw it not alive (it relays no more reports).
-    let mut relays_lost_at: HashMap<u64, Instant> = HashMap::new();
+    let mut last_round = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now = Instant::now();
-        for member in cluster.gossip.members() {
-            if member.liveness == Liveness::Alive {
-                relays_lost_at.remove(&member.node_id);
-            } else {
-                relays_lost_at.entry(member.node_id).or_insert(now);
-            }
+        let late = last_round.elapsed();
+        last_round = Instant::now();
+        if late > config.interval * STALL_AFTER_INTERVALS {
+            tracing::warn!(late_ms = late.as_millis() as u64, "health monitor stalled; silence counts afresh");
+            watch.stalled();
         }
         if last_prune.elapsed() > Duration::from_secs(30) {
             last_prune = Instant::now();
             let machine = cluster.shared.read();
             health.write().retain(|id| machine.state.runners.contains_key(id));
         }
-        if !cluster.leader.leads() {
-            leading_since = None;
-            continue;
-        }
-        let since = *leading_since.get_or_insert_with(Instant::now);
-        let Some(silence) = config.silence else { continue };
-        let (reporting, silent) = {
+        let relays = gossip_relays(&cluster);
+        let commands = {
             let machine = cluster.shared.read();
             let table = health.read();
-            health_verdict(&machine.state, &table, now, silence, since, &relays_lost_at)
+            watch.round(Instant::now(), relays, cluster.leader.leads(), config.silence, &machine.state, &table)
         };
-        if reporting.is_empty() && silent.is_empty() {
+        if commands.is_empty() {
             continue;
         }
-        tracing::info!(ready = reporting.len(), unresponsive = silent.len(), "runner health changes");
-        let (reporting_chunks, silent_chunks) =
-            (reporting.chunks(MAX_RUNNERS_PER_ENTRY), silent.chunks(MAX_RUNNERS_PER_ENTRY));
-        for chunk in reporting_chunks {
-            commit(&cluster, Command::RecordRunnerHealth { reporting: chunk.to_vec(), silent: Vec::new() }).await;
-        }
-        for chunk in silent_chunks {
-            commit(&cluster, Command::RecordRunnerHealth { reporting: Vec::new(), silent: chunk.to_vec() }).await;
+        let (ready, unresponsive) =
+            commands.iter().map(moved_runners).fold((0, 0), |(r, u), (r2, u2)| (r + r2, u + u2));
+        tracing::info!(ready, unresponsive, "runner health changes");
+        for command in commands {
+            let committed = commit(&cluster, command);
+            tokio::pin!(committed);
+            loop {
+                tokio::select! {
+                    _ = &mut committed => break,
+                    _ = tick.tick() => watch.observe_relays(Instant::now(), gossip_relays(&cluster)),
+                }
+            }
+            last_round = Instant::now();
         }
     }
+}
+
+/// Every node gossip knows, with whether it is alive.
+fn gossip_relays(cluster: &RaftCluster) -> Vec<(u64, bool)> {
+    cluster.gossip.members().into_iter().map(|m| (m.node_id, m.liveness == Liveness::Alive)).collect()
 }
 
 async fn commit(cluster: &RaftCluster, command: Command) {
@@ -96,5 +179,92 @@ async fn commit(cluster: &RaftCluster, command: Command) {
         }
         Ok(other) => tracing::warn!(?other, "unexpected outcome of a runner health entry"),
         Err(e) => tracing::warn!(error = %e, "runner health entry not committed; retrying next round"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_model::health::{HealthReport, HealthTable};
+    use corral_model::{apply, NewRegion, NewRunner, RegionType, Resources};
+
+    fn state_with_a_ready_runner() -> State {
+        let mut state = State::default();
+        let commands = [
+            Command::CreateOrganization { id: "org".into(), name: "org".into() },
+            Command::CreateRegion(NewRegion::new("reg", "org", "reg", RegionType::Custom)),
+            Command::CreateRunner(NewRunner::new(
+                "r1",
+                "reg",
+                "r1",
+                "hash",
+                Resources { cpu: 4, memory_gib: 8, disk_gib: 40, gpu: 0 },
+            )),
+            Command::RecordRunnerHealth { reporting: vec!["r1".into()], silent: Vec::new() },
+        ];
+        for command in commands {
+            assert!(apply(&mut state, &Proposal::new(command, 0)).is_ok());
+        }
+        state
+    }
+
+    fn report(seq: u64, via_node: u64) -> HealthReport {
+        HealthReport {
+            runner_id: "r1".into(),
+            seq,
+            cpu_pct: 10.0,
+            memory_pct: 10.0,
+            disk_pct: 10.0,
+            version: "t".into(),
+            snapshot_count: 0,
+            started_sandboxes: 0,
+            measured_at: 0,
+            via_node,
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_round_demotes_only_on_a_leader_and_counts_from_the_relays_loss() {
+        let state = state_with_a_ready_runner();
+        let silence = Some(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut table = HealthTable::default();
+        table.merge(report(1, 2), t0);
+        let mut watch = HealthWatch::default();
+        // A follower proposes nothing, however long the silence.
+        assert!(watch.round(t0 + s(10), [(2, true)], false, silence, &state, &table).is_empty());
+        // Leading from t0 + 10 s: silence counts from then.
+        assert!(watch.round(t0 + s(10), [(2, true)], true, silence, &state, &table).is_empty());
+        // Node 2, which relayed the last report, is lost at t0 + 12 s: the runner gets 3 s from
+        // there, not from its last report or the start of leadership.
+        assert!(watch.round(t0 + s(12), [(2, false)], true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(14), [(2, false)], true, silence, &state, &table).is_empty());
+        let commands = watch.round(t0 + s(16), [(2, false)], true, silence, &state, &table);
+        assert_eq!(commands.len(), 1);
+        assert_eq!(moved_runners(&commands[0]), (0, 1));
+        // Node 2 back at once (a quick restart): the runner's session died with it all the
+        // same, so its silence still counts from the loss.
+        let mut watch = HealthWatch::default();
+        assert!(watch.round(t0 + s(10), [(2, true)], true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(12), [(2, false)], true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(13), [(2, true)], true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(14), [(2, true)], true, silence, &state, &table).is_empty());
+        assert_eq!(watch.round(t0 + s(16), [(2, true)], true, silence, &state, &table).len(), 1);
+        // A report through the restarted node after its loss counts as usual.
+        table.merge(report(2, 2), t0 + s(15));
+        assert!(watch.round(t0 + s(16), [(2, true)], true, silence, &state, &table).is_empty());
+        // A stalled leader watches afresh: a runner silent only while it stalled keeps its place.
+        let mut table = HealthTable::default();
+        table.merge(report(1, 2), t0);
+        let mut watch = HealthWatch::default();
+        assert!(watch.round(t0 + s(10), [(2, true)], true, silence, &state, &table).is_empty());
+        watch.stalled();
+        assert!(watch.round(t0 + s(14), [(2, true)], true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(16), [(2, true)], true, silence, &state, &table).is_empty());
+        assert_eq!(watch.round(t0 + s(18), [(2, true)], true, silence, &state, &table).len(), 1);
+        // No silence configured: the monitor is off.
+        assert!(watch.round(t0 + s(16), [(2, false)], true, None, &state, &table).is_empty());
     }
 }

@@ -7,9 +7,9 @@
 //! - register clients write and read the proxy URL of a few regions (one register each),
 //!   recorded as a Jepsen-style history for the linearizability and lost-write checks;
 //! - sandbox clients ask the leader's scheduler for sandboxes and delete them again;
-//! - an operator changes the runners' capacity, and health verdicts mark runners silent and
-//!   back, so that the scheduler plans on a view that a concurrent change makes stale (what
-//!   `apply`'s re-checks exist for).
+//! - an operator changes the runners' capacity, and the health monitor ([`crate::fleet`])
+//!   marks runners whose agents die unresponsive and back, so that the scheduler plans on a
+//!   view that a concurrent change makes stale (what `apply`'s re-checks exist for).
 
 use std::time::Duration;
 
@@ -240,27 +240,19 @@ pub async fn sandbox_client(client: u64, fabric: Fabric, world: World, seed: u64
     }
 }
 
-/// The operator and the runners' health: now and then a runner's capacity changes, or a
-/// health verdict marks one runner silent (`unresponsive`, no placements) and the others
-/// reporting, as the leader's health monitor would.
+/// The operator: now and then a runner's capacity changes.
 pub async fn operator(fabric: Fabric, world: World, seed: u64, mut stop: watch::Receiver<bool>) {
     let mut rng = StdRng::seed_from_u64(seed);
     while !*stop.borrow() {
         let runner = RUNNERS[rng.gen_range(0..RUNNERS.len())];
-        let (command, what) = if rng.gen_bool(0.25) {
-            let reporting = RUNNERS.iter().filter(|r| **r != runner).map(|r| r.to_string()).collect();
-            (Command::RecordRunnerHealth { reporting, silent: vec![runner.to_string()] }, format!("{runner} silent"))
-        } else {
-            let cpu = rng.gen_range(2..=8);
-            let command = Command::SetRunnerCapacity {
-                id: runner.into(),
-                capacity: Resources { cpu, memory_gib: 64, disk_gib: 640, gpu: 0 },
-                source: CapacitySource::Operator,
-            };
-            (command, format!("capacity {runner} cpu={cpu}"))
+        let cpu = rng.gen_range(2..=8);
+        let command = Command::SetRunnerCapacity {
+            id: runner.into(),
+            capacity: Resources { cpu, memory_gib: 64, disk_gib: 640, gpu: 0 },
+            source: CapacitySource::Operator,
         };
         let outcome = write(&fabric, &world, &mut rng, Proposal::new(command, corral_net::now_millis())).await;
-        world.trace(&format!("{what} {}", matches!(outcome, Some(Ok(_)))));
+        world.trace(&format!("capacity {runner} cpu={cpu} {}", matches!(outcome, Some(Ok(_)))));
         let pause = Duration::from_millis(rng.gen_range(50..300));
         tokio::select! {
             biased;

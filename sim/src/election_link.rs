@@ -64,7 +64,9 @@ impl ElectionLink for SimElectionLink {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<ProbeReply, NetError>> {
         Box::pin(async move {
-            let ask = async { self.world.node(to).map(|voter| corral_net::liveness::answer_probe(&voter.raft, probe)) };
+            let ask = async {
+                self.world.node(to).map(|voter| corral_net::liveness::answer_probe(&voter.raft, &voter.liveness, probe))
+            };
             match tokio::time::timeout(timeout, self.fabric.carry(self.from, to, ask)).await {
                 Ok(Some(Some(reply))) => Ok(reply),
                 _ => Err(lost(to, "probe")),

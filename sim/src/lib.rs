@@ -44,6 +44,7 @@
 
 pub mod clients;
 pub mod election_link;
+pub mod fleet;
 pub mod invariants;
 pub mod nemesis;
 pub mod network;

@@ -94,7 +94,7 @@ fn catches(bug: InjectedBug) -> &'static [&'static str] {
 fn print_one(report: &SeedReport) {
     println!(
         "seed {}: {} nodes, fault kinds {:?}, {} faults, {} operations ({} acknowledged writes), {} checks, \
-         {} messages ({} lost), {} unsynced writes lost in crashes",
+         {} messages ({} lost), {} unsynced writes lost in crashes, {} agents killed, {} false demotions",
         report.seed,
         report.nodes,
         report.fault_kinds,
@@ -104,10 +104,15 @@ fn print_one(report: &SeedReport) {
         report.steps,
         report.messages.0,
         report.messages.1,
-        report.unsynced_lost
+        report.unsynced_lost,
+        report.agent_kills,
+        report.false_demotions.len()
     );
     for f in &report.faults {
         println!("  fault at {f}");
+    }
+    for d in &report.false_demotions {
+        println!("  false demotion at {d}");
     }
     for v in &report.violations {
         println!("  VIOLATION {v}");
@@ -187,6 +192,10 @@ fn main() {
     let faults: usize = results.iter().map(|(r, _)| r.faults.len()).sum();
     let fewest_faults = results.iter().map(|(r, _)| r.faults.len()).min().unwrap_or(0);
     let operations: usize = results.iter().map(|(r, _)| r.operations).sum();
+    let agent_kills: usize = results.iter().map(|(r, _)| r.agent_kills).sum();
+    let false_demotions: usize = results.iter().map(|(r, _)| r.false_demotions.len()).sum();
+    let seeds_with_false_demotions: Vec<u64> =
+        results.iter().filter(|(r, _)| !r.false_demotions.is_empty()).map(|(r, _)| r.seed).collect();
     let mismatched: Vec<u64> = results
         .iter()
         .filter(|(r, second)| second.as_ref().is_some_and(|s| *s != r.trace_hash))
@@ -204,6 +213,16 @@ fn main() {
         faults,
         fewest_faults,
         operations
+    );
+    println!(
+        "runner health: {agent_kills} agents killed; {false_demotions} false demotions (a runner marked unresponsive \
+         while its agent reported) in {} seeds{}",
+        seeds_with_false_demotions.len(),
+        if seeds_with_false_demotions.is_empty() {
+            String::new()
+        } else {
+            format!(", first {:?}", &seeds_with_false_demotions[..seeds_with_false_demotions.len().min(10)])
+        }
     );
     if args.double_run {
         println!(

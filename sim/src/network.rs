@@ -105,6 +105,10 @@ impl Fabric {
         });
     }
 
+    pub fn is_paused(&self, id: NodeId) -> bool {
+        self.paused.borrow().contains(&id)
+    }
+
     /// (messages sent, messages lost) so far.
     pub fn counts(&self) -> (u64, u64) {
         let s = self.lock();

@@ -1,14 +1,13 @@
 //! One simulated node: openraft with Corral's state machine on a simulated disk, Corral's
 //! leader handle (the coalescing write path and read index), its scheduler and its election
-//! driver (pre-vote, fencing), all on the simulation's runtime, with the node's default
-//! timing. A crash loses what the disk had not synced; a restart opens the node again on
+//! driver (pre-vote, fencing), its runner health table, gossip and health monitor
+//! ([`crate::fleet`]), all on the simulation's runtime, with the node's default timing. A crash loses what the disk had not synced; a restart opens the node again on
 //! what survived, as a new incarnation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_model::health::SharedHealth;
 use corral_net::RaftLiveness;
 use corral_node::config::{DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS};
 use corral_node::election::{Driver, LastLogReader, Timing};
@@ -19,6 +18,7 @@ use corral_storage::{open_memory, MemDisk};
 use tokio::sync::watch;
 
 use crate::election_link::SimElectionLink;
+use crate::fleet::{self, NodeHealth};
 use crate::network::{Fabric, SimNetwork};
 use crate::world::{Handles, World};
 
@@ -71,10 +71,11 @@ impl SimNode {
         let leader = Leader::new(raft.clone(), shared.clone(), PROPOSAL_BATCHING);
         self.incarnation += 1;
         let own_seed = seed.wrapping_mul(31).wrapping_add(self.id * 1_000 + self.incarnation);
+        let health = NodeHealth::default();
         let scheduler = Scheduler::start(
             leader.clone(),
             shared.clone(),
-            SharedHealth::default(),
+            health.table.clone(),
             SchedulerConfig { seed: Some(own_seed), ..SchedulerConfig::default() },
         );
         let last_log: LastLogReader = Arc::new(move || {
@@ -92,10 +93,22 @@ impl SimNode {
             last_log: last_log.clone(),
             seed: Some(own_seed ^ 0x656c_6563),
         };
-        tokio::spawn(corral_node::election::run(driver, stop_rx));
+        tokio::spawn(corral_node::election::run(driver, stop_rx.clone()));
+        tokio::spawn(fleet::gossip(self.id, health.clone(), fabric.clone(), world.clone(), stop_rx.clone()));
+        tokio::spawn(fleet::monitor(self.id, fabric.clone(), world.clone(), stop_rx));
         fabric.set_up(self.id, raft.clone(), liveness.clone());
         self.running = Some((raft.clone(), stop_tx));
-        Ok(Handles { raft, leader, scheduler, shared, incarnation: self.incarnation, liveness, last_log, timing })
+        Ok(Handles {
+            raft,
+            leader,
+            scheduler,
+            shared,
+            incarnation: self.incarnation,
+            liveness,
+            last_log,
+            timing,
+            health,
+        })
     }
 
     /// Power loss: the node stops at once and its disk keeps only what was synced.

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
 use crate::clients::{self, register_key, register_value, ORGANIZATION, POOL_REGION, RUNNERS};
+use crate::fleet::{self, DeadAgents};
 use crate::invariants::Invariants;
 use crate::nemesis::{self, Fault, FaultKind, Profile};
 use crate::network::{Fabric, Faults};
@@ -65,6 +66,11 @@ pub struct SeedReport {
     pub messages: (u64, u64),
     /// Unsynced writes lost in crashes.
     pub unsynced_lost: usize,
+    /// Runner agents the runner nemesis killed.
+    pub agent_kills: usize,
+    /// Runners committed `unresponsive` while their agent kept reporting (when, which): a
+    /// figure of merit for runner liveness under faults, not a safety violation.
+    pub false_demotions: Vec<String>,
 }
 
 impl SeedReport {
@@ -119,6 +125,8 @@ impl SeedReport {
             steps: 0,
             messages: (0, 0),
             unsynced_lost: 0,
+            agent_kills: 0,
+            false_demotions: Vec::new(),
         }
     }
 }
@@ -394,6 +402,21 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
         seed.wrapping_add(300),
         stop_rx.clone(),
     )));
+    // Runner agents report until the end; the runner nemesis kills some during the safety
+    // phase (in most seeds).
+    let dead = DeadAgents::default();
+    let (agents_stop, agents_stop_rx) = watch::channel(false);
+    let (runner_nemesis_stop, runner_nemesis_stop_rx) = watch::channel(false);
+    let mut agents = Vec::new();
+    for (i, runner) in RUNNERS.iter().enumerate() {
+        let seed = seed.wrapping_add(400 + i as u64);
+        let (dead, fabric, world, stop) = (dead.clone(), sim.fabric.clone(), world.clone(), agents_stop_rx.clone());
+        agents.push(tokio::spawn(fleet::agent(runner, dead, fabric, world, seed, stop)));
+    }
+    let runner_nemesis = sim.rng.gen_bool(0.7).then(|| {
+        let (dead, world, seed) = (dead.clone(), world.clone(), seed.wrapping_add(500));
+        tokio::spawn(fleet::runner_nemesis(&RUNNERS, dead, world, seed, runner_nemesis_stop_rx))
+    });
     let checker = {
         let world = world.clone();
         let disks: Vec<(NodeId, corral_storage::MemDisk)> = sim.nodes.iter().map(|n| (n.id, n.disk.clone())).collect();
@@ -446,7 +469,12 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
         tokio::time::sleep(gap).await;
     }
 
-    // Liveness phase: healed; a write must commit and the nodes converge.
+    // Liveness phase: healed; a write must commit, runner health settle (agents that live
+    // `ready`, agents killed for good `unresponsive`) and the nodes converge.
+    let _ = runner_nemesis_stop.send(true);
+    if let Some(task) = runner_nemesis {
+        let _ = task.await;
+    }
     if let Err(e) = sim.heal().await {
         report.violations.push(e);
     }
@@ -466,6 +494,18 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
         report
             .violations
             .push(format!("liveness: no write committed within {} s of healing", options.liveness.as_secs()));
+    }
+    let health_settled = loop {
+        let settled = fleet::settled(&world, &RUNNERS, &dead);
+        if settled.is_ok() || liveness_start.elapsed() >= options.liveness {
+            break settled;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Err(e) = health_settled {
+        report
+            .violations
+            .push(format!("liveness: runner health not settled {} s after healing: {e}", options.liveness.as_secs()));
     }
     let _ = stop_tx.send(true);
     for task in tasks {
@@ -513,6 +553,16 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     }
     violations.extend(check_final_state(&history, &finals, options.search_budget));
     report.violations.extend(violations.iter().map(|v| format!("{v:?}")));
+    let _ = agents_stop.send(true);
+    for agent in agents {
+        let _ = agent.await;
+    }
+    report.agent_kills = world.agent_kills();
+    for (at, runner) in world.false_demotions(fleet::SILENCE) {
+        let line = format!("{:.1} s: {runner}", at as f64 / 1e9);
+        world.trace(&format!("false demotion {line}"));
+        report.false_demotions.push(line);
+    }
     report.messages = sim.fabric.counts();
     report.unsynced_lost = sim.unsynced_lost;
     for v in &report.violations {

@@ -13,6 +13,8 @@ use corral_raft_types::{NodeId, Raft, SharedState};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use crate::fleet::NodeHealth;
+
 /// A node that is up, as its clients and its peers reach it.
 #[derive(Clone)]
 pub struct Handles {
@@ -25,6 +27,8 @@ pub struct Handles {
     pub liveness: RaftLiveness,
     pub last_log: LastLogReader,
     pub timing: Timing,
+    /// Its runner health table and gossip view.
+    pub health: NodeHealth,
 }
 
 /// A sandbox creation as the clients saw it.
@@ -41,6 +45,10 @@ pub struct SandboxOp {
 struct Record {
     history: History,
     sandboxes: Vec<SandboxOp>,
+    /// Per runner, when its agent was killed and (if it was) revived.
+    agent_deaths: BTreeMap<String, Vec<(Nanos, Option<Nanos>)>>,
+    /// Runners committed `unresponsive`, and when.
+    demotions: Vec<(Nanos, String)>,
     trace: Sha256,
     events: u64,
 }
@@ -131,6 +139,46 @@ impl World {
         if let Some(op) = self.record().sandboxes.iter_mut().find(|s| s.request == request) {
             op.deleted = true;
         }
+    }
+
+    pub fn agent_died(&self, runner: &str) {
+        let now = self.now();
+        self.record().agent_deaths.entry(runner.to_string()).or_default().push((now, None));
+    }
+
+    pub fn agent_revived(&self, runner: &str) {
+        let now = self.now();
+        self.trace(&format!("agent {runner} revived"));
+        if let Some(death) = self.record().agent_deaths.get_mut(runner).and_then(|d| d.last_mut()) {
+            death.1.get_or_insert(now);
+        }
+    }
+
+    pub fn agent_kills(&self) -> usize {
+        self.record().agent_deaths.values().map(Vec::len).sum()
+    }
+
+    /// The leader committed `runner` unresponsive.
+    pub fn demoted(&self, runner: &str) {
+        let now = self.now();
+        self.record().demotions.push((now, runner.to_string()));
+    }
+
+    /// Demotions of runners whose agent was alive throughout the `silence` before: the
+    /// runner kept reporting, so only the cluster can have lost its reports.
+    pub fn false_demotions(&self, silence: std::time::Duration) -> Vec<(Nanos, String)> {
+        let record = self.record();
+        let window = silence.as_nanos() as Nanos;
+        record
+            .demotions
+            .iter()
+            .filter(|(at, runner)| {
+                let deaths = record.agent_deaths.get(runner).map(Vec::as_slice).unwrap_or_default();
+                let from = at.saturating_sub(window);
+                !deaths.iter().any(|(died, revived)| *died <= *at && revived.is_none_or(|r| r >= from))
+            })
+            .cloned()
+            .collect()
     }
 
     /// Takes the history and the sandbox operations recorded so far.
