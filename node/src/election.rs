@@ -576,27 +576,38 @@ fn voter_addrs(driver: &Driver, voters: &BTreeSet<NodeId>, skip: Option<NodeId>)
         .collect()
 }
 
-/// Asks every other voter; true when a majority (this node included) would elect it.
+/// Asks every other voter; true when a majority (this node included) would elect it. Returns
+/// as soon as the answers decide it: a voter that is cut off or paused (often the old leader)
+/// would otherwise hold the round for the whole `pre_vote_timeout`.
 async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>, leader_down: Option<NodeId>) -> bool {
+    use futures::StreamExt;
     let request = PreVoteRequest { candidate: driver.node_id, last_log: (driver.last_log)().await, leader_down };
     let addrs = voter_addrs(driver, voters, leader_down);
-    let asks = addrs.iter().map(|(id, addr)| {
-        let request = &request;
-        async move {
-            let reply = driver.link.pre_vote(*id, addr, request, driver.timing.pre_vote_timeout).await;
-            (*id, reply)
-        }
-    });
-    let replies = futures::future::join_all(asks).await;
+    let mut asks: futures::stream::FuturesUnordered<_> = addrs
+        .iter()
+        .map(|(id, addr)| {
+            let request = &request;
+            async move {
+                let reply = driver.link.pre_vote(*id, addr, request, driver.timing.pre_vote_timeout).await;
+                (*id, reply)
+            }
+        })
+        .collect();
+    let majority = voters.len() / 2 + 1;
     let mut granted = 1; // this node: its silence already passed its election timeout
-    for (id, reply) in replies {
+    let mut unanswered = addrs.len();
+    while let Some((id, reply)) = asks.next().await {
+        unanswered -= 1;
         match reply {
             Ok(PreVoteReply { granted: true, .. }) => granted += 1,
             Ok(PreVoteReply { reason, .. }) => tracing::debug!(voter = id, reason, "pre-vote refused"),
             Err(e) => tracing::debug!(voter = id, error = %e, "pre-vote unanswered"),
         }
+        if granted >= majority || granted + unanswered < majority {
+            break;
+        }
     }
-    let won = granted > voters.len() / 2;
+    let won = granted >= majority;
     metrics::counter!("corral_raft_pre_votes_total", "outcome" => if won { "won" } else { "lost" }).increment(1);
     won
 }
