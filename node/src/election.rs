@@ -414,12 +414,13 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
         let silence = leader_silence.min(now.saturating_duration_since(last_attempt));
         // A candidate whose log is behind this node's asked it for a pre-vote: campaign now.
         let retry_allowed = now.saturating_duration_since(last_attempt) >= timing.heartbeat;
+        let leader_fenced_for = driver.liveness.leader_fenced_for(now);
         let outrun = driver.liveness.take_campaign_request()
-            && (leader_silence >= timing.lease || driver.liveness.leader_fenced_for(now) >= timing.fence_patience)
+            && (leader_silence >= timing.lease || leader_fenced_for >= timing.fence_patience)
             && retry_allowed;
         // Its leader has been fenced (probing, sending nothing else) for a while: a deaf
         // leader, which the others would otherwise wait out their whole silence for.
-        let leader_fenced = driver.liveness.leader_fenced_for(now) >= fence_wait
+        let leader_fenced = leader_fenced_for >= fence_wait
             && now.saturating_duration_since(vote_changed_at) >= fence_wait
             && driver.liveness.since_pre_vote_granted(now).is_none_or(|d| d >= timing.heartbeat * 2)
             && retry_allowed;

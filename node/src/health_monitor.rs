@@ -104,10 +104,10 @@ impl HealthWatch {
 pub const STALL_AFTER_INTERVALS: u32 = 4;
 
 /// Runners a health entry moves (to ready, to unresponsive).
-pub fn moved_runners(command: &Command) -> (usize, usize) {
+pub fn moved_runners(command: &Command) -> (&[String], &[String]) {
     match command {
-        Command::RecordRunnerHealth { reporting, silent } => (reporting.len(), silent.len()),
-        _ => (0, 0),
+        Command::RecordRunnerHealth { reporting, silent } => (reporting, silent),
+        _ => (&[], &[]),
     }
 }
 
@@ -149,8 +149,10 @@ pub async fn run_monitor(
         if commands.is_empty() {
             continue;
         }
-        let (ready, unresponsive) =
-            commands.iter().map(moved_runners).fold((0, 0), |(r, u), (r2, u2)| (r + r2, u + u2));
+        let (ready, unresponsive) = commands
+            .iter()
+            .map(moved_runners)
+            .fold((0, 0), |(r, u), (ready, silent)| (r + ready.len(), u + silent.len()));
         tracing::info!(ready, unresponsive, "runner health changes");
         for command in commands {
             let committed = commit(&cluster, command);
@@ -243,7 +245,7 @@ mod tests {
         assert!(watch.round(t0 + s(14), [(2, false)], true, silence, &state, &table).is_empty());
         let commands = watch.round(t0 + s(16), [(2, false)], true, silence, &state, &table);
         assert_eq!(commands.len(), 1);
-        assert_eq!(moved_runners(&commands[0]), (0, 1));
+        assert_eq!(moved_runners(&commands[0]), (&[][..], &["r1".to_string()][..]));
         // Node 2 back at once (a quick restart): the runner's session died with it all the
         // same, so its silence still counts from the loss.
         let mut watch = HealthWatch::default();

@@ -17,7 +17,7 @@
 //! The timing is `corral serve`'s scaled to the 15-second safety phase: a 3 s silence where a
 //! node's default is 10 s.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,11 +120,8 @@ pub async fn monitor(id: NodeId, fabric: Fabric, world: World, mut stop: watch::
             watch.round(now.into_std(), relays, node.leader.leads(), Some(SILENCE), &machine.state, &table)
         };
         for command in commands {
-            let (ready, unresponsive) = moved_runners(&command);
-            let silent = match &command {
-                corral_model::Command::RecordRunnerHealth { silent, .. } => silent.clone(),
-                _ => Vec::new(),
-            };
+            let (ready, silent) = moved_runners(&command);
+            let (ready, unresponsive, silent) = (ready.len(), silent.len(), silent.to_vec());
             // As `corral serve`'s monitor does: relays are still watched while the entry commits.
             let write = node.leader.write(Proposal::new(command, corral_net::now_millis()));
             tokio::pin!(write);
@@ -146,41 +143,8 @@ pub async fn monitor(id: NodeId, fabric: Fabric, world: World, mut stop: watch::
     }
 }
 
-/// The agents that the runner nemesis has killed (shared with every agent).
-#[derive(Clone)]
-pub struct DeadAgents(watch::Sender<BTreeSet<String>>);
-
-impl Default for DeadAgents {
-    fn default() -> Self {
-        DeadAgents(watch::Sender::new(BTreeSet::new()))
-    }
-}
-
-impl DeadAgents {
-    pub fn set(&self, runner: &str, dead: bool) {
-        self.0.send_modify(|d| {
-            if dead {
-                d.insert(runner.to_string());
-            } else {
-                d.remove(runner);
-            }
-        });
-    }
-
-    pub fn is_dead(&self, runner: &str) -> bool {
-        self.0.borrow().contains(runner)
-    }
-}
-
 /// One runner's agent: reports every [`REPORT_INTERVAL`] while alive.
-pub async fn agent(
-    runner: &'static str,
-    dead: DeadAgents,
-    fabric: Fabric,
-    world: World,
-    seed: u64,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn agent(runner: &'static str, fabric: Fabric, world: World, seed: u64, mut stop: watch::Receiver<bool>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut session: Option<(NodeId, Instant)> = None;
     let mut seq = 0u64;
@@ -188,7 +152,7 @@ pub async fn agent(
     tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1_000))).await;
     loop {
         let now = Instant::now();
-        if dead.is_dead(runner) {
+        if world.agent_is_dead(runner) {
             session = None;
         } else {
             let stale = session.is_none_or(|(_, acked)| now.saturating_duration_since(acked) > AGENT_IDLE);
@@ -232,7 +196,6 @@ pub async fn agent(
 /// (then the runner must end `unresponsive`).
 pub async fn runner_nemesis(
     runners: &'static [&'static str],
-    dead: DeadAgents,
     world: World,
     seed: u64,
     mut stop: watch::Receiver<bool>,
@@ -246,10 +209,9 @@ pub async fn runner_nemesis(
             _ = tokio::time::sleep(pause) => {}
         }
         let Some(runner) = runners.choose(&mut rng).copied() else { return };
-        if dead.is_dead(runner) {
+        if world.agent_is_dead(runner) {
             continue;
         }
-        dead.set(runner, true);
         world.agent_died(runner);
         if rng.gen_bool(0.2) {
             world.trace(&format!("agent {runner} killed for good"));
@@ -262,7 +224,6 @@ pub async fn runner_nemesis(
             _ = stop.changed() => {}
             _ = tokio::time::sleep(lasts) => {}
         }
-        dead.set(runner, false);
         world.agent_revived(runner);
         if *stop.borrow() {
             return;
@@ -272,12 +233,12 @@ pub async fn runner_nemesis(
 
 /// What runner health settled to: `Ok` when, on every node that is up, each runner with a
 /// live agent is `ready` and each whose agent is dead is `unresponsive`.
-pub fn settled(world: &World, runners: &[&str], dead: &DeadAgents) -> Result<(), String> {
+pub fn settled(world: &World, runners: &[&str]) -> Result<(), String> {
     let mut wrong = Vec::new();
     for (id, node) in world.up() {
         let machine = node.shared.read();
         for runner in runners {
-            let expected = if dead.is_dead(runner) { RunnerState::Unresponsive } else { RunnerState::Ready };
+            let expected = if world.agent_is_dead(runner) { RunnerState::Unresponsive } else { RunnerState::Ready };
             match machine.state.runners.get(*runner).map(|r| r.state) {
                 Some(state) if state == expected => {}
                 other => wrong.push(format!("{runner} on node {id}: {other:?}, expected {expected:?}")),

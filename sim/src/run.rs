@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
 use crate::clients::{self, register_key, register_value, ORGANIZATION, POOL_REGION, RUNNERS};
-use crate::fleet::{self, DeadAgents};
+use crate::fleet;
 use crate::invariants::Invariants;
 use crate::nemesis::{self, Fault, FaultKind, Profile};
 use crate::network::{Fabric, Faults};
@@ -404,18 +404,17 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     )));
     // Runner agents report until the end; the runner nemesis kills some during the safety
     // phase (in most seeds).
-    let dead = DeadAgents::default();
     let (agents_stop, agents_stop_rx) = watch::channel(false);
     let (runner_nemesis_stop, runner_nemesis_stop_rx) = watch::channel(false);
     let mut agents = Vec::new();
     for (i, runner) in RUNNERS.iter().enumerate() {
         let seed = seed.wrapping_add(400 + i as u64);
-        let (dead, fabric, world, stop) = (dead.clone(), sim.fabric.clone(), world.clone(), agents_stop_rx.clone());
-        agents.push(tokio::spawn(fleet::agent(runner, dead, fabric, world, seed, stop)));
+        let (fabric, world, stop) = (sim.fabric.clone(), world.clone(), agents_stop_rx.clone());
+        agents.push(tokio::spawn(fleet::agent(runner, fabric, world, seed, stop)));
     }
     let runner_nemesis = sim.rng.gen_bool(0.7).then(|| {
-        let (dead, world, seed) = (dead.clone(), world.clone(), seed.wrapping_add(500));
-        tokio::spawn(fleet::runner_nemesis(&RUNNERS, dead, world, seed, runner_nemesis_stop_rx))
+        let (world, seed) = (world.clone(), seed.wrapping_add(500));
+        tokio::spawn(fleet::runner_nemesis(&RUNNERS, world, seed, runner_nemesis_stop_rx))
     });
     let checker = {
         let world = world.clone();
@@ -496,7 +495,7 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
             .push(format!("liveness: no write committed within {} s of healing", options.liveness.as_secs()));
     }
     let health_settled = loop {
-        let settled = fleet::settled(&world, &RUNNERS, &dead);
+        let settled = fleet::settled(&world, &RUNNERS);
         if settled.is_ok() || liveness_start.elapsed() >= options.liveness {
             break settled;
         }

@@ -154,6 +154,11 @@ impl World {
         }
     }
 
+    /// Whether `runner`'s agent is dead now (killed and not revived since).
+    pub fn agent_is_dead(&self, runner: &str) -> bool {
+        self.record().agent_deaths.get(runner).and_then(|d| d.last()).is_some_and(|(_, revived)| revived.is_none())
+    }
+
     pub fn agent_kills(&self) -> usize {
         self.record().agent_deaths.values().map(Vec::len).sum()
     }
