@@ -11,6 +11,9 @@
 //! - [`memory`]: the same log store on a simulated disk ([`MemDisk`]) that tells synced from
 //!   unsynced writes and can lose the unsynced ones in a crash; the simulation runs on it.
 //!
+//! - `purge_gate`: the log is purged only up to a stored snapshot, even while a received
+//!   snapshot is still being installed (openraft 0.9 asks for the purge without waiting).
+//!
 //! Invariants: a log append is acknowledged to openraft only after RocksDB has synced it (when
 //! `fsync` is on); the state machine's in-memory `State` is exactly the fold of `apply` over
 //! the applied entries, and it is what snapshots carry.
@@ -23,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod memory;
+mod purge_gate;
 pub mod store;
 
 pub use memory::{open_memory, MemDisk, MemLogStore};

@@ -29,6 +29,7 @@ use openraft::{
 use corral_model::injected::{injected, InjectedBug};
 use corral_raft_types::{CorralNode, NodeId, SharedState, TypeConfig};
 
+use crate::purge_gate::PurgeGate;
 use crate::store::{SnapshotFile, StateMachineStore};
 use crate::StorageError;
 
@@ -133,6 +134,14 @@ impl MemDisk {
         Ok(())
     }
 
+    /// Purges the log up to `upto`, durable at once, as the RocksDB store syncs its purge point.
+    pub(crate) fn purge_log(&self, upto: LogId<NodeId>) -> RaftResult<()> {
+        let mut image = self.lock();
+        image.visible.purge(upto);
+        image.synced.purge(upto);
+        Ok(())
+    }
+
     pub(crate) fn snapshot(&self) -> Option<(SnapshotMeta<NodeId, CorralNode>, Vec<u8>)> {
         self.lock().snapshot.clone()
     }
@@ -169,6 +178,8 @@ impl MemDisk {
 pub struct MemLogStore {
     disk: MemDisk,
     generation: u64,
+    /// Keeps purges behind the stored snapshot, as on RocksDB.
+    gate: PurgeGate,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,9 +215,9 @@ pub fn open_memory(disk: &MemDisk) -> Result<(MemLogStore, StateMachineStore, Sh
     let generation = disk.lock().generation;
     let shared = SharedState::default();
     let snapshots = SnapshotFile::Memory(disk.clone());
-    StateMachineStore::restore(&snapshots, &shared)?;
-    let log = MemLogStore { disk: disk.clone(), generation };
-    Ok((log, StateMachineStore::new(snapshots, shared.clone()), shared))
+    let gate = PurgeGate::new(StateMachineStore::restore(&snapshots, &shared)?);
+    let log = MemLogStore { disk: disk.clone(), generation, gate: gate.clone() };
+    Ok((log, StateMachineStore::new(snapshots, shared.clone(), gate), shared))
 }
 
 impl RaftLogReader<TypeConfig> for MemLogStore {
@@ -287,10 +298,8 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> RaftResult<()> {
-        // Durable at once, as the RocksDB store syncs its purge point.
-        let mut image = self.image()?;
-        image.visible.purge(log_id);
-        image.synced.purge(log_id);
+        drop(self.image()?);
+        self.gate.purge(log_id, |upto| self.disk.purge_log(upto))?;
         Ok(())
     }
 }
@@ -341,5 +350,36 @@ mod tests {
         disk.crash();
         let (reopened, _sm, _shared) = open_memory(&disk).expect("reopen");
         assert_eq!(indexes(&reopened), vec![3]);
+    }
+
+    #[test]
+    fn a_purge_ahead_of_a_received_snapshot_waits_until_the_snapshot_is_stored() {
+        use openraft::storage::RaftStateMachine;
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(async {
+            let disk = MemDisk::new(Duration::ZERO);
+            let (mut log, mut sm, _shared) = open_memory(&disk).expect("open");
+            log.write(Unsynced::Append(vec![blank(1, 1), blank(1, 2)])).expect("append");
+            disk.sync(log.generation);
+            sm.begin_receiving_snapshot().await.expect("begin receiving");
+            let snapshot_end = LogId::new(CommittedLeaderId::new(1, 1), 9);
+            log.purge(snapshot_end).await.expect("purge");
+            disk.crash();
+            let (mut log, mut sm, _shared) = open_memory(&disk).expect("reopen");
+            assert_eq!(indexes(&log), vec![1, 2], "a crash before the install leaves the log whole");
+
+            sm.begin_receiving_snapshot().await.expect("begin receiving");
+            log.purge(snapshot_end).await.expect("purge");
+            assert_eq!(indexes(&log), vec![1, 2], "held");
+            let meta = SnapshotMeta {
+                last_log_id: Some(snapshot_end),
+                last_membership: openraft::StoredMembership::default(),
+                snapshot_id: "test".to_string(),
+            };
+            let data = corral_model::State::default().encode().expect("encode");
+            sm.install_snapshot(&meta, Box::new(std::io::Cursor::new(data))).await.expect("install");
+            assert_eq!(indexes(&log), Vec::<u64>::new(), "released by the install");
+            assert_eq!(log.get_log_state().await.expect("state").last_purged_log_id, Some(snapshot_end));
+        });
     }
 }

@@ -38,6 +38,8 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Opt
 use corral_model::State;
 use corral_raft_types::{ApplyResponse, CorralNode, NodeId, SharedState, TypeConfig};
 
+use crate::purge_gate::PurgeGate;
+
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
 const CF_STATE: &str = "state";
@@ -106,10 +108,10 @@ pub fn open_storage(
 
     let shared = SharedState::default();
     let snapshots = SnapshotFile::Rocks { db: db.clone(), config };
-    StateMachineStore::restore(&snapshots, &shared)?;
+    let gate = PurgeGate::new(StateMachineStore::restore(&snapshots, &shared)?);
     let syncer = LogSyncer::start(&db, config)?;
-    let log = LogStore { db, config, syncer };
-    Ok((log, StateMachineStore::new(snapshots, shared.clone()), shared))
+    let log = LogStore { db, config, syncer, gate: gate.clone() };
+    Ok((log, StateMachineStore::new(snapshots, shared.clone(), gate), shared))
 }
 
 /// The Raft log and hard state (vote, committed) in RocksDB.
@@ -118,6 +120,8 @@ pub struct LogStore {
     db: Arc<DB>,
     config: StorageConfig,
     syncer: LogSyncer,
+    /// Keeps purges behind the stored snapshot (see [`PurgeGate`]).
+    gate: PurgeGate,
 }
 
 /// How many appends may wait for the syncer; a full queue makes `append` wait (backpressure on
@@ -331,15 +335,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> RaftResult<()> {
-        // Record the purge point first: a crash between the two steps leaves extra entries,
-        // which get_log_state tolerates, never a gap.
-        self.put_meta(KEY_LAST_PURGED, &log_id)?;
-        let log = cf(&self.db, CF_LOG)?;
-        self.db
-            .delete_range_cf(log, index_key(0), index_key(log_id.index.saturating_add(1)))
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.gate.purge(log_id, |upto| purge_rocks_log(&self.db, self.config, upto))?;
         Ok(())
     }
+}
+
+/// Deletes the log up to `upto` and records the purge point. The point is recorded first: a
+/// crash between the two steps leaves extra entries, which get_log_state tolerates, never a gap.
+fn purge_rocks_log(db: &DB, config: StorageConfig, upto: LogId<NodeId>) -> RaftResult<()> {
+    let meta = cf(db, CF_META)?;
+    let bytes = serde_json::to_vec(&upto).map_err(|e| StorageIOError::write(&e))?;
+    db.put_cf_opt(meta, KEY_LAST_PURGED, bytes, &write_options(config)).map_err(|e| StorageIOError::write(&e))?;
+    let log = cf(db, CF_LOG)?;
+    db.delete_range_cf(log, index_key(0), index_key(upto.index.saturating_add(1)))
+        .map_err(|e| StorageIOError::write_logs(&e))?;
+    Ok(())
 }
 
 /// The state machine: applies committed entries to the shared [`State`] and keeps the latest
@@ -353,6 +363,8 @@ pub struct StateMachineStore {
     /// std `RwLock` would also block every later reader (it prefers writers), and with them
     /// the threads that serve heartbeats and requests.
     snapshot_encoding: Arc<AtomicBool>,
+    /// Shared with the log store: a purge waits for the snapshot that covers it.
+    gate: PurgeGate,
 }
 
 /// Clears the snapshot-encoding flag when the encoding ends, however it ends.
@@ -393,6 +405,14 @@ impl SnapshotFile {
         Ok(())
     }
 
+    /// Purges the log on the same disk up to `upto` (a purge the [`PurgeGate`] held).
+    fn purge_log(&self, upto: LogId<NodeId>) -> RaftResult<()> {
+        match self {
+            SnapshotFile::Rocks { db, config } => purge_rocks_log(db, *config, upto),
+            SnapshotFile::Memory(disk) => disk.purge_log(upto),
+        }
+    }
+
     fn load(&self) -> RaftResult<Option<(SnapshotMeta<NodeId, CorralNode>, Vec<u8>)>> {
         let db = match self {
             SnapshotFile::Rocks { db, .. } => db,
@@ -429,14 +449,20 @@ async fn run_blocking<T: Send + 'static>(
 
 impl StateMachineStore {
     /// A state machine on `shared` whose snapshots go to `snapshots`.
-    pub(crate) fn new(snapshots: SnapshotFile, shared: SharedState) -> Self {
-        StateMachineStore { snapshots, shared, snapshot_encoding: Arc::default() }
+    pub(crate) fn new(snapshots: SnapshotFile, shared: SharedState, gate: PurgeGate) -> Self {
+        StateMachineStore { snapshots, shared, snapshot_encoding: Arc::default(), gate }
     }
 
-    /// `shared` loaded from the snapshot in `snapshots`, if there is one.
-    pub(crate) fn restore(snapshots: &SnapshotFile, shared: &SharedState) -> Result<(), StorageError> {
+    /// `shared` loaded from the snapshot in `snapshots`, if there is one; returns where that
+    /// snapshot ends.
+    pub(crate) fn restore(
+        snapshots: &SnapshotFile,
+        shared: &SharedState,
+    ) -> Result<Option<LogId<NodeId>>, StorageError> {
         let stored = snapshots.load().map_err(|e| StorageError::CorruptSnapshot(e.to_string()))?;
+        let mut last = None;
         if let Some((meta, data)) = stored {
+            last = meta.last_log_id;
             let state = State::decode(&data).map_err(|e| StorageError::CorruptSnapshot(e.to_string()))?;
             let mut machine = shared.write();
             machine.last_applied = meta.last_log_id;
@@ -444,7 +470,7 @@ impl StateMachineStore {
             machine.snapshot_index = meta.last_log_id.map(|l| l.index);
             machine.state = state;
         }
-        Ok(())
+        Ok(last)
     }
 }
 
@@ -483,6 +509,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         })
         .await?;
         let last_log_id = meta.last_log_id;
+        self.gate.snapshot_stored(last_log_id, false, |upto| self.snapshots.purge_log(upto))?;
         {
             let mut machine = self.shared.write();
             machine.snapshot_index = last_log_id.map(|l| l.index);
@@ -549,6 +576,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> RaftResult<Box<Cursor<Vec<u8>>>> {
+        self.gate.begin_receiving();
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -563,12 +591,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let store = self.clone();
         let signature = meta.signature();
         let owned_meta = meta.clone();
-        let mut state = run_blocking(self.snapshots.off_runtime(), move || -> RaftResult<State> {
+        let stored = run_blocking(self.snapshots.off_runtime(), move || -> RaftResult<State> {
             let state = State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(signature), &e))?;
             store.snapshots.save(&owned_meta, &data)?;
             Ok(state)
         })
-        .await?;
+        .await;
+        let mut state = match stored {
+            Ok(state) => state,
+            Err(e) => {
+                self.gate.install_failed();
+                return Err(e);
+            }
+        };
+        // Only now may the log lose what the snapshot covers.
+        self.gate.snapshot_stored(meta.last_log_id, true, |upto| self.snapshots.purge_log(upto))?;
         let mut machine = self.shared.write();
         state.carry_local_from(&machine.state);
         machine.state = state;
