@@ -229,8 +229,10 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--raft-addr", &node.raft_addr, "--api-addr", &node.api_addr, "--peers", &peers])
-            // Small snapshots so a wiped node catches up by snapshot, as in production.
-            .args(["--snapshot-threshold", "2000", "--keep-logs-after-snapshot", "500"])
+            // Frequent snapshots so a wiped node catches up by snapshot, as in production; the
+            // log kept after one is the production default (a node back from a few seconds
+            // away catches up from the log).
+            .args(["--snapshot-threshold", "2000"])
             .args(&tls_args)
             // haproxy speaks plain HTTP to the nodes; node-to-node traffic is mutual TLS.
             .arg("--plain-http")

@@ -90,7 +90,9 @@ impl RaftTransport for RaftTransportService {
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request.get_ref())?;
+        let leader_vote = rpc.vote;
         let reply = self.raft.install_snapshot(rpc).await;
+        self.liveness.record_snapshot_received(&leader_vote, &reply);
         Ok(tonic::Response::new(encode(&reply)?))
     }
 

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_raft_types::{NodeId, Raft};
-use openraft::error::RaftError;
-use openraft::raft::AppendEntriesResponse;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{AppendEntriesResponse, InstallSnapshotResponse};
+use openraft::Vote;
 // tokio's clock: the real one in a node, the simulated one in corral-sim.
 use tokio::time::Instant;
 
@@ -154,11 +155,46 @@ impl RaftLiveness {
         }
     }
 
+    /// The receiving side of a snapshot chunk from the leader whose vote is `leader_vote`: a
+    /// follower that accepted it follows that leader, as with an AppendEntries (a follower
+    /// catching up by snapshot hears no AppendEntries for seconds).
+    pub fn record_snapshot_received(
+        &self,
+        leader_vote: &Vote<NodeId>,
+        reply: &Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ) {
+        if matches!(reply, Ok(r) if snapshot_accepted(leader_vote, r)) {
+            self.heard_from_leader(leader_vote.leader_id().term, Instant::now());
+        }
+    }
+
+    /// The sending side: `follower` answered a snapshot chunk sent at `sent`. Accepted, it
+    /// acknowledges this node's leadership: a new leader whose only reachable follower is
+    /// catching up by snapshot must not fence itself (and so stop the transfer) for want of
+    /// AppendEntries answers.
+    pub fn record_snapshot_reply(
+        &self,
+        follower: NodeId,
+        leader_vote: &Vote<NodeId>,
+        sent: Instant,
+        reply: &InstallSnapshotResponse<NodeId>,
+    ) {
+        if snapshot_accepted(leader_vote, reply) {
+            self.acked_by(follower, leader_vote.leader_id().term, sent);
+        }
+    }
+
     /// The last acknowledgement from each of `followers` for `term` (`None`: none in that term).
     pub fn acks_in_term(&self, term: u64, followers: impl Iterator<Item = NodeId>) -> Vec<Option<Instant>> {
         let record = self.lock();
         followers.map(|id| record.acks.get(&id).filter(|(t, _)| *t == term).map(|(_, at)| *at)).collect()
     }
+}
+
+/// Whether a follower's answer to a snapshot chunk accepts the sender as its leader: it
+/// answers with its own vote, which is the sender's unless it knows a higher one.
+fn snapshot_accepted(leader_vote: &Vote<NodeId>, reply: &InstallSnapshotResponse<NodeId>) -> bool {
+    reply.vote <= *leader_vote
 }
 
 /// A voter's answer to a fenced leader's probe, from its Raft metrics alone (it touches no

@@ -157,7 +157,10 @@ impl RaftNetwork<TypeConfig> for GrpcPeer {
         if self.liveness.replication_stopped() {
             return Err(replication_stopped());
         }
-        self.raft_call(Method::InstallSnapshot, &rpc, &option).await
+        let (leader_vote, sent) = (rpc.vote, tokio::time::Instant::now());
+        let reply: InstallSnapshotResponse<NodeId> = self.raft_call(Method::InstallSnapshot, &rpc, &option).await?;
+        self.liveness.record_snapshot_reply(self.target, &leader_vote, sent, &reply);
+        Ok(reply)
     }
 
     /// Retry soon: a replication that was stopped (fence, hand-off) resumes within a heartbeat

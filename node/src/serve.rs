@@ -49,6 +49,11 @@ fn raft_config(config: &NodeConfig, timing: &Timing) -> anyhow::Result<openraft:
         election_timeout_max,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
         max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
+        // A new member becomes a voter only once it is this close to the leader's log
+        // (`add_learner` blocks until then): promoted further behind, it could fall past the
+        // leader's purge point and need a second snapshot while already counted in the
+        // quorum, and a leader failure then would wait for that snapshot (chaos run, stop 28).
+        replication_lag_threshold: (config.keep_logs_after_snapshot / 2).clamp(64, 1_000),
         // An entry carries up to a thousand commands, so a lagging follower gets at most 64
         // entries per AppendEntries; the network also splits any call over its byte budget
         // (`corral_net::raft_network::APPEND_ENTRIES_BUDGET_BYTES`, openraft's PayloadTooLarge).

@@ -285,8 +285,18 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         if self.liveness.replication_stopped() {
             return Err(corral_net::raft_network::replication_stopped());
         }
-        let reply =
-            self.fabric.call(self.from, self.to, |(raft, _)| async move { raft.install_snapshot(rpc).await }).await;
+        let (leader_vote, sent) = (rpc.vote, tokio::time::Instant::now());
+        let reply = self
+            .fabric
+            .call(self.from, self.to, |(raft, target)| async move {
+                let reply = raft.install_snapshot(rpc).await;
+                target.record_snapshot_received(&leader_vote, &reply);
+                reply
+            })
+            .await;
+        if let Ok(Ok(answer)) = &reply {
+            self.liveness.record_snapshot_reply(self.to, &leader_vote, sent, answer);
+        }
         self.answer(reply)
     }
 
