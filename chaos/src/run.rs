@@ -538,9 +538,12 @@ pub async fn run(config: RunConfig) -> Result<Report, ChaosError> {
     // Calm again at the end, then stop the clients.
     restore(&mut cluster).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The workload's end closes the last fault's window: requests in flight when the clients
+    // stop may take their whole timeout, and no new one starts, so the time after this is no
+    // stretch without writes.
+    let end = recorder.now();
     stop.store(true, Ordering::Relaxed);
     let _ = clients.await;
-    let end = recorder.now();
 
     // Nodes that do not converge are a finding for the report (a `Diverged` violation with
     // each node's hash as it stands), not an error that would end the run without one.
