@@ -12,7 +12,8 @@
 //!   unsynced writes and can lose the unsynced ones in a crash; the simulation runs on it.
 //!
 //! - `purge_gate`: the log is purged only up to a stored snapshot, even while a received
-//!   snapshot is still being installed (openraft 0.9 asks for the purge without waiting).
+//!   snapshot is still being installed (openraft 0.9 asks for the purge without waiting), and
+//!   an older snapshot never replaces a newer one on disk.
 //!
 //! Invariants: a log append is acknowledged to openraft only after RocksDB has synced it (when
 //! `fsync` is on); the state machine's in-memory `State` is exactly the fold of `apply` over

@@ -299,8 +299,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> RaftResult<()> {
         drop(self.image()?);
-        self.gate.purge(log_id, |upto| self.disk.purge_log(upto))?;
-        Ok(())
+        self.gate.purge(log_id, |upto| self.disk.purge_log(upto)).await
     }
 }
 
@@ -358,19 +357,27 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         runtime.block_on(async {
             let disk = MemDisk::new(Duration::ZERO);
-            let (mut log, mut sm, _shared) = open_memory(&disk).expect("open");
+            let (log, mut sm, _shared) = open_memory(&disk).expect("open");
             log.write(Unsynced::Append(vec![blank(1, 1), blank(1, 2)])).expect("append");
             disk.sync(log.generation);
             sm.begin_receiving_snapshot().await.expect("begin receiving");
             let snapshot_end = LogId::new(CommittedLeaderId::new(1, 1), 9);
-            log.purge(snapshot_end).await.expect("purge");
+            let spawn_purge = |log: &MemLogStore| {
+                let mut log = log.clone();
+                tokio::spawn(async move { log.purge(snapshot_end).await })
+            };
+            let purge = spawn_purge(&log);
+            tokio::task::yield_now().await;
+            assert!(!purge.is_finished(), "the purge waits for the snapshot");
+            purge.abort();
             disk.crash();
-            let (mut log, mut sm, _shared) = open_memory(&disk).expect("reopen");
+            let (log, mut sm, _shared) = open_memory(&disk).expect("reopen");
             assert_eq!(indexes(&log), vec![1, 2], "a crash before the install leaves the log whole");
 
             sm.begin_receiving_snapshot().await.expect("begin receiving");
-            log.purge(snapshot_end).await.expect("purge");
-            assert_eq!(indexes(&log), vec![1, 2], "held");
+            let purge = spawn_purge(&log);
+            tokio::task::yield_now().await;
+            assert_eq!(indexes(&log), vec![1, 2], "nothing purged before the install");
             let meta = SnapshotMeta {
                 last_log_id: Some(snapshot_end),
                 last_membership: openraft::StoredMembership::default(),
@@ -378,7 +385,9 @@ mod tests {
             };
             let data = corral_model::State::default().encode().expect("encode");
             sm.install_snapshot(&meta, Box::new(std::io::Cursor::new(data))).await.expect("install");
-            assert_eq!(indexes(&log), Vec::<u64>::new(), "released by the install");
+            purge.await.expect("join").expect("purge");
+            assert_eq!(indexes(&log), Vec::<u64>::new(), "purged once the snapshot is stored");
+            let mut log = log;
             assert_eq!(log.get_log_state().await.expect("state").last_purged_log_id, Some(snapshot_end));
         });
     }

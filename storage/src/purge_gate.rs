@@ -1,21 +1,31 @@
-//! Holds back a log purge that runs ahead of the snapshot that covers it.
+//! Keeps the log's purge point behind the snapshot on disk.
 //!
 //! When a follower receives a snapshot, openraft 0.9 hands the snapshot to the state machine
 //! (which decodes and stores it, seconds for a large state) and, without waiting for that,
-//! tells the log store to purge every entry the snapshot covers. A crash in between left a
-//! node whose stored snapshot was older than its purge point: on restart openraft had to
-//! replay entries that no longer existed ("Failed to get log entries"), and the node could not
-//! start again. Found by a 30-minute chaos run (stop 27).
+//! tells the log store to purge every entry the snapshot covers. It also counts the snapshot
+//! as committed at once, so entries after it may be appended meanwhile. A crash before the
+//! snapshot was stored left a node whose purge point was past its stored snapshot (or whose
+//! log had a hole between its old entries and the new ones): on restart openraft had to replay
+//! entries that no longer existed ("Failed to get log entries"), and the node could not start
+//! again. Found by a 30-minute chaos run (stop 27).
 //!
-//! The gate keeps the rule that the log is purged only up to a durable snapshot: while a
-//! snapshot is being received, a purge beyond the stored snapshot is held, and the state
-//! machine runs it once the snapshot that covers it is stored. A crash before then loses
-//! nothing: the old snapshot and the whole log are still there. A purge with no snapshot
-//! stream under way (openraft's storage suite, which purges without snapshots) runs as asked.
+//! The gate keeps one rule: the log is purged only up to a snapshot on disk.
+//! - Once this store has begun receiving a snapshot, a purge beyond the stored snapshot waits
+//!   until a snapshot that covers it is stored. openraft runs the purge on its core task, so
+//!   the node appends nothing meanwhile: no hole either. The install it waits for was queued
+//!   to the state machine's own task before the purge, and that task never waits on the core.
+//!   A failed install fails the waiting purge (openraft treats both as fatal).
+//! - A store that never received a snapshot purges as asked (openraft's storage suite purges
+//!   with no snapshot at all; in a node, only a received snapshot moves the purge point past
+//!   the stored one).
+//! - A snapshot is stored only if it is newer than the one on disk: a build that captured an
+//!   older state must not overwrite a snapshot installed meanwhile (the log may already be
+//!   purged up to the newer one).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use openraft::{LogId, StorageError};
+use openraft::{LogId, StorageError, StorageIOError};
+use tokio::sync::watch;
 
 use corral_raft_types::NodeId;
 
@@ -23,12 +33,13 @@ type RaftResult<T> = Result<T, StorageError<NodeId>>;
 
 #[derive(Debug, Default)]
 struct GateState {
-    /// A snapshot stream has begun and its install has not ended.
-    receiving: bool,
+    /// This store has begun receiving a snapshot (it stays set: a second stream may open
+    /// before the first one's install ends).
+    received_snapshots: bool,
     /// The last log id of the snapshot on disk.
     stored: Option<LogId<NodeId>>,
-    /// The furthest purge held back, to run once a stored snapshot covers it.
-    held: Option<LogId<NodeId>>,
+    /// An install failed; purges waiting for it fail too.
+    install_failed: bool,
 }
 
 impl GateState {
@@ -37,71 +48,94 @@ impl GateState {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("a snapshot install failed; the log is not purged past the snapshot on disk")]
+struct InstallFailed;
+
 /// Shared by a node's log store and state machine (cheap to clone; clones are one gate).
-/// Purges run under its lock, so a held purge and a later one never interleave.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PurgeGate(Arc<Mutex<GateState>>);
+/// Purges and snapshot writes run under its lock, so they never interleave.
+#[derive(Debug, Clone)]
+pub(crate) struct PurgeGate {
+    state: Arc<Mutex<GateState>>,
+    /// Bumped whenever a snapshot is stored or an install fails: waiting purges look again.
+    changed: Arc<watch::Sender<u64>>,
+}
 
 impl PurgeGate {
     /// A gate for a store whose snapshot on disk ends at `stored`.
     pub(crate) fn new(stored: Option<LogId<NodeId>>) -> PurgeGate {
-        PurgeGate(Arc::new(Mutex::new(GateState { stored, ..GateState::default() })))
+        PurgeGate {
+            state: Arc::new(Mutex::new(GateState { stored, ..GateState::default() })),
+            changed: Arc::new(watch::channel(0).0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A snapshot stream began (`begin_receiving_snapshot`).
     pub(crate) fn begin_receiving(&self) {
-        self.lock().receiving = true;
+        self.lock().received_snapshots = true;
     }
 
-    /// openraft's purge up to `upto`: `purge` runs now, unless a snapshot is being received
-    /// and the stored one does not cover `upto`; then it is held. Returns whether it ran.
-    pub(crate) fn purge(
+    /// openraft's purge up to `upto`: runs `purge` once the rules above allow it.
+    pub(crate) async fn purge(
         &self,
         upto: LogId<NodeId>,
         purge: impl FnOnce(LogId<NodeId>) -> RaftResult<()>,
+    ) -> RaftResult<()> {
+        let mut waited = false;
+        loop {
+            let mut changed = self.changed.subscribe();
+            {
+                let gate = self.lock();
+                if !gate.received_snapshots || gate.covers(upto) {
+                    if waited {
+                        tracing::info!(upto = upto.index, "log purge runs: the snapshot that covers it is stored");
+                    }
+                    return purge(upto);
+                }
+                if gate.install_failed {
+                    return Err(StorageIOError::write_logs(&InstallFailed).into());
+                }
+                if !waited {
+                    tracing::info!(upto = upto.index, stored = ?gate.stored.map(|s| s.index), "log purge waits until the snapshot is stored");
+                }
+            }
+            waited = true;
+            // The sender lives as long as the gate; an error cannot happen while we hold it.
+            let _ = changed.changed().await;
+        }
+    }
+
+    /// Stores the snapshot ending at `last` with `save`, unless the one on disk is newer.
+    /// Returns whether it was stored.
+    pub(crate) fn store_snapshot(
+        &self,
+        last: Option<LogId<NodeId>>,
+        save: impl FnOnce() -> RaftResult<()>,
     ) -> RaftResult<bool> {
         let mut gate = self.lock();
-        if gate.receiving && !gate.covers(upto) {
-            gate.held = gate.held.max(Some(upto));
-            tracing::info!(upto = upto.index, stored = ?gate.stored.map(|s| s.index), "log purge held until the snapshot is stored");
+        if gate.stored.map(|s| s.index) > last.map(|l| l.index) {
+            tracing::info!(
+                index = ?last.map(|l| l.index),
+                stored = ?gate.stored.map(|s| s.index),
+                "snapshot not stored: a newer one is on disk"
+            );
             return Ok(false);
         }
-        purge(upto)?;
+        save()?;
+        gate.stored = last;
+        drop(gate);
+        self.changed.send_modify(|version| *version += 1);
         Ok(true)
     }
 
-    /// The snapshot ending at `last` is on disk (`installed`: the end of a received one).
-    /// A held purge it covers runs now, through `purge`.
-    pub(crate) fn snapshot_stored(
-        &self,
-        last: Option<LogId<NodeId>>,
-        installed: bool,
-        purge: impl FnOnce(LogId<NodeId>) -> RaftResult<()>,
-    ) -> RaftResult<()> {
-        let mut gate = self.lock();
-        gate.stored = gate.stored.max(last);
-        if installed {
-            gate.receiving = false;
-        }
-        match gate.held {
-            Some(held) if gate.covers(held) => {
-                gate.held = None;
-                tracing::info!(upto = held.index, "held log purge runs: its snapshot is stored");
-                purge(held)
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The install of a received snapshot failed: nothing it would have covered is purged.
+    /// The install of a received snapshot failed: purges waiting for it fail.
     pub(crate) fn install_failed(&self) {
-        let mut gate = self.lock();
-        gate.receiving = false;
-        gate.held = None;
+        self.lock().install_failed = true;
+        self.changed.send_modify(|version| *version += 1);
     }
 }
 
@@ -109,40 +143,70 @@ impl PurgeGate {
 mod tests {
     use super::*;
     use openraft::CommittedLeaderId;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn at(index: u64) -> LogId<NodeId> {
         LogId::new(CommittedLeaderId::new(1, 1), index)
     }
 
-    fn record(ran: &mut Vec<u64>) -> impl FnOnce(LogId<NodeId>) -> RaftResult<()> + '_ {
-        move |upto| {
-            ran.push(upto.index);
-            Ok(())
-        }
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
     }
 
     #[test]
-    fn a_purge_past_the_stored_snapshot_waits_for_the_install_and_no_purge_otherwise_waits() {
+    fn a_purge_past_the_stored_snapshot_waits_for_a_snapshot_that_covers_it() {
+        runtime().block_on(async {
+            let gate = PurgeGate::new(Some(at(10)));
+            let purged = Arc::new(AtomicU64::new(0));
+            let record = |purged: &Arc<AtomicU64>| {
+                let purged = purged.clone();
+                move |upto: LogId<NodeId>| {
+                    purged.store(upto.index, Ordering::SeqCst);
+                    Ok(())
+                }
+            };
+            gate.purge(at(20), record(&purged)).await.expect("purge");
+            assert_eq!(purged.load(Ordering::SeqCst), 20, "a store that never received a snapshot purges as asked");
+
+            gate.begin_receiving();
+            gate.purge(at(8), record(&purged)).await.expect("purge");
+            assert_eq!(purged.load(Ordering::SeqCst), 8, "covered by the stored snapshot: at once");
+
+            let waiting = tokio::spawn({
+                let (gate, record) = (gate.clone(), record(&purged));
+                async move { gate.purge(at(30), record).await }
+            });
+            tokio::task::yield_now().await;
+            assert!(gate.store_snapshot(Some(at(29)), || Ok(())).expect("store"));
+            tokio::task::yield_now().await;
+            assert_eq!(purged.load(Ordering::SeqCst), 8, "a snapshot short of the purge point releases nothing");
+            assert!(!waiting.is_finished());
+            assert!(gate.store_snapshot(Some(at(30)), || Ok(())).expect("store"));
+            waiting.await.expect("join").expect("purge");
+            assert_eq!(purged.load(Ordering::SeqCst), 30, "released once a snapshot covers it");
+        });
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
         let gate = PurgeGate::new(Some(at(10)));
-        let mut ran = Vec::new();
-        assert!(gate.purge(at(20), record(&mut ran)).expect("purge"), "no stream: runs as asked");
-        gate.begin_receiving();
-        assert!(gate.purge(at(8), record(&mut ran)).expect("purge"), "covered: runs");
-        assert!(!gate.purge(at(30), record(&mut ran)).expect("purge"), "ahead of the snapshot: held");
-        assert!(!gate.purge(at(25), record(&mut ran)).expect("purge"), "held");
-        gate.snapshot_stored(Some(at(29)), false, record(&mut ran)).expect("build");
-        assert_eq!(ran, vec![20, 8], "a snapshot short of the held purge releases nothing");
-        gate.snapshot_stored(Some(at(30)), true, record(&mut ran)).expect("install");
-        assert_eq!(ran, vec![20, 8, 30], "the install releases the furthest purge held");
-        assert!(gate.purge(at(40), record(&mut ran)).expect("purge"), "the stream ended");
+        assert!(gate.store_snapshot(Some(at(30)), || Ok(())).expect("store"));
+        assert!(!gate.store_snapshot(Some(at(20)), || panic!("must not be written")).expect("store"));
+        assert!(gate.store_snapshot(Some(at(30)), || Ok(())).expect("store"), "the same point may be rewritten");
     }
 
     #[test]
-    fn a_failed_install_drops_the_held_purge() {
-        let gate = PurgeGate::new(None);
-        gate.begin_receiving();
-        assert!(!gate.purge(at(5), |_| panic!("must not run")).expect("purge"));
-        gate.install_failed();
-        gate.snapshot_stored(Some(at(9)), false, |_| panic!("dropped")).expect("build");
+    fn a_failed_install_fails_the_waiting_purge() {
+        runtime().block_on(async {
+            let gate = PurgeGate::new(None);
+            gate.begin_receiving();
+            let waiting = tokio::spawn({
+                let gate = gate.clone();
+                async move { gate.purge(at(5), |_| panic!("must not run")).await }
+            });
+            tokio::task::yield_now().await;
+            gate.install_failed();
+            assert!(waiting.await.expect("join").is_err());
+        });
     }
 }

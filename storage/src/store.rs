@@ -335,8 +335,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> RaftResult<()> {
-        self.gate.purge(log_id, |upto| purge_rocks_log(&self.db, self.config, upto))?;
-        Ok(())
+        self.gate.purge(log_id, |upto| purge_rocks_log(&self.db, self.config, upto)).await
     }
 }
 
@@ -403,14 +402,6 @@ impl SnapshotFile {
         db.write_opt(batch, &write_options(config))
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(())
-    }
-
-    /// Purges the log on the same disk up to `upto` (a purge the [`PurgeGate`] held).
-    fn purge_log(&self, upto: LogId<NodeId>) -> RaftResult<()> {
-        match self {
-            SnapshotFile::Rocks { db, config } => purge_rocks_log(db, *config, upto),
-            SnapshotFile::Memory(disk) => disk.purge_log(upto),
-        }
     }
 
     fn load(&self) -> RaftResult<Option<(SnapshotMeta<NodeId, CorralNode>, Vec<u8>)>> {
@@ -504,12 +495,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 None => format!("empty-{nanos}"),
             };
             let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-            store.snapshots.save(&meta, &data)?;
+            store.gate.store_snapshot(meta.last_log_id, || store.snapshots.save(&meta, &data))?;
             Ok((meta, data, commands_covered))
         })
         .await?;
         let last_log_id = meta.last_log_id;
-        self.gate.snapshot_stored(last_log_id, false, |upto| self.snapshots.purge_log(upto))?;
         {
             let mut machine = self.shared.write();
             machine.snapshot_index = last_log_id.map(|l| l.index);
@@ -593,7 +583,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let owned_meta = meta.clone();
         let stored = run_blocking(self.snapshots.off_runtime(), move || -> RaftResult<State> {
             let state = State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(signature), &e))?;
-            store.snapshots.save(&owned_meta, &data)?;
+            // Only once this is on disk may the log lose what the snapshot covers (the gate
+            // holds openraft's purge until then).
+            store.gate.store_snapshot(owned_meta.last_log_id, || store.snapshots.save(&owned_meta, &data))?;
             Ok(state)
         })
         .await;
@@ -604,8 +596,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 return Err(e);
             }
         };
-        // Only now may the log lose what the snapshot covers.
-        self.gate.snapshot_stored(meta.last_log_id, true, |upto| self.snapshots.purge_log(upto))?;
         let mut machine = self.shared.write();
         state.carry_local_from(&machine.state);
         machine.state = state;

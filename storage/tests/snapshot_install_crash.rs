@@ -30,6 +30,11 @@ fn snapshot_at(index: u64) -> (SnapshotMeta<NodeId, corral_raft_types::CorralNod
     (meta, Box::new(Cursor::new(data)))
 }
 
+fn spawn_purge(log: &LogStore, upto: u64) -> tokio::task::JoinHandle<Result<(), openraft::StorageError<NodeId>>> {
+    let mut log = log.clone();
+    tokio::spawn(async move { log.purge(at(upto)).await })
+}
+
 async fn log_bounds(log: &mut LogStore) -> (Option<u64>, Option<u64>, Vec<u64>) {
     let state = log.get_log_state().await.expect("log state");
     let indexes = log.try_get_log_entries(0..u64::MAX).await.expect("entries").iter().map(|e| e.log_id.index).collect();
@@ -47,11 +52,17 @@ fn a_crash_before_the_received_snapshot_is_stored_purges_nothing() {
             log.write_entries(entries).expect("append 1..=5");
         }
 
-        // A snapshot up to 20 arrives; openraft purges before the install has run; crash.
+        // A snapshot up to 20 arrives; openraft asks for the purge before the install has run
+        // (the purge waits: openraft's core task would stand still meanwhile); crash.
         {
-            let (mut log, mut sm) = open(dir.path());
+            let (log, mut sm) = open(dir.path());
             sm.begin_receiving_snapshot().await.expect("begin receiving");
-            log.purge(at(20)).await.expect("purge");
+            let purge = spawn_purge(&log, 20);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(!purge.is_finished(), "the purge waits for the snapshot");
+            purge.abort();
+            // The task (and its store handle) is gone once the handle reports it cancelled.
+            assert!(purge.await.is_err_and(|e| e.is_cancelled()));
         }
         let (mut log, mut sm) = open(dir.path());
         assert_eq!(
@@ -63,10 +74,12 @@ fn a_crash_before_the_received_snapshot_is_stored_purges_nothing() {
 
         // The same again, and this time the install completes: then the purge runs.
         sm.begin_receiving_snapshot().await.expect("begin receiving");
-        log.purge(at(20)).await.expect("purge");
-        assert_eq!(log_bounds(&mut log).await.2, vec![1, 2, 3, 4, 5], "held while the install runs");
+        let purge = spawn_purge(&log, 20);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(log_bounds(&mut log).await.2, vec![1, 2, 3, 4, 5], "nothing purged before the install");
         let (meta, data) = snapshot_at(20);
         sm.install_snapshot(&meta, data).await.expect("install");
+        purge.await.expect("join").expect("purge");
         drop((log, sm));
 
         let (mut log, mut sm) = open(dir.path());
