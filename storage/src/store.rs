@@ -198,6 +198,18 @@ impl LogStore {
         self.db.put_cf_opt(meta, key, bytes, &write_options(self.config)).map_err(|e| StorageIOError::write(&e))
     }
 
+    /// Deletes the log up to `upto` and records the purge point. The point is recorded first:
+    /// a crash between the two steps leaves extra entries, which get_log_state tolerates, never
+    /// a gap.
+    fn delete_through(&self, upto: LogId<NodeId>) -> RaftResult<()> {
+        self.put_meta(KEY_LAST_PURGED, &upto)?;
+        let log = cf(&self.db, CF_LOG)?;
+        self.db
+            .delete_range_cf(log, index_key(0), index_key(upto.index.saturating_add(1)))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
     fn last_entry_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageIOError<NodeId>> {
         let log = cf(&self.db, CF_LOG)?;
         let Some(item) = self.db.iterator_cf(log, IteratorMode::End).next() else {
@@ -335,20 +347,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> RaftResult<()> {
-        self.gate.purge(log_id, |upto| purge_rocks_log(&self.db, self.config, upto)).await
+        self.gate.purge(log_id, |upto| self.delete_through(upto)).await
     }
-}
-
-/// Deletes the log up to `upto` and records the purge point. The point is recorded first: a
-/// crash between the two steps leaves extra entries, which get_log_state tolerates, never a gap.
-fn purge_rocks_log(db: &DB, config: StorageConfig, upto: LogId<NodeId>) -> RaftResult<()> {
-    let meta = cf(db, CF_META)?;
-    let bytes = serde_json::to_vec(&upto).map_err(|e| StorageIOError::write(&e))?;
-    db.put_cf_opt(meta, KEY_LAST_PURGED, bytes, &write_options(config)).map_err(|e| StorageIOError::write(&e))?;
-    let log = cf(db, CF_LOG)?;
-    db.delete_range_cf(log, index_key(0), index_key(upto.index.saturating_add(1)))
-        .map_err(|e| StorageIOError::write_logs(&e))?;
-    Ok(())
 }
 
 /// The state machine: applies committed entries to the shared [`State`] and keeps the latest
