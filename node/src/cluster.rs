@@ -70,10 +70,15 @@ impl RaftCluster {
     /// that has the whole log, so that the write gap is a fraction of a second instead of an
     /// election timeout. openraft 0.9 has no transfer call, so:
     /// 1. stop admitting writes (they wait here for the successor and are forwarded to it);
-    /// 2. wait until everything proposed is applied here and a voter has matched the last entry;
+    /// 2. wait until no batch is with Raft any more, everything proposed is applied here and a
+    ///    voter has matched the last entry;
     /// 3. stop sending (heartbeats and entries), so every voter's vote lease runs out;
-    /// 4. after one vote lease, ask that voter to campaign: its log is the longest, so it wins,
-    ///    and this node steps down on seeing the higher term. Works with any cluster size.
+    /// 4. after one vote lease, if the log did not grow meanwhile (else back to 2), ask that
+    ///    voter to campaign: its log is the longest, so it wins, and this node steps down on
+    ///    seeing the higher term. Works with any cluster size.
+    ///
+    /// A successor whose log is behind would lose, raise the term on every retry and cost an
+    /// election (a 30-minute chaos run saw 5.1 s once: a batch appended after the choice).
     pub async fn hand_off_leadership(&self, timeout: Duration) {
         let others = self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v != self.node_id);
         if !self.leader.leads() || !others {
@@ -98,6 +103,10 @@ impl RaftCluster {
     /// The steps of [`hand_off_leadership`](Self::hand_off_leadership); true once another node
     /// leads.
     async fn hand_off(&self, deadline: Instant) -> bool {
+        if !self.leader.wait_for_no_batch_in_flight(deadline).await {
+            tracing::warn!("writes still with Raft at the deadline");
+            return false;
+        }
         let (successor, addr) = loop {
             let Some((successor, addr, last)) = self.caught_up_voter(deadline).await else {
                 tracing::warn!("no voter caught up in time");
@@ -105,18 +114,19 @@ impl RaftCluster {
             };
             self.raft.runtime_config().heartbeat(false);
             self.liveness.stop_replication(true);
-            // A batch that reached openraft just before may have grown the log past what the
-            // successor matched: then replicate it and choose again.
+            // AppendEntries already on the wire arrive within a few ms; after one vote lease
+            // and half a heartbeat of margin, no voter refuses a vote for having just heard
+            // from this node (and if one does, the successor is asked again below).
+            tokio::time::sleep(self.election.vote_lease + self.election.heartbeat / 2).await;
+            // An entry appended since the successor matched the log (openraft's own, or one
+            // the metrics showed late) would make it lose: replicate it and choose again.
             if self.raft.metrics().borrow().last_log_index == last {
                 break (successor, addr);
             }
+            tracing::info!(successor, "the log grew after the successor was chosen; choosing again");
             self.liveness.stop_replication(false);
             self.raft.runtime_config().heartbeat(true);
         };
-        // AppendEntries already on the wire arrive within a few ms; after one vote lease and
-        // half a heartbeat of margin, no voter refuses a vote for having just heard from this
-        // node (and if one does, the successor is asked again below).
-        tokio::time::sleep(self.election.vote_lease + self.election.heartbeat / 2).await;
         tracing::info!(successor, "handing leadership off before shutdown");
         // Asked again every few heartbeats: a vote can time out on a loaded machine.
         let mut metrics = self.raft.metrics();

@@ -11,7 +11,7 @@
 //! waiting before it started.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use corral_model::injected::{injected, InjectedBug};
@@ -75,6 +75,9 @@ pub struct Leader {
     fenced_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// Set while this leader hands off before a shutdown ([`Leader::set_handing_off`]).
     handing_off: Arc<AtomicBool>,
+    /// Proposal batches handed to Raft and not answered yet. A hand-off waits until there are
+    /// none, so that no entry is appended after it chose its successor by the log.
+    batches_in_flight: Arc<AtomicUsize>,
     proposals: Coalescer<Proposal, Result<CommittedWrite, LeaderError>>,
     read_indexes: Coalescer<(), Result<u64, LeaderError>>,
 }
@@ -87,13 +90,18 @@ impl Leader {
         let state = applied.clone();
         let handing_off = Arc::new(AtomicBool::new(false));
         let stop_admitting = handing_off.clone();
+        let batches_in_flight = Arc::new(AtomicUsize::new(0));
+        let counter = batches_in_flight.clone();
         let proposals = Coalescer::start("proposals", batching, move |batch: Vec<Proposal>| {
             let raft = r.clone();
             let state = state.clone();
-            // A batch queued before a hand-off began is not appended after it: the successor
-            // is chosen by the log as it stands.
-            let handing_off = stop_admitting.load(Ordering::Relaxed);
+            // Counted before the flag is read, and the hand-off sets the flag before it reads
+            // the count (both sequentially consistent): either this batch sees the hand-off
+            // and is refused, or the hand-off sees this batch and waits for its answer.
+            let in_flight = InFlight::enter(&counter);
+            let handing_off = stop_admitting.load(Ordering::SeqCst);
             async move {
+                let _in_flight = in_flight;
                 if handing_off {
                     let count = batch.len();
                     return vec![Err(LeaderError::NotLeader { leader_id: None, leader: None }); count];
@@ -115,6 +123,7 @@ impl Leader {
             fenced: Arc::new(AtomicBool::new(false)),
             fenced_since: Arc::default(),
             handing_off,
+            batches_in_flight,
             proposals,
             read_indexes,
         }
@@ -142,7 +151,20 @@ impl Leader {
     /// admits nothing (`NotLeader`, no leader known), but callers wait for the successor
     /// instead of failing, since one is a moment away.
     pub fn set_handing_off(&self, handing_off: bool) {
-        self.handing_off.store(handing_off, Ordering::Relaxed);
+        self.handing_off.store(handing_off, Ordering::SeqCst);
+    }
+
+    /// Waits (polling, until `deadline`) until no proposal batch is with Raft: after
+    /// [`set_handing_off`](Self::set_handing_off), the log then grows no more by a client's
+    /// write. False at the deadline.
+    pub async fn wait_for_no_batch_in_flight(&self, deadline: tokio::time::Instant) -> bool {
+        while self.batches_in_flight.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        true
     }
 
     pub fn is_handing_off(&self) -> bool {
@@ -235,6 +257,22 @@ impl Leader {
             voters: membership.voter_ids().collect(),
             members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
         })
+    }
+}
+
+/// One proposal batch with Raft, counted until dropped (answered, or the request given up).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
