@@ -12,15 +12,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::leader_ops::{LeaderService, LeadershipProbe, MembershipChange, PreVoteRequest};
-use crate::liveness::{RaftLiveness, ReplyStamp};
+use crate::liveness::RaftLiveness;
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
-use crate::pb::{self, Payload};
+use crate::pb::Payload;
 use crate::{tls, MAX_MESSAGE_BYTES};
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Payload, tonic::Status> {
-    serde_json::to_vec(value)
-        .map(|json| Payload { json, ..Payload::default() })
-        .map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+    serde_json::to_vec(value).map(|json| Payload { json }).map_err(|e| tonic::Status::internal(format!("encode: {e}")))
 }
 
 fn decode_request<T: DeserializeOwned>(payload: &Payload) -> Result<T, tonic::Status> {
@@ -68,31 +66,6 @@ fn require_node_peer(request: tonic::Request<()>) -> Result<tonic::Request<()>, 
     }
 }
 
-impl RaftTransportService {
-    /// An answer to the leader, stamped (see `RaftLiveness`'s module doc).
-    fn stamped(&self, payload: Payload) -> Payload {
-        Payload { stamp: Some(stamp_to_pb(self.liveness.reply_stamp())), ..payload }
-    }
-
-    /// A message refused before Raft saw it: its leader has not heard this node for a lease.
-    fn refusal(&self, reason: String) -> Payload {
-        self.stamped(Payload { refused: reason, ..Payload::default() })
-    }
-}
-
-/// The stamp a leader echoed on its message, if any.
-fn echo_of(payload: &Payload) -> Option<ReplyStamp> {
-    payload.stamp.as_ref().map(stamp_from_pb)
-}
-
-pub(crate) fn stamp_to_pb(stamp: ReplyStamp) -> pb::ReplyStamp {
-    pb::ReplyStamp { incarnation: stamp.incarnation, micros: stamp.micros }
-}
-
-pub(crate) fn stamp_from_pb(stamp: &pb::ReplyStamp) -> ReplyStamp {
-    ReplyStamp { incarnation: stamp.incarnation, micros: stamp.micros }
-}
-
 #[tonic::async_trait]
 impl RaftTransport for RaftTransportService {
     async fn append_entries(
@@ -101,12 +74,9 @@ impl RaftTransport for RaftTransportService {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request.get_ref())?;
         let term = rpc.vote.leader_id().term;
-        if let Err(refused) = self.liveness.admit_from_leader(term, echo_of(request.get_ref())) {
-            return Ok(tonic::Response::new(self.refusal(refused)));
-        }
         let reply = self.raft.append_entries(rpc).await;
         self.liveness.record_append_received(term, &reply);
-        Ok(tonic::Response::new(self.stamped(encode(&reply)?)))
+        Ok(tonic::Response::new(encode(&reply)?))
     }
 
     async fn vote(&self, request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
@@ -121,13 +91,9 @@ impl RaftTransport for RaftTransportService {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request.get_ref())?;
         let leader_vote = rpc.vote;
-        if let Err(refused) = self.liveness.admit_from_leader(leader_vote.leader_id().term, echo_of(request.get_ref()))
-        {
-            return Ok(tonic::Response::new(self.refusal(refused)));
-        }
         let reply = self.raft.install_snapshot(rpc).await;
         self.liveness.record_snapshot_received(&leader_vote, &reply);
-        Ok(tonic::Response::new(self.stamped(encode(&reply)?)))
+        Ok(tonic::Response::new(encode(&reply)?))
     }
 
     async fn forward_writes(

@@ -52,7 +52,7 @@ pub use leader_ops::{
     CommittedWrite, ForwardError, LeaderService, LeadershipProbe, MembershipChange, MembershipChanged, PlacementReply,
     PreVoteReply, PreVoteRequest, ProbeReply,
 };
-pub use liveness::{RaftLiveness, ReplyStamp};
+pub use liveness::RaftLiveness;
 pub use peer_clients::PeerClients;
 pub use raft_network::{GrpcNetworkFactory, GrpcPeer};
 

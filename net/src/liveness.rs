@@ -1,19 +1,8 @@
-//! [`RaftLiveness`]: when this node last heard from a leader, when its leader last heard it,
-//! and when each follower last acknowledged this node as leader. Recorded by the transport, on
-//! both sides of AppendEntries (heartbeats included) and snapshot chunks; read by the node's
-//! election driver for pre-vote and leader fencing (check-quorum). openraft 0.9 exposes none
-//! of it reliably: its `millis_since_quorum_ack` is only as fresh as the last metrics report,
-//! which stops when nothing changes.
-//!
-//! **A deaf leader.** Behind a one-way cut a leader still reaches its followers but hears
-//! none of their answers. Its TCP connections keep delivering what it sends for a while, so
-//! arrivals alone would tell the followers it is fine. So every answer a follower sends
-//! carries a [`ReplyStamp`] (when, on its own clock), and the leader sends the newest stamp it
-//! received back on its next message: the follower learns when its leader last heard it
-//! ([`RaftLiveness::leader_deaf_for`]). A message whose echo is older than `deaf_after` is
-//! refused before Raft sees it ([`RaftLiveness::admit_from_leader`]), so a deaf leader no
-//! longer renews openraft's vote lease on its followers; the refusal carries a fresh stamp,
-//! so a leader that can hear again is admitted on its next message.
+//! [`RaftLiveness`]: when this node last heard from a leader, and when each follower last
+//! acknowledged this node as leader. Recorded by the transport, on both sides of AppendEntries
+//! (heartbeats included); read by the node's election driver for pre-vote and leader fencing
+//! (check-quorum). openraft 0.9 exposes neither reliably: its `millis_since_quorum_ack` is only
+//! as fresh as the last metrics report, which stops when nothing changes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,18 +33,6 @@ struct Record {
     /// Since when this node's leader has been probing it (term, first probe): that leader is
     /// fenced and sends nothing else. Cleared by the next AppendEntries from a leader.
     leader_fenced_since: Option<(u64, Instant)>,
-    /// When the leader of a term last demonstrably heard this node (term, when): the send
-    /// time of the newest of this node's answers it echoed, or the arrival of its first
-    /// message, which echoes none.
-    heard_by_leader: Option<(u64, Instant)>,
-}
-
-/// A follower's mark on an answer to its leader: which run of the follower's process, and
-/// when on that run's clock. The leader echoes the newest one it received on its next message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyStamp {
-    pub incarnation: u64,
-    pub micros: u64,
 }
 
 /// Shared, cheap to clone.
@@ -73,34 +50,25 @@ pub struct RaftLiveness {
     /// node is one that can win, so its election driver asks for pre-votes at once instead
     /// of waiting out the rest of its own election timeout.
     campaign_now: Arc<AtomicBool>,
-    /// This run of the process, in its [`ReplyStamp`]s (an echo from before a restart means
-    /// nothing on this run's clock).
-    incarnation: u64,
-    /// A message whose echo is this old is refused: its leader has not heard this node for
-    /// longer than it may lead without a quorum's acknowledgement.
-    deaf_after: Duration,
 }
 
-impl RaftLiveness {
-    /// `deaf_after`: the leader lease (a leader whose quorum has not acknowledged it for
-    /// that long is fenced anyway).
-    pub fn new(deaf_after: Duration) -> RaftLiveness {
+impl Default for RaftLiveness {
+    fn default() -> Self {
         RaftLiveness {
             record: Arc::new(Mutex::new(Record {
                 leader_contact: None,
                 acks: HashMap::new(),
                 pre_vote_granted: None,
                 leader_fenced_since: None,
-                heard_by_leader: None,
             })),
             started: Instant::now(),
             replication_stopped: Arc::default(),
             campaign_now: Arc::default(),
-            incarnation: rand09::random(),
-            deaf_after,
         }
     }
+}
 
+impl RaftLiveness {
     fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
         self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -128,62 +96,6 @@ impl RaftLiveness {
     /// How long this node's leader has been fenced, as its probes tell (zero when it is not).
     pub fn leader_fenced_for(&self, now: Instant) -> Duration {
         self.lock().leader_fenced_since.map_or(Duration::ZERO, |(_, since)| now.saturating_duration_since(since))
-    }
-
-    /// The stamp for an answer this node sends to a leader now.
-    pub fn reply_stamp(&self) -> ReplyStamp {
-        let micros = Instant::now().saturating_duration_since(self.started).as_micros();
-        ReplyStamp { incarnation: self.incarnation, micros: u64::try_from(micros).unwrap_or(u64::MAX) }
-    }
-
-    /// A message (AppendEntries, snapshot chunk) arrived from the leader of `term`, echoing
-    /// `echo`: `Ok` to hand it to Raft, `Err(reason)` to refuse it because that leader has not
-    /// heard this node for `deaf_after` (see the module doc). Records when it last did.
-    pub fn admit_from_leader(&self, term: u64, echo: Option<ReplyStamp>) -> Result<(), String> {
-        let now = Instant::now();
-        let heard = {
-            let mut record = self.lock();
-            let known = record.heard_by_leader;
-            if known.is_some_and(|(t, _)| t > term) {
-                // A stale leader: Raft answers it with the newer vote, which it must hear.
-                return Ok(());
-            }
-            let known = known.filter(|(t, _)| *t == term).map(|(_, at)| at);
-            let heard = match echo {
-                // The leader heard this node when it sent that answer.
-                Some(e) if e.incarnation == self.incarnation => self.started + Duration::from_micros(e.micros),
-                // An answer from an earlier run of this process: it has heard nothing from
-                // this run (which started at `started`).
-                Some(_) => self.started,
-                // The leader's first message to this node in its term: nothing new if this
-                // node already heard from it, else count from now (it won with votes it heard).
-                None => known.unwrap_or(now),
-            };
-            let newest = known.map_or(heard, |k| k.max(heard));
-            record.heard_by_leader = Some((term, newest));
-            newest
-        };
-        let age = now.saturating_duration_since(heard);
-        if age >= self.deaf_after {
-            metrics::counter!("corral_raft_deaf_leader_refusals_total").increment(1);
-            return Err(format!(
-                "the leader of term {term} has not heard this node for {} ms (one-way cut?)",
-                age.as_millis()
-            ));
-        }
-        Ok(())
-    }
-
-    /// How long this node's leader has gone without hearing it, as its echoes tell; zero
-    /// unless this node follows the leader those echoes came from. It grows in silence too.
-    pub fn leader_deaf_for(&self, now: Instant) -> Duration {
-        let record = self.lock();
-        match (record.heard_by_leader, record.leader_contact) {
-            (Some((term, heard)), Some((contact_term, _))) if term == contact_term => {
-                now.saturating_duration_since(heard)
-            }
-            _ => Duration::ZERO,
-        }
     }
 
     /// This node granted a pre-vote at `now`.
@@ -326,45 +238,13 @@ mod tests {
 
     #[test]
     fn contact_and_acks_are_kept_per_term() {
-        let liveness = RaftLiveness::new(Duration::from_millis(900));
+        let liveness = RaftLiveness::default();
         let t0 = Instant::now();
         liveness.heard_from_leader(3, t0);
         assert_eq!(liveness.since_leader_contact(t0 + Duration::from_millis(40)), Duration::from_millis(40));
         liveness.acked_by(2, 5, t0);
         liveness.acked_by(3, 4, t0);
         assert_eq!(liveness.acks_in_term(5, [2, 3, 4].into_iter()), vec![Some(t0), None, None]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_leader_that_echoes_no_recent_answer_is_refused_until_it_echoes_a_fresh_one() {
-        let liveness = RaftLiveness::new(Duration::from_millis(900));
-        assert_eq!(liveness.admit_from_leader(4, None), Ok(()), "a leader's first message echoes nothing");
-        liveness.heard_from_leader(4, Instant::now());
-        let answered = liveness.reply_stamp();
-        tokio::time::advance(Duration::from_millis(300)).await;
-        assert_eq!(liveness.admit_from_leader(4, Some(answered)), Ok(()));
-        assert_eq!(liveness.leader_deaf_for(Instant::now()), Duration::from_millis(300));
-        tokio::time::advance(Duration::from_millis(700)).await;
-        // Still arriving, but echoing an answer sent a second ago: the leader is deaf.
-        let refused = liveness.admit_from_leader(4, Some(answered));
-        assert!(refused.as_ref().is_err_and(|r| r.contains("1000 ms")), "{refused:?}");
-        assert_eq!(liveness.leader_deaf_for(Instant::now()), Duration::from_secs(1));
-        // The refusal's own stamp, echoed: the leader hears again.
-        let fresh = liveness.reply_stamp();
-        assert_eq!(liveness.admit_from_leader(4, Some(fresh)), Ok(()));
-        assert_eq!(liveness.leader_deaf_for(Instant::now()), Duration::ZERO);
-        // An echo from another run of this node's process: the leader has heard nothing from
-        // this one (a restarted follower must not take a deaf leader's messages for fresh).
-        let restarted = RaftLiveness::new(Duration::from_millis(900));
-        let other_run = ReplyStamp { incarnation: fresh.incarnation.wrapping_add(1), micros: u64::MAX / 2 };
-        assert_eq!(restarted.admit_from_leader(4, Some(other_run)), Ok(()), "within the lease of the restart");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(restarted.admit_from_leader(4, Some(other_run)).is_err(), "a lease after the restart");
-        assert!(restarted.admit_from_leader(4, None).is_err(), "no echo in a known term adds nothing");
-        // A stale leader's message goes to Raft, which tells it of the newer term.
-        assert_eq!(liveness.admit_from_leader(5, None), Ok(()));
-        assert_eq!(liveness.admit_from_leader(4, Some(answered)), Ok(()));
-        assert_eq!(liveness.leader_deaf_for(Instant::now()), Duration::ZERO, "it follows no leader of term 5 yet");
     }
 
     #[tokio::test]

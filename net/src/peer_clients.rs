@@ -81,21 +81,8 @@ impl PeerClients {
         json: Vec<u8>,
         timeout: Duration,
     ) -> Result<Reply, NetError> {
-        let reply = self.call_payload(addr, method, Payload { json, ..Payload::default() }, timeout).await?;
-        decode_reply(addr, &reply)
-    }
-
-    /// One call with the whole message as sent and received (the Raft transport reads and
-    /// writes the reply stamps beside the JSON).
-    pub(crate) async fn call_payload(
-        &self,
-        addr: &str,
-        method: Method,
-        payload: Payload,
-        timeout: Duration,
-    ) -> Result<Payload, NetError> {
         let mut client = self.client(addr)?;
-        let mut request = tonic::Request::new(payload);
+        let mut request = tonic::Request::new(Payload { json });
         request.set_timeout(timeout);
         let reply = match method {
             Method::AppendEntries => client.append_entries(request).await,
@@ -113,7 +100,8 @@ impl PeerClients {
             tonic::Code::Unavailable => NetError::Unreachable { addr: addr.to_string(), reason: status.to_string() },
             _ => NetError::Rpc { addr: addr.to_string(), status: status.to_string() },
         })?;
-        Ok(reply.into_inner())
+        serde_json::from_slice(&reply.get_ref().json)
+            .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })
     }
 
     /// Sends a batch of proposals to the leader at `addr` in one call; returns once every one
@@ -206,9 +194,4 @@ pub(crate) enum Method {
     PreVote,
     ProbeLeadership,
     ChangeMembership,
-}
-
-/// The JSON of a peer's reply, decoded.
-pub(crate) fn decode_reply<Reply: DeserializeOwned>(addr: &str, reply: &Payload) -> Result<Reply, NetError> {
-    serde_json::from_slice(&reply.json).map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })
 }

@@ -13,14 +13,12 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::grpc_server::{stamp_from_pb, stamp_to_pb};
-use crate::liveness::{RaftLiveness, ReplyStamp};
-use crate::pb::Payload;
-use crate::peer_clients::{decode_reply, Method, PeerClients};
+use crate::liveness::RaftLiveness;
+use crate::peer_clients::{Method, PeerClients};
 use crate::{tls, NetError};
 
 /// openraft's network factory over [`PeerClients`].
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct GrpcNetworkFactory {
     pub clients: PeerClients,
     /// Followers' acknowledgements of this node's leadership are recorded here.
@@ -43,7 +41,6 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
             addr: node.raft_addr.clone(),
             clients: self.clients.clone(),
             liveness: self.liveness.clone(),
-            echo: None,
         }
     }
 }
@@ -54,27 +51,9 @@ pub struct GrpcPeer {
     addr: String,
     clients: PeerClients,
     liveness: RaftLiveness,
-    /// The newest stamp this follower put on an answer, sent back on the next message (see
-    /// `RaftLiveness`'s module doc).
-    echo: Option<ReplyStamp>,
 }
 
 impl GrpcPeer {
-    /// An AppendEntries or snapshot chunk, with the echo, and its answer's JSON: the stamp is
-    /// kept for the next message, and a refusal (this follower finds this leader deaf) is an
-    /// error that openraft retries after its backoff.
-    async fn replicate(&mut self, method: Method, json: Vec<u8>, option: &RPCOption) -> Result<Payload, NetError> {
-        let request = Payload { json, stamp: self.echo.map(stamp_to_pb), refused: String::new() };
-        let reply = self.clients.call_payload(&self.addr, method, request, option.hard_ttl()).await?;
-        if let Some(stamp) = &reply.stamp {
-            self.echo = Some(stamp_from_pb(stamp));
-        }
-        if !reply.refused.is_empty() {
-            return Err(NetError::Unreachable { addr: self.addr.clone(), reason: reply.refused });
-        }
-        Ok(reply)
-    }
-
     async fn raft_call<Req, Reply, E>(
         &self,
         method: Method,
@@ -163,9 +142,8 @@ impl RaftNetwork<TypeConfig> for GrpcPeer {
         }
         let term = rpc.vote.leader_id().term;
         let sent = tokio::time::Instant::now();
-        let reply = self.replicate(Method::AppendEntries, json, &option).await;
-        let reply: AppendEntriesResponse<NodeId> =
-            self.raft_result(reply.and_then(|payload| decode_reply(&self.addr, &payload)))?;
+        let reply: AppendEntriesResponse<NodeId> = self
+            .raft_result(self.clients.call_encoded(&self.addr, Method::AppendEntries, json, option.hard_ttl()).await)?;
         self.liveness.record_append_reply(self.target, term, sent, &reply);
         Ok(reply)
     }
@@ -180,10 +158,7 @@ impl RaftNetwork<TypeConfig> for GrpcPeer {
             return Err(replication_stopped());
         }
         let (leader_vote, sent) = (rpc.vote, tokio::time::Instant::now());
-        let json = serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let reply = self.replicate(Method::InstallSnapshot, json, &option).await;
-        let reply: InstallSnapshotResponse<NodeId> =
-            self.raft_result(reply.and_then(|payload| decode_reply(&self.addr, &payload)))?;
+        let reply: InstallSnapshotResponse<NodeId> = self.raft_call(Method::InstallSnapshot, &rpc, &option).await?;
         self.liveness.record_snapshot_reply(self.target, &leader_vote, sent, &reply);
         Ok(reply)
     }

@@ -40,15 +40,6 @@
 //!   three) knows that leader is fenced and sends nothing else, as a deaf leader (one that
 //!   sends but hears nothing) does until the cut heals: it asks for pre-votes at once, and a
 //!   voter probed that long grants as if the lease had passed.
-//! - **A deaf leader** (a one-way cut: it sends, but hears nothing) is fenced after the lease
-//!   and stops sending, but its TCP connections go on delivering what it sent before for a
-//!   while, and its probes are stuck behind that (no acknowledgements come back to open the
-//!   window). So followers also watch whether their leader hears *them*: it echoes the stamp
-//!   of their last answer it received (`RaftLiveness::leader_deaf_for`). A voter whose
-//!   leader has echoed nothing newer for [`Timing::deaf_patience`] grants a pre-vote, and a
-//!   follower asks for one a heartbeat or three after that. A message whose echo is older
-//!   than the lease is refused before openraft sees it, so it does not renew openraft's vote
-//!   lease either.
 //! - **No campaign against a quicker candidate.** A pre-vote round takes a moment; if this node
 //!   voted for another candidate or learned of a leader meanwhile, it does not campaign
 //!   (doing so would only depose the leader just elected).
@@ -104,13 +95,6 @@ pub struct Timing {
     /// load, the probes' answers lift a fence within 50–220 ms (measured with 10,000 runners
     /// at 256 connections); a deaf leader's never arrive.
     pub fence_patience: Duration,
-    /// How long a voter's leader must have gone without hearing it (its echoes of the voter's
-    /// answers, `RaftLiveness::leader_deaf_for`) for the voter to grant on that ground; a
-    /// follower asks for pre-votes one to three heartbeats later (the voters' last echoes are
-    /// up to a heartbeat apart). The lease plus the fence patience, less that heartbeat: a
-    /// leader that load slowed is fenced after the lease and lifted by its probes within the
-    /// patience, and echoes again a message later; a deaf one never does.
-    pub deaf_patience: Duration,
 }
 
 impl Timing {
@@ -127,7 +111,6 @@ impl Timing {
             suspect_after: heartbeat * 2,
             vote_lease: heartbeat + quarter * 2,
             fence_patience: heartbeat * 5,
-            deaf_patience: election_timeout.saturating_sub(heartbeat) + heartbeat * 4,
         }
     }
 
@@ -155,8 +138,6 @@ pub struct VoterView {
     pub confirms_leader_down: bool,
     /// How long this voter's leader has been fenced, as its probes tell (zero if it is not).
     pub leader_fenced_for: Duration,
-    /// How long this voter's leader has gone without hearing it, as its echoes tell.
-    pub leader_deaf_for: Duration,
 }
 
 /// Whether a voter would elect `request.candidate` now: `Ok`, or why not.
@@ -167,8 +148,7 @@ pub fn judge_pre_vote(view: &VoterView, request: &PreVoteRequest, timing: &Timin
     // A leader both found dead needs only a few heartbeats of silence; any other, the lease.
     let enough_silence = if view.confirms_leader_down { timing.suspect_after } else { timing.lease };
     let leader_fenced = view.leader_fenced_for >= timing.fence_patience;
-    let leader_deaf = view.leader_deaf_for >= timing.deaf_patience;
-    if view.since_leader_contact < enough_silence && !leader_fenced && !leader_deaf {
+    if view.since_leader_contact < enough_silence && !leader_fenced {
         return Err(format!("heard from a leader {} ms ago", view.since_leader_contact.as_millis()));
     }
     if request.last_log < view.last_log {
@@ -210,9 +190,7 @@ pub fn election_timeout(timing: &Timing, rng: &mut impl Rng) -> Duration {
 /// leader for the lease either, so the cluster wants a leader and this voter is one that a
 /// majority can elect.
 pub fn outruns_candidate(view: &VoterView, request: &PreVoteRequest, timing: &Timing) -> bool {
-    let leaderless = view.since_leader_contact >= timing.lease
-        || view.leader_fenced_for >= timing.fence_patience
-        || view.leader_deaf_for >= timing.deaf_patience;
+    let leaderless = view.since_leader_contact >= timing.lease || view.leader_fenced_for >= timing.fence_patience;
     !view.leads_with_quorum && leaderless && request.last_log < view.last_log
 }
 
@@ -307,7 +285,6 @@ pub async fn answer_pre_vote(voter: &Voter<'_>, request: &PreVoteRequest) -> Pre
         since_leader_contact: voter.liveness.since_leader_contact(Instant::now()),
         last_log: (voter.last_log)().await,
         leader_fenced_for: voter.liveness.leader_fenced_for(Instant::now()),
-        leader_deaf_for: voter.liveness.leader_deaf_for(Instant::now()),
         confirms_leader_down: match request.leader_down {
             // Only this voter's own leader (or none, after a failed election) may be declared
             // dead here: a voter that follows a live leader refuses.
@@ -341,7 +318,6 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
     let mut timeout = election_timeout(&timing, &mut rng);
     let mut suspect_after = suspicion_delay(&timing, &mut rng);
     let mut fence_wait = fence_wait(&timing, &mut rng);
-    let mut deaf_wait = deaf_wait(&timing, &mut rng);
     let mut last_attempt = Instant::now();
     let mut last_probe = Instant::now();
     let mut leading_since: Option<(u64, Instant)> = None;
@@ -439,22 +415,13 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
         // A candidate whose log is behind this node's asked it for a pre-vote: campaign now.
         let retry_allowed = now.saturating_duration_since(last_attempt) >= timing.heartbeat;
         let leader_fenced_for = driver.liveness.leader_fenced_for(now);
-        let leader_deaf_for = driver.liveness.leader_deaf_for(now);
         let outrun = driver.liveness.take_campaign_request()
-            && (leader_silence >= timing.lease
-                || leader_fenced_for >= timing.fence_patience
-                || leader_deaf_for >= timing.deaf_patience)
+            && (leader_silence >= timing.lease || leader_fenced_for >= timing.fence_patience)
             && retry_allowed;
         // Its leader has been fenced (probing, sending nothing else) for a while: a deaf
         // leader, which the others would otherwise wait out their whole silence for.
         let leader_fenced = leader_fenced_for >= fence_wait
             && now.saturating_duration_since(vote_changed_at) >= fence_wait
-            && driver.liveness.since_pre_vote_granted(now).is_none_or(|d| d >= timing.heartbeat * 2)
-            && retry_allowed;
-        // Its leader still sends but has not heard this node for a while (a one-way cut):
-        // the messages keep arriving, so silence would never start.
-        let leader_deaf = leader_deaf_for >= deaf_wait
-            && now.saturating_duration_since(vote_changed_at) >= deaf_wait
             && driver.liveness.since_pre_vote_granted(now).is_none_or(|d| d >= timing.heartbeat * 2)
             && retry_allowed;
         let mut leader_down = None;
@@ -466,21 +433,19 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-        if silence < timeout && leader_down.is_none() && !outrun && !leader_fenced && !leader_deaf {
+        if silence < timeout && leader_down.is_none() && !outrun && !leader_fenced {
             continue;
         }
         last_attempt = now;
         timeout = election_timeout(&timing, &mut rng);
         suspect_after = suspicion_delay(&timing, &mut rng);
         fence_wait = self::fence_wait(&timing, &mut rng);
-        deaf_wait = self::deaf_wait(&timing, &mut rng);
         if pre_vote_round(&driver, &voters, leader_down).await {
-            let reason = match (leader_down, outrun, leader_fenced, leader_deaf) {
-                (Some(_), _, _, _) => "leader_down",
-                (None, true, _, _) => "candidate_behind",
-                (None, false, true, _) => "leader_fenced",
-                (None, false, false, true) => "leader_deaf",
-                (None, false, false, false) => "silence",
+            let reason = match (leader_down, outrun, leader_fenced) {
+                (Some(_), _, _) => "leader_down",
+                (None, true, _) => "candidate_behind",
+                (None, false, true) => "leader_fenced",
+                (None, false, false) => "silence",
             };
             // The round took a while: if this node voted meanwhile (another candidate was
             // quicker) or a leader appeared, campaigning would only depose it.
@@ -519,15 +484,6 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
 fn fence_wait(timing: &Timing, rng: &mut impl Rng) -> Duration {
     let jitter = (timing.heartbeat.as_millis().max(1) * 2) as u64;
     timing.fence_patience + Duration::from_millis(rng.gen_range(0..jitter))
-}
-
-/// How long a follower lets its leader go without hearing it before it asks for pre-votes:
-/// `[deaf_patience + 1, deaf_patience + 3 heartbeats)`, jittered like [`fence_wait`]. The first
-/// heartbeat is slack for the other voters, whose last echo may be a heartbeat younger: a
-/// refusal costs the whole pre-vote timeout, since the deaf leader never answers.
-fn deaf_wait(timing: &Timing, rng: &mut impl Rng) -> Duration {
-    let jitter = (timing.heartbeat.as_millis().max(1) * 2) as u64;
-    timing.deaf_patience + timing.heartbeat + Duration::from_millis(rng.gen_range(0..jitter))
 }
 
 /// When a silent follower checks its leader's port: `[suspect_after, suspect_after +
@@ -678,7 +634,6 @@ mod tests {
             last_log: Some((3, 10)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
-            leader_deaf_for: Duration::ZERO,
         };
         assert!(judge_pre_vote(&view, &request(Some((3, 10))), &timing()).is_err());
         let silent = VoterView { since_leader_contact: Duration::from_millis(250), ..view };
@@ -693,7 +648,6 @@ mod tests {
             last_log: Some((3, 10)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
-            leader_deaf_for: Duration::ZERO,
         };
         let dead = PreVoteRequest { leader_down: Some(1), ..request(Some((3, 10))) };
         assert!(judge_pre_vote(&view, &dead, &timing()).is_err(), "this voter's probe found the port open");
@@ -723,31 +677,10 @@ mod tests {
             last_log: Some((3, 10)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
-            leader_deaf_for: Duration::ZERO,
         };
         assert!(judge_pre_vote(&leader, &request(Some((3, 10))), &timing()).is_err());
         let fenced = VoterView { leads_with_quorum: false, ..leader };
         assert_eq!(judge_pre_vote(&fenced, &request(Some((3, 12))), &timing()), Ok(()));
-    }
-
-    #[test]
-    fn a_voter_whose_leader_has_not_heard_it_for_the_deaf_patience_grants() {
-        let timing = Timing::from_config(100, 1_000);
-        assert_eq!(timing.deaf_patience, Duration::from_millis(1_300));
-        let view = VoterView {
-            leads_with_quorum: false,
-            // A deaf leader's messages still arrive.
-            since_leader_contact: Duration::from_millis(30),
-            last_log: Some((3, 10)),
-            confirms_leader_down: false,
-            leader_fenced_for: Duration::ZERO,
-            leader_deaf_for: Duration::from_millis(1_200),
-        };
-        assert!(judge_pre_vote(&view, &request(Some((3, 10))), &timing).is_err(), "a slow leader, not yet deaf");
-        let deaf = VoterView { leader_deaf_for: Duration::from_millis(1_300), ..view };
-        assert_eq!(judge_pre_vote(&deaf, &request(Some((3, 10))), &timing), Ok(()));
-        assert!(judge_pre_vote(&deaf, &request(Some((3, 9))), &timing).is_err(), "the log check still holds");
-        assert!(outruns_candidate(&deaf, &request(Some((3, 9))), &timing), "and it campaigns itself");
     }
 
     #[test]
@@ -758,7 +691,6 @@ mod tests {
             last_log: Some((4, 7)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
-            leader_deaf_for: Duration::ZERO,
         };
         assert!(judge_pre_vote(&view, &request(Some((4, 6))), &timing()).is_err(), "same term, shorter");
         assert!(judge_pre_vote(&view, &request(Some((3, 90))), &timing()).is_err(), "older term, longer");
@@ -808,7 +740,6 @@ mod tests {
             last_log: Some((3, 10)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::from_millis(100),
-            leader_deaf_for: Duration::ZERO,
         };
         let timing = timing();
         assert_eq!(timing.fence_patience, Duration::from_millis(250));
@@ -827,7 +758,6 @@ mod tests {
             last_log: Some((4, 7)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
-            leader_deaf_for: Duration::ZERO,
         };
         let behind = request(Some((4, 6)));
         assert!(judge_pre_vote(&view, &behind, &timing()).is_err());

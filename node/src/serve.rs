@@ -126,10 +126,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (log_store, state_machine, shared) =
         open_storage(&db_dir, StorageConfig { fsync: config.fsync }).context("cannot open storage")?;
 
-    let timing = Timing::from_config(config.heartbeat_ms, config.election_timeout_ms);
-    let liveness = RaftLiveness::new(timing.lease);
+    let liveness = RaftLiveness::default();
     let network = GrpcNetworkFactory::with_tls(&cluster_tls, liveness.clone());
     let clients = network.clients.clone();
+    let timing = Timing::from_config(config.heartbeat_ms, config.election_timeout_ms);
     let last_log = last_log_reader(log_store.clone());
     let raft = Raft::new(config.node_id, Arc::new(raft_config(&config, &timing)?), network, log_store, state_machine)
         .await

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use corral_net::{RaftLiveness, ReplyStamp};
+use corral_net::RaftLiveness;
 use corral_raft_types::{CorralNode, NodeId, Raft, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -228,13 +228,7 @@ impl RaftNetworkFactory<TypeConfig> for SimNetwork {
     type Network = SimPeer;
 
     async fn new_client(&mut self, target: NodeId, _node: &CorralNode) -> SimPeer {
-        SimPeer {
-            from: self.from,
-            to: target,
-            fabric: self.fabric.clone(),
-            liveness: self.liveness.clone(),
-            echo: None,
-        }
+        SimPeer { from: self.from, to: target, fabric: self.fabric.clone(), liveness: self.liveness.clone() }
     }
 }
 
@@ -244,25 +238,11 @@ pub struct SimPeer {
     to: NodeId,
     fabric: Fabric,
     liveness: RaftLiveness,
-    /// The newest stamp the peer put on an answer, echoed on the next message (as the gRPC
-    /// transport does).
-    echo: Option<ReplyStamp>,
 }
-
-/// A follower's answer to a replication message: its stamp, and Raft's answer, or why it
-/// refused the message before Raft saw it.
-type Stamped<T> = (ReplyStamp, Result<T, String>);
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, CorralNode, RaftError<NodeId, E>>>;
 
 impl SimPeer {
-    /// Keeps the stamp of an answer that arrived; a refusal is lost as far as Raft can tell.
-    fn unstamp<T>(&mut self, reply: Result<Stamped<T>, Lost>) -> Result<T, Lost> {
-        let (stamp, answer) = reply?;
-        self.echo = Some(stamp);
-        answer.map_err(|_refused| Lost)
-    }
-
     fn answer<T, E: std::error::Error>(&self, reply: Result<Result<T, RaftError<NodeId, E>>, Lost>) -> RpcResult<T, E> {
         match reply {
             Err(lost) => Err(RPCError::Unreachable(Unreachable::new(&lost))),
@@ -283,19 +263,14 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         }
         let term = rpc.vote.leader_id().term;
         let sent = tokio::time::Instant::now();
-        let echo = self.echo;
         let reply = self
             .fabric
             .call(self.from, self.to, |(raft, target)| async move {
-                if let Err(refused) = target.admit_from_leader(term, echo) {
-                    return (target.reply_stamp(), Err(refused));
-                }
                 let reply = raft.append_entries(rpc).await;
                 target.record_append_received(term, &reply);
-                (target.reply_stamp(), Ok(reply))
+                reply
             })
             .await;
-        let reply = self.unstamp(reply);
         if let Ok(Ok(answer)) = &reply {
             self.liveness.record_append_reply(self.to, term, sent, answer);
         }
@@ -311,19 +286,14 @@ impl RaftNetwork<TypeConfig> for SimPeer {
             return Err(corral_net::raft_network::replication_stopped());
         }
         let (leader_vote, sent) = (rpc.vote, tokio::time::Instant::now());
-        let echo = self.echo;
         let reply = self
             .fabric
             .call(self.from, self.to, |(raft, target)| async move {
-                if let Err(refused) = target.admit_from_leader(leader_vote.leader_id().term, echo) {
-                    return (target.reply_stamp(), Err(refused));
-                }
                 let reply = raft.install_snapshot(rpc).await;
                 target.record_snapshot_received(&leader_vote, &reply);
-                (target.reply_stamp(), Ok(reply))
+                reply
             })
             .await;
-        let reply = self.unstamp(reply);
         if let Ok(Ok(answer)) = &reply {
             self.liveness.record_snapshot_reply(self.to, &leader_vote, sent, answer);
         }

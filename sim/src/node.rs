@@ -63,7 +63,7 @@ impl SimNode {
     pub async fn start(&mut self, fabric: &Fabric, world: &World, seed: u64) -> Result<Handles, String> {
         let timing = Timing::from_config(DEFAULT_HEARTBEAT_MS, DEFAULT_ELECTION_TIMEOUT_MS);
         let (log, state_machine, shared) = open_memory(&self.disk).map_err(|e| e.to_string())?;
-        let liveness = RaftLiveness::new(timing.lease);
+        let liveness = RaftLiveness::default();
         let network = SimNetwork { from: self.id, fabric: fabric.clone(), liveness: liveness.clone() };
         let raft = Raft::new(self.id, Arc::new(raft_config(&timing)?), network, log.clone(), state_machine)
             .await

@@ -535,10 +535,7 @@ pub async fn one_node_raft(dir: &Path, fsync: bool) -> (corral_raft_types::Raft,
     }
     .validate()
     .expect("config");
-    let network = corral_net::GrpcNetworkFactory {
-        clients: corral_net::PeerClients::default(),
-        liveness: corral_net::RaftLiveness::new(Duration::from_millis(250)),
-    };
+    let network = corral_net::GrpcNetworkFactory::default();
     let raft = corral_raft_types::Raft::new(1, std::sync::Arc::new(config), network, log, sm).await.expect("raft");
     let member = corral_raft_types::CorralNode { raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() };
     raft.initialize(std::collections::BTreeMap::from([(1, member)])).await.expect("initialize");
