@@ -36,6 +36,10 @@ pub struct PreVoteRequest {
 /// answers from its Raft metrics, touching nothing and counting nothing as leader contact, so
 /// a leader that lost its acknowledgements only to load learns it still leads, while its
 /// followers' election timers keep running as if it were silent.
+///
+/// A follower asks its leader the same question about the leader itself (`leader` is the
+/// asked node): `Follows` means it still leads `term` and this follower's messages reach it,
+/// so a leader behind a one-way cut (deaf) is found without waiting for it to fence.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LeadershipProbe {
     pub term: u64,

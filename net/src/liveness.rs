@@ -33,6 +33,10 @@ struct Record {
     /// Since when this node's leader has been probing it (term, first probe): that leader is
     /// fenced and sends nothing else. Cleared by the next AppendEntries from a leader.
     leader_fenced_since: Option<(u64, Instant)>,
+    /// The leader of this term answered this node's "do you hear me" probe sent at this time
+    /// (term, sent). Starts at the first contact in a term, so a new leader has a probe
+    /// interval's grace.
+    leader_answered: Option<(u64, Instant)>,
 }
 
 /// Shared, cheap to clone.
@@ -60,6 +64,7 @@ impl Default for RaftLiveness {
                 acks: HashMap::new(),
                 pre_vote_granted: None,
                 leader_fenced_since: None,
+                leader_answered: None,
             })),
             started: Instant::now(),
             replication_stopped: Arc::default(),
@@ -85,6 +90,36 @@ impl RaftLiveness {
         }
         record.leader_contact = Some((term, now));
         record.leader_fenced_since = None;
+        if record.leader_answered.is_none_or(|(t, _)| t != term) {
+            record.leader_answered = Some((term, now));
+        }
+    }
+
+    /// The leader of `term` answered this node's probe sent at `sent`: it hears this node.
+    pub fn leader_answered(&self, term: u64, sent: Instant) {
+        let mut record = self.lock();
+        match record.leader_answered {
+            // An answer from an older term, or to an older probe, tells nothing new.
+            Some((t, at)) if t > term || (t == term && at >= sent) => {}
+            _ => record.leader_answered = Some((term, sent)),
+        }
+    }
+
+    /// How long since this node and its leader last reached each other both ways: the older of
+    /// the leader's last AppendEntries here and the last probe of this node's that the leader
+    /// answered (since the process started if never). A deaf leader (one-way cut towards it)
+    /// goes on sending, and even after it stops, its connections deliver what they had queued
+    /// for a second or more; its silence towards this node's probes starts at the cut.
+    pub fn since_two_way_contact(&self, now: Instant) -> Duration {
+        let record = self.lock();
+        let contact = match record.leader_contact {
+            None => self.started,
+            Some((term, at)) => match record.leader_answered {
+                Some((t, answered)) if t == term => at.min(answered),
+                _ => at,
+            },
+        };
+        now.saturating_duration_since(contact)
     }
 
     /// How long since this node last heard from a leader; since the process started if never.
@@ -197,19 +232,29 @@ fn snapshot_accepted(leader_vote: &Vote<NodeId>, reply: &InstallSnapshotResponse
     reply.vote <= *leader_vote
 }
 
-/// A voter's answer to a fenced leader's probe, from its Raft metrics alone (it touches no
-/// Raft state and counts as no contact). A probe from this node's own leader is recorded in
-/// `liveness`: that leader is fenced, and once it has been for a while (a deaf leader, whose
-/// probes arrive but whose answers do not) the followers elect without waiting out their
-/// silence (see the node's election driver).
+/// A voter's answer to a [`LeadershipProbe`], from its Raft metrics alone (it touches no Raft
+/// state and counts as no contact).
+///
+/// - Asked by a fenced leader: a probe from this node's own leader is recorded in `liveness`:
+///   that leader is fenced, and once it has been for a while (a deaf leader, whose probes
+///   arrive but whose answers do not) the followers elect without waiting out their silence
+///   (see the node's election driver).
+/// - Asked by a follower about this node itself ("do you lead `term`, and hear me?"): `Follows`
+///   if it leads that term. Records nothing.
 pub fn answer_probe(raft: &Raft, liveness: &RaftLiveness, probe: &LeadershipProbe) -> ProbeReply {
-    let (term, leader) = {
+    let (id, state, term, leader) = {
         let m = raft.metrics();
         let m = m.borrow();
-        (m.current_term, m.current_leader)
+        (m.id, m.state, m.current_term, m.current_leader)
     };
     if term > probe.term {
         ProbeReply::HigherTerm(term)
+    } else if probe.leader == id {
+        if term == probe.term && state == openraft::ServerState::Leader {
+            ProbeReply::Follows
+        } else {
+            ProbeReply::Other
+        }
     } else if term == probe.term && leader == Some(probe.leader) {
         let mut record = liveness.lock();
         if record.leader_fenced_since.is_none_or(|(t, _)| t != probe.term) {
@@ -245,6 +290,29 @@ mod tests {
         liveness.acked_by(2, 5, t0);
         liveness.acked_by(3, 4, t0);
         assert_eq!(liveness.acks_in_term(5, [2, 3, 4].into_iter()), vec![Some(t0), None, None]);
+    }
+
+    #[test]
+    fn two_way_contact_is_the_older_of_heard_and_answered() {
+        let liveness = RaftLiveness::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // A new leader's first message starts both clocks.
+        liveness.heard_from_leader(3, t0);
+        assert_eq!(liveness.since_two_way_contact(t0 + ms(50)), ms(50));
+        // It answered the probe sent at t0 + 100 ms; its messages keep arriving.
+        liveness.leader_answered(3, t0 + ms(100));
+        liveness.heard_from_leader(3, t0 + ms(900));
+        assert_eq!(liveness.since_two_way_contact(t0 + ms(1000)), ms(900), "deaf since 100 ms");
+        assert_eq!(liveness.since_leader_contact(t0 + ms(1000)), ms(100));
+        // An answer to an older probe arriving late moves nothing back.
+        liveness.leader_answered(3, t0 + ms(950));
+        liveness.leader_answered(3, t0 + ms(120));
+        assert_eq!(liveness.since_two_way_contact(t0 + ms(1000)), ms(100), "heard at 900 ms");
+        // A leader of a new term starts afresh; an answer from the old term does not count.
+        liveness.heard_from_leader(4, t0 + ms(2000));
+        liveness.leader_answered(3, t0 + ms(2100));
+        assert_eq!(liveness.since_two_way_contact(t0 + ms(2200)), ms(200));
     }
 
     #[tokio::test]

@@ -40,6 +40,15 @@
 //!   three) knows that leader is fenced and sends nothing else, as a deaf leader (one that
 //!   sends but hears nothing) does until the cut heals: it asks for pre-votes at once, and a
 //!   voter probed that long grants as if the lease had passed.
+//! - **A deaf leader, directly.** Behind a one-way cut towards the leader, its messages keep
+//!   arriving (and its connections deliver what they had queued for a second or more after it
+//!   fences), so silence from it starts late. Each follower therefore asks its leader every
+//!   heartbeat, on a call of its own, whether it still leads (`probe_leader`); a follower's
+//!   silence, and a voter's in judging a pre-vote, is the older of "the leader's last message"
+//!   and "the leader's last answer" ([`RaftLiveness::since_two_way_contact`]). A deaf leader
+//!   is then elected away one election timeout after the cut, like a silent one. The answer
+//!   rides on no AppendEntries: openraft 0.9 drops those after one heartbeat interval, which
+//!   under load made an earlier design (stamps echoed on AppendEntries) elect a live leader away.
 //! - **No campaign against a quicker candidate.** A pre-vote round takes a moment; if this node
 //!   voted for another candidate or learned of a leader meanwhile, it does not campaign
 //!   (doing so would only depose the leader just elected).
@@ -129,8 +138,9 @@ pub struct VoterView {
     /// This voter leads and its quorum acknowledged it within the lease (not fenced, not
     /// draining).
     pub leads_with_quorum: bool,
-    /// Silence from any leader, as this voter saw it (a leader hears from none: its silence
-    /// counts from before it won, so only `leads_with_quorum` keeps it refusing).
+    /// Silence from any leader, as this voter saw it: the older of its leader's last message
+    /// and its leader's last answer to this voter's probes (a leader hears from none: its
+    /// silence counts from before it won, so only `leads_with_quorum` keeps it refusing).
     pub since_leader_contact: Duration,
     /// This voter's last log entry, (term, index).
     pub last_log: Option<(u64, u64)>,
@@ -149,7 +159,7 @@ pub fn judge_pre_vote(view: &VoterView, request: &PreVoteRequest, timing: &Timin
     let enough_silence = if view.confirms_leader_down { timing.suspect_after } else { timing.lease };
     let leader_fenced = view.leader_fenced_for >= timing.fence_patience;
     if view.since_leader_contact < enough_silence && !leader_fenced {
-        return Err(format!("heard from a leader {} ms ago", view.since_leader_contact.as_millis()));
+        return Err(format!("in touch with a leader {} ms ago", view.since_leader_contact.as_millis()));
     }
     if request.last_log < view.last_log {
         return Err(format!("the candidate's log {:?} is behind this voter's {:?}", request.last_log, view.last_log));
@@ -282,7 +292,7 @@ pub async fn answer_pre_vote(voter: &Voter<'_>, request: &PreVoteRequest) -> Pre
     };
     let view = VoterView {
         leads_with_quorum: leads && !voter.leader.is_fenced() && !voter.draining,
-        since_leader_contact: voter.liveness.since_leader_contact(Instant::now()),
+        since_leader_contact: voter.liveness.since_two_way_contact(Instant::now()),
         last_log: (voter.last_log)().await,
         leader_fenced_for: voter.liveness.leader_fenced_for(Instant::now()),
         confirms_leader_down: match request.leader_down {
@@ -310,8 +320,74 @@ pub async fn answer_pre_vote(voter: &Voter<'_>, request: &PreVoteRequest) -> Pre
 
 /// Runs elections and fencing on this node until `stop`. Switches openraft's own election
 /// timer off first.
-pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
+pub async fn run(driver: Driver, stop: watch::Receiver<bool>) {
     driver.raft.runtime_config().elect(false);
+    tokio::join!(elect(&driver, stop.clone()), probe_leader(&driver, stop));
+}
+
+/// Probes in flight to the leader at most: one per heartbeat, each waiting up to an election
+/// timeout, so ten while the leader is deaf.
+const MAX_LEADER_PROBES_IN_FLIGHT: usize = 16;
+
+/// A follower's "do you hear me" probes: each heartbeat it asks its leader whether it still
+/// leads the term ([`LeadershipProbe`] naming the leader itself; answered from the leader's
+/// Raft metrics, on its own gRPC call and deadline, not riding on AppendEntries, whose answers
+/// openraft 0.9 drops after one heartbeat interval). An answer records when the probe was
+/// sent ([`RaftLiveness::leader_answered`]), and a follower's silence is then the older of
+/// "heard from the leader" and "the leader heard me" ([`RaftLiveness::since_two_way_contact`]).
+async fn probe_leader(driver: &Driver, mut stop: watch::Receiver<bool>) {
+    use futures::StreamExt;
+    let timing = driver.timing;
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut every = tokio::time::interval(timing.heartbeat);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            Some((term, sent, reply)) = in_flight.next(), if !in_flight.is_empty() => {
+                let outcome = match reply {
+                    Ok(ProbeReply::Follows) => {
+                        driver.liveness.leader_answered(term, sent);
+                        metrics::histogram!("corral_raft_leader_probe_seconds")
+                            .record(Instant::now().saturating_duration_since(sent).as_secs_f64());
+                        "answered"
+                    }
+                    Ok(ProbeReply::HigherTerm(_)) => "higher_term",
+                    Ok(ProbeReply::Other) => "not_leader",
+                    Err(_) => "unanswered",
+                };
+                metrics::counter!("corral_raft_leader_probes_total", "outcome" => outcome).increment(1);
+                continue;
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if in_flight.len() >= MAX_LEADER_PROBES_IN_FLIGHT {
+            continue;
+        }
+        let target = {
+            let m = driver.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let voter = membership.voter_ids().any(|v| v == driver.node_id);
+            match m.current_leader {
+                Some(leader) if voter && m.state == ServerState::Follower && leader != driver.node_id => {
+                    membership.get_node(&leader).map(|n| (m.current_term, leader, n.raft_addr.clone()))
+                }
+                _ => None,
+            }
+        };
+        let Some((term, leader, addr)) = target else { continue };
+        in_flight.push(async move {
+            let probe = LeadershipProbe { term, leader };
+            let sent = Instant::now();
+            let reply = driver.link.probe_leadership(leader, &addr, &probe, timing.election_timeout).await;
+            (term, sent, reply)
+        });
+    }
+}
+
+/// The election and fencing loop of [`run`].
+async fn elect(driver: &Driver, mut stop: watch::Receiver<bool>) {
     let timing = driver.timing;
     let tick = (timing.heartbeat / 2).max(Duration::from_millis(5));
     let mut rng = driver.seed.map_or_else(rand::rngs::StdRng::from_entropy, rand::rngs::StdRng::seed_from_u64);
@@ -367,13 +443,13 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
                 // learns of it and steps down, but go on refusing writes until it has.
                 if now.saturating_duration_since(last_probe) >= timing.heartbeat {
                     last_probe = now;
-                    let outcome = probe_round(&driver, term, &voters).await;
+                    let outcome = probe_round(driver, term, &voters).await;
                     metrics::counter!("corral_raft_fence_probes_total", "outcome" => outcome.label()).increment(1);
                     match outcome {
                         FenceProbe::StillLeads => {
                             fenced_here = false;
                             leading_since = Some((term, Instant::now()));
-                            set_fence(&driver, false, Duration::ZERO, &timing);
+                            set_fence(driver, false, Duration::ZERO, &timing);
                         }
                         FenceProbe::HigherTerm => {
                             driver.raft.runtime_config().heartbeat(true);
@@ -390,14 +466,14 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
             metrics::histogram!("corral_raft_quorum_ack_age_seconds").record(age.as_secs_f64());
             if age > timing.lease {
                 fenced_here = true;
-                set_fence(&driver, true, age, &timing);
+                set_fence(driver, true, age, &timing);
             }
             continue;
         }
         leading_since = None;
         if fenced_here {
             fenced_here = false;
-            set_fence(&driver, false, Duration::ZERO, &timing);
+            set_fence(driver, false, Duration::ZERO, &timing);
         }
         if let Some(leader) = current_leader.filter(|l| *l != driver.node_id) {
             last_leader = Some(leader);
@@ -405,13 +481,19 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
         if !voters.contains(&driver.node_id) {
             continue;
         }
-        // Silence from any leader, a vote this node cast, or a pre-vote it granted.
-        let leader_silence = driver
+        // Silence (both ways) from any leader, a vote this node cast, or a pre-vote it granted.
+        let since_vote_or_grant = now
+            .saturating_duration_since(vote_changed_at)
+            .min(driver.liveness.since_pre_vote_granted(now).unwrap_or(Duration::MAX));
+        let leader_silence = driver.liveness.since_two_way_contact(now).min(since_vote_or_grant);
+        let silence = leader_silence.min(now.saturating_duration_since(last_attempt));
+        // Only what arrives from the leader: a dead leader's port is worth checking when it
+        // has gone quiet, not when only its answers are late.
+        let heard_silence = driver
             .liveness
             .since_leader_contact(now)
-            .min(now.saturating_duration_since(vote_changed_at))
-            .min(driver.liveness.since_pre_vote_granted(now).unwrap_or(Duration::MAX));
-        let silence = leader_silence.min(now.saturating_duration_since(last_attempt));
+            .min(since_vote_or_grant)
+            .min(now.saturating_duration_since(last_attempt));
         // A candidate whose log is behind this node's asked it for a pre-vote: campaign now.
         let retry_allowed = now.saturating_duration_since(last_attempt) >= timing.heartbeat;
         let leader_fenced_for = driver.liveness.leader_fenced_for(now);
@@ -425,7 +507,7 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
             && driver.liveness.since_pre_vote_granted(now).is_none_or(|d| d >= timing.heartbeat * 2)
             && retry_allowed;
         let mut leader_down = None;
-        if silence >= suspect_after && now.saturating_duration_since(last_probe) >= timing.heartbeat {
+        if heard_silence >= suspect_after && now.saturating_duration_since(last_probe) >= timing.heartbeat {
             if let Some(leader) = last_leader.filter(|l| voters.contains(l)) {
                 last_probe = now;
                 if leader_refuses_connections(driver.link.as_ref(), &driver.raft, leader, timing.heartbeat).await {
@@ -440,11 +522,13 @@ pub async fn run(driver: Driver, mut stop: watch::Receiver<bool>) {
         timeout = election_timeout(&timing, &mut rng);
         suspect_after = suspicion_delay(&timing, &mut rng);
         fence_wait = self::fence_wait(&timing, &mut rng);
-        if pre_vote_round(&driver, &voters, leader_down).await {
+        if pre_vote_round(driver, &voters, leader_down).await {
             let reason = match (leader_down, outrun, leader_fenced) {
                 (Some(_), _, _) => "leader_down",
                 (None, true, _) => "candidate_behind",
                 (None, false, true) => "leader_fenced",
+                // The leader's messages still arrive, but it has not answered this node.
+                (None, false, false) if heard_silence < timeout => "leader_deaf",
                 (None, false, false) => "silence",
             };
             // The round took a while: if this node voted meanwhile (another candidate was

@@ -5,8 +5,9 @@
 //!
 //! - [`store`]: the openraft log store ([`LogStore`]) and state machine
 //!   ([`StateMachineStore`]) on one RocksDB database with three column families: `log`
-//!   (entries by index), `meta` (vote, committed, last purged) and `state` (the latest snapshot
-//!   of the state machine). The state machine applies with `corral_model::apply` to the
+//!   (entries by index), `meta` (vote, committed, last purged) and `state` (where nodes
+//!   before stop 30 kept their snapshot); the latest snapshot of the state machine is a file
+//!   beside them, `corral-snapshot`, replaced whole by a rename. The state machine applies with `corral_model::apply` to the
 //!   in-memory [`corral_raft_types::SharedState`].
 //! - [`memory`]: the same log store on a simulated disk ([`MemDisk`]) that tells synced from
 //!   unsynced writes and can lose the unsynced ones in a crash; the simulation runs on it.

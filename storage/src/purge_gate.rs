@@ -53,10 +53,15 @@ impl GateState {
 struct InstallFailed;
 
 /// Shared by a node's log store and state machine (cheap to clone; clones are one gate).
-/// Purges and snapshot writes run under its lock, so they never interleave.
+/// Its state lock is held only for moments: openraft purges on its core task, which must not
+/// wait for a snapshot write (seconds for a large state). Snapshot writes take turns on a lock
+/// of their own, and a purge needs only the point stored before the write began (a write
+/// replaces the snapshot on disk whole, with a newer one).
 #[derive(Debug, Clone)]
 pub(crate) struct PurgeGate {
     state: Arc<Mutex<GateState>>,
+    /// Held while a snapshot is written: a build and an install never write at once.
+    writing: Arc<Mutex<()>>,
     /// Bumped whenever a snapshot is stored or an install fails: waiting purges look again.
     changed: Arc<watch::Sender<u64>>,
 }
@@ -66,6 +71,7 @@ impl PurgeGate {
     pub(crate) fn new(stored: Option<LogId<NodeId>>) -> PurgeGate {
         PurgeGate {
             state: Arc::new(Mutex::new(GateState { stored, ..GateState::default() })),
+            writing: Arc::default(),
             changed: Arc::new(watch::channel(0).0),
         }
     }
@@ -116,18 +122,18 @@ impl PurgeGate {
         last: Option<LogId<NodeId>>,
         save: impl FnOnce() -> RaftResult<()>,
     ) -> RaftResult<bool> {
-        let mut gate = self.lock();
-        if gate.stored.map(|s| s.index) > last.map(|l| l.index) {
+        let _writing = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stored = self.lock().stored;
+        if stored.map(|s| s.index) > last.map(|l| l.index) {
             tracing::info!(
                 index = ?last.map(|l| l.index),
-                stored = ?gate.stored.map(|s| s.index),
+                stored = ?stored.map(|s| s.index),
                 "snapshot not stored: a newer one is on disk"
             );
             return Ok(false);
         }
         save()?;
-        gate.stored = last;
-        drop(gate);
+        self.lock().stored = last;
         self.changed.send_modify(|version| *version += 1);
         Ok(true)
     }

@@ -4,8 +4,16 @@
 //! - `log`: key = log index as 8 big-endian bytes (so iteration order is index order),
 //!   value = the JSON-encoded `Entry`.
 //! - `meta`: `vote`, `committed`, `last_purged` (JSON).
-//! - `state`: `snapshot_meta` (JSON `SnapshotMeta`) and `snapshot_data` (the encoded
-//!   [`State`]), written together in one batch.
+//! - `state`: `snapshot_meta` and `snapshot_data`, where nodes before stop 30 kept their
+//!   snapshot (still read when the file below is absent).
+//!
+//! The snapshot (meta and encoded [`State`]) is a file of its own, `corral-snapshot` in the
+//! database's directory (RocksDB leaves files it did not name alone): written to a temporary
+//! file, synced and renamed over the old one, so the disk always holds one whole snapshot. In
+//! RocksDB, a snapshot of 150 MB went through the WAL as one write that every log append queued
+//! behind (RocksDB has one write queue) for the second or more the write and its sync took,
+//! stalling openraft's core on the leader under load; and then through memtable, flush and
+//! compaction, three more copies.
 //!
 //! Group commit: [`RaftLogStorage::append`] writes its entries to RocksDB unsynced (so they are
 //! readable at once, as openraft requires) and hands openraft's "flushed" callback to the log
@@ -46,6 +54,8 @@ const CF_STATE: &str = "state";
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// The snapshot's file, in the database's directory.
+const SNAPSHOT_FILE: &str = "corral-snapshot";
 const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 
@@ -385,22 +395,24 @@ pub(crate) enum SnapshotFile {
 
 impl SnapshotFile {
     fn save(&self, meta: &SnapshotMeta<NodeId, CorralNode>, data: &[u8]) -> RaftResult<()> {
-        let db = match self {
-            SnapshotFile::Rocks { db, .. } => db,
+        let (db, config) = match self {
+            SnapshotFile::Rocks { db, config } => (db, *config),
             SnapshotFile::Memory(disk) => return disk.save_snapshot(meta, data),
         };
+        let signature = || Some(meta.signature());
+        let meta_bytes = serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
+        write_snapshot_file(db.path(), &meta_bytes, data, config.fsync)
+            .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
+        // A snapshot that an older node kept in RocksDB is superseded: drop it (the file wins
+        // on load, so a crash before this delete is harmless).
         let state_cf = cf(db, CF_STATE)?;
-        let meta_bytes =
-            serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(state_cf, KEY_SNAPSHOT_META, meta_bytes);
-        batch.put_cf(state_cf, KEY_SNAPSHOT_DATA, data);
-        let config = match self {
-            SnapshotFile::Rocks { config, .. } => *config,
-            SnapshotFile::Memory(_) => StorageConfig::default(),
-        };
-        db.write_opt(batch, &write_options(config))
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let legacy = db.get_pinned_cf(state_cf, KEY_SNAPSHOT_META);
+        if legacy.map_err(|e| StorageIOError::write_snapshot(signature(), &e))?.is_some() {
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(state_cf, KEY_SNAPSHOT_META);
+            batch.delete_cf(state_cf, KEY_SNAPSHOT_DATA);
+            db.write(batch).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
+        }
         Ok(())
     }
 
@@ -409,11 +421,19 @@ impl SnapshotFile {
             SnapshotFile::Rocks { db, .. } => db,
             SnapshotFile::Memory(disk) => return Ok(disk.snapshot()),
         };
-        let state_cf = cf(db, CF_STATE)?;
-        let meta = db.get_cf(state_cf, KEY_SNAPSHOT_META).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let data = db.get_cf(state_cf, KEY_SNAPSHOT_DATA).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let (Some(meta), Some(data)) = (meta, data) else {
-            return Ok(None);
+        let (meta, data) = match read_snapshot_file(db.path()).map_err(|e| StorageIOError::read_snapshot(None, &e))? {
+            Some(stored) => stored,
+            None => {
+                let state_cf = cf(db, CF_STATE)?;
+                let meta =
+                    db.get_cf(state_cf, KEY_SNAPSHOT_META).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+                let data =
+                    db.get_cf(state_cf, KEY_SNAPSHOT_DATA).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+                let (Some(meta), Some(data)) = (meta, data) else {
+                    return Ok(None);
+                };
+                (meta, data)
+            }
         };
         let meta = serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(Some((meta, data)))
@@ -425,6 +445,45 @@ impl SnapshotFile {
     fn off_runtime(&self) -> bool {
         matches!(self, SnapshotFile::Rocks { .. })
     }
+}
+
+/// Writes the snapshot file in `dir`: the meta's length (8 bytes, little-endian), the meta,
+/// the data; to a temporary file first, synced (with `fsync`), then renamed over the old one
+/// and the directory synced, so a crash leaves the old snapshot or the new one, whole.
+fn write_snapshot_file(dir: &Path, meta: &[u8], data: &[u8], fsync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(SNAPSHOT_FILE);
+    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+    file.write_all(&(meta.len() as u64).to_le_bytes())?;
+    file.write_all(meta)?;
+    file.write_all(data)?;
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    if fsync {
+        file.sync_all()?;
+    }
+    drop(file);
+    std::fs::rename(&temporary, &path)?;
+    if fsync {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads [`write_snapshot_file`]'s file in `dir`: `None` if there is none.
+fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let mut bytes = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let torn = || std::io::Error::new(std::io::ErrorKind::InvalidData, "the snapshot file is cut short");
+    let header: [u8; 8] = bytes.get(..8).and_then(|h| h.try_into().ok()).ok_or_else(torn)?;
+    let meta_len = usize::try_from(u64::from_le_bytes(header)).map_err(|_| torn())?;
+    let data_at = meta_len.checked_add(8).filter(|end| *end <= bytes.len()).ok_or_else(torn)?;
+    let data = bytes.split_off(data_at);
+    let meta = bytes.split_off(8);
+    Ok(Some((meta, data)))
 }
 
 /// Runs `work` on a blocking thread when `off_runtime`, else here.
@@ -535,12 +594,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 continue;
             }
-            match self.shared.try_write() {
-                Some(machine) => break machine,
-                // Readers hold the lock briefly, unless an encoding took it meanwhile.
-                None if self.snapshot_encoding.load(Ordering::Acquire) => continue,
-                None => break self.shared.write(),
+            if let Some(machine) = self.shared.try_write() {
+                break machine;
             }
+            // Readers hold the lock briefly; try again soon. Never a blocking `write()` here:
+            // an encoding may take the read lock between the check above and it, and a
+            // waiting writer would then hold up every reader for seconds.
+            tokio::task::yield_now().await;
         };
         let mut replies = Vec::new();
         for entry in entries {
@@ -610,5 +670,60 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> RaftResult<Option<Snapshot<TypeConfig>>> {
         Ok(self.snapshots.load()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+#[cfg(test)]
+mod snapshot_file_tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_file_round_trips_and_a_torn_one_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(read_snapshot_file(dir.path()).expect("read").is_none(), "no file yet");
+        write_snapshot_file(dir.path(), b"{meta}", b"the state", true).expect("write");
+        write_snapshot_file(dir.path(), b"{newer}", b"the newer state", true).expect("rewrite");
+        let (meta, data) = read_snapshot_file(dir.path()).expect("read").expect("a snapshot");
+        assert_eq!((meta.as_slice(), data.as_slice()), (&b"{newer}"[..], &b"the newer state"[..]));
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let bytes = std::fs::read(&path).expect("bytes");
+        for cut in [3, 10] {
+            std::fs::write(&path, &bytes[..cut]).expect("cut");
+            assert!(read_snapshot_file(dir.path()).is_err(), "cut at {cut} bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_kept_in_rocksdb_by_an_older_node_is_read_then_replaced_by_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StorageConfig::default();
+        let meta = |index: u64| SnapshotMeta::<NodeId, CorralNode> {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s{index}"),
+        };
+        {
+            let (_log, _machine, _shared) = open_storage(dir.path(), config).expect("open");
+        }
+        {
+            // What a node before the snapshot file wrote.
+            let db = DB::open_cf(&Options::default(), dir.path(), [CF_LOG, CF_META, CF_STATE]).expect("db");
+            let state_cf = db.cf_handle(CF_STATE).expect("state cf");
+            let data = State::default().encode().expect("encode");
+            db.put_cf(state_cf, KEY_SNAPSHOT_META, serde_json::to_vec(&meta(7)).expect("meta")).expect("put");
+            db.put_cf(state_cf, KEY_SNAPSHOT_DATA, data).expect("put");
+        }
+        let (log, mut machine, shared) = open_storage(dir.path(), config).expect("reopen");
+        assert_eq!(shared.read().last_applied.map(|l| l.index), Some(7), "restored from RocksDB");
+        let snapshot = machine.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(7));
+        let built = machine.build_snapshot().await.expect("build");
+        assert!(dir.path().join(SNAPSHOT_FILE).exists(), "written to the file");
+        let SnapshotFile::Rocks { db, .. } = &machine.snapshots else { panic!("a RocksDB store") };
+        let state_cf = cf(db, CF_STATE).expect("state cf");
+        assert!(db.get_cf(state_cf, KEY_SNAPSHOT_DATA).expect("get").is_none(), "the old copy is gone");
+        drop((log, machine, shared, snapshot));
+        let (_log, _machine, shared) = open_storage(dir.path(), config).expect("reopen");
+        assert_eq!(shared.read().last_applied, built.meta.last_log_id, "restored from the file");
     }
 }
