@@ -734,6 +734,29 @@ pub async fn admin_regenerate_token(
     Ok(Json(CreatedRunner { id: runner.id, api_key }))
 }
 
+/// The runners visible to `scope` (an organization; `None`: the operator, every runner),
+/// optionally of one region.
+fn runners_of<'a>(
+    state: &'a ReplicatedState,
+    scope: Option<&'a str>,
+    region_id: Option<&'a str>,
+) -> impl Iterator<Item = &'a Runner> + 'a {
+    state
+        .runners
+        .values()
+        .filter(move |r| scope.is_none_or(|org| r.organization_id == org))
+        .filter(move |r| region_id.is_none_or(|g| r.region_id == g))
+}
+
+/// One runner visible to `scope`, or 404 (another organization's runner is not found either).
+fn runner_of<'a>(state: &'a ReplicatedState, scope: Option<&str>, runner_id: &str) -> Result<&'a Runner, ApiError> {
+    state
+        .runners
+        .get(runner_id)
+        .filter(|r| scope.is_none_or(|org| r.organization_id == org))
+        .ok_or_else(|| ApiError::not_found(format!("runner '{runner_id}' not found")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -762,27 +785,4 @@ mod tests {
         assert_eq!(shape, Some(StatusCode::UNPROCESSABLE_ENTITY), "the wrong shape is 422");
         assert!(scheduling_body(&Bytes::from_static(b"{\"other\":true}")).is_err());
     }
-}
-
-/// The runners visible to `scope` (an organization; `None`: the operator, every runner),
-/// optionally of one region.
-fn runners_of<'a>(
-    state: &'a ReplicatedState,
-    scope: Option<&'a str>,
-    region_id: Option<&'a str>,
-) -> impl Iterator<Item = &'a Runner> + 'a {
-    state
-        .runners
-        .values()
-        .filter(move |r| scope.is_none_or(|org| r.organization_id == org))
-        .filter(move |r| region_id.is_none_or(|g| r.region_id == g))
-}
-
-/// One runner visible to `scope`, or 404 (another organization's runner is not found either).
-fn runner_of<'a>(state: &'a ReplicatedState, scope: Option<&str>, runner_id: &str) -> Result<&'a Runner, ApiError> {
-    state
-        .runners
-        .get(runner_id)
-        .filter(|r| scope.is_none_or(|org| r.organization_id == org))
-        .ok_or_else(|| ApiError::not_found(format!("runner '{runner_id}' not found")))
 }

@@ -5,10 +5,14 @@ On a fresh `corral dev` cluster (fsync on, rate limit off) with N simulated runn
 (loadgen's, over QUIC, reporting every second), three phases:
 
 1. load:   loadgen creates sandboxes with 256 connections for 120 s; the Raft term and the
-           leader are sampled on every node every 0.5 s. Target: no leader change.
+           leader are sampled on every node every 0.5 s. Target: no leader change. Runners
+           marked `unresponsive` meanwhile are counted from the nodes' logs.
 2. kills:  a light load (2 connections) keeps the agents running while the leader is
            SIGKILLed 10 times (`corral dev` restarts it on its data 3 s later); the count of
-           `unresponsive` runners is sampled on the surviving nodes. Target: it stays 0.
+           `unresponsive` runners is sampled on the surviving nodes, and the runners marked
+           `unresponsive` are counted from the nodes' logs (short flaps too). Target: 0.
+           The phase starts once no runner has been `unresponsive` for the silence and 2 s
+           (the runners go silent while the first loadgen hands over to the second).
 3. agents: loadgen (with every agent in it) is SIGKILLed; the time until the leader has
            committed 99 % and 100 % of the runners `unresponsive` is measured (its
            `corral_runner_health_transitions_total`, counted at commit). Target: p99 within 5 s.
@@ -18,6 +22,7 @@ Usage: benches/peers/runner_liveness.py [--runners 10000] [--corral-dir target/r
 """
 
 import argparse
+import calendar
 import http.client
 import json
 import os
@@ -132,6 +137,50 @@ class Sampler(threading.Thread):
             time.sleep(0.5)
 
 
+MARKED = re.compile(rb"runner health changes ready=\d+ unresponsive=(\d+)")
+
+
+def marked_unresponsive(data, since, until):
+    """Runners the leaders marked `unresponsive` between two wall-clock times (epoch seconds),
+    from every node's log: a flap shorter than the sampler's period still counts."""
+    total = 0
+    for node in sorted(os.listdir(data)):
+        path = os.path.join(data, node, "corral.log")
+        if not os.path.exists(path):
+            continue
+        for line in open(path, "rb"):
+            if b"runner health changes" not in line:
+                continue
+            clean = re.sub(rb"\x1b\[[0-9;]*m", b"", line)
+            found = MARKED.search(clean)
+            if not found:
+                continue
+            try:
+                stamp = calendar.timegm(time.strptime(clean[:19].decode(), "%Y-%m-%dT%H:%M:%S"))
+            except ValueError:
+                continue
+            if since <= stamp <= until:
+                total += int(found.group(1))
+    return total
+
+
+def wait_none_unresponsive(admin, settle, seconds=120):
+    """Waits until no node counts a runner `unresponsive` for `settle` seconds in a row (a
+    runner silent while one loadgen handed over to the next is marked, then reports again)."""
+    deadline = time.monotonic() + seconds
+    clear_since = None
+    while time.monotonic() < deadline:
+        bodies = [scrape(addr) for addr in API]
+        if all(b is not None and unresponsive(b) == 0 for b in bodies):
+            clear_since = clear_since or time.monotonic()
+            if time.monotonic() - clear_since >= settle:
+                return
+        else:
+            clear_since = None
+        time.sleep(0.5)
+    raise RuntimeError("runners stayed unresponsive")
+
+
 def start_loadgen(bins, data, args_extra, log):
     _, org_key = open(os.path.join(data, "org-key")).read().split()
     admin = open(os.path.join(data, "admin-key")).read().strip()
@@ -188,7 +237,9 @@ def main():
                 wait_runners_ready(load_log_path)
                 sampler = Sampler(admin)
                 sampler.start()
+                load_began = time.time()
                 loadgen.wait()
+                load_ended = time.time()
                 sampler.stop = True
                 sampler.join()
             text = open(load_log_path).read()
@@ -197,6 +248,7 @@ def main():
                 "leader_changes": max(0, len(sampler.leaders) - 1),
                 "leaders": sorted(sampler.leaders),
                 "max_unresponsive": sampler.max_unresponsive,
+                "marked_unresponsive": marked_unresponsive(data, load_began, load_ended),
                 "samples": sampler.samples,
                 "counters": sampler.counters,
                 "loadgen": text.strip().splitlines()[-6:],
@@ -210,11 +262,13 @@ def main():
             keep = start_loadgen(args.corral_dir, data, [
                 "--runners", str(args.runners), "--connections", "2", "--duration", "600"], keep_log)
             wait_runners_ready(keep_log_path)
-            time.sleep(3)
+            silence_s = int(args.runner_silence_ms or 10_000) / 1000
+            wait_none_unresponsive(admin, settle=silence_s + 2)
 
         if "kills" in phases:
             sampler = Sampler(admin)
             sampler.start()
+            kills_began = time.time()
             kills = []
             for _ in range(10):
                 leader = leader_of(admin)
@@ -228,6 +282,7 @@ def main():
             sampler.stop = True
             sampler.join()
             result["kills"] = {"killed": kills, "max_unresponsive": sampler.max_unresponsive,
+                               "marked_unresponsive": marked_unresponsive(data, kills_began, time.time()),
                                "samples": sampler.samples, "counters": sampler.counters}
             print(json.dumps({"kills": result["kills"]}), flush=True)
 

@@ -114,10 +114,23 @@ impl HealthTable {
 /// Runners to move to `ready` (they report) and to `unresponsive` (silent for longer than
 /// `silence`, counted from no earlier than `watching_since`).
 ///
-/// `relays_lost_at` holds, per node, when this node saw it stop relaying (gossip found it
-/// suspect or down). A runner whose last report came through such a node lost its session
-/// with it, not necessarily its health: its silence counts from that moment, so it has the
-/// whole `silence` to reconnect elsewhere (a node killed, a leader failover).
+/// `relays_lost_at` holds, per node, from when the runners of a node this node saw stop
+/// relaying (gossip found it suspect or down) are taken to look for another node (the caller
+/// adds the time an agent waits on a silent node). A runner whose last report came through
+/// such a node lost its session with it, not necessarily its health: its silence counts from
+/// that moment, so it has the whole `silence` to reconnect elsewhere (a node killed, a leader
+/// failover).
+///
+/// `relays_delivered_at` holds, per node that relays now, when its latest gossip batch
+/// arrived here (a relay sends one every flush interval, empty when its runners sent nothing).
+/// A relay's batches carry what its runners sent before it, so a runner's silence is measured
+/// on that relay's clock: up to its latest batch, not up to `now`. A relay that is slow or
+/// starved (a node busy encoding a snapshot, a saturated link) delays its runners' reports
+/// and its own batches alike, so its runners do not look silent for its delay; a runner that
+/// died goes on looking older with every batch its live relay sends. The relay's delay
+/// forgiven is at most `silence`: a relay that delivers nothing at all while gossip still
+/// counts it alive does not hide its runners' silence for longer. Nodes not in the map
+/// (this node itself, a relay lost, one never heard) are measured up to `now`.
 pub fn health_verdict(
     state: &State,
     health: &HealthTable,
@@ -125,7 +138,14 @@ pub fn health_verdict(
     silence: Duration,
     watching_since: Instant,
     relays_lost_at: &HashMap<u64, Instant>,
+    relays_delivered_at: &HashMap<u64, Instant>,
 ) -> (Vec<String>, Vec<String>) {
+    let relay_clock = |node: u64| {
+        relays_delivered_at.get(&node).map_or(now, |delivered| {
+            let earliest = now.checked_sub(silence).unwrap_or(*delivered);
+            (*delivered).max(earliest).min(now)
+        })
+    };
     let mut reporting = Vec::new();
     let mut silent = Vec::new();
     for runner in state.runners.values() {
@@ -138,7 +158,8 @@ pub fn health_verdict(
             RunnerState::Ready => {
                 let since = last_seen.map_or(watching_since, |seen| seen.max(watching_since));
                 let since = relay_lost.map_or(since, |lost| since.max(lost));
-                if now.saturating_duration_since(since) > silence {
+                let clock = entry.map_or(now, |e| relay_clock(e.report.via_node));
+                if clock.saturating_duration_since(since) > silence {
                     silent.push(runner.id.clone());
                 }
             }
@@ -211,6 +232,18 @@ mod tests {
         }
     }
 
+    fn report_via(id: &str, seq: u64, via_node: u64) -> HealthReport {
+        HealthReport { via_node, ..report(id, seq) }
+    }
+
+    fn ready_runners(ids: &[&str]) -> State {
+        let mut state = State::default();
+        for id in ids {
+            state.runners.insert((*id).into(), runner(id, RunnerState::Ready));
+        }
+        state
+    }
+
     #[test]
     fn newest_sequence_wins_whatever_the_arrival_order() {
         let now = Instant::now();
@@ -259,12 +292,20 @@ mod tests {
         table.merge(report("off", 1), start + Duration::from_secs(15));
 
         let now = start + Duration::from_secs(16);
-        let (reporting, silent) = health_verdict(&state, &table, now, silence, start, &HashMap::new());
+        let (reporting, silent) = health_verdict(&state, &table, now, silence, start, &HashMap::new(), &HashMap::new());
         assert_eq!(reporting, vec!["back".to_string()], "`new` reported, but 16 s ago");
         assert_eq!(silent, vec!["quiet".to_string()]);
 
         // A leader that started watching 5 s ago gives every runner the full silence first.
-        let (_, silent) = health_verdict(&state, &table, now, silence, now - Duration::from_secs(5), &HashMap::new());
+        let (_, silent) = health_verdict(
+            &state,
+            &table,
+            now,
+            silence,
+            now - Duration::from_secs(5),
+            &HashMap::new(),
+            &HashMap::new(),
+        );
         assert!(silent.is_empty());
     }
 
@@ -275,11 +316,11 @@ mod tests {
         state.runners.insert("mute".into(), runner("mute", RunnerState::Ready));
         let table = HealthTable::default();
         let silence = Duration::from_secs(10);
-        let (_, silent) =
-            health_verdict(&state, &table, start + Duration::from_secs(9), silence, start, &HashMap::new());
-        assert!(silent.is_empty());
-        let (_, silent) =
-            health_verdict(&state, &table, start + Duration::from_secs(11), silence, start, &HashMap::new());
+        let none = HashMap::new();
+        let silent_at =
+            |secs| health_verdict(&state, &table, start + Duration::from_secs(secs), silence, start, &none, &none).1;
+        assert!(silent_at(9).is_empty());
+        let silent = silent_at(11);
         assert_eq!(silent, vec!["mute".to_string()]);
     }
 
@@ -287,26 +328,49 @@ mod tests {
     fn a_runner_whose_relay_node_died_gets_the_whole_silence_to_reconnect() {
         let start = Instant::now();
         let silence = Duration::from_secs(10);
-        let mut state = State::default();
-        for id in ["via-dead", "via-live"] {
-            state.runners.insert(id.into(), runner(id, RunnerState::Ready));
-        }
+        let state = ready_runners(&["via-dead", "via-live"]);
         let mut table = HealthTable::default();
-        let mut dead_relay = report("via-dead", 1);
-        dead_relay.via_node = 3;
-        table.merge(dead_relay, start);
+        table.merge(report_via("via-dead", 1, 3), start);
         table.merge(report("via-live", 1), start);
         // Node 3 was seen down 4 s after the last reports; at 12 s only the runner that still
         // had a live relay and went quiet is demoted; at 15 s, the other one too.
         let lost = HashMap::from([(3, start + Duration::from_secs(4))]);
-        let (_, silent) = health_verdict(&state, &table, start + Duration::from_secs(12), silence, start, &lost);
+        let (_, silent) =
+            health_verdict(&state, &table, start + Duration::from_secs(12), silence, start, &lost, &HashMap::new());
         assert_eq!(silent, vec!["via-live".to_string()]);
-        let (_, mut silent) = health_verdict(&state, &table, start + Duration::from_secs(15), silence, start, &lost);
+        let (_, mut silent) =
+            health_verdict(&state, &table, start + Duration::from_secs(15), silence, start, &lost, &HashMap::new());
         silent.sort();
         assert_eq!(silent, vec!["via-dead".to_string(), "via-live".to_string()]);
         // A relay lost before the runner's last report changes nothing.
         let early = HashMap::from([(3, start - Duration::from_secs(1))]);
-        let (_, silent) = health_verdict(&state, &table, start + Duration::from_secs(12), silence, start, &early);
+        let (_, silent) =
+            health_verdict(&state, &table, start + Duration::from_secs(12), silence, start, &early, &HashMap::new());
         assert_eq!(silent.len(), 2);
+    }
+
+    #[test]
+    fn a_runner_is_silent_on_its_relays_clock_up_to_the_silence() {
+        let start = Instant::now();
+        let s = Duration::from_secs;
+        let silence = s(4);
+        let state = ready_runners(&["via-slow", "via-live"]);
+        let mut table = HealthTable::default();
+        table.merge(report_via("via-slow", 1, 2), start);
+        table.merge(report_via("via-live", 1, 3), start);
+        let none = HashMap::new();
+        // Node 2 last delivered a batch at 1 s (it stalled), node 3 at 5.9 s (its runner died).
+        let delivered = HashMap::from([(2, start + s(1)), (3, start + s(5) + Duration::from_millis(900))]);
+        let (_, silent) = health_verdict(&state, &table, start + s(6), silence, start, &none, &delivered);
+        assert_eq!(silent, vec!["via-live".to_string()], "node 2's own delay is not its runner's silence");
+        // A relay that delivers nothing hides its runners' silence for `silence` at most.
+        let (_, silent) =
+            health_verdict(&state, &table, start + s(8) + Duration::from_millis(1), silence, start, &none, &delivered);
+        assert_eq!(silent.len(), 2);
+        // Reports that arrive with the stalled relay's next batch restart the count.
+        table.merge(report_via("via-slow", 2, 2), start + s(7));
+        let delivered = HashMap::from([(2, start + s(7)), (3, start + s(7))]);
+        let (_, silent) = health_verdict(&state, &table, start + s(7), silence, start, &none, &delivered);
+        assert_eq!(silent, vec!["via-live".to_string()]);
     }
 }

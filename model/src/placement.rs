@@ -604,6 +604,8 @@ mod tests {
             const ZONES: [&str; 3] = ["a", "b", "c"];
             const DISKS: [&str; 3] = ["ssd", "hdd", "nvme"];
             let mut index = RegionPlacementIndex::default();
+            // id, tags, capacity, allocated, sandboxes, max sandboxes
+            #[allow(clippy::type_complexity)]
             let mut brute: Vec<(String, BTreeMap<String, String>, Resources, Resources, u64, Option<u64>)> = Vec::new();
             for (i, (cpu, zone, disk, max)) in fleet.iter().enumerate() {
                 let id = format!("r{i}");

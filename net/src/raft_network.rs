@@ -100,20 +100,6 @@ pub fn entries_that_fit(entries: usize, bytes: usize, budget: usize) -> Option<u
     Some(fitting.max(1))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::entries_that_fit;
-
-    #[test]
-    fn a_message_over_the_budget_asks_for_as_many_entries_as_fit() {
-        assert_eq!(entries_that_fit(1_000, 100, 8), Some(80));
-        assert_eq!(entries_that_fit(10, 5_000, 10_000), None);
-        assert_eq!(entries_that_fit(64, 64 << 20, 8 << 20), Some(8));
-        assert_eq!(entries_that_fit(3, 30 << 20, 8 << 20), Some(1), "never fewer than one");
-        assert_eq!(entries_that_fit(1, 30 << 20, 8 << 20), None, "one entry is sent whole");
-    }
-}
-
 /// How long openraft waits before it retries a follower after an error.
 const REPLICATION_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -175,5 +161,19 @@ impl RaftNetwork<TypeConfig> for GrpcPeer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, CorralNode, RaftError<NodeId>>> {
         self.raft_call(Method::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entries_that_fit;
+
+    #[test]
+    fn a_message_over_the_budget_asks_for_as_many_entries_as_fit() {
+        assert_eq!(entries_that_fit(1_000, 100, 8), Some(80));
+        assert_eq!(entries_that_fit(10, 5_000, 10_000), None);
+        assert_eq!(entries_that_fit(64, 64 << 20, 8 << 20), Some(8));
+        assert_eq!(entries_that_fit(3, 30 << 20, 8 << 20), Some(1), "never fewer than one");
+        assert_eq!(entries_that_fit(1, 30 << 20, 8 << 20), None, "one entry is sent whole");
     }
 }

@@ -194,9 +194,9 @@ mod tests {
         assert_eq!(short.call(1).await, Err(CoalesceError::Stopped));
     }
 
-    async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+    async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
     where
-        F: Send + 'static,
+        F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let handles: Vec<_> = futures.map(tokio::spawn).collect();

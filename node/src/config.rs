@@ -17,11 +17,12 @@ use serde::Deserialize;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 
 /// A ready runner silent this long is marked `unresponsive`. Silence counts from the latest of
-/// the runner's last report, the leader's election and the moment its relay node was seen
-/// down, and an agent leaves a silent node after 2.5 s (its QUIC idle timeout), so neither a
-/// failover nor a dead node marks a healthy fleet. 4 s was tried (a dead agent noticed in
-/// about 4.5 s) and flapped up to 1,839 of 10,000 simulated runners on the saturated 2-core
-/// machine (256 connections creating sandboxes): report relays lag by seconds there.
+/// the runner's last report, the leader's election and 2.5 s (the agent's QUIC idle timeout,
+/// after which it leaves a silent node) after its relay node was seen down, and it is measured
+/// on the relay's clock, so neither a failover nor a dead or lagging node marks a healthy fleet. 4 s was tried (a dead agent noticed in
+/// 4.2–4.7 s, 10 leader kills with no runner marked) and flapped 700–1,200 of 10,000
+/// simulated runners on the saturated 2-core machine (256 connections creating sandboxes):
+/// a node building a 158 MB snapshot stopped serving one runner connection for over 2 s.
 pub const DEFAULT_RUNNER_SILENCE_MS: u64 = 10_000;
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1_000;
 

@@ -3,12 +3,15 @@
 //! committed through the node's handle. Silence is measured from the later of the runner's
 //! last report seen here and the moment this node started watching (became leader), so a new
 //! leader whose table is still filling does not demote a healthy fleet, and from the moment
-//! this node saw the node a runner reported through stop relaying (gossip: suspect or down),
-//! so a runner whose node died has the whole silence to reconnect elsewhere, even when that
+//! this node saw the node a runner reported through stop relaying (gossip: suspect or down)
+//! plus the agent's idle timeout, so a runner whose node died has the whole silence to
+//! reconnect elsewhere once its agent gives that node up, even when that
 //! node is back a moment later (its sessions died with it all the same). A monitor round
 //! that comes far later than its interval means this node was stalled (paused, starved): its
-//! table may miss what arrived meanwhile, so silence counts afresh. On every node it also
-//! drops health entries of deleted runners.
+//! table may miss what arrived meanwhile, so silence counts afresh. Silence is measured up to
+//! the arrival of the relay's latest gossip batch rather than up to now (for at most the
+//! silence itself), so a relay that is starved or behind does not pass its own delay off as
+//! its runners' silence. On every node it also drops health entries of deleted runners.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -39,9 +42,11 @@ const MAX_RUNNERS_PER_ENTRY: usize = 5_000;
 pub struct HealthWatch {
     /// Since when this node leads (silence counts from no earlier).
     leading_since: Option<Instant>,
-    /// Node id → when this node last saw it stop being alive (its runner sessions died then).
-    /// Kept after the node is back: a runner whose last report came through it before that
-    /// moment still lost its session, however quickly the node restarted.
+    /// Node id → when the runners of that node start looking for another one: the moment
+    /// this node saw it stop being alive (its runner sessions died then) plus the time an agent
+    /// takes to give a silent node up ([`AGENT_LEAVES_SILENT_NODE_AFTER`]). Kept after the node
+    /// is back: a runner whose last report came through it before that moment still lost its
+    /// session, however quickly the node restarted.
     relays_lost_at: HashMap<u64, Instant>,
     /// Nodes not alive at the last round.
     relays_down: HashSet<u64>,
@@ -49,12 +54,16 @@ pub struct HealthWatch {
 
 impl HealthWatch {
     /// One round at `now`. `relays` is every node gossip knows, with whether it is alive;
-    /// `leads` whether this node leads (and is not fenced). Returns the health entries to
-    /// commit: none unless this node leads, `silence` is set and some runner changes.
+    /// `delivered` when each peer's latest gossip batch arrived here (a runner's silence is
+    /// measured on its relay's clock, see [`health_verdict`]); `leads` whether this node leads
+    /// (and is not fenced). Returns the health entries to commit: none unless this node leads,
+    /// `silence` is set and some runner changes.
+    #[allow(clippy::too_many_arguments)]
     pub fn round(
         &mut self,
         now: Instant,
         relays: impl IntoIterator<Item = (u64, bool)>,
+        delivered: &HashMap<u64, Instant>,
         leads: bool,
         silence: Option<Duration>,
         state: &State,
@@ -67,7 +76,11 @@ impl HealthWatch {
         }
         let since = *self.leading_since.get_or_insert(now);
         let Some(silence) = silence else { return Vec::new() };
-        let (reporting, silent) = health_verdict(state, table, now, silence, since, &self.relays_lost_at);
+        // A relay that is down now is measured up to `now`: its loss already gives its runners
+        // the silence to reconnect elsewhere.
+        let delivered: HashMap<u64, Instant> =
+            delivered.iter().filter(|(node, _)| !self.relays_down.contains(node)).map(|(n, at)| (*n, *at)).collect();
+        let (reporting, silent) = health_verdict(state, table, now, silence, since, &self.relays_lost_at, &delivered);
         let reporting = reporting
             .chunks(MAX_RUNNERS_PER_ENTRY)
             .map(|chunk| Command::RecordRunnerHealth { reporting: chunk.to_vec(), silent: Vec::new() });
@@ -87,7 +100,7 @@ impl HealthWatch {
             if alive {
                 self.relays_down.remove(&node_id);
             } else if self.relays_down.insert(node_id) {
-                self.relays_lost_at.insert(node_id, now);
+                self.relays_lost_at.insert(node_id, now + AGENT_LEAVES_SILENT_NODE_AFTER);
             }
         }
     }
@@ -99,6 +112,13 @@ impl HealthWatch {
         self.leading_since = None;
     }
 }
+
+/// How long a runner agent waits on a silent node before it dials another (its QUIC idle
+/// timeout): a runner whose node was lost has the whole silence from then on to report
+/// through another node. Measured in the 10-leader-kill run (`benches/peers/runner_liveness.py`)
+/// at a 4 s silence: counting from the loss itself left 1.5 s for 3,333 sessions to
+/// reconnect and report, and 163 runners missed it.
+pub const AGENT_LEAVES_SILENT_NODE_AFTER: Duration = crate::runner_agent::endpoints::NODE_SILENCE;
 
 /// A round this much later than its interval means the node was stalled.
 pub const STALL_AFTER_INTERVALS: u32 = 4;
@@ -144,7 +164,16 @@ pub async fn run_monitor(
         let commands = {
             let machine = cluster.shared.read();
             let table = health.read();
-            watch.round(Instant::now(), relays, cluster.leader.leads(), config.silence, &machine.state, &table)
+            let delivered = cluster.gossip.batches_arrived();
+            watch.round(
+                Instant::now(),
+                relays,
+                &delivered,
+                cluster.leader.leads(),
+                config.silence,
+                &machine.state,
+                &table,
+            )
         };
         if commands.is_empty() {
             continue;
@@ -232,41 +261,60 @@ mod tests {
         let silence = Some(Duration::from_secs(3));
         let t0 = Instant::now();
         let s = Duration::from_secs;
+        let none = HashMap::new();
         let mut table = HealthTable::default();
         table.merge(report(1, 2), t0);
         let mut watch = HealthWatch::default();
         // A follower proposes nothing, however long the silence.
-        assert!(watch.round(t0 + s(10), [(2, true)], false, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(10), [(2, true)], &none, false, silence, &state, &table).is_empty());
         // Leading from t0 + 10 s: silence counts from then.
-        assert!(watch.round(t0 + s(10), [(2, true)], true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(10), [(2, true)], &none, true, silence, &state, &table).is_empty());
         // Node 2, which relayed the last report, is lost at t0 + 12 s: the runner gets 3 s from
-        // there, not from its last report or the start of leadership.
-        assert!(watch.round(t0 + s(12), [(2, false)], true, silence, &state, &table).is_empty());
-        assert!(watch.round(t0 + s(14), [(2, false)], true, silence, &state, &table).is_empty());
-        let commands = watch.round(t0 + s(16), [(2, false)], true, silence, &state, &table);
+        // there (once its agent has given node 2 up), not from its last report or the start
+        // of leadership.
+        let leave = AGENT_LEAVES_SILENT_NODE_AFTER;
+        let ms = Duration::from_millis;
+        assert!(watch.round(t0 + s(12), [(2, false)], &none, true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(15), [(2, false)], &none, true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(15) + leave, [(2, false)], &none, true, silence, &state, &table).is_empty());
+        let commands = watch.round(t0 + s(15) + leave + ms(1), [(2, false)], &none, true, silence, &state, &table);
         assert_eq!(commands.len(), 1);
         assert_eq!(moved_runners(&commands[0]), (&[][..], &["r1".to_string()][..]));
         // Node 2 back at once (a quick restart): the runner's session died with it all the
         // same, so its silence still counts from the loss.
         let mut watch = HealthWatch::default();
-        assert!(watch.round(t0 + s(10), [(2, true)], true, silence, &state, &table).is_empty());
-        assert!(watch.round(t0 + s(12), [(2, false)], true, silence, &state, &table).is_empty());
-        assert!(watch.round(t0 + s(13), [(2, true)], true, silence, &state, &table).is_empty());
-        assert!(watch.round(t0 + s(14), [(2, true)], true, silence, &state, &table).is_empty());
-        assert_eq!(watch.round(t0 + s(16), [(2, true)], true, silence, &state, &table).len(), 1);
+        assert!(watch.round(t0 + s(10), [(2, true)], &none, true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(12), [(2, false)], &none, true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(13), [(2, true)], &none, true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(14), [(2, true)], &none, true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(16), [(2, true)], &none, true, silence, &state, &table).is_empty());
+        assert_eq!(watch.round(t0 + s(15) + leave + ms(1), [(2, true)], &none, true, silence, &state, &table).len(), 1);
         // A report through the restarted node after its loss counts as usual.
         table.merge(report(2, 2), t0 + s(15));
-        assert!(watch.round(t0 + s(16), [(2, true)], true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(16), [(2, true)], &none, true, silence, &state, &table).is_empty());
         // A stalled leader watches afresh: a runner silent only while it stalled keeps its place.
         let mut table = HealthTable::default();
         table.merge(report(1, 2), t0);
         let mut watch = HealthWatch::default();
-        assert!(watch.round(t0 + s(10), [(2, true)], true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(10), [(2, true)], &none, true, silence, &state, &table).is_empty());
         watch.stalled();
-        assert!(watch.round(t0 + s(14), [(2, true)], true, silence, &state, &table).is_empty());
-        assert!(watch.round(t0 + s(16), [(2, true)], true, silence, &state, &table).is_empty());
-        assert_eq!(watch.round(t0 + s(18), [(2, true)], true, silence, &state, &table).len(), 1);
+        assert!(watch.round(t0 + s(14), [(2, true)], &none, true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(16), [(2, true)], &none, true, silence, &state, &table).is_empty());
+        assert_eq!(watch.round(t0 + s(18), [(2, true)], &none, true, silence, &state, &table).len(), 1);
         // No silence configured: the monitor is off.
-        assert!(watch.round(t0 + s(16), [(2, false)], true, None, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(16), [(2, false)], &none, true, None, &state, &table).is_empty());
+        // A relay whose batches stopped arriving (alive by gossip) hides its runners' silence
+        // for the silence at most...
+        let stale = HashMap::from([(2, t0 + s(1))]);
+        let mut watch = HealthWatch::default();
+        assert!(watch.round(t0 + s(10), [(2, true)], &stale, true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(16), [(2, true)], &stale, true, silence, &state, &table).is_empty());
+        assert_eq!(watch.round(t0 + s(17), [(2, true)], &stale, true, silence, &state, &table).len(), 1);
+        // ... and once it is down, its runners are measured up to now, from the loss.
+        let mut watch = HealthWatch::default();
+        assert!(watch.round(t0 + s(10), [(2, true)], &stale, true, silence, &state, &table).is_empty());
+        assert!(watch.round(t0 + s(11), [(2, false)], &stale, true, silence, &state, &table).is_empty());
+        let later = t0 + s(14) + leave + ms(1);
+        assert_eq!(watch.round(later, [(2, false)], &stale, true, silence, &state, &table).len(), 1);
     }
 }

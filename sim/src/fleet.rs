@@ -57,6 +57,13 @@ impl NodeHealth {
         self.heard.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, now);
     }
 
+    /// When each peer's latest gossip arrived here (a runner's silence is measured on its
+    /// relay's clock, as in `corral serve`).
+    fn delivered(&self) -> std::collections::HashMap<u64, std::time::Instant> {
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.iter().map(|(id, at)| (*id, at.into_std())).collect()
+    }
+
     /// Every node this one knows, with whether gossip counts it alive now.
     fn relays(&self, own: NodeId, now: Instant) -> Vec<(u64, bool)> {
         let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
@@ -117,7 +124,8 @@ pub async fn monitor(id: NodeId, fabric: Fabric, world: World, mut stop: watch::
             let machine = node.shared.read();
             let table = node.health.table.read();
             let relays = node.health.relays(id, now);
-            watch.round(now.into_std(), relays, node.leader.leads(), Some(SILENCE), &machine.state, &table)
+            let delivered = node.health.delivered();
+            watch.round(now.into_std(), relays, &delivered, node.leader.leads(), Some(SILENCE), &machine.state, &table)
         };
         for command in commands {
             let (ready, silent) = moved_runners(&command);

@@ -120,6 +120,9 @@ fn print_one(report: &SeedReport) {
     println!("  trace {} ({} events)", report.trace_hash, report.events);
 }
 
+/// A seed's report, and its trace hash's second run when `--double-run` asked for one.
+type SeedOutcome = (SeedReport, Option<String>);
+
 fn main() {
     let args = Args::parse();
     let bug = match switch_on(args.bug.as_deref()) {
@@ -153,7 +156,7 @@ fn main() {
     };
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(range.start));
-    let results: Arc<Mutex<Vec<(SeedReport, Option<String>)>>> = Arc::default();
+    let results: Arc<Mutex<Vec<SeedOutcome>>> = Arc::default();
     let threads: Vec<_> = (0..args.threads.max(1))
         .map(|_| {
             let (next, results, options) = (next.clone(), results.clone(), options.clone());

@@ -243,6 +243,8 @@ pub struct SimPeer {
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, CorralNode, RaftError<NodeId, E>>>;
 
 impl SimPeer {
+    // openraft's `RaftNetwork` methods return its `RPCError` unboxed; this builds that value.
+    #[allow(clippy::result_large_err)]
     fn answer<T, E: std::error::Error>(&self, reply: Result<Result<T, RaftError<NodeId, E>>, Lost>) -> RpcResult<T, E> {
         match reply {
             Err(lost) => Err(RPCError::Unreachable(Unreachable::new(&lost))),

@@ -58,7 +58,7 @@ impl LogImage {
             Unsynced::Append(entries) => {
                 // A purge (durable at once) may have overtaken an append still unsynced.
                 let purged = self.last_purged.map(|p| p.index);
-                for e in entries.iter().filter(|e| purged.map_or(true, |p| e.log_id.index > p)) {
+                for e in entries.iter().filter(|e| purged.is_none_or(|p| e.log_id.index > p)) {
                     self.entries.insert(e.log_id.index, e.clone());
                 }
             }

@@ -385,6 +385,9 @@ impl Drop for EncodingFlag {
     }
 }
 
+/// A snapshot as stored: its meta and the encoded state.
+type StoredSnapshot = (SnapshotMeta<NodeId, CorralNode>, Vec<u8>);
+
 /// Where the state machine keeps its latest snapshot: the `state` column family, or the
 /// simulated disk of [`crate::memory`].
 #[derive(Clone)]
@@ -416,7 +419,7 @@ impl SnapshotFile {
         Ok(())
     }
 
-    fn load(&self) -> RaftResult<Option<(SnapshotMeta<NodeId, CorralNode>, Vec<u8>)>> {
+    fn load(&self) -> RaftResult<Option<StoredSnapshot>> {
         let db = match self {
             SnapshotFile::Rocks { db, .. } => db,
             SnapshotFile::Memory(disk) => return Ok(disk.snapshot()),

@@ -3,7 +3,12 @@
 //! flusher that pushes the reports this node's own runners sent to every peer each
 //! [`GossipConfig::flush_interval`](super::GossipConfig::flush_interval); the anti-entropy pass
 //! that pushes the whole health table on a link's (re)connect and each full-sync interval; and
-//! the merge of what peers send into the health table, with the report-delay metric. The peer
+//! the merge of what peers send into the health table, with the report-delay metric, and the
+//! arrival time of each peer's latest batch. A node sends a batch every flush interval, empty
+//! when its runners sent nothing: a relay's batches carry what its runners sent before them,
+//! so the leader measures a runner's silence up to its relay's latest batch, and a relay that
+//! is starved or behind does not make its runners look silent (see
+//! `corral_model::health::health_verdict`). The peer
 //! links decide when and on which connection; this file decides what the bytes are.
 
 use std::net::SocketAddr;
@@ -67,13 +72,19 @@ impl Gossip {
             }
         }
         drop(table);
+        // After the merge: what the batch carried is in the table before its time counts.
+        self.inner.batches_arrived.lock().unwrap_or_else(|p| p.into_inner()).insert(batch.from_node, now);
         metrics::counter!("corral_gossip_reports_merged_total").increment(merged);
         tracing::trace!(from = batch.from_node, merged, "health batch");
     }
 
+    /// The batches that carry `reports`; one empty batch when there are none.
     fn encode_batches(&self, reports: &[HealthReport]) -> Vec<Bytes> {
-        reports
-            .chunks(BATCH_REPORTS)
+        let empty: &[HealthReport] = &[];
+        let chunks: Vec<&[HealthReport]> =
+            if reports.is_empty() { vec![empty] } else { reports.chunks(BATCH_REPORTS).collect() };
+        chunks
+            .into_iter()
             .filter_map(|chunk| {
                 let batch = HealthBatch { from_node: self.inner.config.node_id, reports: chunk.to_vec() };
                 postcard::to_allocvec(&batch).ok().map(Bytes::from)
@@ -89,10 +100,9 @@ impl Gossip {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+            // Sent even when empty: the batch tells each peer that this node relays, and up to
+            // when it has passed on what its runners sent.
             let reports = std::mem::take(&mut *self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner()));
-            if reports.is_empty() {
-                continue;
-            }
             let batches = self.encode_batches(&reports);
             let peers: Vec<SocketAddr> =
                 self.inner.peers.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, a)| *a).collect();

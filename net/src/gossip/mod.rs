@@ -10,7 +10,9 @@
 //! **Runner health.** A report is a last-writer-wins register per runner, versioned by the
 //! runner's sequence number ([`corral_model::health::HealthTable`]). The node a runner
 //! reports to pushes the reports it received to every peer every [`GossipConfig::flush_interval`]
-//! (one uni stream per batch, postcard); each peer link also pushes its whole table when it
+//! (one uni stream per batch, postcard; an empty batch when there are none, so that each peer
+//! knows up to when this node has passed on its runners' reports: [`Gossip::batches_arrived`]);
+//! each peer link also pushes its whole table when it
 //! (re)connects and every [`GossipConfig::full_sync_interval`] (anti-entropy), so a node that
 //! was partitioned or restarted converges. With 3–7 nodes a direct push to every peer is both
 //! the fastest and the cheapest fan-out; relaying is left to the anti-entropy pass.
@@ -31,7 +33,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use corral_model::health::{HealthReport, SharedHealth};
 use quinn::{Connection, Endpoint};
@@ -116,6 +118,8 @@ struct Inner {
     members: watch::Sender<Vec<GossipMember>>,
     /// Peers from the Raft membership (node id, address), this node excluded.
     peers: Mutex<Vec<(u64, SocketAddr)>>,
+    /// Node id → when its latest health batch arrived here.
+    batches_arrived: Mutex<HashMap<u64, Instant>>,
 }
 
 /// Handle to the node's gossip.
@@ -145,6 +149,7 @@ impl Gossip {
                 outbox: Mutex::new(Vec::new()),
                 members,
                 peers: Mutex::new(Vec::new()),
+                batches_arrived: Mutex::new(HashMap::new()),
             }),
         };
         tokio::spawn(gossip.clone().run_foca(foca_rx, stop.clone()));
@@ -174,6 +179,12 @@ impl Gossip {
         }
         all.sort_by_key(|m| m.node_id);
         all
+    }
+
+    /// When each peer's latest health batch arrived here (peers send one every flush
+    /// interval, empty when their runners sent nothing).
+    pub fn batches_arrived(&self) -> HashMap<u64, Instant> {
+        self.inner.batches_arrived.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Sets the peers to gossip with (from the Raft membership); links to removed peers close.

@@ -25,9 +25,10 @@ pub struct NodeLink {
 
 /// A node silent this long is taken for gone (QUIC's idle timeout; keep-alives go every
 /// quarter of it) and the agent moves to the next endpoint. It must be well under the
-/// cluster's `runner_silence_ms` (10 s by default), which counts from when the cluster saw the
-/// node go, so that a runner whose node died reconnects before it is marked `unresponsive`.
-const NODE_SILENCE: Duration = Duration::from_millis(2_500);
+/// cluster's `runner_silence_ms`; the leader's health monitor counts a runner's silence from
+/// this long after it saw the runner's node go (`health_monitor::HealthWatch`), so that a
+/// runner whose node died has the whole silence to reconnect elsewhere.
+pub(crate) const NODE_SILENCE: Duration = Duration::from_millis(2_500);
 
 impl NodeLink {
     /// Dials `endpoints` presenting the runner certificate in `tls`.

@@ -29,7 +29,7 @@ use clap::Args;
 use corral_net::tls::ClusterTls;
 use tokio::sync::watch;
 
-mod endpoints;
+pub(crate) mod endpoints;
 mod session;
 mod usage;
 

@@ -109,7 +109,7 @@ async fn session_once(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if reports_sent % CAPACITY_RESEND_REPORTS == 0 {
+                if reports_sent.is_multiple_of(CAPACITY_RESEND_REPORTS) {
                     let capacity = probe.capacity();
                     if write_frame(&mut send, &AgentMessage::Capacity(capacity)).await.is_err() {
                         return Ok(SessionEnd::Lost);

@@ -112,7 +112,10 @@ fn filesystem_bytes(path: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialized `stat`.
     let stat = unsafe { stat.assume_init() };
-    Some(u64::from(stat.f_blocks).saturating_mul(stat.f_frsize))
+    // `fsblkcnt_t` is u64 on 64-bit Linux but 32 bits on some targets.
+    #[allow(clippy::useless_conversion)]
+    let blocks = u64::from(stat.f_blocks);
+    Some(blocks.saturating_mul(stat.f_frsize))
 }
 
 /// Total bytes of the filesystem mounted at the longest mount point that holds `path` (when
