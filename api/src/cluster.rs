@@ -56,13 +56,25 @@ pub struct ClusterStatus {
     pub purged_index: Option<u64>,
     pub snapshots_built: u64,
     pub snapshots_installed: u64,
-    /// SHA-256 of the canonical encoding of the replicated state (see `State::hash`).
-    pub state_hash: String,
     pub members: Vec<MemberStatus>,
     /// Liveness of every node as this node's gossip (SWIM) sees it.
     pub gossip: Vec<GossipMemberStatus>,
     /// Runners this node holds a health report for.
     pub runners_reporting: u64,
+}
+
+/// A digest of this node's replica, as `GET /api/admin/cluster/hash` reports it: replicas
+/// that have applied the same index must have the same hash. Computing it reads the whole
+/// state (a second or more with a million objects), so it is its own call, never part of the
+/// status that dashboards and scripts poll.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StateHash {
+    pub node_id: u64,
+    /// The last log index applied to the state the hash covers.
+    pub applied_index: Option<u64>,
+    /// SHA-256 of the canonical encoding of the replicated state (see `State::hash`).
+    pub state_hash: String,
 }
 
 /// One node as gossip sees it.
@@ -116,6 +128,10 @@ pub trait ClusterHandle: Send + Sync + 'static {
     /// This node's table of the latest health report per runner (soft state from gossip).
     fn health(&self) -> &SharedHealth;
 
-    /// This node's view of the cluster.
+    /// This node's view of the cluster (cheap: no pass over the state).
     async fn status(&self) -> ClusterStatus;
+
+    /// The hash of this node's replica and the index it covers, computed off the async
+    /// runtime (it reads the whole state).
+    async fn state_hash(&self) -> Result<StateHash, ClusterError>;
 }

@@ -53,6 +53,7 @@ use corral_model::{Command, Millis, Outcome, Proposal};
 
 pub use cluster::{
     ClusterError, ClusterHandle, ClusterStatus, GossipMemberStatus, MemberChange, MemberStatus, ReadConsistency,
+    StateHash,
 };
 pub use error::{ApiError, ErrorBody};
 use idempotency::Idempotency;
@@ -194,6 +195,7 @@ pub fn router_for(state: AppState) -> Router {
         .merge(openapi::routes())
         .merge(dashboard::routes())
         .route("/api/admin/cluster", get(cluster_status).options(cluster_status_preflight))
+        .route("/api/admin/cluster/hash", get(state_hash).options(cluster_status_preflight))
         .route("/api/admin/cluster/members", axum::routing::post(add_member))
         .route("/api/admin/cluster/members/:node_id", axum::routing::delete(remove_member))
         .route("/healthz", get(|| async { "ok" }))
@@ -232,7 +234,21 @@ pub async fn cluster_status(State(app): State<AppState>, _admin: auth::Admin) ->
     ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(app.cluster.status().await))
 }
 
-/// CORS preflight for [`cluster_status`] from a dashboard served by another member.
+/// The hash of this node's replica and the applied index it covers: equal on every member
+/// that has applied the same index. It reads the whole state on a blocking thread (about a
+/// second per million objects) and holds up this node's applying meanwhile, so it is asked
+/// for on purpose (`corral ctl cluster hash`, convergence checks), never polled.
+#[utoipa::path(get, path = "/api/admin/cluster/hash", tag = "admin",
+    responses((status = 200, body = StateHash), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 500, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn state_hash(State(app): State<AppState>, _admin: auth::Admin) -> Result<impl IntoResponse, ApiError> {
+    let hash = app.cluster.state_hash().await?;
+    Ok(([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(hash)))
+}
+
+/// CORS preflight for [`cluster_status`] and [`state_hash`] from a dashboard served by
+/// another member.
 pub async fn cluster_status_preflight() -> impl IntoResponse {
     (
         StatusCode::NO_CONTENT,

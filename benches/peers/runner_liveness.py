@@ -262,7 +262,7 @@ def main():
             keep = start_loadgen(args.corral_dir, data, [
                 "--runners", str(args.runners), "--connections", "2", "--duration", "600"], keep_log)
             wait_runners_ready(keep_log_path)
-            silence_s = int(args.runner_silence_ms or 10_000) / 1000
+            silence_s = int(args.runner_silence_ms or 4_000) / 1000  # the nodes' default
             wait_none_unresponsive(admin, settle=silence_s + 2)
 
         if "kills" in phases:

@@ -399,15 +399,26 @@ impl Cluster {
     }
 
     pub async fn status(&self, id: u64) -> Option<ClusterStatus> {
+        self.admin_get(id, "/api/admin/cluster").await
+    }
+
+    /// An admin GET on a running, unpaused member; `None` when it does not answer with success.
+    async fn admin_get<T: serde::de::DeserializeOwned>(&self, id: u64, path: &str) -> Option<T> {
         let node = self.node(id);
         if !node.running() || node.paused {
             return None;
         }
-        let resp = self.http.get(self.url(id, "/api/admin/cluster")).bearer_auth(ADMIN_KEY).send().await.ok()?;
+        let resp = self.http.get(self.url(id, path)).bearer_auth(ADMIN_KEY).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }
         resp.json().await.ok()
+    }
+
+    /// The hash of a running member's replica and the index it covers (its own call: it
+    /// reads the whole state).
+    pub async fn state_hash(&self, id: u64) -> Option<corral_api::StateHash> {
+        self.admin_get(id, "/api/admin/cluster/hash").await
     }
 
     /// The leader most running nodes agree on, if it says so itself.
@@ -416,7 +427,7 @@ impl Cluster {
     pub async fn state_hashes(&self) -> std::collections::BTreeMap<u64, String> {
         let mut hashes = std::collections::BTreeMap::new();
         for node in self.nodes.iter().filter(|n| n.running() && !n.removed) {
-            let hash = self.status(node.id).await.map_or_else(|| "unreachable".to_string(), |s| s.state_hash);
+            let hash = self.state_hash(node.id).await.map_or_else(|| "unreachable".to_string(), |h| h.state_hash);
             hashes.insert(node.id, hash);
         }
         hashes
@@ -462,18 +473,39 @@ impl Cluster {
                 let same = statuses.iter().all(|s| {
                     s.applied_index.is_some()
                         && s.applied_index == first.applied_index
-                        && s.state_hash == first.state_hash
                         && s.leader_id.is_some()
                         && s.leader_id == first.leader_id
                 });
                 if same {
-                    return Ok(statuses.into_iter().map(|s| (s.node_id, s.state_hash)).collect());
+                    // Hashed only once the indexes agree; each hash covers the index it was
+                    // taken at, so a write landing between two hashes shows as a mismatch and
+                    // the loop looks again.
+                    let mut hashes = Vec::new();
+                    for s in &statuses {
+                        match self.state_hash(s.node_id).await {
+                            Some(h) => hashes.push(h),
+                            None => break,
+                        }
+                    }
+                    let agree = hashes.len() == statuses.len()
+                        && hashes.iter().all(|h| {
+                            h.applied_index == hashes[0].applied_index && h.state_hash == hashes[0].state_hash
+                        });
+                    if agree {
+                        return Ok(hashes.into_iter().map(|h| (h.node_id, h.state_hash)).collect());
+                    }
+                    last = hashes
+                        .iter()
+                        .map(|h| format!("node {}: applied {:?} hash {}", h.node_id, h.applied_index, h.state_hash))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                } else {
+                    last = statuses
+                        .iter()
+                        .map(|s| format!("node {}: leader {:?} applied {:?}", s.node_id, s.leader_id, s.applied_index))
+                        .collect::<Vec<_>>()
+                        .join("; ");
                 }
-                last = statuses
-                    .iter()
-                    .map(|s| format!("node {}: leader {:?} applied {:?}", s.node_id, s.leader_id, s.applied_index))
-                    .collect::<Vec<_>>()
-                    .join("; ");
             }
             if Instant::now() > deadline {
                 return Err(ChaosError::NoRecovery(format!("not converged within {timeout:?}: {last}")));

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use corral_api::{
     ClusterError, ClusterHandle, ClusterStatus, GossipMemberStatus, MemberChange, MemberStatus, ReadConsistency,
+    StateHash,
 };
 use corral_model::health::SharedHealth;
 use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
@@ -55,6 +56,8 @@ pub struct RaftCluster {
     pub liveness: RaftLiveness,
     pub election: crate::election::Timing,
     pub last_log: crate::election::LastLogReader,
+    /// One state hash at a time: each reads the whole state (see [`RaftCluster::state_hash`]).
+    pub hashing: tokio::sync::Mutex<()>,
 }
 
 /// How long a membership change may take (adding a node waits for it to catch up).
@@ -462,7 +465,28 @@ impl RaftCluster {
         self.wait_applied(index, deadline).await
     }
 
-    /// This node's view of the cluster.
+    /// The hash of this node's replica with the index it covers, both read under one lock.
+    /// Hashing encodes the whole state (about a second per million objects), so it runs on
+    /// a blocking thread, one request at a time, never on the runtime that serves heartbeats
+    /// and runner sessions.
+    pub async fn state_hash(&self) -> Result<StateHash, ClusterError> {
+        let _one_at_a_time = self.hashing.lock().await;
+        let shared = self.shared.clone();
+        let node_id = self.node_id;
+        tokio::task::spawn_blocking(move || {
+            let machine = shared.read();
+            StateHash {
+                node_id,
+                applied_index: machine.last_applied.map(|l| l.index),
+                state_hash: machine.state.hash(),
+            }
+        })
+        .await
+        .map_err(|e| ClusterError::Internal(format!("state hash: {e}")))
+    }
+
+    /// This node's view of the cluster. Cheap (no pass over the state): dashboards and
+    /// scripts poll it every second.
     pub fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -495,7 +519,6 @@ impl RaftCluster {
             purged_index: m.purged.map(|l| l.index),
             snapshots_built: machine.snapshots_built,
             snapshots_installed: machine.snapshots_installed,
-            state_hash: machine.state.hash(),
             members,
             gossip: self
                 .gossip
@@ -544,6 +567,10 @@ impl ClusterHandle for RaftCluster {
 
     async fn status(&self) -> ClusterStatus {
         RaftCluster::status(self)
+    }
+
+    async fn state_hash(&self) -> Result<StateHash, ClusterError> {
+        RaftCluster::state_hash(self).await
     }
 }
 

@@ -402,7 +402,11 @@ pub enum OrganizationCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
+    /// Leader, term, log and applied indexes, members and gossip, as the node sees them.
     Status,
+    /// The hash of the node's replica and the applied index it covers: members that applied
+    /// the same index have the same hash (reads the whole state; not for polling).
+    Hash,
     /// Add a node (learner, catch-up, then voter).
     AddMember {
         #[arg(long)]
@@ -413,9 +417,7 @@ pub enum ClusterCommand {
         api_addr: String,
     },
     /// Remove a node from the cluster.
-    RemoveMember {
-        node_id: u64,
-    },
+    RemoveMember { node_id: u64 },
 }
 
 /// One REST call, and the columns a table of its result shows.
@@ -640,6 +642,7 @@ fn plan(command: CtlCommand) -> Call {
         },
         CtlCommand::Quota => call(M::GET, "/api/quota".into(), None, &[]),
         CtlCommand::Cluster(ClusterCommand::Status) => call(M::GET, "/api/admin/cluster".into(), None, &[]),
+        CtlCommand::Cluster(ClusterCommand::Hash) => call(M::GET, "/api/admin/cluster/hash".into(), None, &[]),
         CtlCommand::Cluster(ClusterCommand::AddMember { node_id, raft_addr, api_addr }) => call(
             M::POST,
             "/api/admin/cluster/members".into(),

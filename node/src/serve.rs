@@ -165,6 +165,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         liveness: liveness.clone(),
         election: timing,
         last_log: last_log.clone(),
+        hashing: tokio::sync::Mutex::new(()),
     });
     let grpc = {
         let mut stop = stop_rx.clone();

@@ -74,6 +74,29 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
+/// Runners and sandboxes by state, snapshot counters, and the commands a restart would replay.
+type StateCounts = ([u64; RunnerState::ALL.len()], [u64; SandboxState::ALL.len()], u64, u64, f64, u64);
+
+fn count_state(shared: &SharedState) -> StateCounts {
+    let machine = shared.read();
+    let mut runners = [0u64; RunnerState::ALL.len()];
+    for r in machine.state.runners.values() {
+        runners[r.state as usize] += 1;
+    }
+    let mut sandboxes = [0u64; SandboxState::ALL.len()];
+    for s in machine.state.sandboxes.values() {
+        sandboxes[s.state as usize] += 1;
+    }
+    (
+        runners,
+        sandboxes,
+        machine.snapshots_built,
+        machine.snapshots_installed,
+        machine.last_snapshot_build_seconds,
+        machine.commands_since_snapshot(),
+    )
+}
+
 /// Every `period`: runners and sandboxes by state, snapshot counters and RocksDB's size on disk.
 pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(period);
@@ -82,24 +105,12 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let (runners, sandboxes, built, installed, build_seconds, since_snapshot) = {
-            let machine = shared.read();
-            let mut runners = [0u64; RunnerState::ALL.len()];
-            for r in machine.state.runners.values() {
-                runners[r.state as usize] += 1;
-            }
-            let mut sandboxes = [0u64; SandboxState::ALL.len()];
-            for s in machine.state.sandboxes.values() {
-                sandboxes[s.state as usize] += 1;
-            }
-            (
-                runners,
-                sandboxes,
-                machine.snapshots_built,
-                machine.snapshots_installed,
-                machine.last_snapshot_build_seconds,
-                machine.commands_since_snapshot(),
-            )
+        // Counting walks every object: on a blocking thread, as the directory walk.
+        let (state, dir) = (shared.clone(), db_dir.clone());
+        let Ok(((runners, sandboxes, built, installed, build_seconds, since_snapshot), bytes)) =
+            tokio::task::spawn_blocking(move || (count_state(&state), dir_size(&dir))).await
+        else {
+            continue;
         };
         for state in RunnerState::ALL {
             metrics::gauge!("corral_runners", "state" => state.label()).set(runners[state as usize] as f64);
@@ -111,9 +122,6 @@ pub async fn watch_state(shared: SharedState, db_dir: PathBuf, period: Duration,
         metrics::gauge!("corral_snapshots_installed").set(installed as f64);
         metrics::gauge!("corral_snapshot_last_build_duration_seconds").set(build_seconds);
         metrics::gauge!("corral_raft_commands_since_snapshot").set(since_snapshot as f64);
-        let dir = db_dir.clone();
-        if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_size(&dir)).await {
-            metrics::gauge!("corral_rocksdb_size_bytes").set(bytes as f64);
-        }
+        metrics::gauge!("corral_rocksdb_size_bytes").set(bytes as f64);
     }
 }

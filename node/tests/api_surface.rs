@@ -254,6 +254,18 @@ fn exercise(c: &TestCluster, via: u64, org_key: &str, suffix: &str) {
     assert_eq!((s, code(&body)), (401, "unauthorized"));
     let (s, body) = c.call(via, "GET", "/api/admin/cluster", key, None, &[]);
     assert_eq!((s, code(&body)), (403, "forbidden"));
+    let (s, body) = c.call(via, "GET", "/api/admin/cluster/hash", key, None, &[]);
+    assert_eq!((s, code(&body)), (403, "forbidden"));
+    // The state hash is its own call (it reads the whole state); the polled status has none.
+    let (s, status) = c.call(via, "GET", "/api/admin/cluster", admin, None, &[]);
+    assert_eq!(s, 200, "{status}");
+    assert!(status.get("stateHash").is_none() && status["appliedIndex"].is_u64(), "{status}");
+    let (s, hash) = c.call(via, "GET", "/api/admin/cluster/hash", admin, None, &[]);
+    assert_eq!(s, 200, "{hash}");
+    assert_eq!(hash["nodeId"], json!(via), "{hash}");
+    assert!(hash["appliedIndex"].as_u64() >= status["appliedIndex"].as_u64(), "{hash} after {status}");
+    let digest = hash["stateHash"].as_str().unwrap_or_default();
+    assert!(digest.len() == 64 && digest.chars().all(|ch| ch.is_ascii_hexdigit()), "{hash}");
     let (s, body) = c.call(via, "GET", "/api/nothing-here", key, None, &[]);
     assert_eq!((s, code(&body)), (404, "not_found"));
     let (s, body) = c.call(via, "PUT", "/api/regions", key, None, &[]);

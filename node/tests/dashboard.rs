@@ -129,6 +129,19 @@ fn the_dashboard_drives_a_fleet_through_a_leader_failover() {
     open_page(&browser, "cluster");
     let shown = browser.wait_text("#leader", Duration::from_secs(20), |t| t.starts_with("node "));
     assert_eq!(shown, format!("node {leader}"));
+    // State hashes only on demand; the members agree (a write landing between two hashes shows
+    // as differing indexes, so it is compared again).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        browser.click("#compare-hashes");
+        let verdict = browser.wait_text("#hash-verdict", Duration::from_secs(15), |t| !t.contains("not compared"));
+        assert!(!verdict.contains("DIVERGED"), "{verdict}");
+        if verdict.contains("in step") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the members' hashes never agreed: {verdict}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     c.kill(leader);
     let killed = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -500,6 +500,9 @@ async fn run_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| StorageIOError::write_snapshot(None, &e))?
 }
 
+/// How often `apply` yields and tries the state's lock again before it sleeps between tries.
+const APPLY_YIELDS_BEFORE_SLEEP: u32 = 16;
+
 impl StateMachineStore {
     /// A state machine on `shared` whose snapshots go to `snapshots`.
     pub(crate) fn new(snapshots: SnapshotFile, shared: SharedState, gate: PurgeGate) -> Self {
@@ -592,6 +595,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut refused = 0u32;
         let mut machine = loop {
             if self.snapshot_encoding.load(Ordering::Acquire) {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
@@ -602,8 +606,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             // Readers hold the lock briefly; try again soon. Never a blocking `write()` here:
             // an encoding may take the read lock between the check above and it, and a
-            // waiting writer would then hold up every reader for seconds.
-            tokio::task::yield_now().await;
+            // waiting writer would then hold up every reader for seconds. A long reader (an
+            // encoding, a state hash) gets a millisecond's sleep between tries, not a worker
+            // spinning on yields.
+            refused += 1;
+            if refused < APPLY_YIELDS_BEFORE_SLEEP {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
         };
         let mut replies = Vec::new();
         for entry in entries {

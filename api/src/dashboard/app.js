@@ -335,6 +335,30 @@ async function fetchWithin(ms, path, base) {
     new Promise((_, reject) => setTimeout(() => reject(new ApiError(0, 'unreachable', 'no answer')), ms))]);
 }
 
+// The last on-demand comparison of the members' state hashes (each reads its whole state, so
+// the page never polls them): { at, views } with one { nodeId, appliedIndex, stateHash } or null per member.
+let hashCheck = null;
+
+async function compareHashes(members, here) {
+  const scheme = location.protocol;
+  const views = await Promise.all(members.map(async (m) => {
+    const base = m.nodeId === here.nodeId ? undefined : `${scheme}//${m.apiAddr}`;
+    try { return await fetchWithin(10000, '/api/admin/cluster/hash', base); } catch { return null; }
+  }));
+  hashCheck = { at: new Date(), views: Object.fromEntries(members.map((m, i) => [m.nodeId, views[i]])) };
+}
+
+function hashVerdict() {
+  if (!hashCheck) return 'not compared yet';
+  const views = Object.values(hashCheck.views);
+  if (views.some((v) => !v)) return `a member did not answer (${hashCheck.at.toLocaleTimeString()})`;
+  const indexes = new Set(views.map((v) => v.appliedIndex));
+  const hashes = new Set(views.map((v) => `${v.appliedIndex}:${v.stateHash}`));
+  if (hashes.size === 1) return `in step: one applied index and state hash (${hashCheck.at.toLocaleTimeString()})`;
+  if (indexes.size === 1) return `DIVERGED: same applied index, different state hashes (${hashCheck.at.toLocaleTimeString()})`;
+  return `applied indexes differ (writes in flight); compare again when writes pause (${hashCheck.at.toLocaleTimeString()})`;
+}
+
 async function clusterPage() {
   const here = await api('GET', '/api/admin/cluster');
   const scheme = location.protocol;
@@ -345,26 +369,31 @@ async function clusterPage() {
   const liveness = Object.fromEntries(here.gossip.map((g) => [g.nodeId, g.liveness]));
   const rows = here.members.map((m, i) => {
     const v = views[i];
+    const hashed = hashCheck && hashCheck.views[m.nodeId];
     return h('tr', { 'data-node': m.nodeId },
       h('td', {}, `node ${m.nodeId}`, m.nodeId === here.nodeId ? ' (this node)' : ''),
       h('td', {}, v ? badge(v.role, v.role === 'leader' ? 'leader' : v.role) : badge('unreachable')),
       h('td', {}, badge(liveness[m.nodeId] || (m.nodeId === here.nodeId ? 'alive' : 'unknown'))),
       h('td', {}, v ? v.term : '—'), h('td', {}, v ? (v.appliedIndex ?? '—') : '—'),
-      h('td', { class: 'mono' }, v ? v.stateHash.slice(0, 12) : '—'),
+      h('td', { class: 'mono' }, hashed ? `${hashed.stateHash.slice(0, 12)} @ ${hashed.appliedIndex ?? '—'}` : '—'),
       h('td', {}, v ? v.runnersReporting : '—'),
       h('td', { class: 'mono' }, m.apiAddr), h('td', {}, m.voter ? 'voter' : 'learner'));
   });
-  const hashes = new Set(views.filter(Boolean).map((v) => `${v.appliedIndex}:${v.stateHash}`));
+  const applied = new Set(views.filter(Boolean).map((v) => v.appliedIndex));
   return [
     h('h1', {}, 'Cluster'),
     h('div', { class: 'panel kv', id: 'cluster-summary' },
       h('span', {}, 'Leader'), h('strong', { id: 'leader', 'data-leader': here.leaderId ?? '' }, here.leaderId ? `node ${here.leaderId}` : 'none (election in progress)'),
       h('span', {}, 'Term'), h('span', { id: 'term' }, here.term),
       h('span', {}, 'Applied index (this node)'), h('span', {}, here.appliedIndex ?? '—'),
-      h('span', {}, 'Replicas in step'), h('span', {}, hashes.size === 1 ? 'yes: one applied index and state hash' : 'catching up or diverged (see below)'),
+      h('span', {}, 'Applied indexes'), h('span', {}, views.some((v) => !v) ? 'a member is unreachable'
+        : applied.size === 1 ? 'one: every member has applied the same' : 'members differ (catching up, or writes in flight)'),
+      h('span', {}, 'State hashes'), h('span', { id: 'hash-verdict' }, hashVerdict(),
+        ' ', h('button', { type: 'button', class: 'quiet', id: 'compare-hashes',
+          onclick: () => act('Could not compare state hashes', () => compareHashes(here.members, here)) }, 'Compare now')),
       h('span', {}, 'Runners reporting here'), h('span', {}, here.runnersReporting)),
     table(['Node', 'Raft role', 'Gossip', 'Term', 'Applied', 'State hash', 'Runners', 'API', 'Membership'], rows, 'No members.'),
-    h('p', { class: 'empty' }, `Refreshes every second. Served by node ${here.nodeId}.`),
+    h('p', { class: 'empty' }, `Refreshes every second; state hashes only on "Compare now" (each member reads its whole state). Served by node ${here.nodeId}.`),
   ];
 }
 

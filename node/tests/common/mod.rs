@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_api::ClusterStatus;
+use corral_api::{ClusterStatus, StateHash};
 use corral_net::tls::CertDir;
 use serde_json::Value;
 
@@ -259,6 +259,12 @@ impl TestCluster {
         resp.json().ok()
     }
 
+    /// The hash of node `id`'s replica and the applied index it covers.
+    pub fn state_hash(&self, id: u64) -> Option<StateHash> {
+        let resp = self.http.get(self.url(id, "/api/admin/cluster/hash")).bearer_auth(ADMIN_KEY).send().ok()?;
+        resp.json().ok()
+    }
+
     /// Waits until a running node reports a leader that is itself running, and returns it.
     pub fn wait_leader(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
@@ -398,10 +404,10 @@ impl TestCluster {
     pub fn wait_converged(&self, timeout: Duration) -> (u64, String) {
         let deadline = Instant::now() + timeout;
         loop {
-            let statuses: Vec<Option<ClusterStatus>> =
-                self.nodes.iter().filter(|n| n.child.is_some()).map(|n| self.status(n.id)).collect();
+            let statuses: Vec<Option<StateHash>> =
+                self.nodes.iter().filter(|n| n.child.is_some()).map(|n| self.state_hash(n.id)).collect();
             if statuses.iter().all(Option::is_some) {
-                let statuses: Vec<ClusterStatus> = statuses.into_iter().flatten().collect();
+                let statuses: Vec<StateHash> = statuses.into_iter().flatten().collect();
                 let first = &statuses[0];
                 if first.applied_index.is_some()
                     && statuses
