@@ -12,6 +12,9 @@
 //! - [`grpc_server`]: the service peers call ([`raft_transport_server`]): Raft RPCs into the
 //!   local `openraft::Raft`, leader operations into the node's [`LeaderService`];
 //! - [`peer_clients`]: the client side ([`PeerClients`]), one channel per peer;
+//! - [`peer_tcp`]: the TCP under both sides, which drops a connection whose data a peer has
+//!   left unacknowledged for a second (so a healed partition does not leave it in
+//!   retransmission backoff);
 //! - [`liveness`]: when a leader was last heard from and when followers last acknowledged
 //!   this node as leader ([`RaftLiveness`], recorded on AppendEntries), for pre-vote and
 //!   leader fencing.
@@ -41,6 +44,7 @@ pub mod grpc_server;
 pub mod leader_ops;
 pub mod liveness;
 pub mod peer_clients;
+pub mod peer_tcp;
 pub mod quic;
 pub mod raft_network;
 pub mod runner_session;

@@ -16,7 +16,7 @@ use crate::leader_ops::{
 };
 use crate::pb::raft_transport_client::RaftTransportClient;
 use crate::pb::Payload;
-use crate::{tls, NetError, CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
+use crate::{peer_tcp, tls, NetError, CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
 
 /// A pool of lazily connected channels to peers, keyed by address. tonic channels reconnect
 /// on their own, so one per peer is kept for the life of the node.
@@ -48,10 +48,11 @@ impl PeerClients {
                 }
                 let endpoint = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5));
-                let channel = endpoint.connect_lazy();
+                // Our own dialler (no Nagle, and the unacknowledged-data bound of
+                // `peer_tcp`); tonic adds TLS and the connect timeout around it.
+                let channel = endpoint.connect_with_connector_lazy(tower::service_fn(peer_tcp::dial));
                 channels.insert(addr.to_string(), channel.clone());
                 channel
             }

@@ -104,6 +104,14 @@ pub struct Timing {
     /// load, the probes' answers lift a fence within 50–220 ms (measured with 10,000 runners
     /// at 256 connections); a deaf leader's never arrive.
     pub fence_patience: Duration,
+    /// How long a campaign may stay undecided before this node asks for pre-votes again
+    /// (drawn from `[candidate_retry, candidate_retry + heartbeat)`): the vote lease plus a
+    /// heartbeat, so a voter that refused only because the old leader's last message had just
+    /// arrived (openraft's vote lease) grants the second time. A campaign that a majority
+    /// answered ends well within this (a round trip); one left undecided would otherwise wait
+    /// a whole election timeout. A 10-minute chaos run lost 1.3 s that way behind a one-way
+    /// cut: a message the deaf leader had queued reached a voter 54 ms before the vote request.
+    pub candidate_retry: Duration,
 }
 
 impl Timing {
@@ -120,6 +128,7 @@ impl Timing {
             suspect_after: heartbeat * 2,
             vote_lease: heartbeat + quarter * 2,
             fence_patience: heartbeat * 5,
+            candidate_retry: heartbeat * 2 + quarter * 2,
         }
     }
 
@@ -394,6 +403,7 @@ async fn elect(driver: &Driver, mut stop: watch::Receiver<bool>) {
     let mut timeout = election_timeout(&timing, &mut rng);
     let mut suspect_after = suspicion_delay(&timing, &mut rng);
     let mut fence_wait = fence_wait(&timing, &mut rng);
+    let mut candidate_retry = candidate_retry(&timing, &mut rng);
     let mut last_attempt = Instant::now();
     let mut last_probe = Instant::now();
     let mut leading_since: Option<(u64, Instant)> = None;
@@ -506,6 +516,12 @@ async fn elect(driver: &Driver, mut stop: watch::Receiver<bool>) {
             && now.saturating_duration_since(vote_changed_at) >= fence_wait
             && driver.liveness.since_pre_vote_granted(now).is_none_or(|d| d >= timing.heartbeat * 2)
             && retry_allowed;
+        // This node campaigned and no majority has decided it yet (refused or unanswered): ask
+        // again after the vote lease rather than a whole election timeout. Not right after
+        // granting another candidate's pre-vote (that one is about to campaign).
+        let campaign_stalled = state == ServerState::Candidate
+            && now.saturating_duration_since(last_attempt) >= candidate_retry
+            && driver.liveness.since_pre_vote_granted(now).is_none_or(|d| d >= timing.heartbeat * 2);
         let mut leader_down = None;
         if heard_silence >= suspect_after && now.saturating_duration_since(last_probe) >= timing.heartbeat {
             if let Some(leader) = last_leader.filter(|l| voters.contains(l)) {
@@ -515,18 +531,20 @@ async fn elect(driver: &Driver, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-        if silence < timeout && leader_down.is_none() && !outrun && !leader_fenced {
+        if silence < timeout && leader_down.is_none() && !outrun && !leader_fenced && !campaign_stalled {
             continue;
         }
         last_attempt = now;
         timeout = election_timeout(&timing, &mut rng);
         suspect_after = suspicion_delay(&timing, &mut rng);
         fence_wait = self::fence_wait(&timing, &mut rng);
+        candidate_retry = self::candidate_retry(&timing, &mut rng);
         if pre_vote_round(driver, &voters, leader_down).await {
             let reason = match (leader_down, outrun, leader_fenced) {
                 (Some(_), _, _) => "leader_down",
                 (None, true, _) => "candidate_behind",
                 (None, false, true) => "leader_fenced",
+                (None, false, false) if campaign_stalled => "campaign_stalled",
                 // The leader's messages still arrive, but it has not answered this node.
                 (None, false, false) if heard_silence < timeout => "leader_deaf",
                 (None, false, false) => "silence",
@@ -568,6 +586,13 @@ async fn elect(driver: &Driver, mut stop: watch::Receiver<bool>) {
 fn fence_wait(timing: &Timing, rng: &mut impl Rng) -> Duration {
     let jitter = (timing.heartbeat.as_millis().max(1) * 2) as u64;
     timing.fence_patience + Duration::from_millis(rng.gen_range(0..jitter))
+}
+
+/// When an undecided campaign asks again: `[candidate_retry, candidate_retry + heartbeat)`,
+/// jittered so that two stalled candidates rarely ask at once.
+fn candidate_retry(timing: &Timing, rng: &mut impl Rng) -> Duration {
+    let jitter = timing.heartbeat.as_millis().max(1) as u64;
+    timing.candidate_retry + Duration::from_millis(rng.gen_range(0..jitter))
 }
 
 /// When a silent follower checks its leader's port: `[suspect_after, suspect_after +
@@ -681,18 +706,23 @@ async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>, leader_down:
     let majority = voters.len() / 2 + 1;
     let mut granted = 1; // this node: its silence already passed its election timeout
     let mut unanswered = addrs.len();
+    // Why each voter said no, for the log line of a lost round (rare: once per attempt).
+    let mut refusals: Vec<(NodeId, String)> = Vec::new();
     while let Some((id, reply)) = asks.next().await {
         unanswered -= 1;
         match reply {
             Ok(PreVoteReply { granted: true, .. }) => granted += 1,
-            Ok(PreVoteReply { reason, .. }) => tracing::debug!(voter = id, reason, "pre-vote refused"),
-            Err(e) => tracing::debug!(voter = id, error = %e, "pre-vote unanswered"),
+            Ok(PreVoteReply { reason, .. }) => refusals.push((id, reason)),
+            Err(e) => refusals.push((id, format!("unanswered: {e}"))),
         }
         if granted >= majority || granted + unanswered < majority {
             break;
         }
     }
     let won = granted >= majority;
+    if !won {
+        tracing::info!(?refusals, last_log = ?request.last_log, "pre-vote lost");
+    }
     metrics::counter!("corral_raft_pre_votes_total", "outcome" => if won { "won" } else { "lost" }).increment(1);
     won
 }
@@ -751,6 +781,21 @@ mod tests {
         let tiny = Timing::from_config(1, 3);
         let (min, max) = tiny.openraft_election_timeouts_ms();
         assert!(1 < min && min < max, "({min}, {max})");
+    }
+
+    #[test]
+    fn a_stalled_campaign_asks_again_once_the_vote_lease_has_passed() {
+        for (heartbeat, election) in [(100, 1_000), (50, 250), (1, 3)] {
+            let timing = Timing::from_config(heartbeat, election);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            for _ in 0..100 {
+                let retry = candidate_retry(&timing, &mut rng);
+                assert!(retry >= timing.vote_lease + timing.heartbeat, "{retry:?} for {timing:?}");
+                assert!(retry < timing.vote_lease + timing.heartbeat * 3, "{retry:?} for {timing:?}");
+            }
+        }
+        let defaults = Timing::from_config(100, 1_000);
+        assert!(defaults.candidate_retry + defaults.heartbeat < defaults.election_timeout);
     }
 
     #[test]

@@ -118,8 +118,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(&config.api_addr)
         .await
         .with_context(|| format!("cannot listen on {} (api)", config.api_addr))?;
-    // Probe the raft port now so a clash fails the start, not a background task.
-    drop(std::net::TcpListener::bind(raft_listen).with_context(|| format!("cannot listen on {raft_listen} (raft)"))?);
+    // Bound now so a clash fails the start, not a background task. Every accepted peer
+    // connection gets the unacknowledged-data bound (see `corral_net::peer_tcp`).
+    let raft_incoming = tonic::transport::server::TcpIncoming::new(raft_listen, true, None)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {raft_listen} (raft): {e}"))?;
 
     let db_dir = config.data_dir.join("raft");
     std::fs::create_dir_all(&db_dir).with_context(|| format!("cannot create {}", db_dir.display()))?;
@@ -172,12 +174,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let server = tonic::transport::Server::builder()
             .tls_config(cluster_tls.grpc_server())
             .context("gRPC TLS")?
-            .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
             .add_service(raft_transport_server(raft.clone(), raft_cluster.clone(), liveness.clone()));
         tokio::spawn(async move {
+            use futures::StreamExt;
+            let incoming = raft_incoming.map(|accepted| {
+                if let Ok(stream) = &accepted {
+                    if let Err(e) = corral_net::peer_tcp::bound_unacknowledged(stream) {
+                        tracing::warn!(error = %e, "cannot bound unacknowledged data on a peer connection");
+                    }
+                }
+                accepted
+            });
             server
-                .serve_with_shutdown(raft_listen, async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
