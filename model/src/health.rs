@@ -114,12 +114,12 @@ impl HealthTable {
 /// Runners to move to `ready` (they report) and to `unresponsive` (silent for longer than
 /// `silence`, counted from no earlier than `watching_since`).
 ///
-/// `relays_lost_at` holds, per node, from when the runners of a node this node saw stop
-/// relaying (gossip found it suspect or down) are taken to look for another node (the caller
-/// adds the time an agent waits on a silent node). A runner whose last report came through
-/// such a node lost its session with it, not necessarily its health. After the latest such
-/// loss every runner's silence counts from no earlier than that moment, not only the lost
-/// node's runners: they all reconnect to the surviving nodes at once, and that burst (a
+/// `reconnects_from` is when the runners of the node this node last saw stop relaying
+/// (gossip found it suspect or down) are taken to look for another node: the moment of that
+/// loss plus the time an agent waits on a silent node (the caller adds it). A runner whose
+/// last report came through such a node lost its session with it, not necessarily its
+/// health. Every runner's silence counts from no earlier than `reconnects_from`, not only the
+/// lost node's runners: they all reconnect to the surviving nodes at once, and that burst (a
 /// thousand sessions per connection, each sent its whole set of assignments again) delays
 /// reports of runners that had already moved, or were on a survivor, for seconds. Measured
 /// with 10,000 simulated runners and 10 leader kills at a 4 s silence: counting only the lost
@@ -142,7 +142,7 @@ pub fn health_verdict(
     now: Instant,
     silence: Duration,
     watching_since: Instant,
-    relays_lost_at: &HashMap<u64, Instant>,
+    reconnects_from: Option<Instant>,
     relays_delivered_at: &HashMap<u64, Instant>,
 ) -> (Vec<String>, Vec<String>) {
     let relay_clock = |node: u64| {
@@ -151,7 +151,6 @@ pub fn health_verdict(
             (*delivered).max(earliest).min(now)
         })
     };
-    let latest_loss = relays_lost_at.values().max().copied();
     let mut reporting = Vec::new();
     let mut silent = Vec::new();
     for runner in state.runners.values() {
@@ -162,7 +161,7 @@ pub fn health_verdict(
             RunnerState::Initializing | RunnerState::Unresponsive if fresh => reporting.push(runner.id.clone()),
             RunnerState::Ready => {
                 let since = last_seen.map_or(watching_since, |seen| seen.max(watching_since));
-                let since = latest_loss.map_or(since, |lost| since.max(lost));
+                let since = reconnects_from.map_or(since, |from| since.max(from));
                 let clock = entry.map_or(now, |e| relay_clock(e.report.via_node));
                 if clock.saturating_duration_since(since) > silence {
                     silent.push(runner.id.clone());
@@ -297,20 +296,13 @@ mod tests {
         table.merge(report("off", 1), start + Duration::from_secs(15));
 
         let now = start + Duration::from_secs(16);
-        let (reporting, silent) = health_verdict(&state, &table, now, silence, start, &HashMap::new(), &HashMap::new());
+        let (reporting, silent) = health_verdict(&state, &table, now, silence, start, None, &HashMap::new());
         assert_eq!(reporting, vec!["back".to_string()], "`new` reported, but 16 s ago");
         assert_eq!(silent, vec!["quiet".to_string()]);
 
         // A leader that started watching 5 s ago gives every runner the full silence first.
-        let (_, silent) = health_verdict(
-            &state,
-            &table,
-            now,
-            silence,
-            now - Duration::from_secs(5),
-            &HashMap::new(),
-            &HashMap::new(),
-        );
+        let (_, silent) =
+            health_verdict(&state, &table, now, silence, now - Duration::from_secs(5), None, &HashMap::new());
         assert!(silent.is_empty());
     }
 
@@ -323,7 +315,7 @@ mod tests {
         let silence = Duration::from_secs(10);
         let none = HashMap::new();
         let silent_at =
-            |secs| health_verdict(&state, &table, start + Duration::from_secs(secs), silence, start, &none, &none).1;
+            |secs| health_verdict(&state, &table, start + Duration::from_secs(secs), silence, start, None, &none).1;
         assert!(silent_at(9).is_empty());
         let silent = silent_at(11);
         assert_eq!(silent, vec!["mute".to_string()]);
@@ -340,28 +332,21 @@ mod tests {
         // Node 3 was seen down 4 s after the last reports: the fleet moves, so neither runner
         // is demoted before the silence has run from then (at 12 s without the loss, both
         // would be); at 15 s both are.
-        let lost = HashMap::from([(3, start + Duration::from_secs(4))]);
+        let lost = Some(start + Duration::from_secs(4));
         let (_, silent) =
-            health_verdict(&state, &table, start + Duration::from_secs(14), silence, start, &lost, &HashMap::new());
+            health_verdict(&state, &table, start + Duration::from_secs(14), silence, start, lost, &HashMap::new());
         assert!(silent.is_empty(), "{silent:?}");
-        let (_, silent) = health_verdict(
-            &state,
-            &table,
-            start + Duration::from_secs(12),
-            silence,
-            start,
-            &HashMap::new(),
-            &HashMap::new(),
-        );
+        let (_, silent) =
+            health_verdict(&state, &table, start + Duration::from_secs(12), silence, start, None, &HashMap::new());
         assert_eq!(silent.len(), 2);
         let (_, mut silent) =
-            health_verdict(&state, &table, start + Duration::from_secs(15), silence, start, &lost, &HashMap::new());
+            health_verdict(&state, &table, start + Duration::from_secs(15), silence, start, lost, &HashMap::new());
         silent.sort();
         assert_eq!(silent, vec!["via-dead".to_string(), "via-live".to_string()]);
         // A relay lost before the runner's last report changes nothing.
-        let early = HashMap::from([(3, start - Duration::from_secs(1))]);
+        let early = Some(start - Duration::from_secs(1));
         let (_, silent) =
-            health_verdict(&state, &table, start + Duration::from_secs(12), silence, start, &early, &HashMap::new());
+            health_verdict(&state, &table, start + Duration::from_secs(12), silence, start, early, &HashMap::new());
         assert_eq!(silent.len(), 2);
     }
 
@@ -374,19 +359,18 @@ mod tests {
         let mut table = HealthTable::default();
         table.merge(report_via("via-slow", 1, 2), start);
         table.merge(report_via("via-live", 1, 3), start);
-        let none = HashMap::new();
         // Node 2 last delivered a batch at 1 s (it stalled), node 3 at 5.9 s (its runner died).
         let delivered = HashMap::from([(2, start + s(1)), (3, start + s(5) + Duration::from_millis(900))]);
-        let (_, silent) = health_verdict(&state, &table, start + s(6), silence, start, &none, &delivered);
+        let (_, silent) = health_verdict(&state, &table, start + s(6), silence, start, None, &delivered);
         assert_eq!(silent, vec!["via-live".to_string()], "node 2's own delay is not its runner's silence");
         // A relay that delivers nothing hides its runners' silence for `silence` at most.
         let (_, silent) =
-            health_verdict(&state, &table, start + s(8) + Duration::from_millis(1), silence, start, &none, &delivered);
+            health_verdict(&state, &table, start + s(8) + Duration::from_millis(1), silence, start, None, &delivered);
         assert_eq!(silent.len(), 2);
         // Reports that arrive with the stalled relay's next batch restart the count.
         table.merge(report_via("via-slow", 2, 2), start + s(7));
         let delivered = HashMap::from([(2, start + s(7)), (3, start + s(7))]);
-        let (_, silent) = health_verdict(&state, &table, start + s(7), silence, start, &none, &delivered);
+        let (_, silent) = health_verdict(&state, &table, start + s(7), silence, start, None, &delivered);
         assert_eq!(silent, vec!["via-live".to_string()]);
     }
 }

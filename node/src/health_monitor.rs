@@ -42,12 +42,12 @@ const MAX_RUNNERS_PER_ENTRY: usize = 5_000;
 pub struct HealthWatch {
     /// Since when this node leads (silence counts from no earlier).
     leading_since: Option<Instant>,
-    /// Node id → when the runners of that node start looking for another one: the moment
-    /// this node saw it stop being alive (its runner sessions died then) plus the time an agent
-    /// takes to give a silent node up ([`AGENT_LEAVES_SILENT_NODE_AFTER`]). Kept after the node
-    /// is back: a runner whose last report came through it before that moment still lost its
-    /// session, however quickly the node restarted.
-    relays_lost_at: HashMap<u64, Instant>,
+    /// When the runners of the node this node last saw stop being alive start looking for
+    /// another one: the moment of that loss (its runner sessions died then) plus the time an
+    /// agent takes to give a silent node up ([`AGENT_LEAVES_SILENT_NODE_AFTER`]). Kept after
+    /// the node is back: its runners still lost their sessions, however quickly it restarted,
+    /// and the whole fleet's reports are late while they reconnect ([`health_verdict`]).
+    reconnects_from: Option<Instant>,
     /// Nodes not alive at the last round.
     relays_down: HashSet<u64>,
 }
@@ -80,7 +80,7 @@ impl HealthWatch {
         // the silence to reconnect elsewhere.
         let delivered: HashMap<u64, Instant> =
             delivered.iter().filter(|(node, _)| !self.relays_down.contains(node)).map(|(n, at)| (*n, *at)).collect();
-        let (reporting, silent) = health_verdict(state, table, now, silence, since, &self.relays_lost_at, &delivered);
+        let (reporting, silent) = health_verdict(state, table, now, silence, since, self.reconnects_from, &delivered);
         let reporting = reporting
             .chunks(MAX_RUNNERS_PER_ENTRY)
             .map(|chunk| Command::RecordRunnerHealth { reporting: chunk.to_vec(), silent: Vec::new() });
@@ -100,7 +100,8 @@ impl HealthWatch {
             if alive {
                 self.relays_down.remove(&node_id);
             } else if self.relays_down.insert(node_id) {
-                self.relays_lost_at.insert(node_id, now + AGENT_LEAVES_SILENT_NODE_AFTER);
+                let from = now + AGENT_LEAVES_SILENT_NODE_AFTER;
+                self.reconnects_from = Some(self.reconnects_from.map_or(from, |earlier| earlier.max(from)));
             }
         }
     }
