@@ -5,7 +5,7 @@
 //! exponential backoff (200 ms, 400 ms, 800 ms, 1.6 s, 3.2 s…). When the partition heals, the
 //! connection stays silent until its next retransmission, which after a 3 s cut comes about
 //! 3 s later, and every RPC multiplexed on it (heartbeats, votes, pre-votes) waits with it. A
-//! 10-minute chaos run showed exactly that: the rejoined node's peers could not reach it for
+//! 10-minute chaos run's logs point to that: the rejoined node's peers could not reach it for
 //! 1–2 s after the heal, so a fault that then hit another node left no majority and writes
 //! stopped for 2.5–3 s. With the timeout the kernel drops such a connection while the cut
 //! lasts, tonic dials a fresh one on the next call, and the first call after the heal gets

@@ -110,7 +110,8 @@ pub struct Timing {
     /// arrived (openraft's vote lease) grants the second time. A campaign that a majority
     /// answered ends well within this (a round trip); one left undecided would otherwise wait
     /// a whole election timeout. A 10-minute chaos run lost 1.3 s that way behind a one-way
-    /// cut: a message the deaf leader had queued reached a voter 54 ms before the vote request.
+    /// cut: a message the deaf leader had queued reached a voter 96 ms before the vote request,
+    /// so that voter's 150 ms lease still had 54 ms to run when it was asked.
     pub candidate_retry: Duration,
 }
 
@@ -512,16 +513,17 @@ async fn elect(driver: &Driver, mut stop: watch::Receiver<bool>) {
             && retry_allowed;
         // Its leader has been fenced (probing, sending nothing else) for a while: a deaf
         // leader, which the others would otherwise wait out their whole silence for.
+        // Not right after granting another candidate's pre-vote: that one is about to campaign.
+        let no_fresh_grant = driver.liveness.since_pre_vote_granted(now).is_none_or(|d| d >= timing.heartbeat * 2);
         let leader_fenced = leader_fenced_for >= fence_wait
             && now.saturating_duration_since(vote_changed_at) >= fence_wait
-            && driver.liveness.since_pre_vote_granted(now).is_none_or(|d| d >= timing.heartbeat * 2)
+            && no_fresh_grant
             && retry_allowed;
         // This node campaigned and no majority has decided it yet (refused or unanswered): ask
-        // again after the vote lease rather than a whole election timeout. Not right after
-        // granting another candidate's pre-vote (that one is about to campaign).
+        // again after the vote lease rather than a whole election timeout.
         let campaign_stalled = state == ServerState::Candidate
             && now.saturating_duration_since(last_attempt) >= candidate_retry
-            && driver.liveness.since_pre_vote_granted(now).is_none_or(|d| d >= timing.heartbeat * 2);
+            && no_fresh_grant;
         let mut leader_down = None;
         if heard_silence >= suspect_after && now.saturating_duration_since(last_probe) >= timing.heartbeat {
             if let Some(leader) = last_leader.filter(|l| voters.contains(l)) {
@@ -584,22 +586,25 @@ async fn elect(driver: &Driver, mut stop: watch::Receiver<bool>) {
 /// `[fence_patience, fence_patience + 2 heartbeats)`, jittered so that the followers of a deaf
 /// leader, which all see its probes at once, rarely campaign together.
 fn fence_wait(timing: &Timing, rng: &mut impl Rng) -> Duration {
-    let jitter = (timing.heartbeat.as_millis().max(1) * 2) as u64;
-    timing.fence_patience + Duration::from_millis(rng.gen_range(0..jitter))
+    jittered(timing.fence_patience, timing.heartbeat * 2, rng)
 }
 
 /// When an undecided campaign asks again: `[candidate_retry, candidate_retry + heartbeat)`,
 /// jittered so that two stalled candidates rarely ask at once.
 fn candidate_retry(timing: &Timing, rng: &mut impl Rng) -> Duration {
-    let jitter = timing.heartbeat.as_millis().max(1) as u64;
-    timing.candidate_retry + Duration::from_millis(rng.gen_range(0..jitter))
+    jittered(timing.candidate_retry, timing.heartbeat, rng)
 }
 
 /// When a silent follower checks its leader's port: `[suspect_after, suspect_after +
 /// heartbeat)`, so that two followers that lost the same leader rarely campaign at once.
 fn suspicion_delay(timing: &Timing, rng: &mut impl Rng) -> Duration {
-    let jitter = timing.heartbeat.as_millis().max(1) as u64;
-    timing.suspect_after + Duration::from_millis(rng.gen_range(0..jitter))
+    jittered(timing.suspect_after, timing.heartbeat, rng)
+}
+
+/// `base` plus a whole number of milliseconds drawn from `[0, spread)` (at least 1 ms wide).
+fn jittered(base: Duration, spread: Duration, rng: &mut impl Rng) -> Duration {
+    let spread_ms = spread.as_millis().max(1) as u64;
+    base + Duration::from_millis(rng.gen_range(0..spread_ms))
 }
 
 /// Whether `leader`'s Raft port refuses connections (its process is gone), as far as this
