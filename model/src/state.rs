@@ -27,16 +27,22 @@ pub struct IdempotencyRecord {
     pub result: ApplyResult,
 }
 
+/// A replicated collection by id: a persistent ordered map, so that a copy of the whole state
+/// (a snapshot, a hash) costs O(1) under the lock and is then encoded without it, while
+/// `apply` goes on (it copies a node of 16 entries the first time it changes one that a copy
+/// still shares). Ordered, so the encoding stays canonical.
+pub type ReplicatedMap<V> = imbl::OrdMap<String, V>;
+
 /// The whole replicated state. Ordered maps make its serialization canonical, so the hash of
 /// the encoding is equal on replicas with equal state.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
-    pub organizations: BTreeMap<String, Organization>,
-    pub api_keys: BTreeMap<String, ApiKeyRecord>,
-    pub regions: BTreeMap<String, Region>,
-    pub runners: BTreeMap<String, Runner>,
-    pub sandboxes: BTreeMap<String, Sandbox>,
-    pub idempotency: BTreeMap<String, IdempotencyRecord>,
+    pub organizations: ReplicatedMap<Organization>,
+    pub api_keys: ReplicatedMap<ApiKeyRecord>,
+    pub regions: ReplicatedMap<Region>,
+    pub runners: ReplicatedMap<Runner>,
+    pub sandboxes: ReplicatedMap<Sandbox>,
+    pub idempotency: ReplicatedMap<IdempotencyRecord>,
     /// The newest proposal time seen; drives idempotency expiry deterministically.
     pub clock: Millis,
     /// Derived from the maps above; not serialized, rebuilt by [`State::decode`].
@@ -85,7 +91,22 @@ impl Eq for LocalEpoch {}
 impl State {
     /// The canonical encoding (used for snapshots and the state hash).
     pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(self)
+        self.replicated_view().encode()
+    }
+
+    /// A copy of the replicated part of the state (what [`State::encode`] writes), taken in
+    /// O(1): the collections are persistent maps. Take it under the state's lock, then encode
+    /// or hash it after releasing the lock, so that `apply` does not wait for the encoding.
+    pub fn replicated_view(&self) -> ReplicatedView {
+        ReplicatedView {
+            organizations: self.organizations.clone(),
+            api_keys: self.api_keys.clone(),
+            regions: self.regions.clone(),
+            runners: self.runners.clone(),
+            sandboxes: self.sandboxes.clone(),
+            idempotency: self.idempotency.clone(),
+            clock: self.clock,
+        }
     }
 
     /// How many organizations, regions, runners and sandboxes the state holds (what a
@@ -111,8 +132,12 @@ impl State {
     }
 
     fn rebuild_indexes(&mut self) {
-        for runner in self.runners.values_mut() {
-            runner.capacity_source.get_or_insert(CapacitySource::for_capacity(runner.capacity));
+        let without_source: Vec<String> =
+            self.runners.iter().filter(|(_, r)| r.capacity_source.is_none()).map(|(id, _)| id.clone()).collect();
+        for id in without_source {
+            if let Some(runner) = self.runners.get_mut(&id) {
+                runner.capacity_source = Some(CapacitySource::for_capacity(runner.capacity));
+            }
         }
         self.region_names =
             self.regions.values().map(|r| ((r.organization_id.clone(), r.name.clone()), r.id.clone())).collect();
@@ -154,12 +179,7 @@ impl State {
 
     /// SHA-256 over the canonical JSON encoding, hex encoded.
     pub fn hash(&self) -> String {
-        let mut hasher = Sha256::new();
-        // Serializing BTreeMaps and plain structs to a writer cannot fail.
-        if let Err(e) = serde_json::to_writer(HashWriter(&mut hasher), self) {
-            return format!("unhashable:{e}");
-        }
-        hex::encode(hasher.finalize())
+        self.replicated_view().hash()
     }
 
     pub fn region_by_name(&self, organization_id: &str, name: &str) -> Option<&Region> {
@@ -212,6 +232,37 @@ impl State {
             return Err("quota usage index out of step with the sandboxes".into());
         }
         Ok(())
+    }
+}
+
+/// The replicated part of a [`State`] at one moment ([`State::replicated_view`]): the fields
+/// `State` serializes, in the same order and under the same names, so that its encoding is
+/// byte for byte the state's, and [`State::decode`] reads it.
+#[derive(Serialize, Clone, Debug)]
+pub struct ReplicatedView {
+    organizations: ReplicatedMap<Organization>,
+    api_keys: ReplicatedMap<ApiKeyRecord>,
+    regions: ReplicatedMap<Region>,
+    runners: ReplicatedMap<Runner>,
+    sandboxes: ReplicatedMap<Sandbox>,
+    idempotency: ReplicatedMap<IdempotencyRecord>,
+    clock: Millis,
+}
+
+impl ReplicatedView {
+    /// The canonical encoding, as [`State::encode`].
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// The SHA-256 of [`ReplicatedView::encode`]'s bytes, hex, as [`State::hash`].
+    pub fn hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        // Serializing ordered maps and plain structs to a writer cannot fail.
+        if let Err(e) = serde_json::to_writer(HashWriter(&mut hasher), self) {
+            return format!("unhashable:{e}");
+        }
+        hex::encode(hasher.finalize())
     }
 }
 

@@ -468,6 +468,24 @@ fn snapshot_round_trip_rebuilds_indexes() {
     assert_eq!(decoded.hash(), s.hash());
 }
 
+#[test]
+fn the_replicated_view_encodes_as_the_state_and_keeps_its_moment() {
+    let mut s = fleet();
+    run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s1", "reg", "run", 1)] }).expect("placed");
+    // Byte for byte what serializing the whole state writes (its indexes are skipped).
+    let whole = serde_json::to_vec(&s).expect("serialize the state");
+    let view = s.replicated_view();
+    assert_eq!(view.encode().expect("encode the view"), whole);
+    assert_eq!(view.hash(), s.hash());
+    // Changes applied after the view was taken do not reach it.
+    run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s2", "reg", "run", 1)] }).expect("placed");
+    run(&mut s, Command::DeleteRegion { id: "reg".into() }).expect_err("the region still has a runner");
+    assert_eq!(view.encode().expect("encode the view"), whole);
+    assert_ne!(view.hash(), s.hash());
+    let decoded = State::decode(&whole).expect("decode the view's bytes");
+    assert!(decoded.sandboxes.contains_key("s1") && !decoded.sandboxes.contains_key("s2"));
+}
+
 // ---- determinism ------------------------------------------------------------------------
 
 fn arb_command() -> impl Strategy<Value = Command> {

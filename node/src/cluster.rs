@@ -465,7 +465,7 @@ impl RaftCluster {
         self.wait_applied(index, deadline).await
     }
 
-    /// The hash of this node's replica with the index it covers, both read under one lock.
+    /// The hash of this node's replica with the index it covers, both taken under one lock.
     /// Hashing encodes the whole state (about a second per million objects), so it runs on
     /// a blocking thread, one request at a time, never on the runtime that serves heartbeats
     /// and runner sessions.
@@ -474,12 +474,12 @@ impl RaftCluster {
         let shared = self.shared.clone();
         let node_id = self.node_id;
         tokio::task::spawn_blocking(move || {
-            let machine = shared.read();
-            StateHash {
-                node_id,
-                applied_index: machine.last_applied.map(|l| l.index),
-                state_hash: machine.state.hash(),
-            }
+            // The view and its index under the lock (O(1)); the hashing after it, without.
+            let (view, applied_index) = {
+                let machine = shared.read();
+                (machine.state.replicated_view(), machine.last_applied.map(|l| l.index))
+            };
+            StateHash { node_id, applied_index, state_hash: view.hash() }
         })
         .await
         .map_err(|e| ClusterError::Internal(format!("state hash: {e}")))

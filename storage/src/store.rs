@@ -32,7 +32,6 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -367,22 +366,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub struct StateMachineStore {
     snapshots: SnapshotFile,
     shared: SharedState,
-    /// Set while a snapshot is encoded under the state's read lock (seconds for a large
-    /// state). `apply` then waits without blocking a runtime thread: a writer blocked on the
-    /// std `RwLock` would also block every later reader (it prefers writers), and with them
-    /// the threads that serve heartbeats and requests.
-    snapshot_encoding: Arc<AtomicBool>,
     /// Shared with the log store: a purge waits for the snapshot that covers it.
     gate: PurgeGate,
-}
-
-/// Clears the snapshot-encoding flag when the encoding ends, however it ends.
-struct EncodingFlag(Arc<AtomicBool>);
-
-impl Drop for EncodingFlag {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
 }
 
 /// A snapshot as stored: its meta and the encoded state.
@@ -506,7 +491,7 @@ const APPLY_YIELDS_BEFORE_SLEEP: u32 = 16;
 impl StateMachineStore {
     /// A state machine on `shared` whose snapshots go to `snapshots`.
     pub(crate) fn new(snapshots: SnapshotFile, shared: SharedState, gate: PurgeGate) -> Self {
-        StateMachineStore { snapshots, shared, snapshot_encoding: Arc::default(), gate }
+        StateMachineStore { snapshots, shared, gate }
     }
 
     /// `shared` loaded from the snapshot in `snapshots`, if there is one; returns where that
@@ -534,9 +519,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> RaftResult<Snapshot<TypeConfig>> {
         let started = std::time::Instant::now();
         // The encoding (seconds of CPU with a million objects) and the write run on a blocking
-        // thread, off the runtime that serves heartbeats and requests. The state is encoded in
-        // place under the read lock rather than copied first: a copy would double the memory
-        // of a large state. `apply` waits meanwhile (see ARCHITECTURE.md, "Snapshots").
+        // thread, off the runtime that serves heartbeats and requests. Under the read lock it
+        // only takes the state's replicated view (O(1): persistent maps) with the index and
+        // membership it covers; `apply` goes on while the view is encoded (see
+        // ARCHITECTURE.md, "Snapshots").
         let nanos = match &self.snapshots {
             SnapshotFile::Rocks { .. } => {
                 SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
@@ -545,15 +531,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             SnapshotFile::Memory(disk) => u128::from(disk.next_snapshot_number()),
         };
         let store = self.clone();
-        self.snapshot_encoding.store(true, Ordering::Release);
-        let encoding = EncodingFlag(self.snapshot_encoding.clone());
         let (meta, data, commands_covered) = run_blocking(self.snapshots.off_runtime(), move || -> RaftResult<_> {
-            let (data, last_log_id, last_membership, commands_covered) = {
-                let _encoding = encoding;
+            let (view, last_log_id, last_membership, commands_covered) = {
                 let machine = store.shared.read();
-                let data = machine.state.encode().map_err(|e| StorageIOError::read_state_machine(&e))?;
-                (data, machine.last_applied, machine.membership.clone(), machine.commands_applied)
+                let view = machine.state.replicated_view();
+                (view, machine.last_applied, machine.membership.clone(), machine.commands_applied)
             };
+            let data = view.encode().map_err(|e| StorageIOError::read_state_machine(&e))?;
+            drop(view);
             // The id only has to be unique per snapshot; the build time makes it so across restarts.
             let snapshot_id = match last_log_id {
                 Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
@@ -597,18 +582,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut refused = 0u32;
         let mut machine = loop {
-            if self.snapshot_encoding.load(Ordering::Acquire) {
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                continue;
-            }
             if let Some(machine) = self.shared.try_write() {
                 break machine;
             }
             // Readers hold the lock briefly; try again soon. Never a blocking `write()` here:
-            // an encoding may take the read lock between the check above and it, and a
-            // waiting writer would then hold up every reader for seconds. A long reader (an
-            // encoding, a state hash) gets a millisecond's sleep between tries, not a worker
-            // spinning on yields.
+            // a writer waiting on the std `RwLock` holds up every later reader (it prefers
+            // writers), and with them the threads that serve heartbeats and requests. A long
+            // reader (a walk over every object) gets a millisecond's sleep between tries, not
+            // a worker spinning on yields.
             refused += 1;
             if refused < APPLY_YIELDS_BEFORE_SLEEP {
                 tokio::task::yield_now().await;

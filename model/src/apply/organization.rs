@@ -66,10 +66,17 @@ pub(super) fn delete_api_key(state: &mut State, organization_id: &str, name: &st
     if !super::in_scope(scope, organization_id) {
         return Err(not_found(ObjectKind::Organization, organization_id));
     }
-    let before = state.api_keys.len();
-    state.api_keys.retain(|_, k| !(k.organization_id == organization_id && k.name == name));
-    if state.api_keys.len() == before {
+    let revoked: Vec<String> = state
+        .api_keys
+        .iter()
+        .filter(|(_, k)| k.organization_id == organization_id && k.name == name)
+        .map(|(hash, _)| hash.clone())
+        .collect();
+    if revoked.is_empty() {
         return Err(not_found(ObjectKind::ApiKey, name));
+    }
+    for hash in &revoked {
+        state.api_keys.remove(hash);
     }
     Ok(Outcome::Deleted { kind: ObjectKind::ApiKey, id: name.to_string() })
 }
