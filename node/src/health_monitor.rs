@@ -100,8 +100,8 @@ impl HealthWatch {
             if alive {
                 self.relays_down.remove(&node_id);
             } else if self.relays_down.insert(node_id) {
-                let from = now + AGENT_LEAVES_SILENT_NODE_AFTER;
-                self.reconnects_from = Some(self.reconnects_from.map_or(from, |earlier| earlier.max(from)));
+                // The latest loss wins (`None` orders before any `Some`).
+                self.reconnects_from = self.reconnects_from.max(Some(now + AGENT_LEAVES_SILENT_NODE_AFTER));
             }
         }
     }
