@@ -38,6 +38,9 @@ pub type GuardedRaftTransport = tonic::service::interceptor::InterceptedService<
     fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
 >;
 
+/// The gRPC service without the peer check ([`unguarded_raft_transport`]).
+pub type UnguardedRaftTransport = RaftTransportServer<RaftTransportService>;
+
 /// Builds the tonic service for `raft` and the node's leader operations, with message size
 /// limits. Every
 /// call must come from a peer whose certificate names a node ([`tls::peer_role`]): the TLS
@@ -49,10 +52,23 @@ pub fn raft_transport_server(
     leader: Arc<dyn LeaderService>,
     liveness: RaftLiveness,
 ) -> GuardedRaftTransport {
-    let server = RaftTransportServer::new(RaftTransportService { raft, leader, liveness })
+    tonic::service::interceptor::InterceptedService::new(
+        unguarded_raft_transport(raft, leader, liveness),
+        require_node_peer,
+    )
+}
+
+/// The same service without the peer-certificate check, for a transport that has no TLS and
+/// only nodes on it: the simulation's network (`corral-sim`). A node serves
+/// [`raft_transport_server`].
+pub fn unguarded_raft_transport(
+    raft: Raft,
+    leader: Arc<dyn LeaderService>,
+    liveness: RaftLiveness,
+) -> UnguardedRaftTransport {
+    RaftTransportServer::new(RaftTransportService { raft, leader, liveness })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::service::interceptor::InterceptedService::new(server, require_node_peer)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// Admits a gRPC call only from a node of this cluster.

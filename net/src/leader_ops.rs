@@ -25,11 +25,28 @@ pub struct PreVoteRequest {
     pub candidate: NodeId,
     /// The candidate's last log entry as (term, index); `None` for an empty log.
     pub last_log: Option<(u64, u64)>,
+    /// The node whose leadership wrote that entry (`None` from nodes older than this field).
+    #[serde(default)]
+    pub last_log_leader: Option<NodeId>,
     /// The leader the candidate found dead: its Raft port refused a connection, so no process
     /// listens there. A voter that also finds that port closed, and has not heard from a
     /// leader for a few heartbeats, need not wait out the whole lease.
     #[serde(default)]
     pub leader_down: Option<NodeId>,
+}
+
+/// A log entry's position as openraft orders logs when it grants a vote: by the leadership
+/// that wrote it, (term, node), then by index. openraft 0.9's leader ids are (term, node), so
+/// two nodes can lead one after the other in one term, and (term, index) alone would rank a
+/// log wrongly against openraft's own judgement.
+pub type LogPosition = (u64, NodeId, u64);
+
+impl PreVoteRequest {
+    /// Where the candidate's log ends ([`LogPosition`]); a request from an older node that
+    /// does not send the leader counts as written by node 0.
+    pub fn last_log_position(&self) -> Option<LogPosition> {
+        self.last_log.map(|(term, index)| (term, self.last_log_leader.unwrap_or(0), index))
+    }
 }
 
 /// A fenced leader's question to a voter: do you still follow `leader` in `term`? The voter

@@ -14,7 +14,8 @@
 //! - [`peer_clients`]: the client side ([`PeerClients`]), one channel per peer;
 //! - [`peer_tcp`]: the TCP under both sides, which drops a connection whose data a peer has
 //!   left unacknowledged for a second (so a healed partition does not leave it in
-//!   retransmission backoff);
+//!   retransmission backoff), and the [`PeerDialer`] seam through which the simulation runs
+//!   the same clients and service over its simulated TCP;
 //! - [`liveness`]: when a leader was last heard from and when followers last acknowledged
 //!   this node as leader ([`RaftLiveness`], recorded on AppendEntries), for pre-vote and
 //!   leader fencing.
@@ -51,13 +52,16 @@ pub mod runner_session;
 pub mod tls;
 
 pub use accept::serve_quic;
-pub use grpc_server::{raft_transport_server, GuardedRaftTransport, RaftTransportService};
+pub use grpc_server::{
+    raft_transport_server, unguarded_raft_transport, GuardedRaftTransport, RaftTransportService, UnguardedRaftTransport,
+};
 pub use leader_ops::{
-    CommittedWrite, ForwardError, LeaderService, LeadershipProbe, MembershipChange, MembershipChanged, PlacementReply,
-    PreVoteReply, PreVoteRequest, ProbeReply,
+    CommittedWrite, ForwardError, LeaderService, LeadershipProbe, LogPosition, MembershipChange, MembershipChanged,
+    PlacementReply, PreVoteReply, PreVoteRequest, ProbeReply,
 };
 pub use liveness::RaftLiveness;
 pub use peer_clients::PeerClients;
+pub use peer_tcp::{Dialing, PeerDialer, PeerStream};
 pub use raft_network::{GrpcNetworkFactory, GrpcPeer};
 
 pub mod pb {

@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_model::{Proposal, SandboxRequest};
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::leader_ops::{
@@ -16,22 +18,44 @@ use crate::leader_ops::{
 };
 use crate::pb::raft_transport_client::RaftTransportClient;
 use crate::pb::Payload;
-use crate::{peer_tcp, tls, NetError, CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
+use crate::peer_tcp::{self, PeerDialer};
+use crate::{tls, NetError, CONNECT_TIMEOUT, MAX_MESSAGE_BYTES};
 
 /// A pool of lazily connected channels to peers, keyed by address. tonic channels reconnect
 /// on their own, so one per peer is kept for the life of the node.
 ///
 /// With TLS ([`PeerClients::with_tls`]) every channel is mutual TLS from the cluster CA; the
-/// default, plaintext, is only for single-process tests that never dial a peer.
+/// default, plaintext, is only for single-process tests that never dial a peer, and for the
+/// simulation ([`PeerClients::with_dialer`]).
 #[derive(Clone, Default)]
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Opens the connections instead of the host's TCP (the simulation's network).
+    dialer: Option<Arc<dyn PeerDialer>>,
 }
 
 impl PeerClients {
     pub fn with_tls(tls: &tls::ClusterTls) -> Self {
-        Self { channels: Arc::default(), tls: Some(tls.grpc_client()) }
+        Self { channels: Arc::default(), tls: Some(tls.grpc_client()), dialer: None }
+    }
+
+    /// Plaintext gRPC over the connections `dialer` opens: the simulation's seam, which runs
+    /// the same channels, calls and deadlines over a simulated network.
+    pub fn with_dialer(dialer: Arc<dyn PeerDialer>) -> Self {
+        Self { channels: Arc::default(), tls: None, dialer: Some(dialer) }
+    }
+
+    /// Whether a connection to `addr` is refused within `timeout` (nothing listens there,
+    /// while the host answers): how the election driver tells a dead leader from a silent one.
+    pub async fn refuses_connections(&self, addr: &str, timeout: Duration) -> bool {
+        match &self.dialer {
+            None => crate::liveness::refuses_connections(addr, timeout).await,
+            Some(dialer) => match tokio::time::timeout(timeout, dialer.dial(addr)).await {
+                Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                Ok(Ok(_)) | Err(_) => false,
+            },
+        }
     }
 
     fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, NetError> {
@@ -51,8 +75,18 @@ impl PeerClients {
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5));
                 // Our own dialler (no Nagle, and the unacknowledged-data bound of
-                // `peer_tcp`); tonic adds TLS and the connect timeout around it.
-                let channel = endpoint.connect_with_connector_lazy(tower::service_fn(peer_tcp::dial));
+                // `peer_tcp`), or the injected one; tonic adds TLS and the connect timeout
+                // around it.
+                let channel = match &self.dialer {
+                    None => endpoint.connect_with_connector_lazy(tower::service_fn(peer_tcp::dial)),
+                    Some(dialer) => {
+                        let dialer = dialer.clone();
+                        endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+                            let dialing = peer_tcp::authority(&uri).map(|authority| dialer.dial(authority));
+                            async move { dialing?.await.map(TokioIo::new) }
+                        }))
+                    }
+                };
                 channels.insert(addr.to_string(), channel.clone());
                 channel
             }

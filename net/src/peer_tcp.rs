@@ -11,9 +11,12 @@
 //! lasts, tonic dials a fresh one on the next call, and the first call after the heal gets
 //! through at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 
@@ -32,13 +35,33 @@ pub fn bound_unacknowledged(stream: &TcpStream) -> std::io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_user_timeout(Some(PEER_TCP_USER_TIMEOUT))
 }
 
+/// A byte stream between two nodes: a TCP connection, or the simulation's simulated one.
+pub trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerStream for T {}
+
+/// A dial in progress.
+pub type Dialing = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn PeerStream>>> + Send>>;
+
+/// How a node opens connections to its peers' gRPC ports, when not over the host's TCP: the
+/// seam through which the simulation (`corral-sim`) runs the real gRPC client and server over
+/// its simulated network. A dial to a port where nothing listens fails with
+/// `ConnectionRefused`, as TCP's does (the election driver reads that as "the leader is dead").
+pub trait PeerDialer: Send + Sync + 'static {
+    /// Opens a connection to `authority` (`host:port`, as in the peer's Raft address).
+    fn dial(&self, authority: &str) -> Dialing;
+}
+
+/// The `host:port` a peer URI (`scheme://host:port`) names.
+pub(crate) fn authority(uri: &Uri) -> std::io::Result<&str> {
+    uri.authority().map(|a| a.as_str()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("peer address {uri} names no host"))
+    })
+}
+
 /// Dials the peer `uri` names (`scheme://host:port`): TCP with no Nagle delay and the
 /// unacknowledged-data bound. tonic layers TLS and the connect timeout over this.
 pub(crate) async fn dial(uri: Uri) -> std::io::Result<TokioIo<TcpStream>> {
-    let authority = uri.authority().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("peer address {uri} names no host"))
-    })?;
-    let stream = TcpStream::connect(authority.as_str()).await?;
+    let stream = TcpStream::connect(authority(&uri)?).await?;
     stream.set_nodelay(true)?;
     bound_unacknowledged(&stream)?;
     Ok(TokioIo::new(stream))

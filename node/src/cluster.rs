@@ -1,8 +1,8 @@
 //! [`RaftCluster`]: the node's one handle on the cluster. Everything that must happen on the
 //! leader (propose, read index, place a sandbox, change membership) goes through it: run on
 //! the local [`Leader`] when this node leads, forwarded over gRPC otherwise. The API reaches it
-//! through its `ClusterHandle` trait, peers through net's `LeaderService` trait, and the
-//! node's own tasks (health monitor, shared regions) call its methods directly.
+//! through its `ClusterHandle` trait, peers through its [`RaftCluster::peer_service`] (net's
+//! `LeaderService`), and the node's own tasks (health monitor, shared regions) call its methods directly.
 //!
 //! Writes go to the leader: proposed locally when this node leads, otherwise forwarded over
 //! gRPC, coalesced with the writes waiting beside them ([`Forwarder`]). Every proposal carries an idempotency key (the client's, or one made up here), so
@@ -22,10 +22,7 @@ use corral_api::{
 use corral_model::health::SharedHealth;
 use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
 use corral_net::gossip::Gossip;
-use corral_net::{
-    CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, NetError, PeerClients,
-    PlacementReply, PreVoteReply, PreVoteRequest, RaftLiveness,
-};
+use corral_net::{ForwardError, MembershipChange, NetError, PeerClients, RaftLiveness};
 use corral_raft_types::{CorralNode, NodeId, Raft, SharedState};
 use openraft::ServerState;
 use tokio::time::Instant;
@@ -574,43 +571,19 @@ impl ClusterHandle for RaftCluster {
     }
 }
 
-/// What peers ask of this node when it leads (called by net's gRPC server).
-#[tonic::async_trait]
-impl LeaderService for RaftCluster {
-    async fn write_batch(&self, proposals: Vec<Proposal>) -> Vec<Result<CommittedWrite, ForwardError>> {
-        // Queued one by one, back to back: the leader's coalescer joins them into few entries.
-        let writes = proposals.into_iter().map(|p| async move { Ok(self.leader.write(p).await?) });
-        futures::future::join_all(writes).await
-    }
-
-    async fn read_index(&self) -> Result<u64, ForwardError> {
-        Ok(self.leader.read_index().await?)
-    }
-
-    async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply> {
-        let placements = requests.into_iter().map(|r| async move { Ok(self.scheduler.place(r).await?) });
-        futures::future::join_all(placements).await
-    }
-
-    async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply {
-        let voter = crate::election::Voter {
+impl RaftCluster {
+    /// What this node answers to its peers' gRPC calls, over the same handles.
+    pub fn peer_service(&self) -> crate::peer_service::PeerService {
+        crate::peer_service::PeerService {
             node_id: self.node_id,
-            raft: &self.raft,
-            leader: &self.leader,
-            liveness: &self.liveness,
-            last_log: &self.last_log,
-            timing: &self.election,
-            link: &self.clients,
-            draining: self.draining.load(Ordering::Relaxed),
-        };
-        crate::election::answer_pre_vote(&voter, &request).await
-    }
-
-    async fn campaign(&self) -> Result<(), ForwardError> {
-        Ok(self.leader.campaign().await?)
-    }
-
-    async fn change_membership(&self, change: MembershipChange) -> Result<MembershipChanged, ForwardError> {
-        Ok(self.leader.change_membership(change).await?)
+            raft: self.raft.clone(),
+            leader: self.leader.clone(),
+            scheduler: self.scheduler.clone(),
+            liveness: self.liveness.clone(),
+            last_log: self.last_log.clone(),
+            election: self.election,
+            clients: self.clients.clone(),
+            draining: self.draining.clone(),
+        }
     }
 }

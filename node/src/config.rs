@@ -25,6 +25,8 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 /// stopped hashing the whole state on the async runtime flapped 700–1,200 runners here.
 pub const DEFAULT_RUNNER_SILENCE_MS: u64 = 4_000;
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1_000;
+/// How long a request to the leader may take (forwarded calls' deadline).
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 
 /// Log entries kept below a snapshot, as etcd's `--snapshot-catchup-entries` (5,000). A
 /// follower back after a few seconds away catches up from the log instead of a snapshot of
@@ -318,7 +320,10 @@ impl NodeConfig {
                 .election_timeout_ms
                 .or(file.election_timeout_ms)
                 .unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS),
-            request_timeout_ms: args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(10_000),
+            request_timeout_ms: args
+                .request_timeout_ms
+                .or(file.request_timeout_ms)
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
             max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(1024 * 1024),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             // haproxy's check (deploy/haproxy.cfg: every 500 ms, down after 2) needs ~1 s.

@@ -72,9 +72,12 @@ use futures::future::BoxFuture;
 // tokio's clock: the real one in a node, the simulated one in corral-sim.
 use tokio::time::Instant;
 
-use corral_net::{LeadershipProbe, NetError, PeerClients, PreVoteReply, PreVoteRequest, ProbeReply, RaftLiveness};
-use corral_raft_types::{NodeId, Raft};
-use openraft::ServerState;
+use corral_net::{
+    LeadershipProbe, LogPosition, NetError, PeerClients, PreVoteReply, PreVoteRequest, ProbeReply, RaftLiveness,
+};
+use corral_raft_types::{NodeId, Raft, TypeConfig};
+use openraft::storage::RaftLogStorage;
+use openraft::{ServerState, StorageError, Vote};
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
@@ -152,8 +155,8 @@ pub struct VoterView {
     /// and its leader's last answer to this voter's probes (a leader hears from none: its
     /// silence counts from before it won, so only `leads_with_quorum` keeps it refusing).
     pub since_leader_contact: Duration,
-    /// This voter's last log entry, (term, index).
-    pub last_log: Option<(u64, u64)>,
+    /// Where this voter's log ends, as openraft orders logs.
+    pub last_log: Option<LogPosition>,
     /// The request named a dead leader and this voter found that leader's port closed too.
     pub confirms_leader_down: bool,
     /// How long this voter's leader has been fenced, as its probes tell (zero if it is not).
@@ -171,8 +174,16 @@ pub fn judge_pre_vote(view: &VoterView, request: &PreVoteRequest, timing: &Timin
     if view.since_leader_contact < enough_silence && !leader_fenced {
         return Err(format!("in touch with a leader {} ms ago", view.since_leader_contact.as_millis()));
     }
-    if request.last_log < view.last_log {
-        return Err(format!("the candidate's log {:?} is behind this voter's {:?}", request.last_log, view.last_log));
+    // Ordered as openraft orders logs when it votes (with the leader of the last entry): a
+    // candidate that wins pre-votes must then be able to win the vote, or the voters that
+    // granted refuse the others (seed 51 of `corral-sim` with the read-index bug injected,
+    // before this: a longer log of leader (5, 2) against (5, 3), and no leader for 14 s).
+    if request.last_log_position() < view.last_log {
+        return Err(format!(
+            "the candidate's log {:?} is behind this voter's {:?}",
+            request.last_log_position(),
+            view.last_log
+        ));
     }
     Ok(())
 }
@@ -211,11 +222,16 @@ pub fn election_timeout(timing: &Timing, rng: &mut impl Rng) -> Duration {
 /// majority can elect.
 pub fn outruns_candidate(view: &VoterView, request: &PreVoteRequest, timing: &Timing) -> bool {
     let leaderless = view.since_leader_contact >= timing.lease || view.leader_fenced_for >= timing.fence_patience;
-    !view.leads_with_quorum && leaderless && request.last_log < view.last_log
+    !view.leads_with_quorum && leaderless && request.last_log_position() < view.last_log
 }
 
 /// Reads this node's last log entry, (term, index), from its log store.
-pub type LastLogReader = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<(u64, u64)>> + Send + Sync>;
+pub type LastLogReader = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<LogPosition>> + Send + Sync>;
+
+/// A log id as a [`LogPosition`].
+pub fn log_position(log_id: &openraft::LogId<NodeId>) -> LogPosition {
+    (log_id.leader_id.term, log_id.leader_id.node_id, log_id.index)
+}
 
 /// How the driver reaches the other voters: gRPC in a node ([`PeerClients`]), the simulated
 /// network in corral-sim.
@@ -262,8 +278,36 @@ impl ElectionLink for PeerClients {
     }
 
     fn refuses_connections<'a>(&'a self, _to: NodeId, addr: &'a str, timeout: Duration) -> BoxFuture<'a, bool> {
-        Box::pin(corral_net::liveness::refuses_connections(addr, timeout))
+        Box::pin(PeerClients::refuses_connections(self, addr, timeout))
     }
+}
+
+/// The vote a node restarts with, given the one it stored: a vote that had made it leader
+/// (committed, for itself) becomes its own candidacy one term later; any other stays.
+///
+/// Why: openraft restores a node whose stored vote made it leader as leader of that same
+/// term at once. A leader sends entries before its own copy is synced, so after a power loss
+/// it can come back without entries its followers hold, and it would then write different
+/// entries at the same indexes in the same term (breaking Raft's log matching), and serve
+/// reads from a commit index it lost (the stale read `corral-sim` found: seed 902 at the
+/// commit that added this). A term later it is a follower that must win an election, whose
+/// first entry commits before it serves reads. The vote still only grows.
+pub fn vote_to_restart_with(stored: Option<Vote<NodeId>>, node_id: NodeId) -> Option<Vote<NodeId>> {
+    let stored = stored?;
+    let led = stored.is_committed() && stored.leader_id().voted_for() == Some(node_id);
+    led.then(|| Vote::new(stored.leader_id().term + 1, node_id))
+}
+
+/// Before openraft starts on `store`: replaces a stored vote that had made this node leader
+/// ([`vote_to_restart_with`]). Returns the vote written, if any.
+pub async fn never_resume_leadership<S: RaftLogStorage<TypeConfig>>(
+    store: &mut S,
+    node_id: NodeId,
+) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+    let Some(vote) = vote_to_restart_with(store.read_vote().await?, node_id) else { return Ok(None) };
+    store.save_vote(&vote).await?;
+    tracing::info!(%vote, "restarted after leading: campaigning a term later instead of resuming leadership");
+    Ok(Some(vote))
 }
 
 /// What the driver needs besides Raft.
@@ -696,7 +740,13 @@ fn voter_addrs(driver: &Driver, voters: &BTreeSet<NodeId>, skip: Option<NodeId>)
 /// would otherwise hold the round for the whole `pre_vote_timeout`.
 async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>, leader_down: Option<NodeId>) -> bool {
     use futures::StreamExt;
-    let request = PreVoteRequest { candidate: driver.node_id, last_log: (driver.last_log)().await, leader_down };
+    let last_log = (driver.last_log)().await;
+    let request = PreVoteRequest {
+        candidate: driver.node_id,
+        last_log: last_log.map(|(term, _, index)| (term, index)),
+        last_log_leader: last_log.map(|(_, leader, _)| leader),
+        leader_down,
+    };
     let addrs = voter_addrs(driver, voters, leader_down);
     let mut asks: futures::stream::FuturesUnordered<_> = addrs
         .iter()
@@ -736,13 +786,45 @@ async fn pre_vote_round(driver: &Driver, voters: &BTreeSet<NodeId>, leader_down:
 mod tests {
     use super::*;
 
+    #[test]
+    fn logs_rank_by_the_leadership_that_wrote_them_as_openraft_ranks_them() {
+        // Node 2 led term 5 up to index 193; then node 3 led term 5 (openraft's leader ids are
+        // (term, node)) and this voter holds its entries up to 191.
+        let view = VoterView {
+            leads_with_quorum: false,
+            since_leader_contact: Duration::from_secs(1),
+            last_log: Some((5, 3, 191)),
+            confirms_leader_down: false,
+            leader_fenced_for: Duration::ZERO,
+        };
+        let longer_but_older =
+            PreVoteRequest { candidate: 2, last_log: Some((5, 193)), last_log_leader: Some(2), leader_down: None };
+        assert!(judge_pre_vote(&view, &longer_but_older, &timing()).is_err());
+        assert!(outruns_candidate(&view, &longer_but_older, &timing()));
+        let same = PreVoteRequest { last_log: Some((5, 191)), last_log_leader: Some(3), ..longer_but_older };
+        assert_eq!(judge_pre_vote(&view, &same, &timing()), Ok(()));
+    }
+
+    #[test]
+    fn a_node_that_led_restarts_as_its_own_candidate_a_term_later_and_others_keep_their_vote() {
+        let mut led = Vote::new(4, 2);
+        led.commit();
+        assert_eq!(vote_to_restart_with(Some(led), 2), Some(Vote::new(5, 2)));
+        assert!(Vote::new(5, 2) > led, "the vote only grows");
+        // It followed node 3, voted without a leader being elected, or never voted.
+        assert_eq!(vote_to_restart_with(Some(led), 3), None);
+        assert_eq!(vote_to_restart_with(Some(Vote::new(4, 2)), 2), None);
+        assert_eq!(vote_to_restart_with(None, 2), None);
+    }
+
     /// Heartbeat 50 ms, election timeout 250 ms: lease 200 ms, suspicion after 100 ms.
     fn timing() -> Timing {
         Timing::from_config(50, 250)
     }
 
+    /// A candidate whose last entry was written by node 1's leadership.
     fn request(last_log: Option<(u64, u64)>) -> PreVoteRequest {
-        PreVoteRequest { candidate: 2, last_log, leader_down: None }
+        PreVoteRequest { candidate: 2, last_log, last_log_leader: last_log.map(|_| 1), leader_down: None }
     }
 
     #[test]
@@ -750,7 +832,7 @@ mod tests {
         let view = VoterView {
             leads_with_quorum: false,
             since_leader_contact: Duration::from_millis(60),
-            last_log: Some((3, 10)),
+            last_log: Some((3, 1, 10)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
         };
@@ -764,7 +846,7 @@ mod tests {
         let view = VoterView {
             leads_with_quorum: false,
             since_leader_contact: Duration::from_millis(120),
-            last_log: Some((3, 10)),
+            last_log: Some((3, 1, 10)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
         };
@@ -808,7 +890,7 @@ mod tests {
         let leader = VoterView {
             leads_with_quorum: true,
             since_leader_contact: Duration::from_secs(9),
-            last_log: Some((3, 10)),
+            last_log: Some((3, 1, 10)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
         };
@@ -822,7 +904,7 @@ mod tests {
         let view = VoterView {
             leads_with_quorum: false,
             since_leader_contact: Duration::from_secs(1),
-            last_log: Some((4, 7)),
+            last_log: Some((4, 1, 7)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
         };
@@ -871,7 +953,7 @@ mod tests {
         let view = VoterView {
             leads_with_quorum: false,
             since_leader_contact: Duration::from_millis(60),
-            last_log: Some((3, 10)),
+            last_log: Some((3, 1, 10)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::from_millis(100),
         };
@@ -889,7 +971,7 @@ mod tests {
         let view = VoterView {
             leads_with_quorum: false,
             since_leader_contact: Duration::from_millis(300),
-            last_log: Some((4, 7)),
+            last_log: Some((4, 1, 7)),
             confirms_leader_down: false,
             leader_fenced_for: Duration::ZERO,
         };

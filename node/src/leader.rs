@@ -13,14 +13,16 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use corral_model::injected::{injected, InjectedBug};
 use corral_model::Proposal;
 use corral_net::{CommittedWrite, ForwardError, MembershipChange, MembershipChanged};
-use corral_raft_types::{CorralNode, NodeId, ProposalBatch, Raft, SharedState};
+use corral_raft_types::{CorralNode, NodeId, ProposalBatch, Raft, SharedState, TypeConfig};
 
 use crate::coalescer::{CoalesceError, Coalescer, CoalescerConfig};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
 
 /// Why a leader operation could not run here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -280,7 +282,7 @@ impl Drop for InFlight {
 async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) -> Vec<Result<CommittedWrite, LeaderError>> {
     let count = batch.len();
     metrics::histogram!("corral_raft_commands_per_entry").record(count as f64);
-    match raft.client_write(ProposalBatch(batch)).await {
+    match client_write_while_leading(raft, ProposalBatch(batch)).await {
         Ok(reply) if reply.data.0.len() == count => {
             let log_index = reply.log_id.index;
             reply.data.0.into_iter().map(|response| Ok(CommittedWrite { log_index, response })).collect()
@@ -289,7 +291,44 @@ async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) -> Vec<Result<Committed
             tracing::error!(sent = count, answered = reply.data.0.len(), "an entry applied with a wrong answer count");
             vec![Err(LeaderError::Unavailable("the entry applied with a wrong answer count".into())); count]
         }
-        Err(e) => vec![Err(client_write_error(e)); count],
+        Err(e) => vec![Err(e); count],
+    }
+}
+
+/// How long a batch may still wait for openraft's answer once the leadership it was proposed
+/// in has ended (openraft answers when the entry commits or is truncated; a second covers a
+/// new leader committing it).
+const ANSWER_AFTER_LEADERSHIP_ENDED: Duration = Duration::from_secs(1);
+
+/// `client_write`, given up on (as `Unavailable`: outcome unknown) when the leadership it was
+/// proposed in has ended and no answer came within [`ANSWER_AFTER_LEADERSHIP_ENDED`].
+///
+/// Why: openraft does not always answer a write whose leader stepped down. The simulation
+/// (seed 665 of `corral-sim` at the commit that added this) found a node that led, lost
+/// leadership with four batches in flight, caught up from the new leader and later led again:
+/// the four `client_write` calls never returned, so its proposal queue (four batches in
+/// flight) never moved again and every write to it timed out, while reads worked. Giving up is
+/// safe: every proposal carries an idempotency key, so a caller's retry applies it at most
+/// once and answers what the first attempt did if that one committed.
+async fn client_write_while_leading(
+    raft: &Raft,
+    batch: ProposalBatch,
+) -> Result<ClientWriteResponse<TypeConfig>, LeaderError> {
+    let mut metrics = raft.metrics();
+    let proposed_in = metrics.borrow().vote;
+    let write = raft.client_write(batch);
+    tokio::pin!(write);
+    tokio::select! {
+        answer = &mut write => return answer.map_err(client_write_error),
+        _ = metrics.wait_for(|m| m.vote != proposed_in) => {}
+    }
+    match tokio::time::timeout(ANSWER_AFTER_LEADERSHIP_ENDED, write).await {
+        Ok(answer) => answer.map_err(client_write_error),
+        Err(_) => Err(LeaderError::Unavailable(
+            "the leadership ended before this write's entry was answered; its outcome is unknown (a retry with \
+             the same idempotency key is safe)"
+                .into(),
+        )),
     }
 }
 

@@ -12,7 +12,9 @@
 //! - [`forwarder`]: [`forwarder::Forwarder`], a follower's batched calls to the leader;
 //! - [`cluster`]: [`cluster::RaftCluster`], the node's one handle on the cluster: runs leader
 //!   operations locally or forwards them to the leader over gRPC; implements api's
-//!   `ClusterHandle` and net's `LeaderService`;
+//!   `ClusterHandle`;
+//! - [`peer_service`]: [`peer_service::PeerService`], the node's answers to its peers' gRPC
+//!   calls (net's `LeaderService`);
 //! - [`scheduler`]: the leader's batched scheduler over the model's placement core;
 //! - [`runner_directory`]: the node's side of runner sessions (net's `RunnerDirectory`);
 //! - [`health_monitor`]: the leader's loop that commits the model's health verdict
@@ -27,7 +29,7 @@
 //! - [`telemetry`]: the Prometheus recorder and the gauges fed from Raft and the state.
 //!
 //! This is the only crate that depends on all the others; none depends on it but `benches`
-//! (and `sim`, when it lands), which run it in-process. Domain decisions are the model's;
+//! and `sim`, which run it in-process. Domain decisions are the model's;
 //! this crate does the I/O around them (time, randomness, Raft, sockets).
 
 pub mod certs;
@@ -41,6 +43,7 @@ pub mod election;
 pub mod forwarder;
 pub mod health_monitor;
 pub mod leader;
+pub mod peer_service;
 pub mod rescheduler;
 pub mod runner_agent;
 pub mod runner_directory;

@@ -64,14 +64,14 @@ fn raft_config(config: &NodeConfig, timing: &Timing) -> anyhow::Result<openraft:
     raft.validate().context("invalid raft configuration")
 }
 
-/// Reads the last log entry (term, index) from a handle on the node's log store.
+/// Reads where the log ends (`election::LogPosition`) from a handle on the node's log store.
 fn last_log_reader(log_store: corral_storage::LogStore) -> LastLogReader {
     Arc::new(move || {
         let mut log = log_store.clone();
         Box::pin(async move {
             use openraft::storage::RaftLogStorage;
             match log.get_log_state().await {
-                Ok(state) => state.last_log_id.map(|l| (l.leader_id.term, l.index)),
+                Ok(state) => state.last_log_id.as_ref().map(crate::election::log_position),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the last log entry");
                     None
@@ -133,6 +133,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let clients = network.clients.clone();
     let timing = Timing::from_config(config.heartbeat_ms, config.election_timeout_ms);
     let last_log = last_log_reader(log_store.clone());
+    crate::election::never_resume_leadership(&mut log_store.clone(), config.node_id)
+        .await
+        .context("cannot rewrite the stored vote")?;
     let raft = Raft::new(config.node_id, Arc::new(raft_config(&config, &timing)?), network, log_store, state_machine)
         .await
         .context("cannot start raft")?;
@@ -175,7 +178,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .tls_config(cluster_tls.grpc_server())
             .context("gRPC TLS")?
             .timeout(Duration::from_secs(30))
-            .add_service(raft_transport_server(raft.clone(), raft_cluster.clone(), liveness.clone()));
+            .add_service(raft_transport_server(raft.clone(), Arc::new(raft_cluster.peer_service()), liveness.clone()));
         tokio::spawn(async move {
             use futures::StreamExt;
             let incoming = raft_incoming.map(|accepted| {

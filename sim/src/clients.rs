@@ -1,8 +1,9 @@
 //! The simulation's clients. Each goes to a node that is up (as through a load balancer) and
-//! takes the node's own path to the leader: a write is forwarded to the node's leader over
-//! the simulated network and proposed through Corral's leader handle (coalesced, with an
-//! idempotency key, so a retry after a lost answer applies at most once); a read takes a read
-//! index from the leader and waits until the node has applied it, as `RaftCluster` does.
+//! takes the node's own path to the leader, as `RaftCluster` does: on the leader, its leader
+//! handle; elsewhere, its forwarder, which calls the leader it knows over gRPC (on the
+//! simulated TCP). Writes are coalesced and carry an idempotency key, so a retry after a lost
+//! answer applies at most once; a read takes a read index from the leader and waits until
+//! the node has applied it.
 //!
 //! - register clients write and read the proxy URL of a few regions (one register each),
 //!   recorded as a Jepsen-style history for the linearizability and lost-write checks;
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use corral_chaos::history::{Call, Outcome};
 use corral_model::{ApplyResult, CapacitySource, Command, FieldUpdate, Proposal, Resources, SandboxRequest};
+use corral_net::{ForwardError, NetError};
+use corral_node::forwarder::Forwarder;
 use corral_node::leader::LeaderError;
 use corral_raft_types::NodeId;
 use rand::rngs::StdRng;
@@ -22,7 +25,6 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
-use crate::network::Fabric;
 use crate::world::{Handles, World};
 
 /// How long a client keeps retrying one operation.
@@ -56,20 +58,29 @@ enum Attempt<T> {
     Retry,
 }
 
-/// Runs `op` on the leader as node `via` sees it, forwarding over the fabric.
-async fn at_leader<T, F, Fut>(fabric: &Fabric, world: &World, via: NodeId, op: F) -> Attempt<T>
+/// Runs an operation on the leader as node `via` sees it: `local` on `via`'s own handles when
+/// it leads, else `remote` through its forwarder to the leader's address.
+async fn at_leader<T, L, LF, R, RF>(world: &World, via: NodeId, op: &(L, R)) -> Attempt<T>
 where
-    F: FnOnce(Handles) -> Fut,
-    Fut: std::future::Future<Output = Result<T, LeaderError>>,
+    L: Fn(Handles) -> LF,
+    LF: std::future::Future<Output = Result<T, LeaderError>>,
+    R: Fn(Forwarder, String) -> RF,
+    RF: std::future::Future<Output = Result<Result<T, ForwardError>, NetError>>,
 {
     let Some(node) = world.node(via) else { return Attempt::Retry };
     let leader_id = node.raft.metrics().borrow().current_leader;
     let Some(leader_id) = leader_id else { return Attempt::Redirect(None) };
-    let Some(leader) = world.node(leader_id) else { return Attempt::Redirect(None) };
-    let attempt = fabric.carry(via, leader_id, tokio::time::timeout(ATTEMPT_TIMEOUT, op(leader)));
-    match attempt.await {
-        Some(Ok(Ok(value))) => Attempt::Done(value),
-        Some(Ok(Err(LeaderError::NotLeader { leader_id, .. }))) => Attempt::Redirect(leader_id),
+    let (local, remote) = op;
+    if leader_id == via {
+        return match tokio::time::timeout(ATTEMPT_TIMEOUT, local(node)).await {
+            Ok(Ok(value)) => Attempt::Done(value),
+            Ok(Err(LeaderError::NotLeader { leader_id, .. })) => Attempt::Redirect(leader_id),
+            _ => Attempt::Retry,
+        };
+    }
+    match remote(node.forwarder.clone(), crate::node::member(leader_id).raft_addr).await {
+        Ok(Ok(value)) => Attempt::Done(value),
+        Ok(Err(ForwardError::NotLeader { leader_id, .. })) => Attempt::Redirect(leader_id),
         _ => Attempt::Retry,
     }
 }
@@ -80,12 +91,15 @@ fn any_node(world: &World, rng: &mut StdRng) -> Option<NodeId> {
     up.choose(rng).copied()
 }
 
-/// Runs `op` on the leader (reached through a node that is up) until it is answered or the
-/// deadline passes; `None`: no answer. Retrying is safe: every write carries an idempotency key.
-async fn until_answered<T, F, Fut>(fabric: &Fabric, world: &World, rng: &mut StdRng, op: F) -> Option<T>
+/// Runs `op` (local, remote: see [`at_leader`]) on the leader, reached through a node that is
+/// up, until it is answered or the deadline passes; `None`: no answer. Retrying is safe:
+/// every write carries an idempotency key.
+async fn until_answered<T, L, LF, R, RF>(world: &World, rng: &mut StdRng, op: (L, R)) -> Option<T>
 where
-    F: Fn(Handles) -> Fut,
-    Fut: std::future::Future<Output = Result<T, LeaderError>>,
+    L: Fn(Handles) -> LF,
+    LF: std::future::Future<Output = Result<T, LeaderError>>,
+    R: Fn(Forwarder, String) -> RF,
+    RF: std::future::Future<Output = Result<Result<T, ForwardError>, NetError>>,
 {
     let deadline = tokio::time::Instant::now() + OPERATION_DEADLINE;
     let mut via = any_node(world, rng);
@@ -94,7 +108,7 @@ where
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        match at_leader(fabric, world, node, &op).await {
+        match at_leader(world, node, &op).await {
             Attempt::Done(answer) => return Some(answer),
             Attempt::Redirect(Some(leader)) if world.node(leader).is_some() => via = Some(leader),
             Attempt::Redirect(_) | Attempt::Retry => {
@@ -107,18 +121,25 @@ where
 }
 
 /// Proposes `proposal` until it is answered or the deadline passes; `None`: no answer.
-pub async fn write(fabric: &Fabric, world: &World, rng: &mut StdRng, proposal: Proposal) -> Option<ApplyResult> {
-    let committed = until_answered(fabric, world, rng, |leader| {
+pub async fn write(world: &World, rng: &mut StdRng, proposal: Proposal) -> Option<ApplyResult> {
+    let local = |node: Handles| {
         let p = proposal.clone();
-        async move { leader.leader.write(p).await }
-    });
-    committed.await.map(|c| c.response)
+        async move { node.leader.write(p).await }
+    };
+    let remote = |forwarder: Forwarder, leader: String| {
+        let p = proposal.clone();
+        async move { forwarder.write(leader, p, ATTEMPT_TIMEOUT).await }
+    };
+    until_answered(world, rng, (local, remote)).await.map(|c| c.response)
 }
 
 /// A linearizable read on node `via`: the leader's read index, then the node's own state
 /// once it has applied that far. `None`: it could not be served.
-async fn read_register(fabric: &Fabric, world: &World, via: NodeId, key: &str) -> Option<Option<String>> {
-    let index = match at_leader(fabric, world, via, |leader| async move { leader.leader.read_index().await }).await {
+async fn read_register(world: &World, via: NodeId, key: &str) -> Option<Option<String>> {
+    let local = |node: Handles| async move { node.leader.read_index().await };
+    let remote =
+        |forwarder: Forwarder, leader: String| async move { forwarder.read_index(leader, ATTEMPT_TIMEOUT).await };
+    let index = match at_leader(world, via, &(local, remote)).await {
         Attempt::Done(index) => index,
         _ => return None,
     };
@@ -139,14 +160,7 @@ async fn read_register(fabric: &Fabric, world: &World, via: NodeId, key: &str) -
 }
 
 /// One register client until `stop`.
-pub async fn register_client(
-    client: u64,
-    keys: usize,
-    fabric: Fabric,
-    world: World,
-    seed: u64,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn register_client(client: u64, keys: usize, world: World, seed: u64, mut stop: watch::Receiver<bool>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut written = 0u64;
     while !*stop.borrow() {
@@ -163,14 +177,14 @@ pub async fn register_client(
             };
             let mut proposal = Proposal::new(command, corral_net::now_millis());
             proposal.idempotency_key = Some(format!("sim/register/{client}/{written}"));
-            let outcome = match write(&fabric, &world, &mut rng, proposal).await {
+            let outcome = match write(&world, &mut rng, proposal).await {
                 Some(Ok(_)) => Outcome::Ok,
                 Some(Err(_)) => Outcome::Fail,
                 None => Outcome::Unknown,
             };
             world.push_op(client, Call::Write { key, value }, invoke, outcome, None);
         } else if let Some(via) = any_node(&world, &mut rng) {
-            match read_register(&fabric, &world, via, &key).await {
+            match read_register(&world, via, &key).await {
                 Some(seen) => world.push_op(client, Call::Read { key }, invoke, Outcome::Ok, Some(seen)),
                 None => world.push_op(client, Call::Read { key }, invoke, Outcome::Fail, None),
             };
@@ -186,16 +200,20 @@ pub async fn register_client(
 
 /// Asks the leader's scheduler for a sandbox until answered or the deadline passes;
 /// `Some(true)`: placed.
-async fn place(fabric: &Fabric, world: &World, rng: &mut StdRng, request: SandboxRequest) -> Option<bool> {
-    let placed = until_answered(fabric, world, rng, |leader| {
+async fn place(world: &World, rng: &mut StdRng, request: SandboxRequest) -> Option<bool> {
+    let local = |node: Handles| {
         let r = request.clone();
-        async move { leader.scheduler.place(r).await }
-    });
-    placed.await.map(|p| p.is_ok())
+        async move { node.scheduler.place(r).await }
+    };
+    let remote = |forwarder: Forwarder, leader: String| {
+        let r = request.clone();
+        async move { forwarder.place(leader, r, ATTEMPT_TIMEOUT).await }
+    };
+    until_answered(world, rng, (local, remote)).await.map(|p| p.is_ok())
 }
 
 /// One sandbox client until `stop`: creates sandboxes in the pool region and deletes them.
-pub async fn sandbox_client(client: u64, fabric: Fabric, world: World, seed: u64, mut stop: watch::Receiver<bool>) {
+pub async fn sandbox_client(client: u64, world: World, seed: u64, mut stop: watch::Receiver<bool>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut live: Vec<(String, String)> = Vec::new();
     let mut made = 0u64;
@@ -205,7 +223,7 @@ pub async fn sandbox_client(client: u64, fabric: Fabric, world: World, seed: u64
             world.mark_deleted(&request);
             let mut proposal = Proposal::new(Command::DeleteSandbox { id: sandbox_id }, corral_net::now_millis());
             proposal.idempotency_key = Some(format!("sim/delete/{request}"));
-            let _ = write(&fabric, &world, &mut rng, proposal).await;
+            let _ = write(&world, &mut rng, proposal).await;
         } else {
             made += 1;
             let request = format!("sim-sandbox-{client}-{made}");
@@ -221,7 +239,7 @@ pub async fn sandbox_client(client: u64, fabric: Fabric, world: World, seed: u64
                 idempotency_key: Some(format!("sim/place/{request}")),
                 credential: None,
             };
-            let placed = place(&fabric, &world, &mut rng, sandbox_request).await;
+            let placed = place(&world, &mut rng, sandbox_request).await;
             world.push_sandbox(crate::world::SandboxOp {
                 request: request.clone(),
                 acknowledged: placed == Some(true),
@@ -241,7 +259,7 @@ pub async fn sandbox_client(client: u64, fabric: Fabric, world: World, seed: u64
 }
 
 /// The operator: now and then a runner's capacity changes.
-pub async fn operator(fabric: Fabric, world: World, seed: u64, mut stop: watch::Receiver<bool>) {
+pub async fn operator(world: World, seed: u64, mut stop: watch::Receiver<bool>) {
     let mut rng = StdRng::seed_from_u64(seed);
     while !*stop.borrow() {
         let runner = RUNNERS[rng.gen_range(0..RUNNERS.len())];
@@ -251,7 +269,7 @@ pub async fn operator(fabric: Fabric, world: World, seed: u64, mut stop: watch::
             capacity: Resources { cpu, memory_gib: 64, disk_gib: 640, gpu: 0 },
             source: CapacitySource::Operator,
         };
-        let outcome = write(&fabric, &world, &mut rng, Proposal::new(command, corral_net::now_millis())).await;
+        let outcome = write(&world, &mut rng, Proposal::new(command, corral_net::now_millis())).await;
         world.trace(&format!("capacity {runner} cpu={cpu} {}", matches!(outcome, Some(Ok(_)))));
         let pause = Duration::from_millis(rng.gen_range(50..300));
         tokio::select! {

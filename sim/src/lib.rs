@@ -7,8 +7,10 @@
 //! What runs is Corral's own code: openraft with the state machine of `corral-storage` (on
 //! its simulated disk, [`corral_storage::MemDisk`], which loses unsynced writes in a crash),
 //! `corral_model::apply`, the node's leader handle (coalesced writes, idempotency keys, read
-//! index) and its scheduler. What is simulated: the network between nodes (openraft's RPCs
-//! and the forwarding of writes and reads), the disk, the clock (tokio's paused clock;
+//! index), its scheduler and forwarder, and its gRPC client and server (`corral_net`'s
+//! `PeerClients` and service, tonic and HTTP/2). What is simulated: TCP between the nodes
+//! ([`tcp`]: latency, loss and retransmission, cuts, resets, the 1 s unacknowledged-data
+//! bound), the rest of the network ([`network`]), the disk, the clock (tokio's paused clock;
 //! proposals' wall-clock stamps follow it through `corral_net::now_millis`), and randomness
 //! (the runtime's `select!` order through tokio's `rng_seed`, openraft's election timeouts
 //! through `corral_raft_types::runtime`, everything else from generators seeded here).
@@ -34,22 +36,21 @@
 //!
 //! Each node also runs the node's election driver (`corral_node::election::run`: pre-vote,
 //! the dead-leader fast path, leader fencing with probes) with `corral serve`'s default timing;
-//! its pre-votes and probes cross the simulated network ([`election_link`]) and are answered
-//! by the same functions as a node's gRPC handlers.
+//! its pre-votes and probes are gRPC calls like the rest, and "does the leader's port refuse
+//! connections" is a simulated dial.
 //!
-//! Departures from the design (ARCHITECTURE.md, "Simulation"): the network is simulated at
-//! the level of openraft's RPCs and the node's forwarding, not as TCP under tonic; runner
-//! sessions and gossip are not simulated (runners are made ready by a command, health
-//! verdicts are proposed by a client).
+//! Departures from the design (ARCHITECTURE.md, "Simulation"): the gRPC connections carry
+//! no TLS; runner sessions and gossip are not QUIC but messages on the fabric ([`fleet`]);
+//! clients call the node's leader handle and forwarder, not its REST API.
 
 pub mod clients;
-pub mod election_link;
 pub mod fleet;
 pub mod invariants;
 pub mod nemesis;
 pub mod network;
 pub mod node;
 pub mod run;
+pub mod tcp;
 pub mod world;
 
 pub use run::{run_seed, Options, SeedReport};

@@ -1,33 +1,26 @@
-//! The simulated network: openraft's RPCs between in-process nodes, through a [`Fabric`] that
-//! the nemesis reconfigures. Every decision (drop, delay) is drawn from the fabric's seeded
-//! generator, and every delay is a tokio sleep on the simulation's paused clock.
+//! The simulated network between in-process nodes: a [`Fabric`] that the nemesis
+//! reconfigures, carrying the bytes of the nodes' gRPC connections ([`crate::tcp`]) and their
+//! gossip. Every decision (drop, delay) is drawn from the fabric's seeded generator, and every
+//! delay is a tokio sleep on the simulation's paused clock.
 //!
-//! A message from `a` to `b` is lost when the link `a → b` is cut, when either node is down,
-//! or with the link-loss probability; lost messages surface as openraft's `Unreachable` after
-//! the delay a real timeout would take. A reply travels `b → a` and can be lost the same way
-//! after the call ran on `b` (the one-way cut that lets requests in and no answers out).
-//! A paused node's traffic, both ways, waits until it resumes and is then delivered late.
+//! A segment from `a` to `b` is lost when the link `a → b` is cut, when `b` is down, or with
+//! the link-loss probability; TCP then retransmits it ([`crate::tcp`]). A gossip message is
+//! simply lost. A paused node's traffic, both ways, waits until it resumes and is then
+//! delivered late.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use corral_net::RaftLiveness;
-use corral_raft_types::{CorralNode, NodeId, Raft, TypeConfig};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
+use corral_raft_types::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-/// How long a lost message takes to be reported (an RPC timeout).
+use crate::tcp::{Life, SimStream};
+
+/// How long a lost gossip message takes to be given up on.
 const LOST_AFTER: Duration = Duration::from_millis(100);
-/// openraft's pause before it retries a follower that did not answer (Corral's is 100 ms).
-const REPLICATION_RETRY: Duration = Duration::from_millis(100);
 
 /// The network's current faults.
 #[derive(Debug, Clone, Default)]
@@ -40,10 +33,15 @@ pub struct Faults {
     pub latency_ms: (u64, u64),
 }
 
+/// A node that is up: its life, and the backlog of its gRPC port.
+struct Listening {
+    incarnation: u64,
+    accept: mpsc::Sender<SimStream>,
+}
+
 struct FabricState {
     rng: StdRng,
-    /// The Raft handle of each node that is up, and where its transport records contact.
-    up: BTreeMap<NodeId, (Raft, RaftLiveness)>,
+    up: BTreeMap<NodeId, Listening>,
     faults: Faults,
     messages: u64,
     lost: u64,
@@ -57,10 +55,33 @@ pub struct Fabric {
     paused: watch::Sender<BTreeSet<NodeId>>,
 }
 
-/// What the fabric decided for one message.
+/// What the fabric decided for one gossip message.
 enum Route {
     Lost,
-    Deliver { delay: Duration, to: (Raft, RaftLiveness) },
+    Deliver { delay: Duration },
+}
+
+/// What becomes of a connection attempt when it reaches the node.
+pub enum Syn {
+    /// The node listens: the life it is in, and its backlog.
+    Listening(Life, mpsc::Sender<SimStream>),
+    /// The node is down behind a working link: its port refuses.
+    Refused,
+    /// The attempt was lost (a cut link, link loss).
+    Lost,
+}
+
+/// What becomes of one TCP segment when it reaches its peer.
+pub enum SegmentFate {
+    Delivered,
+    /// Delivered, but the acknowledgements do not come back (the return path is cut).
+    DeliveredUnacknowledged,
+    /// Lost: retransmit.
+    Unacknowledged,
+    /// The peer is another life now: its kernel resets the connection.
+    Reset,
+    /// The sender's life has ended: a crashed node sends nothing more.
+    SenderGone,
 }
 
 impl Fabric {
@@ -79,8 +100,9 @@ impl Fabric {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_up(&self, id: NodeId, raft: Raft, liveness: RaftLiveness) {
-        self.lock().up.insert(id, (raft, liveness));
+    /// Node `id` is up in `incarnation`; connections to it go to `accept`.
+    pub fn set_up(&self, id: NodeId, incarnation: u64, accept: mpsc::Sender<SimStream>) {
+        self.lock().up.insert(id, Listening { incarnation, accept });
     }
 
     pub fn set_down(&self, id: NodeId) {
@@ -116,83 +138,91 @@ impl Fabric {
     }
 
     /// Waits while `a` or `b` is paused.
-    async fn wait_unpaused(&self, a: NodeId, b: NodeId) {
+    pub async fn wait_unpaused(&self, a: NodeId, b: NodeId) {
         let mut paused = self.paused.subscribe();
         let _ = paused.wait_for(|p| !p.contains(&a) && !p.contains(&b)).await;
     }
 
     fn route(&self, from: NodeId, to: NodeId) -> Route {
         let mut s = self.lock();
-        s.messages += 1;
+        let delay = Self::draw_latency(&mut s);
+        if Self::draw_loss(&mut s) {
+            return Route::Lost;
+        }
+        if s.faults.cut.contains(&(from, to)) || !s.up.contains_key(&from) || !s.up.contains_key(&to) {
+            s.lost += 1;
+            return Route::Lost;
+        }
+        Route::Deliver { delay }
+    }
+
+    fn draw_latency(s: &mut FabricState) -> Duration {
         let (low, high) = s.faults.latency_ms;
-        let delay = Duration::from_millis(if high > low { s.rng.gen_range(low..=high) } else { low });
+        Duration::from_millis(if high > low { s.rng.gen_range(low..=high) } else { low })
+    }
+
+    /// One link's latency now, drawn from the fault profile.
+    pub fn latency(&self) -> Duration {
+        Self::draw_latency(&mut self.lock())
+    }
+
+    /// Whether a message on any link is lost now (link loss); counts the message.
+    fn draw_loss(s: &mut FabricState) -> bool {
+        s.messages += 1;
         let loss = s.faults.loss;
-        let dropped = loss > 0.0 && s.rng.gen_bool(loss.min(1.0));
-        let target = s.up.get(&to).cloned();
-        match target {
-            Some(raft) if !dropped && !s.faults.cut.contains(&(from, to)) && s.up.contains_key(&from) => {
-                Route::Deliver { delay, to: raft }
-            }
-            _ => {
-                s.lost += 1;
-                Route::Lost
-            }
+        let lost = loss > 0.0 && s.rng.gen_bool(loss.min(1.0));
+        if lost {
+            s.lost += 1;
+        }
+        lost
+    }
+
+    /// A connection attempt from `from` reaching node `to`.
+    pub fn syn(&self, from: Life, to: NodeId) -> Syn {
+        let mut s = self.lock();
+        if Self::draw_loss(&mut s) || s.faults.cut.contains(&(from.0, to)) || s.faults.cut.contains(&(to, from.0)) {
+            return Syn::Lost;
+        }
+        match s.up.get(&to) {
+            Some(listening) => Syn::Listening((to, listening.incarnation), listening.accept.clone()),
+            None => Syn::Refused,
         }
     }
 
-    /// Whether a connection attempt `from → to` is refused: only when the link works and
-    /// nothing runs at `to` (a crashed node); a paused or cut-off node's port is not refused
-    /// (the attempt hangs until its timeout, which the caller applies).
-    pub async fn connection_refused(&self, from: NodeId, to: NodeId) -> bool {
-        let (cut, down, delay) = {
-            let s = self.lock();
-            let (low, _) = s.faults.latency_ms;
-            (s.faults.cut.contains(&(from, to)) || s.faults.cut.contains(&(to, from)), !s.up.contains_key(&to), low)
-        };
-        if cut || !down {
-            std::future::pending::<()>().await;
+    fn alive(s: &FabricState, life: Life) -> bool {
+        s.up.get(&life.0).is_some_and(|l| l.incarnation == life.1)
+    }
+
+    /// A segment of a connection between two lives reaching `to`.
+    pub fn segment_fate(&self, from: Life, to: Life) -> SegmentFate {
+        let mut s = self.lock();
+        if !Self::alive(&s, from) {
+            return SegmentFate::SenderGone;
         }
-        tokio::time::sleep(Duration::from_millis(delay * 2)).await;
-        true
-    }
-
-    /// Carries one Raft RPC `from → to` and its reply back, or loses it.
-    async fn call<Reply, F, Fut>(&self, from: NodeId, to: NodeId, run: F) -> Result<Reply, Lost>
-    where
-        F: FnOnce((Raft, RaftLiveness)) -> Fut,
-        Fut: std::future::Future<Output = Reply>,
-    {
-        self.wait_unpaused(from, to).await;
-        let (delay, raft) = match self.route(from, to) {
-            Route::Lost => {
-                tokio::time::sleep(LOST_AFTER).await;
-                return Err(Lost);
+        if Self::draw_loss(&mut s) || s.faults.cut.contains(&(from.0, to.0)) {
+            return SegmentFate::Unacknowledged;
+        }
+        if !Self::alive(&s, to) {
+            if s.up.contains_key(&to.0) {
+                return SegmentFate::Reset;
             }
-            Route::Deliver { delay, to } => (delay, to),
-        };
-        tokio::time::sleep(delay).await;
-        let reply = run(raft).await;
-        self.reply(from, to).await?;
-        Ok(reply)
-    }
-
-    /// Carries the reply of a call that ran on `to` back to `from`, or loses it.
-    async fn reply(&self, from: NodeId, to: NodeId) -> Result<(), Lost> {
-        self.wait_unpaused(from, to).await;
-        match self.route(to, from) {
-            Route::Lost => {
-                tokio::time::sleep(LOST_AFTER).await;
-                Err(Lost)
-            }
-            Route::Deliver { delay, .. } => {
-                tokio::time::sleep(delay).await;
-                Ok(())
-            }
+            s.lost += 1;
+            return SegmentFate::Unacknowledged;
+        }
+        if s.faults.cut.contains(&(to.0, from.0)) {
+            SegmentFate::DeliveredUnacknowledged
+        } else {
+            SegmentFate::Delivered
         }
     }
 
-    /// Carries a node-to-node request that is not Raft's (a forwarded write, a read index)
-    /// `from → to`, runs `request` there, and carries its answer back; `None` when lost.
+    /// Whether acknowledgements from `to` cannot reach `from` (the return path is cut).
+    pub fn acknowledgements_cut(&self, from: Life, to: Life) -> bool {
+        self.lock().faults.cut.contains(&(to.0, from.0))
+    }
+
+    /// Carries a gossip message `from → to` (QUIC in `corral serve`, not simulated as such),
+    /// runs `request` there, and carries its answer back; `None` when lost.
     pub async fn carry<T>(&self, from: NodeId, to: NodeId, request: impl std::future::Future<Output = T>) -> Option<T> {
         if from == to {
             return Some(request.await);
@@ -203,111 +233,19 @@ impl Fabric {
                 tokio::time::sleep(LOST_AFTER).await;
                 return None;
             }
-            Route::Deliver { delay, .. } => tokio::time::sleep(delay).await,
+            Route::Deliver { delay } => tokio::time::sleep(delay).await,
         }
         let answer = request.await;
-        self.reply(from, to).await.ok()?;
-        Some(answer)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("message lost")]
-struct Lost;
-
-/// openraft's network factory for one node.
-#[derive(Clone)]
-pub struct SimNetwork {
-    pub from: NodeId,
-    pub fabric: Fabric,
-    /// The node's record of acknowledgements (and its fence), as the gRPC transport keeps it.
-    pub liveness: RaftLiveness,
-}
-
-impl RaftNetworkFactory<TypeConfig> for SimNetwork {
-    type Network = SimPeer;
-
-    async fn new_client(&mut self, target: NodeId, _node: &CorralNode) -> SimPeer {
-        SimPeer { from: self.from, to: target, fabric: self.fabric.clone(), liveness: self.liveness.clone() }
-    }
-}
-
-/// One node's connection to one peer.
-pub struct SimPeer {
-    from: NodeId,
-    to: NodeId,
-    fabric: Fabric,
-    liveness: RaftLiveness,
-}
-
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, CorralNode, RaftError<NodeId, E>>>;
-
-impl SimPeer {
-    // openraft's `RaftNetwork` methods return its `RPCError` unboxed; this builds that value.
-    #[allow(clippy::result_large_err)]
-    fn answer<T, E: std::error::Error>(&self, reply: Result<Result<T, RaftError<NodeId, E>>, Lost>) -> RpcResult<T, E> {
-        match reply {
-            Err(lost) => Err(RPCError::Unreachable(Unreachable::new(&lost))),
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.to, e))),
+        self.wait_unpaused(from, to).await;
+        match self.route(to, from) {
+            Route::Lost => {
+                tokio::time::sleep(LOST_AFTER).await;
+                None
+            }
+            Route::Deliver { delay } => {
+                tokio::time::sleep(delay).await;
+                Some(answer)
+            }
         }
-    }
-}
-
-impl RaftNetwork<TypeConfig> for SimPeer {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        if self.liveness.replication_stopped() {
-            return Err(corral_net::raft_network::replication_stopped());
-        }
-        let term = rpc.vote.leader_id().term;
-        let sent = tokio::time::Instant::now();
-        let reply = self
-            .fabric
-            .call(self.from, self.to, |(raft, target)| async move {
-                let reply = raft.append_entries(rpc).await;
-                target.record_append_received(term, &reply);
-                reply
-            })
-            .await;
-        if let Ok(Ok(answer)) = &reply {
-            self.liveness.record_append_reply(self.to, term, sent, answer);
-        }
-        self.answer(reply)
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        if self.liveness.replication_stopped() {
-            return Err(corral_net::raft_network::replication_stopped());
-        }
-        let (leader_vote, sent) = (rpc.vote, tokio::time::Instant::now());
-        let reply = self
-            .fabric
-            .call(self.from, self.to, |(raft, target)| async move {
-                let reply = raft.install_snapshot(rpc).await;
-                target.record_snapshot_received(&leader_vote, &reply);
-                reply
-            })
-            .await;
-        if let Ok(Ok(answer)) = &reply {
-            self.liveness.record_snapshot_reply(self.to, &leader_vote, sent, answer);
-        }
-        self.answer(reply)
-    }
-
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, _option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
-        let reply = self.fabric.call(self.from, self.to, |(raft, _)| async move { raft.vote(rpc).await }).await;
-        self.answer(reply)
-    }
-
-    fn backoff(&self) -> openraft::network::Backoff {
-        openraft::network::Backoff::new(std::iter::repeat(REPLICATION_RETRY))
     }
 }

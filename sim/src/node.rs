@@ -1,25 +1,33 @@
 //! One simulated node: openraft with Corral's state machine on a simulated disk, Corral's
-//! leader handle (the coalescing write path and read index), its scheduler and its election
-//! driver (pre-vote, fencing), its runner health table, gossip and health monitor
-//! ([`crate::fleet`]), all on the simulation's runtime, with the node's default timing. A crash loses what the disk had not synced; a restart opens the node again on
-//! what survived, as a new incarnation.
+//! leader handle (the coalescing write path and read index), its scheduler, its forwarder
+//! and its election driver (pre-vote, fencing), its runner health table, gossip and health
+//! monitor ([`crate::fleet`]), all on the simulation's runtime, with the node's default
+//! timing. It talks to its peers as `corral serve` does: openraft's network, the forwarder
+//! and the election driver call through `corral_net::PeerClients`, and the node serves
+//! `corral_net`'s gRPC service (answered by `corral_node::peer_service::PeerService`), over
+//! the simulated TCP of [`crate::tcp`] instead of the host's, and without TLS.
+//!
+//! A crash loses what the disk had not synced; a restart opens the node again on what
+//! survived, as a new incarnation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_net::RaftLiveness;
-use corral_node::config::{DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS};
+use corral_net::{GrpcNetworkFactory, PeerClients, RaftLiveness};
+use corral_node::config::{DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, DEFAULT_REQUEST_TIMEOUT_MS};
 use corral_node::election::{Driver, LastLogReader, Timing};
+use corral_node::forwarder::Forwarder;
 use corral_node::leader::{Leader, PROPOSAL_BATCHING};
+use corral_node::peer_service::PeerService;
 use corral_node::scheduler::{Scheduler, SchedulerConfig};
 use corral_raft_types::{CorralNode, NodeId, Raft};
 use corral_storage::{open_memory, MemDisk};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::election_link::SimElectionLink;
 use crate::fleet::{self, NodeHealth};
-use crate::network::{Fabric, SimNetwork};
+use crate::network::Fabric;
+use crate::tcp::{SimDialer, ACCEPT_BACKLOG};
 use crate::world::{Handles, World};
 
 /// openraft's configuration as `corral serve` sets it (heartbeat, the short vote lease; the
@@ -44,14 +52,19 @@ fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
 pub struct SimNode {
     pub id: NodeId,
     pub disk: MemDisk,
-    /// The running incarnation's Raft, and the switch that stops its election driver.
-    pub running: Option<(Raft, watch::Sender<bool>)>,
+    /// The running incarnation's Raft, the switch that stops its tasks, and its gRPC server.
+    pub running: Option<(Raft, watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
     /// Incremented at every start.
     pub incarnation: u64,
 }
 
 pub fn member(id: NodeId) -> CorralNode {
     CorralNode { raft_addr: format!("sim-node-{id}:8901"), api_addr: format!("sim-node-{id}:8801") }
+}
+
+/// The node a simulated address (`sim-node-N:port`) names.
+pub fn node_of(authority: &str) -> Option<NodeId> {
+    authority.strip_prefix("sim-node-")?.split(':').next()?.parse().ok()
 }
 
 impl SimNode {
@@ -61,15 +74,18 @@ impl SimNode {
 
     /// Starts (or restarts) the node on its disk; returns what its clients and peers use.
     pub async fn start(&mut self, fabric: &Fabric, world: &World, seed: u64) -> Result<Handles, String> {
+        self.incarnation += 1;
         let timing = Timing::from_config(DEFAULT_HEARTBEAT_MS, DEFAULT_ELECTION_TIMEOUT_MS);
         let (log, state_machine, shared) = open_memory(&self.disk).map_err(|e| e.to_string())?;
         let liveness = RaftLiveness::default();
-        let network = SimNetwork { from: self.id, fabric: fabric.clone(), liveness: liveness.clone() };
+        let clients =
+            PeerClients::with_dialer(Arc::new(SimDialer { from: (self.id, self.incarnation), fabric: fabric.clone() }));
+        let network = GrpcNetworkFactory { clients: clients.clone(), liveness: liveness.clone() };
+        corral_node::election::never_resume_leadership(&mut log.clone(), self.id).await.map_err(|e| e.to_string())?;
         let raft = Raft::new(self.id, Arc::new(raft_config(&timing)?), network, log.clone(), state_machine)
             .await
             .map_err(|e| format!("node {}: raft did not start: {e}", self.id))?;
         let leader = Leader::new(raft.clone(), shared.clone(), PROPOSAL_BATCHING);
-        self.incarnation += 1;
         let own_seed = seed.wrapping_mul(31).wrapping_add(self.id * 1_000 + self.incarnation);
         let health = NodeHealth::default();
         let scheduler = Scheduler::start(
@@ -79,7 +95,7 @@ impl SimNode {
             SchedulerConfig { seed: Some(own_seed), ..SchedulerConfig::default() },
         );
         let last_log: LastLogReader = Arc::new(move || {
-            let last = log.last_log();
+            let last = log.last_log_id().as_ref().map(corral_node::election::log_position);
             Box::pin(async move { last })
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -88,20 +104,38 @@ impl SimNode {
             raft: raft.clone(),
             leader: leader.clone(),
             liveness: liveness.clone(),
-            link: Arc::new(SimElectionLink { from: self.id, fabric: fabric.clone(), world: world.clone() }),
+            link: Arc::new(clients.clone()),
             timing,
             last_log: last_log.clone(),
             seed: Some(own_seed ^ 0x656c_6563),
         };
+        let peer_service = PeerService {
+            node_id: self.id,
+            raft: raft.clone(),
+            leader: leader.clone(),
+            scheduler: scheduler.clone(),
+            liveness: liveness.clone(),
+            last_log: last_log.clone(),
+            election: timing,
+            clients: clients.clone(),
+            draining: Arc::default(),
+        };
+        let (accept, accepted) = mpsc::channel(ACCEPT_BACKLOG);
+        let grpc = tokio::spawn(serve_grpc(
+            corral_net::unguarded_raft_transport(raft.clone(), Arc::new(peer_service), liveness.clone()),
+            accepted,
+        ));
         tokio::spawn(corral_node::election::run(driver, stop_rx.clone()));
         tokio::spawn(fleet::gossip(self.id, health.clone(), fabric.clone(), world.clone(), stop_rx.clone()));
         tokio::spawn(fleet::monitor(self.id, fabric.clone(), world.clone(), stop_rx));
-        fabric.set_up(self.id, raft.clone(), liveness.clone());
-        self.running = Some((raft.clone(), stop_tx));
+        fabric.set_up(self.id, self.incarnation, accept);
+        self.running = Some((raft.clone(), stop_tx, grpc));
+        let forwarder = Forwarder::start(clients, Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS));
         Ok(Handles {
             raft,
             leader,
             scheduler,
+            forwarder,
             shared,
             incarnation: self.incarnation,
             liveness,
@@ -115,8 +149,11 @@ impl SimNode {
     pub async fn crash(&mut self, fabric: &Fabric) -> usize {
         fabric.set_down(self.id);
         let lost = self.disk.crash();
-        if let Some((raft, stop)) = self.running.take() {
+        if let Some((raft, stop, grpc)) = self.running.take() {
             let _ = stop.send(true);
+            // The process is gone: its server accepts nothing more (its connections' ends
+            // go silent, see `crate::tcp`).
+            grpc.abort();
             // Its stores already fail; shutting openraft down ends its tasks.
             let _ = raft.shutdown().await;
         }
@@ -127,6 +164,18 @@ impl SimNode {
 /// Bootstraps the cluster from node 1 with every node as a voter.
 pub async fn bootstrap(nodes: &[SimNode]) -> Result<(), String> {
     let members: BTreeMap<NodeId, CorralNode> = nodes.iter().map(|n| (n.id, member(n.id))).collect();
-    let (first, _) = nodes.first().and_then(|n| n.running.as_ref()).ok_or("node 1 is not running")?;
+    let (first, _, _) = nodes.first().and_then(|n| n.running.as_ref()).ok_or("node 1 is not running")?;
     first.initialize(members).await.map_err(|e| format!("initialize: {e}"))
+}
+
+/// Serves the node's gRPC service on the connections its listener accepts, as `corral serve`
+/// does on its Raft port (with its 30 s request limit).
+async fn serve_grpc(service: corral_net::UnguardedRaftTransport, mut accepted: mpsc::Receiver<crate::tcp::SimStream>) {
+    let incoming = futures::stream::poll_fn(move |cx| accepted.poll_recv(cx).map(|s| s.map(Ok::<_, std::io::Error>)));
+    // It ends when the node crashes (the task is aborted); an accept error cannot happen here.
+    let _ = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(service)
+        .serve_with_incoming(incoming)
+        .await;
 }

@@ -377,31 +377,13 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     let mut tasks = Vec::new();
     for client in 0..3u64 {
         let seed = seed.wrapping_add(100 + client);
-        tasks.push(tokio::spawn(clients::register_client(
-            client,
-            options.keys,
-            sim.fabric.clone(),
-            world.clone(),
-            seed,
-            stop_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(clients::register_client(client, options.keys, world.clone(), seed, stop_rx.clone())));
     }
     for client in 0..2u64 {
         let seed = seed.wrapping_add(200 + client);
-        tasks.push(tokio::spawn(clients::sandbox_client(
-            client,
-            sim.fabric.clone(),
-            world.clone(),
-            seed,
-            stop_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(clients::sandbox_client(client, world.clone(), seed, stop_rx.clone())));
     }
-    tasks.push(tokio::spawn(clients::operator(
-        sim.fabric.clone(),
-        world.clone(),
-        seed.wrapping_add(300),
-        stop_rx.clone(),
-    )));
+    tasks.push(tokio::spawn(clients::operator(world.clone(), seed.wrapping_add(300), stop_rx.clone())));
     // Runner agents report until the end; the runner nemesis kills some during the safety
     // phase (in most seeds).
     let (agents_stop, agents_stop_rx) = watch::channel(false);
@@ -487,9 +469,21 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     let mut committed = false;
     while !committed && liveness_start.elapsed() < options.liveness {
         let proposal = Proposal::new(probe.clone(), corral_net::now_millis());
-        committed = matches!(clients::write(&sim.fabric, &world, &mut sim.rng, proposal).await, Some(Ok(_)));
+        committed = matches!(clients::write(&world, &mut sim.rng, proposal).await, Some(Ok(_)));
     }
     if !committed {
+        // What each node's Raft says, for reading the replay.
+        for (id, node) in world.up() {
+            let m = node.raft.metrics().borrow().clone();
+            world.trace(&format!(
+                "raft {id}: {:?} vote {} leader {:?} last log {:?} applied {:?}",
+                m.state,
+                m.vote,
+                m.current_leader,
+                m.last_log_index,
+                m.last_applied.map(|l| l.index)
+            ));
+        }
         report
             .violations
             .push(format!("liveness: no write committed within {} s of healing", options.liveness.as_secs()));
@@ -571,8 +565,9 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     report.trace_hash = trace_hash;
     report.events = events;
     for node in &sim.nodes {
-        if let Some((raft, stop)) = &node.running {
+        if let Some((raft, stop, grpc)) = &node.running {
             let _ = stop.send(true);
+            grpc.abort();
             let _ = raft.shutdown().await;
         }
     }

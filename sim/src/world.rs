@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use corral_chaos::history::{Call, History, Nanos, Outcome};
 use corral_net::RaftLiveness;
 use corral_node::election::{LastLogReader, Timing};
+use corral_node::forwarder::Forwarder;
 use corral_node::leader::Leader;
 use corral_node::scheduler::Scheduler;
 use corral_raft_types::{NodeId, Raft, SharedState};
@@ -21,6 +22,8 @@ pub struct Handles {
     pub raft: Raft,
     pub leader: Leader,
     pub scheduler: Scheduler,
+    /// Its batched calls to the leader over gRPC, as `corral serve`'s.
+    pub forwarder: Forwarder,
     pub shared: SharedState,
     pub incarnation: u64,
     /// What its election driver and pre-vote answers read.

@@ -195,10 +195,11 @@ impl MemLogStore {
         Ok(image)
     }
 
-    /// The last log entry (term, index) a read sees now.
-    pub fn last_log(&self) -> Option<(u64, u64)> {
+    /// The id of the last log entry a read sees now (the last purged one when the log is
+    /// empty after a snapshot), as `get_log_state` gives it.
+    pub fn last_log_id(&self) -> Option<LogId<NodeId>> {
         let image = self.disk.lock();
-        image.visible.entries.values().next_back().map(|e| (e.log_id.leader_id.term, e.log_id.index))
+        image.visible.entries.values().next_back().map(|e| e.log_id).or(image.visible.last_purged)
     }
 
     fn write(&self, write: Unsynced) -> RaftResult<()> {
