@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,10 +25,6 @@ fn tool(name: &str) -> String {
         }
     }
     panic!("{name} is not installed; .ci/prereqs installs it (apt-get install {name})");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Kills the child when dropped.
@@ -150,7 +145,7 @@ fn metric_names_in_deploy_files() -> std::collections::BTreeSet<String> {
 /// deploy/haproxy.cfg with the cluster's addresses; returns (haproxy process, its address).
 /// haproxy with deploy/haproxy.cfg, its bind address rewritten and one server line per node.
 fn start_haproxy(c: &TestCluster, dir: &Path) -> (Process, String) {
-    let front = format!("127.0.0.1:{}", free_port());
+    let front = format!("127.0.0.1:{}", common::free_port());
     let deployed = std::fs::read_to_string(deploy("haproxy.cfg")).expect("haproxy.cfg");
     let mut cfg: String = deployed
         .lines()
@@ -268,7 +263,7 @@ fn prometheus_scrapes_every_node() {
     assert!(cfg.contains(&targets), "targets rewritten");
     std::fs::write(dir.path().join("prometheus.yml"), cfg).expect("write");
     std::fs::copy(deploy("corral-alerts.yml"), dir.path().join("corral-alerts.yml")).expect("copy rules");
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", common::free_port());
     let _prometheus = Process(
         Command::new(tool("prometheus"))
             .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))

@@ -20,11 +20,33 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 /// organization route).
 pub const ADMIN_ORGANIZATION: &str = "default";
 
-/// A free loopback port (the OS picks; a small race with other tests is tolerated by retrying
-/// the whole start when a bind fails).
+/// A loopback port free for TCP and UDP (a node's Raft port is both: gRPC and QUIC).
+///
+/// Taken below Linux's ephemeral range (32768–60999), from an offset drawn per test process:
+/// a port the OS handed out for `:0` is released before the node binds it, and in between
+/// any outgoing connection or client QUIC socket of a test running beside this one could be
+/// given the same ephemeral port (a full run once failed two cluster starts that way, "did not
+/// serve /healthz"). Here only another test's own pick could collide, and picks start far
+/// apart.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::SeqCst) == u32::MAX {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let start = (std::process::id().wrapping_mul(7_919) ^ nanos) % SPAN;
+        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 pub struct TestNode {
