@@ -283,19 +283,24 @@ impl ElectionLink for PeerClients {
 }
 
 /// The vote a node restarts with, given the one it stored: a vote that had made it leader
-/// (committed, for itself) becomes its own candidacy one term later; any other stays.
+/// (committed, for itself) becomes a vote in the next term for no one (node id 0, the lowest:
+/// every candidate's vote in that term orders above it); any other stays.
 ///
 /// Why: openraft restores a node whose stored vote made it leader as leader of that same
 /// term at once. A leader sends entries before its own copy is synced, so after a power loss
 /// it can come back without entries its followers hold, and it would then write different
 /// entries at the same indexes in the same term (breaking Raft's log matching), and serve
 /// reads from a commit index it lost (the stale read `corral-sim` found: seed 902 at the
-/// commit that added this). A term later it is a follower that must win an election, whose
-/// first entry commits before it serves reads. The vote still only grows.
+/// commit that added this). Now it is a follower that must win an election, whose first entry
+/// commits before it serves reads. Why not its own vote a term later: openraft 0.9 orders
+/// votes by (term, node), so that vote would outrank a leader the others elected meanwhile in
+/// that term (when this node's id is higher), and its refusals would depose that leader.
+/// Should a node 0 exist, this is a vote granted to it that it never asked for, which elects
+/// no one. The vote still only grows.
 pub fn vote_to_restart_with(stored: Option<Vote<NodeId>>, node_id: NodeId) -> Option<Vote<NodeId>> {
     let stored = stored?;
     let led = stored.is_committed() && stored.leader_id().voted_for() == Some(node_id);
-    led.then(|| Vote::new(stored.leader_id().term + 1, node_id))
+    led.then(|| Vote::new(stored.leader_id().term + 1, 0))
 }
 
 /// Before openraft starts on `store`: replaces a stored vote that had made this node leader
@@ -306,7 +311,7 @@ pub async fn never_resume_leadership<S: RaftLogStorage<TypeConfig>>(
 ) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
     let Some(vote) = vote_to_restart_with(store.read_vote().await?, node_id) else { return Ok(None) };
     store.save_vote(&vote).await?;
-    tracing::info!(%vote, "restarted after leading: campaigning a term later instead of resuming leadership");
+    tracing::info!(%vote, "restarted after leading: a follower of the next term instead of resuming leadership");
     Ok(Some(vote))
 }
 
@@ -806,11 +811,15 @@ mod tests {
     }
 
     #[test]
-    fn a_node_that_led_restarts_as_its_own_candidate_a_term_later_and_others_keep_their_vote() {
+    fn a_node_that_led_restarts_with_a_vote_of_the_next_term_below_any_leader_of_it() {
         let mut led = Vote::new(4, 2);
         led.commit();
-        assert_eq!(vote_to_restart_with(Some(led), 2), Some(Vote::new(5, 2)));
-        assert!(Vote::new(5, 2) > led, "the vote only grows");
+        let restarted = vote_to_restart_with(Some(led), 2).expect("rewritten");
+        assert_eq!(restarted, Vote::new(5, 0));
+        assert!(restarted > led, "the vote only grows");
+        let mut new_leader = Vote::new(5, 1);
+        new_leader.commit();
+        assert!(new_leader > restarted, "a leader the others elected in term 5 outranks it");
         // It followed node 3, voted without a leader being elected, or never voted.
         assert_eq!(vote_to_restart_with(Some(led), 3), None);
         assert_eq!(vote_to_restart_with(Some(Vote::new(4, 2)), 2), None);
