@@ -9,17 +9,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::free_port;
+use common::free_ports;
 use corral_api::{ClusterStatus, StateHash};
 
 /// A port base whose next three ports are free now (node i listens on base + i).
 fn free_base() -> u16 {
-    loop {
-        let base = free_port();
-        if base < 60_000 && (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
+    free_ports(4)
 }
 
 fn status(http: &reqwest::blocking::Client, api: &str, key: &str) -> Option<ClusterStatus> {
@@ -90,9 +85,8 @@ fn a_killed_dev_node_is_restarted_while_the_others_keep_serving() {
         libc::kill(pid, libc::SIGKILL);
     }
     wait_line("that the node exited", Duration::from_secs(10), &|l| l.contains(&format!("node {leader} exited")));
-    // The others keep serving: a write through a survivor is acknowledged (by a new leader,
-    // or by the old one once it is back: a node restarted within its lease may resume
-    // leadership of its term with its persisted vote).
+    // The others keep serving: a write through a survivor is acknowledged (by a new leader:
+    // the old one comes back a follower, see `election::never_resume_leadership`).
     let survivor = (1..=3).find(|&n| n != leader).expect("survivor");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

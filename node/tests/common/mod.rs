@@ -29,6 +29,12 @@ pub const ADMIN_ORGANIZATION: &str = "default";
 /// serve /healthz"). Here only another test's own pick could collide, and picks start far
 /// apart.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `count` consecutive loopback ports, each free for TCP and UDP (see
+/// [`free_port`]); later picks in this process start after them.
+pub fn free_ports(count: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;
@@ -38,15 +44,18 @@ pub fn free_port() -> u16 {
         let start = (std::process::id().wrapping_mul(7_919) ^ nanos) % SPAN;
         let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
     }
+    let count = u32::from(count.max(1));
     for _ in 0..SPAN {
-        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        let tcp = TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
-            return port;
+        let first = FIRST + NEXT.fetch_add(count, Ordering::SeqCst) % (SPAN - count);
+        let free = (first..first + count).all(|port| {
+            let port = port as u16;
+            TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        });
+        if free {
+            return first as u16;
         }
     }
-    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
+    panic!("no {count} free loopback ports in {FIRST}..{}", FIRST + SPAN)
 }
 
 pub struct TestNode {
