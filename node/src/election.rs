@@ -176,8 +176,8 @@ pub fn judge_pre_vote(view: &VoterView, request: &PreVoteRequest, timing: &Timin
     }
     // Ordered as openraft orders logs when it votes (with the leader of the last entry): a
     // candidate that wins pre-votes must then be able to win the vote, or the voters that
-    // granted refuse the others (seed 51 of `corral-sim` with the read-index bug injected,
-    // before this: a longer log of leader (5, 2) against (5, 3), and no leader for 14 s).
+    // granted refuse the others (seed 51 of `corral-sim` with the read-index bug injected, while
+    // its gRPC seam was being built: a longer log of leader (5, 2) against (5, 3), and no leader for 14 s).
     if request.last_log_position() < view.last_log {
         return Err(format!(
             "the candidate's log {:?} is behind this voter's {:?}",
@@ -290,8 +290,8 @@ impl ElectionLink for PeerClients {
 /// term at once. A leader sends entries before its own copy is synced, so after a power loss
 /// it can come back without entries its followers hold, and it would then write different
 /// entries at the same indexes in the same term (breaking Raft's log matching), and serve
-/// reads from a commit index it lost (the stale read `corral-sim` found: seed 902 at the
-/// commit that added this). Now it is a follower that must win an election, whose first entry
+/// reads from a commit index it lost (the stale read `corral-sim` found: seed 902, while its
+/// gRPC seam was being built). Now it is a follower that must win an election, whose first entry
 /// commits before it serves reads. Why not its own vote a term later: openraft 0.9 orders
 /// votes by (term, node), so that vote would outrank a leader the others elected meanwhile in
 /// that term (when this node's id is higher), and its refusals would depose that leader.

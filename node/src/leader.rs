@@ -304,7 +304,7 @@ const ANSWER_AFTER_LEADERSHIP_ENDED: Duration = Duration::from_secs(1);
 /// proposed in has ended and no answer came within [`ANSWER_AFTER_LEADERSHIP_ENDED`].
 ///
 /// Why: openraft does not always answer a write whose leader stepped down. The simulation
-/// (seed 665 of `corral-sim` at the commit that added this) found a node that led, lost
+/// (seed 665 of `corral-sim`, while its gRPC seam was being built) found a node that led, lost
 /// leadership with four batches in flight, caught up from the new leader and later led again:
 /// the four `client_write` calls never returned, so its proposal queue (four batches in
 /// flight) never moved again and every write to it timed out, while reads worked. Giving up is
