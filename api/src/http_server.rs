@@ -6,6 +6,9 @@
 //! HTTP/2). Bodies are capped by the router ([`crate::ApiConfig::max_body_bytes`], 413). On
 //! stop it stops accepting, lets in-flight requests finish (up to `drain_timeout`), then
 //! returns.
+//!
+//! [`serve`] takes a `TcpListener`; [`serve_on`] takes any [`Accept`], the connections of a
+//! listener that is not the host's (the simulation's TCP).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +18,27 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+
+/// Where the REST server's connections come from: a listener.
+pub trait Accept: Send + 'static {
+    type Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection and a name of its remote end (for logs).
+    fn accept(&mut self) -> impl std::future::Future<Output = std::io::Result<(Self::Connection, String)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Connection = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Connection, String)> {
+        let (stream, remote) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, remote.to_string()))
+    }
+}
 
 /// Limits and TLS of the REST listener.
 #[derive(Clone)]
@@ -71,7 +93,17 @@ pub fn https_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rus
 }
 
 /// Serves `app` on `listener` until `stop` turns true, then drains.
-pub async fn serve(listener: TcpListener, app: Router, config: HttpServerConfig, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, app: Router, config: HttpServerConfig, stop: watch::Receiver<bool>) {
+    serve_on(listener, app, config, stop).await;
+}
+
+/// Serves `app` on the connections `listener` accepts until `stop` turns true, then drains.
+pub async fn serve_on<A: Accept>(
+    mut listener: A,
+    app: Router,
+    config: HttpServerConfig,
+    mut stop: watch::Receiver<bool>,
+) {
     let acceptor = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
@@ -108,7 +140,6 @@ pub async fn serve(listener: TcpListener, app: Router, config: HttpServerConfig,
             tracing::debug!(%remote, "api connection limit reached; closing");
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -48,7 +48,9 @@ pub struct RaftCluster {
     /// Set on SIGTERM: the node reports not ready so load balancers move away before it stops.
     pub draining: Arc<AtomicBool>,
     pub health: SharedHealth,
-    pub gossip: Gossip,
+    /// Runner health gossip over QUIC (`None` where there is none: the simulation carries
+    /// health reports itself); only its members' liveness is read here, for the status.
+    pub gossip: Option<Gossip>,
     /// When this node last heard from a leader (for pre-votes).
     pub liveness: RaftLiveness,
     pub election: crate::election::Timing,
@@ -203,22 +205,35 @@ impl RaftCluster {
     }
 
     /// Waits before the next attempt: until the known leader changes, or `RETRY_PAUSE`,
-    /// whichever comes first; gives up with `last` when the deadline would pass.
+    /// whichever comes first; gives up with `last` when the deadline would pass, and at once
+    /// when Raft has shut down.
     async fn pause_or_give_up(&self, deadline: Instant, last: ClusterError) -> Result<(), ClusterError> {
         if Instant::now() + RETRY_PAUSE >= deadline {
             return Err(last);
         }
         let mut metrics = self.raft.metrics();
         let leader_now = metrics.borrow_and_update().current_leader;
-        let _ = tokio::time::timeout(RETRY_PAUSE, metrics.wait_for(|m| m.current_leader != leader_now)).await;
+        let shut_down = matches!(
+            tokio::time::timeout(RETRY_PAUSE, metrics.wait_for(|m| m.current_leader != leader_now)).await,
+            Ok(Err(_))
+        );
+        // Raft has shut down: nothing will change, and not pausing would retry in a busy loop
+        // (the simulation found one in requests in flight on a node that crashed).
+        if shut_down {
+            return Err(ClusterError::Unavailable("raft has shut down".into()));
+        }
         Ok(())
     }
 
     /// Resolves when this node's view of the leader is no longer `target` (a new leader was
-    /// elected while an attempt at `target` was waiting).
+    /// elected while an attempt at `target` was waiting). Never, once Raft has shut down:
+    /// resolving then would retry the same leader at once, over and over (the simulation
+    /// found that busy loop in requests still in flight on a node that crashed).
     async fn leader_moved_from(&self, target: Option<NodeId>) {
         let mut metrics = self.raft.metrics();
-        let _ = metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != target).await;
+        if metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != target).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Proposes through the leader, retrying (safely, under one idempotency key) while the
@@ -519,8 +534,8 @@ impl RaftCluster {
             members,
             gossip: self
                 .gossip
-                .members()
-                .into_iter()
+                .iter()
+                .flat_map(Gossip::members)
                 .map(|g| GossipMemberStatus {
                     node_id: g.node_id,
                     addr: g.addr.to_string(),

@@ -27,6 +27,8 @@ pub const DEFAULT_RUNNER_SILENCE_MS: u64 = 4_000;
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1_000;
 /// How long a request to the leader may take (forwarded calls' deadline).
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Largest REST request body (413 above it).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Log entries kept below a snapshot, as etcd's `--snapshot-catchup-entries` (5,000). A
 /// follower back after a few seconds away catches up from the log instead of a snapshot of
@@ -324,7 +326,7 @@ impl NodeConfig {
                 .request_timeout_ms
                 .or(file.request_timeout_ms)
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
-            max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(1024 * 1024),
+            max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             // haproxy's check (deploy/haproxy.cfg: every 500 ms, down after 2) needs ~1 s.
             drain_ms: args.drain_ms.or(file.drain_ms).unwrap_or(1_500),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use corral_model::health::{health_verdict, HealthTable, SharedHealth};
 use corral_model::{Command, Outcome, Proposal, State};
-use corral_net::gossip::Liveness;
+use corral_net::gossip::{Gossip, Liveness};
 use tokio::sync::watch;
 
 use crate::cluster::RaftCluster;
@@ -136,6 +136,7 @@ pub fn moved_runners(command: &Command) -> (&[String], &[String]) {
 /// health entries of deleted runners, on every node.
 pub async fn run_monitor(
     cluster: Arc<RaftCluster>,
+    gossip: Gossip,
     health: SharedHealth,
     config: MonitorConfig,
     mut stop: watch::Receiver<bool>,
@@ -161,11 +162,11 @@ pub async fn run_monitor(
             let machine = cluster.shared.read();
             health.write().retain(|id| machine.state.runners.contains_key(id));
         }
-        let relays = gossip_relays(&cluster);
+        let relays = gossip_relays(&gossip);
         let commands = {
             let machine = cluster.shared.read();
             let table = health.read();
-            let delivered = cluster.gossip.batches_arrived();
+            let delivered = gossip.batches_arrived();
             watch.round(
                 Instant::now(),
                 relays,
@@ -190,7 +191,7 @@ pub async fn run_monitor(
             loop {
                 tokio::select! {
                     _ = &mut committed => break,
-                    _ = tick.tick() => watch.observe_relays(Instant::now(), gossip_relays(&cluster)),
+                    _ = tick.tick() => watch.observe_relays(Instant::now(), gossip_relays(&gossip)),
                 }
             }
             last_round = Instant::now();
@@ -199,8 +200,8 @@ pub async fn run_monitor(
 }
 
 /// Every node gossip knows, with whether it is alive.
-fn gossip_relays(cluster: &RaftCluster) -> Vec<(u64, bool)> {
-    cluster.gossip.members().into_iter().map(|m| (m.node_id, m.liveness == Liveness::Alive)).collect()
+fn gossip_relays(gossip: &Gossip) -> Vec<(u64, bool)> {
+    gossip.members().into_iter().map(|m| (m.node_id, m.liveness == Liveness::Alive)).collect()
 }
 
 async fn commit(cluster: &RaftCluster, command: Command) {

@@ -166,7 +166,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         draining: draining.clone(),
         health: health.clone(),
-        gossip: gossip.clone(),
+        gossip: Some(gossip.clone()),
         liveness: liveness.clone(),
         election: timing,
         last_log: last_log.clone(),
@@ -227,7 +227,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ..SessionConfig::default()
     };
     tokio::spawn(corral_net::serve_quic(endpoint, gossip.clone(), directory, sessions, stop_rx.clone()));
-    tokio::spawn(follow_membership(raft.clone(), gossip, stop_rx.clone()));
+    tokio::spawn(follow_membership(raft.clone(), gossip.clone(), stop_rx.clone()));
 
     tokio::spawn(crate::shared_regions::ensure_on_leadership(raft_cluster.clone(), stop_rx.clone()));
     tokio::spawn(crate::telemetry::watch_raft(raft.clone(), stop_rx.clone()));
@@ -242,7 +242,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         silence: (config.runner_silence_ms > 0).then(|| Duration::from_millis(config.runner_silence_ms)),
         interval: Duration::from_millis(500),
     };
-    tokio::spawn(crate::health_monitor::run_monitor(raft_cluster.clone(), health, monitor, stop_rx.clone()));
+    tokio::spawn(crate::health_monitor::run_monitor(
+        raft_cluster.clone(),
+        gossip.clone(),
+        health,
+        monitor,
+        stop_rx.clone(),
+    ));
     if config.reschedule_after_ms > 0 {
         let seed = config.scheduler_seed.map_or_else(rand::random, |s| s.wrapping_add(1));
         tracing::info!(seed, reschedule_after_ms = config.reschedule_after_ms, "rescheduler seed");

@@ -1,21 +1,22 @@
-//! The simulation's clients. Each goes to a node that is up (as through a load balancer) and
-//! takes the node's own path to the leader, as `RaftCluster` does: on the leader, its leader
-//! handle; elsewhere, its forwarder, which calls the leader it knows over gRPC (on the
-//! simulated TCP). Writes are coalesced and carry an idempotency key, so a retry after a lost
-//! answer applies at most once; a read takes a read index from the leader and waits until
-//! the node has applied it.
+//! The simulation's clients. Each goes to a node that is up (as through a load balancer).
 //!
-//! - register clients write and read the proxy URL of a few regions (one register each),
-//!   recorded as a Jepsen-style history for the linearizability and lost-write checks;
-//! - sandbox clients ask the leader's scheduler for sandboxes and delete them again;
-//! - an operator changes the runners' capacity, and the health monitor ([`crate::fleet`])
+//! - register clients write and read the proxy URL of a few regions (one register each)
+//!   through the nodes' REST API ([`crate::rest`]: `PATCH` and `GET /api/regions/{id}`, a
+//!   linearizable read), recorded as a Jepsen-style history for the linearizability and
+//!   lost-write checks;
+//! - sandbox clients ask the leader's scheduler for sandboxes and delete them again, and
+//! - an operator changes the runners' capacity, one layer under REST: they take the node's own
+//!   path to the leader, as `RaftCluster` does (on the leader, its leader handle; elsewhere,
+//!   its forwarder, which calls the leader it knows over gRPC on the simulated TCP), with an
+//!   idempotency key on every write, so a retry after a lost answer applies at most once.
+//!   The health monitor ([`crate::fleet`])
 //!   marks runners whose agents die unresponsive and back, so that the scheduler plans on a
 //!   view that a concurrent change makes stale (what `apply`'s re-checks exist for).
 
 use std::time::Duration;
 
 use corral_chaos::history::{Call, Outcome};
-use corral_model::{ApplyResult, CapacitySource, Command, FieldUpdate, Proposal, Resources, SandboxRequest};
+use corral_model::{ApplyResult, CapacitySource, Command, Proposal, Resources, SandboxRequest};
 use corral_net::{ForwardError, NetError};
 use corral_node::forwarder::Forwarder;
 use corral_node::leader::LeaderError;
@@ -25,6 +26,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
+use hyper::{Method, StatusCode};
+
+use crate::network::Fabric;
+use crate::rest::{self, Reply};
 use crate::world::{Handles, World};
 
 /// How long a client keeps retrying one operation.
@@ -133,34 +138,74 @@ pub async fn write(world: &World, rng: &mut StdRng, proposal: Proposal) -> Optio
     until_answered(world, rng, (local, remote)).await.map(|c| c.response)
 }
 
-/// A linearizable read on node `via`: the leader's read index, then the node's own state
-/// once it has applied that far. `None`: it could not be served.
-async fn read_register(world: &World, via: NodeId, key: &str) -> Option<Option<String>> {
-    let local = |node: Handles| async move { node.leader.read_index().await };
-    let remote =
-        |forwarder: Forwarder, leader: String| async move { forwarder.read_index(leader, ATTEMPT_TIMEOUT).await };
-    let index = match at_leader(world, via, &(local, remote)).await {
-        Attempt::Done(index) => index,
-        _ => return None,
-    };
-    let deadline = tokio::time::Instant::now() + ATTEMPT_TIMEOUT;
+/// Sets a register (a region's proxy URL) with `PATCH /api/regions/{key}` on a node that is
+/// up. That route takes no idempotency key, so a request that was sent is never sent again:
+/// without an answer its outcome is unknown; only a request that never left (no connection)
+/// is tried on another node.
+async fn write_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &str, value: &str) -> Outcome {
+    let deadline = tokio::time::Instant::now() + OPERATION_DEADLINE;
+    let body = serde_json::json!({ "proxyUrl": proxy_url(value) }).to_string();
     loop {
-        let node = world.node(via)?;
-        {
-            let machine = node.shared.read();
-            if machine.last_applied.map_or(0, |l| l.index) >= index {
-                return Some(machine.state.regions.get(key).and_then(|r| r.proxy_url.as_deref()).map(register_value));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Outcome::Fail;
+        }
+        if let Some(node) = any_node(world, rng) {
+            let path = format!("/api/regions/{key}");
+            match rest::call(fabric, node, Method::PATCH, &path, Some(body.clone()), ORGANIZATION, left).await {
+                Reply::Answered(status, _) if status.is_success() => return Outcome::Ok,
+                // A rejection: nothing was applied (a retry inside the node under its
+                // idempotency key would have answered what the first attempt did).
+                Reply::Answered(status, _) if status.is_client_error() => return Outcome::Fail,
+                Reply::Answered(..) | Reply::NoAnswer => return Outcome::Unknown,
+                Reply::NotSent => {}
             }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
     }
 }
 
-/// One register client until `stop`.
-pub async fn register_client(client: u64, keys: usize, world: World, seed: u64, mut stop: watch::Receiver<bool>) {
+/// A linearizable read (the default) of a register with `GET /api/regions/{key}` on a node
+/// that is up. `None`: no answer. A missing `proxyUrl` field is an answer the checker must
+/// not take for "unset", so it is no answer either (and traced).
+async fn read_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &str) -> Option<Option<String>> {
+    let deadline = tokio::time::Instant::now() + ATTEMPT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if let Some(node) = any_node(world, rng) {
+            let path = format!("/api/regions/{key}");
+            match rest::call(fabric, node, Method::GET, &path, None, ORGANIZATION, left).await {
+                Reply::Answered(StatusCode::OK, body) => {
+                    let view: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                    return match view.get("proxyUrl") {
+                        Some(serde_json::Value::String(url)) => Some(Some(register_value(url))),
+                        Some(serde_json::Value::Null) => Some(None),
+                        _ => {
+                            world.trace(&format!("region {key} answered without a proxyUrl: {view}"));
+                            None
+                        }
+                    };
+                }
+                Reply::Answered(..) | Reply::NoAnswer => return None,
+                Reply::NotSent => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
+    }
+}
+
+/// One register client until `stop`, over the nodes' REST API.
+pub async fn register_client(
+    client: u64,
+    keys: usize,
+    world: World,
+    fabric: Fabric,
+    seed: u64,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut written = 0u64;
     while !*stop.borrow() {
@@ -169,22 +214,10 @@ pub async fn register_client(client: u64, keys: usize, world: World, seed: u64, 
         if rng.gen_bool(0.5) {
             written += 1;
             let value = format!("c{client}-{written}");
-            let command = Command::UpdateRegionUrls {
-                id: key.clone(),
-                proxy_url: FieldUpdate::Set(proxy_url(&value)),
-                ssh_gateway_url: FieldUpdate::Keep,
-                snapshot_manager_url: FieldUpdate::Keep,
-            };
-            let mut proposal = Proposal::new(command, corral_net::now_millis());
-            proposal.idempotency_key = Some(format!("sim/register/{client}/{written}"));
-            let outcome = match write(&world, &mut rng, proposal).await {
-                Some(Ok(_)) => Outcome::Ok,
-                Some(Err(_)) => Outcome::Fail,
-                None => Outcome::Unknown,
-            };
+            let outcome = write_register(&world, &fabric, &mut rng, &key, &value).await;
             world.push_op(client, Call::Write { key, value }, invoke, outcome, None);
-        } else if let Some(via) = any_node(&world, &mut rng) {
-            match read_register(&world, via, &key).await {
+        } else {
+            match read_register(&world, &fabric, &mut rng, &key).await {
                 Some(seen) => world.push_op(client, Call::Read { key }, invoke, Outcome::Ok, Some(seen)),
                 None => world.push_op(client, Call::Read { key }, invoke, Outcome::Fail, None),
             };

@@ -7,9 +7,11 @@
 //! What runs is Corral's own code: openraft with the state machine of `corral-storage` (on
 //! its simulated disk, [`corral_storage::MemDisk`], which loses unsynced writes in a crash),
 //! `corral_model::apply`, the node's leader handle (coalesced writes, idempotency keys, read
-//! index), its scheduler and forwarder, and its gRPC client and server (`corral_net`'s
-//! `PeerClients` and service, tonic and HTTP/2). What is simulated: TCP between the nodes
-//! ([`tcp`]: latency, loss and retransmission, cuts, resets, the 1 s unacknowledged-data
+//! index), its scheduler and forwarder, its gRPC client and server (`corral_net`'s
+//! `PeerClients` and service, tonic and HTTP/2), and its REST API (`corral_api`'s router over
+//! the node's `RaftCluster`, served by `corral_api::http_server`; the register clients call
+//! it over HTTP/1.1, [`rest`]). What is simulated: TCP between the nodes and from the client
+//! host ([`tcp`]: latency, loss and retransmission, cuts, resets, the 1 s unacknowledged-data
 //! bound), the rest of the network ([`network`]), the disk, the clock (tokio's paused clock;
 //! proposals' wall-clock stamps follow it through `corral_net::now_millis`), and randomness
 //! (the runtime's `select!` order through tokio's `rng_seed`, openraft's election timeouts
@@ -40,8 +42,10 @@
 //! connections" is a simulated dial.
 //!
 //! Departures from the design (ARCHITECTURE.md, "Simulation"): the gRPC connections carry
-//! no TLS; runner sessions and gossip are not QUIC but messages on the fabric ([`fleet`]);
-//! clients call the node's leader handle and forwarder, not its REST API.
+//! no TLS, REST is plain HTTP; runner sessions and gossip are not QUIC but messages on the
+//! fabric ([`fleet`]); the sandbox clients and the operator call the node's leader handle and
+//! forwarder, the layer under REST (sandbox creation through REST would draw its ids from
+//! the operating system, and the simulation's history names sandboxes by request).
 
 pub mod clients;
 pub mod fleet;
@@ -49,6 +53,7 @@ pub mod invariants;
 pub mod nemesis;
 pub mod network;
 pub mod node;
+pub mod rest;
 pub mod run;
 pub mod tcp;
 pub mod world;

@@ -45,6 +45,9 @@ struct Args {
     /// Stop taking new seeds once this many have failed (a control: caught this often).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Print every seed's trace hash (to compare two runs of a range line by line).
+    #[arg(long)]
+    hashes: bool,
 }
 
 fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
@@ -233,6 +236,11 @@ fn main() {
             results.len() - mismatched.len(),
             results.len()
         );
+    }
+    if args.hashes {
+        for (report, _) in &results {
+            println!("  seed {} trace {} ({} events)", report.seed, report.trace_hash, report.events);
+        }
     }
     for report in &failed {
         let first = report.violations.first().map(String::as_str).unwrap_or("");

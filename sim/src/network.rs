@@ -1,6 +1,6 @@
 //! The simulated network between in-process nodes: a [`Fabric`] that the nemesis
-//! reconfigures, carrying the bytes of the nodes' gRPC connections ([`crate::tcp`]) and their
-//! gossip. Every decision (drop, delay) is drawn from the fabric's seeded generator, and every
+//! reconfigures, carrying the bytes of the nodes' gRPC and REST connections ([`crate::tcp`])
+//! and their gossip. Every decision (drop, delay) is drawn from the fabric's seeded generator, and every
 //! delay is a tokio sleep on the simulation's paused clock.
 //!
 //! A segment from `a` to `b` is lost when the link `a → b` is cut, when `b` is down, or with
@@ -33,10 +33,32 @@ pub struct Faults {
     pub latency_ms: (u64, u64),
 }
 
-/// A node that is up: its life, and the backlog of its gRPC port.
+/// The host the clients run on (a node id no node has). Its links are never cut and lose
+/// nothing: the nemesis's faults are between the nodes; a client sees a node that is down,
+/// paused or restarted.
+pub const CLIENT_HOST: NodeId = 0;
+/// The client host's one life.
+pub const CLIENT_LIFE: Life = (CLIENT_HOST, 0);
+
+/// A node's listening ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// gRPC from its peers (Raft, forwarding, elections).
+    Raft,
+    /// The REST API.
+    Api,
+}
+
+/// The backlogs of a node's listening ports.
+pub struct Listeners {
+    pub raft: mpsc::Sender<SimStream>,
+    pub api: mpsc::Sender<SimStream>,
+}
+
+/// A node that is up: its life, and its ports' backlogs.
 struct Listening {
     incarnation: u64,
-    accept: mpsc::Sender<SimStream>,
+    listeners: Listeners,
 }
 
 struct FabricState {
@@ -100,9 +122,9 @@ impl Fabric {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Node `id` is up in `incarnation`; connections to it go to `accept`.
-    pub fn set_up(&self, id: NodeId, incarnation: u64, accept: mpsc::Sender<SimStream>) {
-        self.lock().up.insert(id, Listening { incarnation, accept });
+    /// Node `id` is up in `incarnation`; connections to its ports go to `listeners`.
+    pub fn set_up(&self, id: NodeId, incarnation: u64, listeners: Listeners) {
+        self.lock().up.insert(id, Listening { incarnation, listeners });
     }
 
     pub fn set_down(&self, id: NodeId) {
@@ -177,20 +199,39 @@ impl Fabric {
         lost
     }
 
-    /// A connection attempt from `from` reaching node `to`.
-    pub fn syn(&self, from: Life, to: NodeId) -> Syn {
+    /// Whether a message between `a` and `b` is lost now (link loss; the client host's
+    /// links lose nothing); counts the message.
+    fn draw_link_loss(s: &mut FabricState, a: NodeId, b: NodeId) -> bool {
+        if a == CLIENT_HOST || b == CLIENT_HOST {
+            s.messages += 1;
+            return false;
+        }
+        Self::draw_loss(s)
+    }
+
+    /// A connection attempt from `from` reaching `port` of node `to`.
+    pub fn syn(&self, from: Life, to: NodeId, port: Port) -> Syn {
         let mut s = self.lock();
-        if Self::draw_loss(&mut s) || s.faults.cut.contains(&(from.0, to)) || s.faults.cut.contains(&(to, from.0)) {
+        if Self::draw_link_loss(&mut s, from.0, to)
+            || s.faults.cut.contains(&(from.0, to))
+            || s.faults.cut.contains(&(to, from.0))
+        {
             return Syn::Lost;
         }
         match s.up.get(&to) {
-            Some(listening) => Syn::Listening((to, listening.incarnation), listening.accept.clone()),
+            Some(listening) => {
+                let accept = match port {
+                    Port::Raft => &listening.listeners.raft,
+                    Port::Api => &listening.listeners.api,
+                };
+                Syn::Listening((to, listening.incarnation), accept.clone())
+            }
             None => Syn::Refused,
         }
     }
 
     fn alive(s: &FabricState, life: Life) -> bool {
-        s.up.get(&life.0).is_some_and(|l| l.incarnation == life.1)
+        life == CLIENT_LIFE || s.up.get(&life.0).is_some_and(|l| l.incarnation == life.1)
     }
 
     /// A segment of a connection between two lives reaching `to`.
@@ -199,7 +240,7 @@ impl Fabric {
         if !Self::alive(&s, from) {
             return SegmentFate::SenderGone;
         }
-        if Self::draw_loss(&mut s) || s.faults.cut.contains(&(from.0, to.0)) {
+        if Self::draw_link_loss(&mut s, from.0, to.0) || s.faults.cut.contains(&(from.0, to.0)) {
             return SegmentFate::Unacknowledged;
         }
         if !Self::alive(&s, to) {

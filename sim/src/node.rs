@@ -5,7 +5,10 @@
 //! timing. It talks to its peers as `corral serve` does: openraft's network, the forwarder
 //! and the election driver call through `corral_net::PeerClients`, and the node serves
 //! `corral_net`'s gRPC service (answered by `corral_node::peer_service::PeerService`), over
-//! the simulated TCP of [`crate::tcp`] instead of the host's, and without TLS.
+//! the simulated TCP of [`crate::tcp`] instead of the host's, and without TLS. Its REST API is
+//! the node's own: `corral_api`'s router over a `corral_node::cluster::RaftCluster` (the
+//! handle `corral serve` gives it), served by `corral_api::http_server` on the node's
+//! simulated API port, plain HTTP.
 //!
 //! A crash loses what the disk had not synced; a restart opens the node again on what
 //! survived, as a new incarnation.
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_net::{GrpcNetworkFactory, PeerClients, RaftLiveness};
+use corral_node::cluster::RaftCluster;
 use corral_node::config::{DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, DEFAULT_REQUEST_TIMEOUT_MS};
 use corral_node::election::{Driver, LastLogReader, Timing};
 use corral_node::forwarder::Forwarder;
@@ -26,8 +30,8 @@ use corral_storage::{open_memory, MemDisk};
 use tokio::sync::{mpsc, watch};
 
 use crate::fleet::{self, NodeHealth};
-use crate::network::Fabric;
-use crate::tcp::{SimDialer, ACCEPT_BACKLOG};
+use crate::network::{Fabric, Listeners};
+use crate::tcp::{SimDialer, SimStream, ACCEPT_BACKLOG};
 use crate::world::{Handles, World};
 
 /// openraft's configuration as `corral serve` sets it (heartbeat, the short vote lease; the
@@ -52,11 +56,30 @@ fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
 pub struct SimNode {
     pub id: NodeId,
     pub disk: MemDisk,
-    /// The running incarnation's Raft, the switch that stops its tasks, and its gRPC server.
-    pub running: Option<(Raft, watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    /// The running incarnation's Raft, the switch that stops its tasks, and its servers
+    /// (gRPC and REST).
+    pub running: Option<(Raft, watch::Sender<bool>, Servers)>,
     /// Incremented at every start.
     pub incarnation: u64,
 }
+
+/// A running node's gRPC and REST servers.
+pub struct Servers {
+    grpc: tokio::task::JoinHandle<()>,
+    api: tokio::task::JoinHandle<()>,
+}
+
+impl Servers {
+    /// The process is gone: its servers accept nothing more (the ends of their connections
+    /// go silent, see `crate::tcp`).
+    pub fn abort(&self) {
+        self.grpc.abort();
+        self.api.abort();
+    }
+}
+
+/// The admin key of the simulated nodes' REST API.
+pub const ADMIN_KEY: &str = "sim-admin-key";
 
 pub fn member(id: NodeId) -> CorralNode {
     CorralNode { raft_addr: format!("sim-node-{id}:8901"), api_addr: format!("sim-node-{id}:8801") }
@@ -120,17 +143,37 @@ impl SimNode {
             clients: clients.clone(),
             draining: Arc::default(),
         };
-        let (accept, accepted) = mpsc::channel(ACCEPT_BACKLOG);
+        let (raft_accept, raft_accepted) = mpsc::channel(ACCEPT_BACKLOG);
         let grpc = tokio::spawn(serve_grpc(
             corral_net::unguarded_raft_transport(raft.clone(), Arc::new(peer_service), liveness.clone()),
-            accepted,
+            raft_accepted,
         ));
+        let request_timeout = Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS);
+        let forwarder = Forwarder::start(clients.clone(), request_timeout);
+        let cluster = RaftCluster {
+            node_id: self.id,
+            raft: raft.clone(),
+            leader: leader.clone(),
+            shared: shared.clone(),
+            clients,
+            forwarder: forwarder.clone(),
+            scheduler: scheduler.clone(),
+            request_timeout,
+            draining: Arc::default(),
+            health: health.table.clone(),
+            gossip: None,
+            liveness: liveness.clone(),
+            election: timing,
+            last_log: last_log.clone(),
+            hashing: tokio::sync::Mutex::new(()),
+        };
+        let (api_accept, api_accepted) = mpsc::channel(ACCEPT_BACKLOG);
+        let api = tokio::spawn(serve_api(cluster, api_accepted, stop_rx.clone()));
         tokio::spawn(corral_node::election::run(driver, stop_rx.clone()));
         tokio::spawn(fleet::gossip(self.id, health.clone(), fabric.clone(), world.clone(), stop_rx.clone()));
         tokio::spawn(fleet::monitor(self.id, fabric.clone(), world.clone(), stop_rx));
-        fabric.set_up(self.id, self.incarnation, accept);
-        self.running = Some((raft.clone(), stop_tx, grpc));
-        let forwarder = Forwarder::start(clients, Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS));
+        fabric.set_up(self.id, self.incarnation, Listeners { raft: raft_accept, api: api_accept });
+        self.running = Some((raft.clone(), stop_tx, Servers { grpc, api }));
         Ok(Handles {
             raft,
             leader,
@@ -149,11 +192,9 @@ impl SimNode {
     pub async fn crash(&mut self, fabric: &Fabric) -> usize {
         fabric.set_down(self.id);
         let lost = self.disk.crash();
-        if let Some((raft, stop, grpc)) = self.running.take() {
+        if let Some((raft, stop, servers)) = self.running.take() {
             let _ = stop.send(true);
-            // The process is gone: its server accepts nothing more (its connections' ends
-            // go silent, see `crate::tcp`).
-            grpc.abort();
+            servers.abort();
             // Its stores already fail; shutting openraft down ends its tasks.
             let _ = raft.shutdown().await;
         }
@@ -178,4 +219,35 @@ async fn serve_grpc(service: corral_net::UnguardedRaftTransport, mut accepted: m
         .add_service(service)
         .serve_with_incoming(incoming)
         .await;
+}
+
+/// The listener of a node's simulated API port.
+struct ApiListener(mpsc::Receiver<SimStream>);
+
+impl corral_api::http_server::Accept for ApiListener {
+    type Connection = SimStream;
+
+    async fn accept(&mut self) -> std::io::Result<(SimStream, String)> {
+        match self.0.recv().await {
+            Some(stream) => Ok((stream, "sim-client".to_string())),
+            // The node is gone (its server is aborted with it).
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Serves the node's REST API (`corral_api`'s router over its `RaftCluster`, as `corral
+/// serve` does, in plain HTTP and without the rate limiter) on the connections its API
+/// port accepts.
+async fn serve_api(cluster: RaftCluster, accepted: mpsc::Receiver<SimStream>, stop: watch::Receiver<bool>) {
+    let config = corral_api::ApiConfig {
+        admin_key: ADMIN_KEY.to_string(),
+        max_body_bytes: corral_node::config::DEFAULT_MAX_BODY_BYTES,
+        rate_limit: None,
+        secret_box: corral_api::secret_box::SecretBox::new(ADMIN_KEY),
+    };
+    let cluster: Arc<dyn corral_api::ClusterHandle> = Arc::new(cluster);
+    let app = corral_api::router(cluster, config);
+    let config = corral_api::http_server::HttpServerConfig::default();
+    corral_api::http_server::serve_on(ApiListener(accepted), app, config, stop).await;
 }

@@ -377,7 +377,15 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     let mut tasks = Vec::new();
     for client in 0..3u64 {
         let seed = seed.wrapping_add(100 + client);
-        tasks.push(tokio::spawn(clients::register_client(client, options.keys, world.clone(), seed, stop_rx.clone())));
+        let fabric = sim.fabric.clone();
+        tasks.push(tokio::spawn(clients::register_client(
+            client,
+            options.keys,
+            world.clone(),
+            fabric,
+            seed,
+            stop_rx.clone(),
+        )));
     }
     for client in 0..2u64 {
         let seed = seed.wrapping_add(200 + client);
@@ -565,9 +573,9 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     report.trace_hash = trace_hash;
     report.events = events;
     for node in &sim.nodes {
-        if let Some((raft, stop, grpc)) = &node.running {
+        if let Some((raft, stop, servers)) = &node.running {
             let _ = stop.send(true);
-            grpc.abort();
+            servers.abort();
             let _ = raft.shutdown().await;
         }
     }

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::network::{Fabric, SegmentFate, Syn};
+use crate::network::{Fabric, Port, SegmentFate, Syn};
 
 /// Bytes a connection buffers in each direction (the sockets' buffers).
 const SOCKET_BUFFER: usize = 256 * 1024;
@@ -91,19 +91,19 @@ impl PeerDialer for SimDialer {
             let to = to.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("{authority} is not a simulated node"))
             })?;
-            let stream = connect(&fabric, from, to).await?;
+            let stream = connect(&fabric, from, to, Port::Raft).await?;
             Ok(Box::new(stream) as Box<dyn PeerStream>)
         })
     }
 }
 
-/// Opens a connection from `from` to node `to`'s gRPC port.
-pub async fn connect(fabric: &Fabric, from: Life, to: NodeId) -> io::Result<SimStream> {
+/// Opens a connection from `from` to `port` of node `to`.
+pub async fn connect(fabric: &Fabric, from: Life, to: NodeId, port: Port) -> io::Result<SimStream> {
     loop {
         // A paused process does not dial.
         fabric.wait_unpaused(from.0, from.0).await;
         tokio::time::sleep(fabric.latency()).await;
-        match fabric.syn(from, to) {
+        match fabric.syn(from, to, port) {
             Syn::Listening(server, accept) => {
                 let (client_end, server_end) = open(fabric, from, server);
                 // The server's process takes it from its backlog; a full backlog drops the SYN.
