@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::auth::{hash_secret, Admin, Caller};
 use crate::extract::{ApiJson, ApiQuery, ReadParams};
 use crate::idempotency::Idempotency;
-use crate::{now_millis, rfc3339, validate, ApiError, AppState, Scope};
+use crate::{rfc3339, validate, ApiError, AppState, Scope};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -174,7 +174,7 @@ async fn create(
     actor: &str,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     validate::name("name", &body.name)?;
-    let expires_at = parse_expiry(body.expires_at.as_deref(), now_millis())?;
+    let expires_at = parse_expiry(body.expires_at.as_deref(), app.now())?;
     let role = body.role.map_or(default_role, Role::from);
     let fingerprint = idempotency.fingerprint(&body);
     let api_key = idempotency.secret(&app.config.admin_key, actor, "organization-key", ORGANIZATION_KEY_PREFIX);
@@ -183,12 +183,11 @@ async fn create(
         Outcome::ApiKey(key) => key,
         other => return Err(ApiError::unexpected(&other)),
     };
-    let key = ApiKeyView::new(&key, now_millis());
+    let key = ApiKeyView::new(&key, app.now());
     Ok((StatusCode::CREATED, Json(CreatedApiKey { organization_id, key, api_key })))
 }
 
-fn keys_of(state: &ModelState, organization_id: &str) -> Vec<ApiKeyView> {
-    let now = now_millis();
+fn keys_of(state: &ModelState, organization_id: &str, now: corral_model::Millis) -> Vec<ApiKeyView> {
     let mut keys: Vec<ApiKeyView> = state
         .api_keys
         .values()
@@ -238,7 +237,8 @@ pub async fn list_api_keys(
 ) -> Result<Json<Vec<ApiKeyView>>, ApiError> {
     caller.require(Permission::Read)?;
     let org = caller.organization_id.clone();
-    Ok(Json(app.read_as(&caller, params.consistency, |state, _| keys_of(state, &org)).await?))
+    let now = app.now();
+    Ok(Json(app.read_as(&caller, params.consistency, |state, _| keys_of(state, &org, now)).await?))
 }
 
 /// Revoke one of the organization's API keys: every node refuses it once the revocation
@@ -293,7 +293,7 @@ pub async fn admin_list_api_keys(
         state
             .organizations
             .contains_key(&organization_id)
-            .then(|| keys_of(state, &organization_id))
+            .then(|| keys_of(state, &organization_id, app.now()))
             .ok_or_else(|| ApiError::not_found(format!("organization '{organization_id}' not found")))
     })
     .await?

@@ -17,7 +17,7 @@ pub use corral_model::secret::hash_secret;
 
 use corral_model::access::{self, Permission, Role};
 
-use crate::{now_millis, ApiError, AppState, ReadConsistency, Scope};
+use crate::{ApiError, AppState, ReadConsistency, Scope};
 
 /// Header that picks the organization an admin key acts on (required with the admin key on
 /// organization routes: 400 `organization_required` without it).
@@ -97,7 +97,7 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller { organization_id, is_admin: true, role: Role::Admin, credential: None });
         }
         let hash = hash_secret(key);
-        let now = now_millis();
+        let now = app.now();
         let lookup = || {
             let machine = app.cluster.state().read();
             access::live_key(&machine.state, &hash, None, now).map(|k| (k.organization_id.clone(), k.role))

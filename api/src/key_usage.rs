@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use corral_model::{Command, KeyUse, Millis, Proposal, State};
 
-use crate::{now_millis, AppState};
+use crate::AppState;
 
 /// A key's `lastUsedAt` is moved at most this often.
 pub const RECORD_EVERY_MS: Millis = 60_000;
@@ -76,7 +76,7 @@ pub async fn record_forever(app: AppState, mut stop: tokio::sync::watch::Receive
         if due.is_empty() {
             continue;
         }
-        let proposal = Proposal::new(Command::RecordApiKeyUse { uses: due.clone() }, now_millis());
+        let proposal = Proposal::new(Command::RecordApiKeyUse { uses: due.clone() }, app.now());
         match app.cluster.propose(proposal).await {
             Ok(Ok(_)) => {
                 app.key_usage.recorded(&due);

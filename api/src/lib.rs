@@ -58,8 +58,8 @@ pub use cluster::{
 pub use error::{ApiError, ErrorBody};
 use idempotency::Idempotency;
 
-/// Wall-clock milliseconds since the Unix epoch: the time this node, as the proposer, stamps
-/// into the proposals it builds (`apply` never reads a clock).
+/// The system's wall clock in milliseconds since the Unix epoch ([`ApiConfig::clock`] of a
+/// node outside the simulation reads it).
 pub fn now_millis() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
@@ -77,6 +77,10 @@ pub struct ApiConfig {
     pub rate_limit: Option<rate_limit::RateLimit>,
     /// Encrypts the secrets Corral stores and must use again (same key on every node).
     pub secret_box: secret_box::SecretBox,
+    /// The wall clock (milliseconds since the Unix epoch) this node stamps into the
+    /// proposals it builds and checks key expiry against (`apply` never reads a clock):
+    /// [`now_millis`] on a node, the simulated clock in the simulation.
+    pub clock: fn() -> Millis,
 }
 
 /// Shared by every handler.
@@ -112,6 +116,11 @@ impl AppState {
         AppState { cluster, config: Arc::new(config), key_usage: Arc::new(key_usage::KeyUsage::default()) }
     }
 
+    /// The wall clock ([`ApiConfig::clock`]), in milliseconds since the Unix epoch.
+    pub fn now(&self) -> Millis {
+        (self.config.clock)()
+    }
+
     /// Proposes `command` for a caller acting in `scope` and returns its outcome, mapping
     /// rejections and cluster errors to API errors. A caller with an organization key is
     /// checked here first, against this node's state (403 without a Raft round trip), and
@@ -124,7 +133,7 @@ impl AppState {
         actor: &str,
         fingerprint: Option<String>,
     ) -> Result<Outcome, ApiError> {
-        let at = now_millis();
+        let at = self.now();
         if let Some(credential) = &scope.credential {
             let machine = self.cluster.state().read();
             authorize(&machine.state, credential, scope.organization_id.as_deref(), &command, at)?;
@@ -148,7 +157,7 @@ impl AppState {
         let checked = self
             .read(consistency, |state, health| {
                 if let Some(credential) = &caller.credential {
-                    live_key(state, credential, Some(&caller.organization_id), now_millis())?;
+                    live_key(state, credential, Some(&caller.organization_id), self.now())?;
                 }
                 Ok::<T, corral_model::Rejection>(view(state, health))
             })

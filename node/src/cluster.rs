@@ -57,6 +57,34 @@ pub struct RaftCluster {
     pub last_log: crate::election::LastLogReader,
     /// One state hash at a time: each reads the whole state (see [`RaftCluster::state_hash`]).
     pub hashing: tokio::sync::Mutex<()>,
+    /// The idempotency keys of proposals that come without one.
+    pub auto_keys: AutoKeys,
+}
+
+/// Makes the idempotency keys of the proposals that arrive without one (`auto/`, the node,
+/// a nonce drawn once per process start, a counter): unique across nodes and restarts, and
+/// cheaper than a random key per proposal. The simulation draws the nonce from its seed, so
+/// that the keys, which the replicated state keeps, are the same on every run.
+#[derive(Debug)]
+pub struct AutoKeys {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl AutoKeys {
+    /// Keys under a random nonce (`corral serve`).
+    pub fn random(node_id: NodeId) -> AutoKeys {
+        AutoKeys::with_nonce(node_id, &uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Keys under `nonce`, which must not repeat across the node's starts.
+    pub fn with_nonce(node_id: NodeId, nonce: &str) -> AutoKeys {
+        AutoKeys { prefix: format!("auto/{node_id}/{nonce}/"), next: Default::default() }
+    }
+
+    pub fn next(&self) -> String {
+        format!("{}{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 /// How long a membership change may take (adding a node waits for it to catch up).
@@ -240,7 +268,7 @@ impl RaftCluster {
     /// leader changes, until the request timeout.
     async fn propose_with_retries(&self, mut proposal: Proposal) -> Result<ApplyResult, ClusterError> {
         if proposal.idempotency_key.is_none() {
-            proposal.idempotency_key = Some(format!("auto/{}", uuid::Uuid::new_v4()));
+            proposal.idempotency_key = Some(self.auto_keys.next());
         }
         let deadline = Instant::now() + self.request_timeout;
         let committed = self
@@ -600,5 +628,22 @@ impl RaftCluster {
             clients: self.clients.clone(),
             draining: self.draining.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AutoKeys;
+
+    #[test]
+    fn automatic_idempotency_keys_never_repeat_within_a_start_or_across_starts() {
+        let first_start = AutoKeys::random(1);
+        let (a, b) = (first_start.next(), first_start.next());
+        assert_ne!(a, b);
+        assert!(a.starts_with("auto/1/"), "{a}");
+        let second_start = AutoKeys::random(1);
+        assert_ne!(second_start.next(), a, "a restart draws a new nonce");
+        // The simulation's nonce comes from its seed: the same keys on every run.
+        assert_eq!(AutoKeys::with_nonce(2, "5eed").next(), AutoKeys::with_nonce(2, "5eed").next());
     }
 }

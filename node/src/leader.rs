@@ -74,7 +74,7 @@ pub struct Leader {
     /// (check-quorum): it then acts as if it did not lead.
     fenced: Arc<AtomicBool>,
     /// Since when it is fenced.
-    fenced_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    fenced_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
     /// Set while this leader hands off before a shutdown ([`Leader::set_handing_off`]).
     handing_off: Arc<AtomicBool>,
     /// Proposal batches handed to Raft and not answered yet. A hand-off waits until there are
@@ -135,7 +135,7 @@ impl Leader {
     /// lifts the fence.
     pub fn set_fenced(&self, fenced: bool) {
         let mut since = self.fenced_since.lock().unwrap_or_else(|p| p.into_inner());
-        *since = fenced.then(|| since.unwrap_or_else(std::time::Instant::now));
+        *since = fenced.then(|| since.unwrap_or_else(tokio::time::Instant::now));
         self.fenced.store(fenced, Ordering::Relaxed);
     }
 

@@ -171,6 +171,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         election: timing,
         last_log: last_log.clone(),
         hashing: tokio::sync::Mutex::new(()),
+        auto_keys: crate::cluster::AutoKeys::random(config.node_id),
     });
     let grpc = {
         let mut stop = stop_rx.clone();
@@ -275,6 +276,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         secret_box: corral_api::secret_box::SecretBox::new(
             config.secrets_key.as_deref().unwrap_or(&format!("derived from the admin key: {}", config.admin_key)),
         ),
+        clock: corral_net::now_millis,
     };
     let cluster: Arc<dyn corral_api::ClusterHandle> = raft_cluster.clone();
     let app_state = corral_api::AppState::new(cluster, api_config);

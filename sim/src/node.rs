@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_net::{GrpcNetworkFactory, PeerClients, RaftLiveness};
-use corral_node::cluster::RaftCluster;
+use corral_node::cluster::{AutoKeys, RaftCluster};
 use corral_node::config::{DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, DEFAULT_REQUEST_TIMEOUT_MS};
 use corral_node::election::{Driver, LastLogReader, Timing};
 use corral_node::forwarder::Forwarder;
@@ -166,6 +166,7 @@ impl SimNode {
             election: timing,
             last_log: last_log.clone(),
             hashing: tokio::sync::Mutex::new(()),
+            auto_keys: AutoKeys::with_nonce(self.id, &format!("{own_seed:x}")),
         };
         let (api_accept, api_accepted) = mpsc::channel(ACCEPT_BACKLOG);
         let api = tokio::spawn(serve_api(cluster, api_accepted, stop_rx.clone()));
@@ -245,6 +246,8 @@ async fn serve_api(cluster: RaftCluster, accepted: mpsc::Receiver<SimStream>, st
         max_body_bytes: corral_node::config::DEFAULT_MAX_BODY_BYTES,
         rate_limit: None,
         secret_box: corral_api::secret_box::SecretBox::new(ADMIN_KEY),
+        // Follows the simulated clock on a simulation thread.
+        clock: corral_net::now_millis,
     };
     let cluster: Arc<dyn corral_api::ClusterHandle> = Arc::new(cluster);
     let app = corral_api::router(cluster, config);

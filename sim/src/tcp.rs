@@ -232,6 +232,12 @@ async fn deliver(
             }
         }
         last = Instant::now();
+        if print_segments() {
+            println!(
+                "segment {from:?} -> {to:?}: {}",
+                bytes.as_ref().map_or_else(|| "FIN".to_string(), |b| describe(b))
+            );
+        }
         match bytes {
             Some(bytes) => {
                 if received.write_all(&bytes).await.is_err() {
@@ -241,4 +247,20 @@ async fn deliver(
             None => return,
         }
     }
+}
+
+/// Whether to print every segment delivered (`CORRAL_SIM_SEGMENTS=1`): where two runs of a
+/// seed part, the first segment that differs in length or order says which connection and
+/// which message (their contents differ anyway where they carry the host's time).
+fn print_segments() -> bool {
+    static PRINT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRINT.get_or_init(|| std::env::var_os("CORRAL_SIM_SEGMENTS").is_some_and(|v| v == "1"))
+}
+
+/// A segment's length and a digest of its bytes.
+fn describe(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    format!("{} bytes, digest {:016x}", bytes.len(), hasher.finish())
 }
