@@ -140,8 +140,9 @@ pub async fn write(world: &World, rng: &mut StdRng, proposal: Proposal) -> Optio
 
 /// Sets a register (a region's proxy URL) with `PATCH /api/regions/{key}` on a node that is
 /// up. That route takes no idempotency key, so a request that was sent is never sent again:
-/// without an answer its outcome is unknown; only a request that never left (no connection)
-/// is tried on another node.
+/// without an answer (or with a 5xx) its outcome is unknown; only a request that never left
+/// (no connection) is tried on another node. The region exists and the URL is valid, so a
+/// 4xx is a wrong answer (it fails the run).
 async fn write_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &str, value: &str) -> Outcome {
     let deadline = tokio::time::Instant::now() + OPERATION_DEADLINE;
     let body = serde_json::json!({ "proxyUrl": proxy_url(value) }).to_string();
@@ -156,7 +157,11 @@ async fn write_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &
                 Reply::Answered(status, _) if status.is_success() => return Outcome::Ok,
                 // A rejection: nothing was applied (a retry inside the node under its
                 // idempotency key would have answered what the first attempt did).
-                Reply::Answered(status, _) if status.is_client_error() => return Outcome::Fail,
+                Reply::Answered(status, body) if status.is_client_error() => {
+                    let body = String::from_utf8_lossy(&body);
+                    world.wrong_answer(format!("PATCH {path} on node {node}: {status} {body}"));
+                    return Outcome::Fail;
+                }
                 Reply::Answered(..) | Reply::NoAnswer => return Outcome::Unknown,
                 Reply::NotSent => {}
             }
@@ -166,8 +171,9 @@ async fn write_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &
 }
 
 /// A linearizable read (the default) of a register with `GET /api/regions/{key}` on a node
-/// that is up. `None`: no answer. A missing `proxyUrl` field is an answer the checker must
-/// not take for "unset", so it is no answer either (and traced).
+/// that is up. `None`: no answer (none came, or a 5xx). A 4xx, a body that is not JSON or one
+/// without its `proxyUrl` field is a wrong answer (it fails the run; the field is never taken
+/// for "unset").
 async fn read_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &str) -> Option<Option<String>> {
     let deadline = tokio::time::Instant::now() + ATTEMPT_TIMEOUT;
     loop {
@@ -178,22 +184,38 @@ async fn read_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &s
         if let Some(node) = any_node(world, rng) {
             let path = format!("/api/regions/{key}");
             match rest::call(fabric, node, Method::GET, &path, None, ORGANIZATION, left).await {
-                Reply::Answered(StatusCode::OK, body) => {
-                    let view: serde_json::Value = serde_json::from_slice(&body).ok()?;
-                    return match view.get("proxyUrl") {
-                        Some(serde_json::Value::String(url)) => Some(Some(register_value(url))),
-                        Some(serde_json::Value::Null) => Some(None),
-                        _ => {
-                            world.trace(&format!("region {key} answered without a proxyUrl: {view}"));
+                Reply::Answered(status, body) => {
+                    return match register_read(status, &body) {
+                        Ok(read) => read,
+                        Err(wrong) => {
+                            world.wrong_answer(format!("GET {path} on node {node}: {wrong}"));
                             None
                         }
                     };
                 }
-                Reply::Answered(..) | Reply::NoAnswer => return None,
+                Reply::NoAnswer => return None,
                 Reply::NotSent => {}
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
+    }
+}
+
+/// What an answer to `GET /api/regions/{id}` says of the register: `Ok(Some(value))` a read
+/// (`None`: unset), `Ok(None)` no answer (a 5xx), `Err` an answer the API must never give.
+fn register_read(status: StatusCode, body: &[u8]) -> Result<Option<Option<String>>, String> {
+    let text = || String::from_utf8_lossy(body).into_owned();
+    if status.is_server_error() {
+        return Ok(None);
+    }
+    if status != StatusCode::OK {
+        return Err(format!("{status} {}", text()));
+    }
+    let view: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e}): {}", text()))?;
+    match view.get("proxyUrl") {
+        Some(serde_json::Value::String(url)) => Ok(Some(Some(register_value(url)))),
+        Some(serde_json::Value::Null) => Ok(Some(None)),
+        _ => Err(format!("no proxyUrl string or null in {}", text())),
     }
 }
 
@@ -310,5 +332,22 @@ pub async fn operator(world: World, seed: u64, mut stop: watch::Receiver<bool>) 
             _ = stop.changed() => {}
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_answer_without_its_field_is_wrong_never_unset() {
+        let ok = |body: &str| register_read(StatusCode::OK, body.as_bytes());
+        assert_eq!(ok(r#"{"id":"r","proxyUrl":"http://c0-1.sim"}"#), Ok(Some(Some("c0-1".to_string()))));
+        assert_eq!(ok(r#"{"id":"r","proxyUrl":null}"#), Ok(Some(None)));
+        assert!(ok(r#"{"id":"r","proxy_url":"http://c0-1.sim"}"#).is_err(), "a renamed field");
+        assert!(ok(r#"{"id":"r"}"#).is_err(), "a missing field");
+        assert!(ok("not json").is_err());
+        assert!(register_read(StatusCode::NOT_FOUND, b"{}").is_err(), "the region exists");
+        assert_eq!(register_read(StatusCode::SERVICE_UNAVAILABLE, b"{}"), Ok(None), "no answer, not wrong");
     }
 }

@@ -528,6 +528,9 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
             BTreeMap::new()
         }
     };
+    for what in world.wrong_answers() {
+        report.violations.push(format!("wrong answer from the API: {what}"));
+    }
     for v in check_converged(&hashes) {
         report.violations.push(format!("{v:?}"));
     }

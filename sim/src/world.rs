@@ -54,6 +54,8 @@ struct Record {
     demotions: Vec<(Nanos, String)>,
     trace: Sha256,
     events: u64,
+    /// Answers the API must never give (a read without its field, a refused write).
+    wrong_answers: Vec<String>,
 }
 
 /// Shared by the clients, the nemesis and the checker (cheap to clone).
@@ -187,6 +189,17 @@ impl World {
             })
             .cloned()
             .collect()
+    }
+
+    /// Records an answer the API must never give (it fails the run).
+    pub fn wrong_answer(&self, what: String) {
+        self.trace(&format!("wrong answer: {what}"));
+        self.record().wrong_answers.push(what);
+    }
+
+    /// The wrong answers recorded so far.
+    pub fn wrong_answers(&self) -> Vec<String> {
+        self.record().wrong_answers.clone()
     }
 
     /// Takes the history and the sandbox operations recorded so far.
