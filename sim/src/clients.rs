@@ -138,35 +138,53 @@ pub async fn write(world: &World, rng: &mut StdRng, proposal: Proposal) -> Optio
     until_answered(world, rng, (local, remote)).await.map(|c| c.response)
 }
 
+/// Sends one request to a node that is up, trying others while no connection can be opened
+/// (nothing was sent), for at most `within`. `None`: nothing was sent in that time; else the
+/// node that took it and its reply (never [`Reply::NotSent`]).
+async fn send_to_some_node(
+    world: &World,
+    fabric: &Fabric,
+    rng: &mut StdRng,
+    (method, path, body): (Method, &str, Option<&str>),
+    within: Duration,
+) -> Option<(NodeId, Reply)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if let Some(node) = any_node(world, rng) {
+            let body = body.map(str::to_string);
+            match rest::call(fabric, node, method.clone(), path, body, ORGANIZATION, left).await {
+                Reply::NotSent => {}
+                reply => return Some((node, reply)),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
+    }
+}
+
 /// Sets a register (a region's proxy URL) with `PATCH /api/regions/{key}` on a node that is
 /// up. That route takes no idempotency key, so a request that was sent is never sent again:
 /// without an answer (or with a 5xx) its outcome is unknown; only a request that never left
 /// (no connection) is tried on another node. The region exists and the URL is valid, so a
 /// 4xx is a wrong answer (it fails the run).
 async fn write_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &str, value: &str) -> Outcome {
-    let deadline = tokio::time::Instant::now() + OPERATION_DEADLINE;
     let body = serde_json::json!({ "proxyUrl": proxy_url(value) }).to_string();
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return Outcome::Fail;
+    let path = format!("/api/regions/{key}");
+    let request = (Method::PATCH, path.as_str(), Some(body.as_str()));
+    match send_to_some_node(world, fabric, rng, request, OPERATION_DEADLINE).await {
+        None => Outcome::Fail,
+        Some((_, Reply::Answered(status, _))) if status.is_success() => Outcome::Ok,
+        // A rejection: nothing was applied (a retry inside the node under its idempotency
+        // key would have answered what the first attempt did).
+        Some((node, Reply::Answered(status, body))) if status.is_client_error() => {
+            let body = String::from_utf8_lossy(&body);
+            world.wrong_answer(format!("PATCH {path} on node {node}: {status} {body}"));
+            Outcome::Fail
         }
-        if let Some(node) = any_node(world, rng) {
-            let path = format!("/api/regions/{key}");
-            match rest::call(fabric, node, Method::PATCH, &path, Some(body.clone()), ORGANIZATION, left).await {
-                Reply::Answered(status, _) if status.is_success() => return Outcome::Ok,
-                // A rejection: nothing was applied (a retry inside the node under its
-                // idempotency key would have answered what the first attempt did).
-                Reply::Answered(status, body) if status.is_client_error() => {
-                    let body = String::from_utf8_lossy(&body);
-                    world.wrong_answer(format!("PATCH {path} on node {node}: {status} {body}"));
-                    return Outcome::Fail;
-                }
-                Reply::Answered(..) | Reply::NoAnswer => return Outcome::Unknown,
-                Reply::NotSent => {}
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
+        Some(_) => Outcome::Unknown,
     }
 }
 
@@ -175,29 +193,16 @@ async fn write_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &
 /// without its `proxyUrl` field is a wrong answer (it fails the run; the field is never taken
 /// for "unset").
 async fn read_register(world: &World, fabric: &Fabric, rng: &mut StdRng, key: &str) -> Option<Option<String>> {
-    let deadline = tokio::time::Instant::now() + ATTEMPT_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        if let Some(node) = any_node(world, rng) {
-            let path = format!("/api/regions/{key}");
-            match rest::call(fabric, node, Method::GET, &path, None, ORGANIZATION, left).await {
-                Reply::Answered(status, body) => {
-                    return match register_read(status, &body) {
-                        Ok(read) => read,
-                        Err(wrong) => {
-                            world.wrong_answer(format!("GET {path} on node {node}: {wrong}"));
-                            None
-                        }
-                    };
-                }
-                Reply::NoAnswer => return None,
-                Reply::NotSent => {}
+    let path = format!("/api/regions/{key}");
+    match send_to_some_node(world, fabric, rng, (Method::GET, &path, None), ATTEMPT_TIMEOUT).await? {
+        (node, Reply::Answered(status, body)) => match register_read(status, &body) {
+            Ok(read) => read,
+            Err(wrong) => {
+                world.wrong_answer(format!("GET {path} on node {node}: {wrong}"));
+                None
             }
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
+        },
+        (_, Reply::NoAnswer | Reply::NotSent) => None,
     }
 }
 
