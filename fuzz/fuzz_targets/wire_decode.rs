@@ -1,6 +1,8 @@
 //! What peers and runners send over QUIC: gossip health batches and runner-session frames
-//! (postcard). Decoding must never panic or allocate without bound; health reports that
-//! survive the receive path's checks are merged into a health table as gossip would.
+//! (postcard), and what peers send over gRPC: forwarded proposals in Corral's binary encoding
+//! (`corral_model::codec`, MessagePack). Decoding must never panic or allocate without bound;
+//! health reports that survive the receive path's checks are merged into a health table as
+//! gossip would.
 #![no_main]
 
 use std::time::Instant;
@@ -21,4 +23,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = postcard::from_bytes::<AgentMessage>(data);
     let _ = postcard::from_bytes::<NodeMessage>(data);
+    let mut marked = Vec::with_capacity(data.len() + 1);
+    marked.push(corral_model::codec::BINARY_MARK);
+    marked.extend_from_slice(data);
+    let _ = corral_model::codec::decode::<Vec<corral_model::Proposal>>(&marked);
 });

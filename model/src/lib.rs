@@ -37,6 +37,7 @@
 pub mod access;
 pub mod apply;
 pub mod assignment;
+pub mod codec;
 pub mod command;
 pub mod health;
 pub mod injected;

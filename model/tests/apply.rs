@@ -277,6 +277,31 @@ fn runner_health_moves_only_between_ready_and_unresponsive() {
 }
 
 #[test]
+fn a_refused_creation_leaves_the_state_as_it_was_and_the_id_is_checked_first() {
+    let mut s = fleet();
+    run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s1", "reg", "run", 1)] }).expect("placed");
+    let before = s.clone();
+    // A taken id and a taken name: the id is reported, as it always was; nothing changes.
+    assert!(matches!(run(&mut s, create_region("reg", "org", "r")), Err(Rejection::DuplicateId { .. })));
+    // A free id with a taken name: refused, and the new id is not left behind.
+    assert!(matches!(run(&mut s, create_region("reg2", "org", "r")), Err(Rejection::DuplicateName { .. })));
+    assert!(!s.regions.contains_key("reg2"));
+    let placements = vec![
+        // A taken id on a runner that could not take it either: the id is reported.
+        placement("s1", "reg", "nope", 1),
+        // A free id the runner refuses: no sandbox is left behind.
+        placement("s2", "reg", "run", 99),
+    ];
+    let Ok(Outcome::Placed(results)) = run(&mut s, Command::PlaceSandboxes { placements }) else { panic!("placed") };
+    assert!(matches!(results[0], Err(Rejection::DuplicateId { .. })), "{:?}", results[0]);
+    assert!(matches!(results[1], Err(Rejection::InsufficientCapacity { .. })), "{:?}", results[1]);
+    assert_eq!(s.sandboxes, before.sandboxes);
+    assert_eq!(s.regions, before.regions);
+    assert_eq!(s.hash(), before.hash());
+    assert_eq!(s.validate(), Ok(()));
+}
+
+#[test]
 fn placement_respects_capacity_and_state() {
     let mut s = fleet();
     let batch = Command::PlaceSandboxes {
@@ -472,8 +497,8 @@ fn snapshot_round_trip_rebuilds_indexes() {
 fn the_replicated_view_encodes_as_the_state_and_keeps_its_moment() {
     let mut s = fleet();
     run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s1", "reg", "run", 1)] }).expect("placed");
-    // Byte for byte what serializing the whole state writes (its indexes are skipped).
-    let whole = serde_json::to_vec(&s).expect("serialize the state");
+    // Byte for byte what encoding the whole state writes (its indexes are skipped).
+    let whole = corral_model::codec::encode(&s).expect("encode the state");
     let view = s.replicated_view();
     assert_eq!(view.encode().expect("encode the view"), whole);
     assert_eq!(view.hash(), s.hash());
@@ -634,7 +659,7 @@ fn a_runner_takes_its_agents_capacity_until_the_operator_sets_one() {
     assert_eq!(b.capacity_source(), CapacitySource::Operator);
 
     // An entry written before the field existed decodes to the same rule, on every replica.
-    let mut encoded: serde_json::Value = serde_json::from_slice(&s.encode().expect("encodes")).expect("json");
+    let mut encoded: serde_json::Value = serde_json::to_value(&s).expect("json");
     for runner in encoded["runners"].as_object_mut().expect("runners").values_mut() {
         runner.as_object_mut().expect("runner").remove("capacity_source");
     }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use corral_model::{Proposal, SandboxRequest};
+use corral_model::{codec, Proposal, SandboxRequest};
 use corral_raft_types::{NodeId, Raft, TypeConfig};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
@@ -15,14 +15,15 @@ use crate::leader_ops::{LeaderService, LeadershipProbe, MembershipChange, PreVot
 use crate::liveness::RaftLiveness;
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::pb::Payload;
+use crate::raft_network::SnapshotChunk;
 use crate::{tls, MAX_MESSAGE_BYTES};
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Payload, tonic::Status> {
-    serde_json::to_vec(value).map(|json| Payload { json }).map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+    codec::encode(value).map(|body| Payload { body }).map_err(|e| tonic::Status::internal(e.to_string()))
 }
 
 fn decode_request<T: DeserializeOwned>(payload: &Payload) -> Result<T, tonic::Status> {
-    serde_json::from_slice(&payload.json).map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
+    codec::decode(&payload.body).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
 }
 
 /// The gRPC service a node serves to its peers.
@@ -105,7 +106,7 @@ impl RaftTransport for RaftTransportService {
         &self,
         request: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request.get_ref())?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request::<SnapshotChunk>(request.get_ref())?.into();
         let leader_vote = rpc.vote;
         let reply = self.raft.install_snapshot(rpc).await;
         self.liveness.record_snapshot_received(&leader_vote, &reply);

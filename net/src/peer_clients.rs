@@ -1,6 +1,7 @@
 //! [`PeerClients`]: the gRPC client side, one lazily connected channel per peer address, with
 //! a deadline on every call.
 
+use corral_model::codec;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,21 +104,21 @@ impl PeerClients {
         request: &Req,
         timeout: Duration,
     ) -> Result<Reply, NetError> {
-        let json = serde_json::to_vec(request)
-            .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })?;
-        self.call_encoded(addr, method, json, timeout).await
+        let body =
+            codec::encode(request).map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })?;
+        self.call_encoded(addr, method, body, timeout).await
     }
 
-    /// [`call`](Self::call) with the request already encoded as JSON.
+    /// [`call`](Self::call) with the request already encoded (`corral_model::codec`).
     pub(crate) async fn call_encoded<Reply: DeserializeOwned>(
         &self,
         addr: &str,
         method: Method,
-        json: Vec<u8>,
+        body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Reply, NetError> {
         let mut client = self.client(addr)?;
-        let mut request = tonic::Request::new(Payload { json });
+        let mut request = tonic::Request::new(Payload { body });
         request.set_timeout(timeout);
         let reply = match method {
             Method::AppendEntries => client.append_entries(request).await,
@@ -135,7 +136,7 @@ impl PeerClients {
             tonic::Code::Unavailable => NetError::Unreachable { addr: addr.to_string(), reason: status.to_string() },
             _ => NetError::Rpc { addr: addr.to_string(), status: status.to_string() },
         })?;
-        serde_json::from_slice(&reply.get_ref().json)
+        codec::decode(&reply.get_ref().body)
             .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })
     }
 

@@ -282,7 +282,7 @@ impl Drop for InFlight {
 async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) -> Vec<Result<CommittedWrite, LeaderError>> {
     let count = batch.len();
     metrics::histogram!("corral_raft_commands_per_entry").record(count as f64);
-    match client_write_while_leading(raft, ProposalBatch(batch)).await {
+    match client_write_while_leading(raft, ProposalBatch::from(batch)).await {
         Ok(reply) if reply.data.0.len() == count => {
             let log_index = reply.log_id.index;
             reply.data.0.into_iter().map(|response| Ok(CommittedWrite { log_index, response })).collect()
@@ -344,7 +344,7 @@ async fn answer_before_commit(
         .iter()
         .map(|p| Ok(CommittedWrite { log_index: 0, response: corral_model::apply(&mut state, p) }))
         .collect();
-    match raft.client_write_ff(ProposalBatch(batch)).await {
+    match raft.client_write_ff(ProposalBatch::from(batch)).await {
         Ok(_committed_later) => answers,
         Err(e) => answers.iter().map(|_| Err(LeaderError::Unavailable(e.to_string()))).collect(),
     }

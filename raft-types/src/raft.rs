@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::io::Cursor;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,20 +31,30 @@ impl fmt::Display for CorralNode {
 
 /// What one log entry carries: proposals the leader coalesced, applied in order, each on the
 /// state the ones before it left, and each answered on its own (exactly as if each had had an
-/// entry of its own). Encoded as a JSON array; an entry written before batching (one
-/// proposal, a JSON object) decodes as a batch of one, so old logs replay unchanged.
+/// entry of its own). Encoded as a list; an entry written before batching (one proposal, a
+/// JSON object) decodes as a batch of one, so old logs replay unchanged.
+///
+/// The proposals are shared (`Arc`): openraft clones an entry wherever it keeps one (the log
+/// store's recent entries, the replication of each follower, the state machine's apply), and
+/// a clone costs a reference count, not a copy of a thousand commands.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ProposalBatch(pub Vec<Proposal>);
+pub struct ProposalBatch(pub Arc<[Proposal]>);
 
 impl From<Proposal> for ProposalBatch {
     fn from(proposal: Proposal) -> Self {
-        ProposalBatch(vec![proposal])
+        ProposalBatch(Arc::from([proposal]))
+    }
+}
+
+impl From<Vec<Proposal>> for ProposalBatch {
+    fn from(proposals: Vec<Proposal>) -> Self {
+        ProposalBatch(Arc::from(proposals))
     }
 }
 
 impl Serialize for ProposalBatch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        self.0.as_ref().serialize(serializer)
     }
 }
 
@@ -56,7 +67,7 @@ impl<'de> Deserialize<'de> for ProposalBatch {
                 f.write_str("a list of proposals, or one proposal")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<ProposalBatch, A::Error> {
-                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(ProposalBatch)
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(ProposalBatch::from)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ProposalBatch, A::Error> {
                 Proposal::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ProposalBatch::from)
@@ -97,7 +108,7 @@ mod tests {
 
     #[test]
     fn a_batch_round_trips_and_an_entry_from_before_batching_reads_as_a_batch_of_one() {
-        let batch = ProposalBatch(vec![proposal("a"), proposal("b")]);
+        let batch = ProposalBatch::from(vec![proposal("a"), proposal("b")]);
         let json = serde_json::to_vec(&batch).expect("encode");
         assert_eq!(serde_json::from_slice::<ProposalBatch>(&json).expect("decode"), batch);
 

@@ -251,7 +251,7 @@ async fn setup_write(sim: &mut Sim, command: Command) -> Result<(), String> {
             continue;
         };
         let proposal = Proposal::new(command.clone(), corral_net::now_millis());
-        match leader.raft.client_write(ProposalBatch(vec![proposal])).await {
+        match leader.raft.client_write(ProposalBatch::from(proposal)).await {
             Ok(reply) => match reply.data.0.into_iter().next() {
                 Some(Ok(_)) => {
                     let settled = converge(sim, Duration::from_secs(10)).await;

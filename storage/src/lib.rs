@@ -12,6 +12,9 @@
 //! - [`memory`]: the same log store on a simulated disk ([`MemDisk`]) that tells synced from
 //!   unsynced writes and can lose the unsynced ones in a crash; the simulation runs on it.
 //!
+//! - [`recent`]: the log's newest entries kept decoded in memory, so that openraft's reads
+//!   right after a write (apply, replication) neither seek RocksDB nor decode.
+//!
 //! - `purge_gate`: the log is purged only up to a stored snapshot, even while a received
 //!   snapshot is still being installed (openraft 0.9 asks for the purge without waiting), and
 //!   an older snapshot never replaces a newer one on disk.
@@ -29,6 +32,7 @@
 
 pub mod memory;
 mod purge_gate;
+pub mod recent;
 pub mod store;
 
 pub use memory::{open_memory, MemDisk, MemLogStore};

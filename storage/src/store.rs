@@ -2,8 +2,9 @@
 //!
 //! One database, three column families:
 //! - `log`: key = log index as 8 big-endian bytes (so iteration order is index order),
-//!   value = the JSON-encoded `Entry`.
-//! - `meta`: `vote`, `committed`, `last_purged` (JSON).
+//!   value = the `Entry` in Corral's binary encoding (`corral_model::codec`; entries written
+//!   before it are JSON and still read).
+//! - `meta`: `vote`, `committed`, `last_purged` (the same encoding).
 //! - `state`: `snapshot_meta` and `snapshot_data`, where nodes before stop 30 kept their
 //!   snapshot (still read when the file below is absent).
 //!
@@ -25,14 +26,14 @@
 //!
 //! The state machine lives in memory ([`SharedState`]) and is rebuilt on start from the last
 //! snapshot plus a replay of the committed log that follows it (openraft does the replay, from
-//! `read_committed`). JSON is used for log entries because openraft's types use
-//! `#[serde(flatten)]`, which non-self-describing formats such as bincode cannot decode.
+//! `read_committed`). Log entries are MessagePack, a self-describing format, because openraft's
+//! types use `#[serde(flatten)]`, which bincode or postcard cannot decode.
 
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -42,10 +43,11 @@ use openraft::{
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
-use corral_model::State;
+use corral_model::{codec, State};
 use corral_raft_types::{ApplyResponse, CorralNode, NodeId, SharedState, TypeConfig};
 
 use crate::purge_gate::PurgeGate;
+use crate::recent::RecentEntries;
 
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
@@ -119,7 +121,7 @@ pub fn open_storage(
     let snapshots = SnapshotFile::Rocks { db: db.clone(), config };
     let gate = PurgeGate::new(StateMachineStore::restore(&snapshots, &shared)?);
     let syncer = LogSyncer::start(&db, config)?;
-    let log = LogStore { db, config, syncer, gate: gate.clone() };
+    let log = LogStore { db, config, syncer, gate: gate.clone(), recent: Arc::default() };
     Ok((log, StateMachineStore::new(snapshots, shared.clone(), gate), shared))
 }
 
@@ -131,6 +133,9 @@ pub struct LogStore {
     syncer: LogSyncer,
     /// Keeps purges behind the stored snapshot (see [`PurgeGate`]).
     gate: PurgeGate,
+    /// The newest entries, decoded ([`RecentEntries`]). Every write to the `log` column family
+    /// happens under this lock, with the matching change here.
+    recent: Arc<Mutex<RecentEntries>>,
 }
 
 /// How many appends may wait for the syncer; a full queue makes `append` wait (backpressure on
@@ -198,12 +203,12 @@ impl LogStore {
         let Some(bytes) = self.db.get_cf(meta, key).map_err(|e| StorageIOError::read(&e))? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StorageIOError::read(&e))
+        codec::decode(&bytes).map(Some).map_err(|e| StorageIOError::read(&e))
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageIOError<NodeId>> {
         let meta = cf(&self.db, CF_META)?;
-        let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
+        let bytes = codec::encode(value).map_err(|e| StorageIOError::write(&e))?;
         self.db.put_cf_opt(meta, key, bytes, &write_options(self.config)).map_err(|e| StorageIOError::write(&e))
     }
 
@@ -213,10 +218,21 @@ impl LogStore {
     fn delete_through(&self, upto: LogId<NodeId>) -> RaftResult<()> {
         self.put_meta(KEY_LAST_PURGED, &upto)?;
         let log = cf(&self.db, CF_LOG)?;
+        let mut recent = self.recent();
         self.db
             .delete_range_cf(log, index_key(0), index_key(upto.index.saturating_add(1)))
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        recent.purge_through(upto.index);
         Ok(())
+    }
+
+    fn recent(&self) -> MutexGuard<'_, RecentEntries> {
+        // The lock guards no invariant a panic could break halfway: clear what it keeps.
+        self.recent.lock().unwrap_or_else(|poisoned| {
+            let mut recent = poisoned.into_inner();
+            recent.clear();
+            recent
+        })
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageIOError<NodeId>> {
@@ -225,7 +241,7 @@ impl LogStore {
             return Ok(None);
         };
         let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-        let entry: Entry<TypeConfig> = serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+        let entry: Entry<TypeConfig> = codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?;
         Ok(Some(entry.log_id))
     }
 }
@@ -238,24 +254,30 @@ impl LogStore {
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
     ) -> Result<(), StorageIOError<NodeId>> {
-        let batch = self.log_batch(entries)?.0;
-        self.db.write_opt(batch, &write_options(self.config)).map_err(|e| StorageIOError::write_logs(&e))
+        self.write_log(entries, &write_options(self.config)).map(|_| ())
     }
 
-    /// `entries` as one RocksDB batch, and how many there are.
-    fn log_batch(
+    /// Writes `entries` to the log in one RocksDB batch with `options`, keeps them among the
+    /// recent entries, and says how many there were.
+    fn write_log(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
-    ) -> Result<(WriteBatch, usize), StorageIOError<NodeId>> {
+        options: &WriteOptions,
+    ) -> Result<usize, StorageIOError<NodeId>> {
         let log = cf(&self.db, CF_LOG)?;
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let mut batch = WriteBatch::default();
-        let mut count = 0;
-        for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+        for entry in &entries {
+            let bytes = codec::encode(entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(log, index_key(entry.log_id.index), bytes);
-            count += 1;
         }
-        Ok((batch, count))
+        let count = entries.len();
+        let mut recent = self.recent();
+        self.db.write_opt(batch, options).map_err(|e| StorageIOError::write_logs(&e))?;
+        for entry in entries {
+            recent.appended(entry);
+        }
+        Ok(count)
     }
 }
 
@@ -269,6 +291,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        if let Some(entries) = self.recent().read(&range) {
+            metrics::counter!("corral_raft_log_reads_total", "from" => "memory").increment(1);
+            return Ok(entries);
+        }
+        metrics::counter!("corral_raft_log_reads_total", "from" => "rocksdb").increment(1);
         let log = cf(&self.db, CF_LOG)?;
         let mut entries = Vec::new();
         for item in self.db.iterator_cf(log, IteratorMode::From(&index_key(start), Direction::Forward)) {
@@ -277,7 +304,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index) {
                 break;
             }
-            let entry: Entry<TypeConfig> = serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+            let entry: Entry<TypeConfig> = codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?;
             entries.push(entry);
         }
         Ok(entries)
@@ -308,7 +335,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> RaftResult<()> {
         // Not synced: losing it only means replaying less on restart; the leader re-sends it.
         let meta = cf(&self.db, CF_META)?;
-        let bytes = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write(&e))?;
+        let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(&e))?;
         self.db.put_cf(meta, KEY_COMMITTED, bytes).map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
@@ -323,9 +350,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         // Written unsynced (readable now); the syncer makes it durable and then calls back.
-        let written = self.log_batch(entries).and_then(|(batch, count)| {
-            self.db.write(batch).map(|()| count).map_err(|e| StorageIOError::write_logs(&e))
-        });
+        let written = self.write_log(entries, &WriteOptions::default());
         let entries = match written {
             Ok(count) => count,
             Err(e) => {
@@ -348,9 +373,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> RaftResult<()> {
         let log = cf(&self.db, CF_LOG)?;
+        let mut recent = self.recent();
         self.db
             .delete_range_cf(log, index_key(log_id.index), index_key(u64::MAX))
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        recent.truncate_from(log_id.index);
         // delete_range does not cover u64::MAX itself; no real log reaches it.
         Ok(())
     }
@@ -388,7 +415,7 @@ impl SnapshotFile {
             SnapshotFile::Memory(disk) => return disk.save_snapshot(meta, data),
         };
         let signature = || Some(meta.signature());
-        let meta_bytes = serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
+        let meta_bytes = codec::encode(meta).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
         write_snapshot_file(db.path(), &meta_bytes, data, config.fsync)
             .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
         // A snapshot that an older node kept in RocksDB is superseded: drop it (the file wins
@@ -423,7 +450,7 @@ impl SnapshotFile {
                 (meta, data)
             }
         };
-        let meta = serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let meta = codec::decode(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(Some((meta, data)))
     }
 

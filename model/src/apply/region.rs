@@ -1,19 +1,12 @@
 //! Regions: create, change URLs, replace a credential, delete.
 
-use super::{in_scope, not_found, owned_region};
+use super::{in_scope, insert_new, not_found, owned_region};
 use crate::command::{FieldUpdate, NewRegion, RegionCredential};
 use crate::outcome::{ApplyResult, Outcome, Rejection};
 use crate::state::State;
 use crate::types::{Millis, ObjectKind, Region};
 
 pub(super) fn create(state: &mut State, new: &NewRegion, at: Millis) -> ApplyResult {
-    if state.regions.contains_key(&new.id) {
-        return Err(Rejection::DuplicateId { kind: ObjectKind::Region, id: new.id.clone() });
-    }
-    let name_key = (new.organization_id.clone(), new.name.clone());
-    if state.region_names.contains_key(&name_key) {
-        return Err(Rejection::DuplicateName { kind: ObjectKind::Region, name: new.name.clone() });
-    }
     let region = Region {
         id: new.id.clone(),
         name: new.name.clone(),
@@ -29,8 +22,15 @@ pub(super) fn create(state: &mut State, new: &NewRegion, at: Millis) -> ApplyRes
         created_at: at,
         updated_at: at,
     };
+    // Inserted first, checked after (one walk down the map, where a lookup then an insert
+    // took two; see `insert_new`), in the order the checks always had: the id, then the name.
+    insert_new(&mut state.regions, &new.id, region.clone(), ObjectKind::Region)?;
+    let name_key = (new.organization_id.clone(), new.name.clone());
+    if state.region_names.contains_key(&name_key) {
+        state.regions.remove(&new.id);
+        return Err(Rejection::DuplicateName { kind: ObjectKind::Region, name: new.name.clone() });
+    }
     state.region_names.insert(name_key, new.id.clone());
-    state.regions.insert(new.id.clone(), region.clone());
     Ok(Outcome::Region(region))
 }
 

@@ -1,7 +1,7 @@
 //! Sandboxes: placement batches (with the capacity re-check), rescheduling rounds, state
 //! changes, delete.
 
-use super::{in_scope, not_found};
+use super::{in_scope, insert_new, not_found};
 use std::collections::BTreeMap;
 
 use crate::access::authorize_placement;
@@ -177,15 +177,6 @@ fn reschedule_one(
 
 /// Re-checks capacity on apply: whatever a stale leader decided, a runner is never overcommitted.
 fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Rejection> {
-    if state.sandboxes.contains_key(&p.sandbox_id) {
-        return Err(Rejection::DuplicateId { kind: ObjectKind::Sandbox, id: p.sandbox_id.clone() });
-    }
-    check_target(state, &p.runner_id, &p.region_id, &p.runner_tags, p.resources)?;
-    let counted = admit_to_quota(state, &p.organization_id, &p.region_id, p.resources, &QuotaUsage::default())?;
-    if counted {
-        state.quota_usage.entry(p.organization_id.clone()).or_default().add(p.resources);
-    }
-    charge(state, &p.runner_id, &p.sandbox_id, p.resources, SandboxState::Started, at);
     let sandbox = Sandbox {
         rescheduled_from: None,
         error_reason: None,
@@ -201,7 +192,22 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
         created_at: at,
         updated_at: at,
     };
-    state.sandboxes.insert(sandbox.id.clone(), sandbox.clone());
+    // Inserted first, checked after, in the order the checks always had (the id, then the
+    // target, then the quota); see `insert_new`.
+    insert_new(&mut state.sandboxes, &p.sandbox_id, sandbox.clone(), ObjectKind::Sandbox)?;
+    let admitted = check_target(state, &p.runner_id, &p.region_id, &p.runner_tags, p.resources)
+        .and_then(|()| admit_to_quota(state, &p.organization_id, &p.region_id, p.resources, &QuotaUsage::default()));
+    let counted = match admitted {
+        Ok(counted) => counted,
+        Err(rejection) => {
+            state.sandboxes.remove(&p.sandbox_id);
+            return Err(rejection);
+        }
+    };
+    if counted {
+        state.quota_usage.entry(p.organization_id.clone()).or_default().add(p.resources);
+    }
+    charge(state, &p.runner_id, &p.sandbox_id, p.resources, SandboxState::Started, at);
     Ok(sandbox)
 }
 
