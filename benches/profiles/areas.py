@@ -15,6 +15,7 @@ AREAS = [
     ("gRPC (tonic, h2)", r"tonic::|h2::"),
     ("QUIC (quinn)", r"quinn"),
     ("JSON (serde_json)", r"serde_json::"),
+    ("MessagePack (rmp-serde: log, snapshots, node RPCs)", r"rmp_serde::|rmp::"),
     ("openraft core", r"openraft::core::raft_core"),
     ("apply (corral_model::apply)", r"corral_model::apply::"),
     ("scheduler (plan)", r"corral_node::scheduler::plan"),

@@ -34,9 +34,15 @@ pub enum CodecError {
 /// `value` in the binary encoding.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut bytes = Vec::with_capacity(128);
-    bytes.push(BINARY_MARK);
-    rmp_serde::encode::write_named(&mut bytes, value)?;
+    encode_into(&mut bytes, value)?;
     Ok(bytes)
+}
+
+/// Appends `value` in the binary encoding to `bytes`.
+pub fn encode_into<T: Serialize + ?Sized>(bytes: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
+    bytes.push(BINARY_MARK);
+    rmp_serde::encode::write_named(bytes, value)?;
+    Ok(())
 }
 
 /// Reads [`encode`]'s output, or JSON (data from before the binary encoding).

@@ -261,6 +261,15 @@ impl ReplicatedView {
         codec::encode(self)
     }
 
+    /// [`ReplicatedView::encode`] into a buffer made with room for `capacity` bytes (a
+    /// snapshot of hundreds of megabytes otherwise grows its buffer by doubling, copying it
+    /// each time).
+    pub fn encode_with_capacity(&self, capacity: usize) -> Result<Vec<u8>, CodecError> {
+        let mut bytes = Vec::with_capacity(capacity);
+        codec::encode_into(&mut bytes, self)?;
+        Ok(bytes)
+    }
+
     /// The SHA-256 of the view's canonical JSON encoding, hex, as [`State::hash`].
     pub fn hash(&self) -> String {
         let mut hasher = Sha256::new();

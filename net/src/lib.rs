@@ -27,8 +27,10 @@
 //! - [`accept`]: the accept loop ([`serve_quic`]) that routes each connection by its ALPN.
 //! - [`tls`]: the cluster CA's material and the roles certificates carry.
 //!
-//! openraft messages travel as JSON in a `bytes` field (see `proto/raft.proto`): the wire
-//! format is then exactly openraft's serde types, with no hand-kept mirror of them.
+//! openraft messages travel in a `bytes` field (see `proto/raft.proto`) in Corral's binary
+//! encoding (`corral_model::codec`, MessagePack): the wire format is then exactly openraft's
+//! serde types, with no hand-kept mirror of them, except a snapshot chunk, whose data goes as
+//! one byte string (`raft_network::SnapshotChunk`).
 //!
 //! Invariants: every outgoing call has a deadline; every message is size-limited.
 //! Never depends on: `corral-node`, `corral-api`, `corral-storage` (no RocksDB), axum.

@@ -4,7 +4,8 @@
 //! shown once), see it turn ready with its capacity bars once its agent runs, create a sandbox
 //! and see it placed, read a refusal as a message, drain the runner, then kill the leader and
 //! see the cluster page show the new one. Screenshots of every page at 1280 and 390 px wide go
-//! to `docs/screenshots/` (the README shows them).
+//! to a temporary directory, or with `CORRAL_UPDATE_SCREENSHOTS=1` to `docs/screenshots/`
+//! (the README shows them), so that a test run leaves the working tree alone.
 
 mod common;
 
@@ -19,7 +20,10 @@ const WIDE: (u32, u32) = (1280, 900);
 const NARROW: (u32, u32) = (390, 844);
 
 fn screenshots_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots")
+    if std::env::var_os("CORRAL_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        return PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+    }
+    std::env::temp_dir().join(format!("corral-screenshots-{}", std::process::id()))
 }
 
 /// Saves the current page at both widths as `<name>-1280.png` and `<name>-390.png`.

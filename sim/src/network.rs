@@ -212,10 +212,11 @@ impl Fabric {
     /// A connection attempt from `from` reaching `port` of node `to`.
     pub fn syn(&self, from: Life, to: NodeId, port: Port) -> Syn {
         let mut s = self.lock();
-        if Self::draw_link_loss(&mut s, from.0, to)
-            || s.faults.cut.contains(&(from.0, to))
-            || s.faults.cut.contains(&(to, from.0))
-        {
+        if Self::draw_link_loss(&mut s, from.0, to) {
+            return Syn::Lost;
+        }
+        if s.faults.cut.contains(&(from.0, to)) || s.faults.cut.contains(&(to, from.0)) {
+            s.lost += 1;
             return Syn::Lost;
         }
         match s.up.get(&to) {
@@ -240,7 +241,11 @@ impl Fabric {
         if !Self::alive(&s, from) {
             return SegmentFate::SenderGone;
         }
-        if Self::draw_link_loss(&mut s, from.0, to.0) || s.faults.cut.contains(&(from.0, to.0)) {
+        if Self::draw_link_loss(&mut s, from.0, to.0) {
+            return SegmentFate::Unacknowledged;
+        }
+        if s.faults.cut.contains(&(from.0, to.0)) {
+            s.lost += 1;
             return SegmentFate::Unacknowledged;
         }
         if !Self::alive(&s, to) {
@@ -268,24 +273,25 @@ impl Fabric {
         if from == to {
             return Some(request.await);
         }
+        if !self.hop(from, to).await {
+            return None;
+        }
+        let answer = request.await;
+        self.hop(to, from).await.then_some(answer)
+    }
+
+    /// One way of [`Fabric::carry`]: waits out a pause, then the link's latency; `false` (after
+    /// [`LOST_AFTER`]) when the message is lost.
+    async fn hop(&self, from: NodeId, to: NodeId) -> bool {
         self.wait_unpaused(from, to).await;
         match self.route(from, to) {
             Route::Lost => {
                 tokio::time::sleep(LOST_AFTER).await;
-                return None;
-            }
-            Route::Deliver { delay } => tokio::time::sleep(delay).await,
-        }
-        let answer = request.await;
-        self.wait_unpaused(from, to).await;
-        match self.route(to, from) {
-            Route::Lost => {
-                tokio::time::sleep(LOST_AFTER).await;
-                None
+                false
             }
             Route::Deliver { delay } => {
                 tokio::time::sleep(delay).await;
-                Some(answer)
+                true
             }
         }
     }
