@@ -5,7 +5,7 @@
 //! self-describing format, like the JSON it replaced, so that `skip_serializing_if`, defaults
 //! for fields older data lacks, and openraft's `#[serde(flatten)]` keep working (bincode and
 //! postcard cannot decode them); but without JSON's text: no escaping, no number formatting,
-//! bytes as bytes. Under `loadgen --workload regions` JSON took a ninth of the nodes' CPU,
+//! bytes as bytes. Under `loadgen --workload regions` JSON took a seventh of the nodes' CPU,
 //! most of it in Raft's own data (log writes and reads, AppendEntries, snapshots).
 //!
 //! [`decode`] also reads JSON (whatever does not start with the mark): logs and snapshots
