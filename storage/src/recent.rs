@@ -13,7 +13,7 @@
 //! (append, truncate, purge); a read that reaches before the oldest kept entry goes to RocksDB.
 
 use std::collections::VecDeque;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 
 use corral_raft_types::TypeConfig;
 use openraft::{Entry, EntryPayload};
@@ -48,9 +48,6 @@ impl RecentEntries {
             Some(last) if index <= last => self.truncate_from(index),
             Some(last) if index != last + 1 => self.clear(),
             _ => {}
-        }
-        if self.entries.front().is_some_and(|(first, _)| index < first.log_id.index) {
-            self.clear();
         }
         let weight = weight_of(&entry);
         self.weight += weight;
@@ -88,16 +85,11 @@ impl RecentEntries {
         }
     }
 
-    /// The entries of `range`, if this holds all of them that the log holds: `None` when the
-    /// range starts before the oldest kept entry (or nothing is kept), so the caller reads the
-    /// log itself.
-    pub fn read<RB: RangeBounds<u64>>(&self, range: &RB) -> Option<Vec<Entry<TypeConfig>>> {
+    /// The entries of `range`, which starts at index `start`, if this holds all of them that
+    /// the log holds: `None` when the range starts before the oldest kept entry (or nothing is
+    /// kept), so the caller reads the log itself.
+    pub fn read<RB: RangeBounds<u64>>(&self, start: u64, range: &RB) -> Option<Vec<Entry<TypeConfig>>> {
         let first = self.entries.front()?.0.log_id.index;
-        let start = match range.start_bound() {
-            Bound::Included(x) => *x,
-            Bound::Excluded(x) => x.checked_add(1)?,
-            Bound::Unbounded => return None,
-        };
         if start < first {
             return None;
         }
@@ -146,15 +138,15 @@ mod tests {
     #[test]
     fn reads_inside_the_kept_tail_and_refuses_before_it() {
         let mut recent = RecentEntries::default();
-        assert!(recent.read(&(1..3)).is_none(), "nothing kept");
+        assert!(recent.read(1, &(1..3)).is_none(), "nothing kept");
         for i in 5..=9 {
             recent.appended(entry(1, i));
         }
-        assert_eq!(indexes(&recent.read(&(6..8)).expect("kept")), [(1, 6), (1, 7)]);
-        assert_eq!(indexes(&recent.read(&(8..)).expect("kept")), [(1, 8), (1, 9)]);
-        assert_eq!(indexes(&recent.read(&(7..=20)).expect("kept")), [(1, 7), (1, 8), (1, 9)]);
-        assert!(recent.read(&(10..)).expect("past the end").is_empty());
-        assert!(recent.read(&(4..8)).is_none(), "starts before the oldest kept entry");
+        assert_eq!(indexes(&recent.read(6, &(6..8)).expect("kept")), [(1, 6), (1, 7)]);
+        assert_eq!(indexes(&recent.read(8, &(8..)).expect("kept")), [(1, 8), (1, 9)]);
+        assert_eq!(indexes(&recent.read(7, &(7..=20)).expect("kept")), [(1, 7), (1, 8), (1, 9)]);
+        assert!(recent.read(10, &(10..)).expect("past the end").is_empty());
+        assert!(recent.read(4, &(4..8)).is_none(), "starts before the oldest kept entry");
     }
 
     #[test]
@@ -165,16 +157,16 @@ mod tests {
         }
         // A new leader overwrites from index 4.
         recent.appended(entry(2, 4));
-        assert_eq!(indexes(&recent.read(&(1..)).expect("kept")), [(1, 1), (1, 2), (1, 3), (2, 4)]);
+        assert_eq!(indexes(&recent.read(1, &(1..)).expect("kept")), [(1, 1), (1, 2), (1, 3), (2, 4)]);
         recent.truncate_from(3);
-        assert_eq!(indexes(&recent.read(&(1..)).expect("kept")), [(1, 1), (1, 2)]);
+        assert_eq!(indexes(&recent.read(1, &(1..)).expect("kept")), [(1, 1), (1, 2)]);
         recent.purge_through(1);
-        assert!(recent.read(&(1..)).is_none());
-        assert_eq!(indexes(&recent.read(&(2..)).expect("kept")), [(1, 2)]);
+        assert!(recent.read(1, &(1..)).is_none());
+        assert_eq!(indexes(&recent.read(2, &(2..)).expect("kept")), [(1, 2)]);
         // A gap (an install of a snapshot moved the log on) starts afresh.
         recent.appended(entry(3, 40));
         assert_eq!(recent.len(), 1);
-        assert!(recent.read(&(2..)).is_none());
+        assert!(recent.read(2, &(2..)).is_none());
     }
 
     #[test]
@@ -185,7 +177,7 @@ mod tests {
             recent.appended(entry(1, i));
         }
         assert_eq!(recent.len(), RECENT_ENTRIES_MAX);
-        assert!(recent.read(&(10..)).is_none());
-        assert_eq!(recent.read(&(11..)).expect("kept").len(), RECENT_ENTRIES_MAX);
+        assert!(recent.read(10, &(10..)).is_none());
+        assert_eq!(recent.read(11, &(11..)).expect("kept").len(), RECENT_ENTRIES_MAX);
     }
 }

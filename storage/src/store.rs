@@ -292,7 +292,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        if let Some(entries) = self.recent().read(&range) {
+        if let Some(entries) = self.recent().read(start, &range) {
             metrics::counter!("corral_raft_log_reads_total", "from" => "memory").increment(1);
             return Ok(entries);
         }
