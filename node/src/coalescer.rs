@@ -6,14 +6,22 @@
 //! timer. A request never joins a call that started before it was queued, which is what makes
 //! coalesced read-index rounds linearizable.
 //!
+//! A free slot alone does not start a call while others run: the batch first grows to
+//! `min_batch_while_busy` or waits for a running call to finish. Without that rule, the
+//! requests arriving just after a large batch left went out one by one in the other free
+//! slots, and under load half of all Raft entries and two thirds of the forwarded calls
+//! carried a single request (benches/peers, region creations), each paying a call's, an
+//! fsync's and a replication round's cost for one command.
+//!
 //! Used for the write path (proposals into one Raft entry on the leader; forwarded writes and
 //! sandbox placements into one gRPC call from a follower) and for read-index rounds.
 //! The queue is bounded: a full queue answers [`CoalesceError::Full`] at once.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 /// How a [`Coalescer`] batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +32,9 @@ pub struct CoalescerConfig {
     pub max_batch: usize,
     /// Calls running at once.
     pub max_in_flight: usize,
+    /// While another call runs, a new one starts only with this many requests, or once a
+    /// running call has finished.
+    pub min_batch_while_busy: usize,
 }
 
 /// Why a request got no answer.
@@ -90,15 +101,30 @@ async fn drive<Req, Rep, F, Fut>(
 {
     let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let max_batch = config.max_batch.max(1);
+    let min_while_busy = config.min_batch_while_busy.clamp(1, max_batch);
+    let running = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(Notify::new());
     loop {
         // A slot first: while every slot is busy, requests gather in the queue.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Some(first) = waiting.recv().await else { return };
         let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match waiting.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+        take_waiting(&mut waiting, &mut batch, max_batch);
+        // Other calls running: grow the batch, or wait for one of them to finish.
+        while batch.len() < min_while_busy {
+            let one_finished = finished.notified();
+            if running.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = one_finished => break,
+                next = waiting.recv() => match next {
+                    Some(next) => {
+                        batch.push(next);
+                        take_waiting(&mut waiting, &mut batch, max_batch);
+                    }
+                    None => break,
+                },
             }
         }
         metrics::histogram!("corral_coalesced_batch_size", "path" => path).record(batch.len() as f64);
@@ -106,14 +132,28 @@ async fn drive<Req, Rep, F, Fut>(
         let (requests, replies): (Vec<Req>, Vec<oneshot::Sender<Rep>>) =
             batch.into_iter().map(|w| (w.request, w.reply)).unzip();
         let call = run(requests);
+        running.fetch_add(1, Ordering::AcqRel);
+        let (running, finished) = (running.clone(), finished.clone());
         tokio::spawn(async move {
             let answers = call.await;
             for (reply, answer) in replies.into_iter().zip(answers) {
                 // The caller may have given up (its client went away); the answer is dropped.
                 let _ = reply.send(answer);
             }
+            running.fetch_sub(1, Ordering::AcqRel);
             drop(slot);
+            finished.notify_waiters();
         });
+    }
+}
+
+/// Moves what is waiting now into `batch`, up to `max_batch` requests in all.
+fn take_waiting<T>(waiting: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max_batch: usize) {
+    while batch.len() < max_batch {
+        match waiting.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
     }
 }
 
@@ -124,7 +164,7 @@ mod tests {
     use std::time::Duration;
 
     fn config(queue_capacity: usize, max_in_flight: usize) -> CoalescerConfig {
-        CoalescerConfig { queue_capacity, max_batch: 64, max_in_flight }
+        CoalescerConfig { queue_capacity, max_batch: 64, max_in_flight, min_batch_while_busy: 1 }
     }
 
     #[tokio::test]
@@ -186,6 +226,65 @@ mod tests {
         for (n, q) in (2..4).zip(queued) {
             assert_eq!(q.await.ok(), Some(Ok(n)));
         }
+    }
+
+    /// A coalescer whose calls wait for `gate` and record their batch sizes.
+    fn gated(
+        config: CoalescerConfig,
+        gate: tokio::sync::watch::Receiver<bool>,
+    ) -> (Coalescer<u32, u32>, Arc<std::sync::Mutex<Vec<usize>>>) {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let coalescer = Coalescer::start("test", config, move |batch: Vec<u32>| {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(batch.len());
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                batch
+            }
+        });
+        (coalescer, sizes)
+    }
+
+    fn spawn_call(coalescer: &Coalescer<u32, u32>, n: u32) -> tokio::task::JoinHandle<Result<u32, CoalesceError>> {
+        let coalescer = coalescer.clone();
+        tokio::spawn(async move { coalescer.call(n).await })
+    }
+
+    #[tokio::test]
+    async fn beside_a_running_call_a_new_one_waits_until_its_batch_is_large_enough() {
+        let (_open, gate) = tokio::sync::watch::channel(false);
+        let busy = CoalescerConfig { queue_capacity: 100, max_batch: 64, max_in_flight: 4, min_batch_while_busy: 4 };
+        let (coalescer, sizes) = gated(busy, gate);
+        let first = spawn_call(&coalescer, 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut rest: Vec<_> = (1..4).map(|n| spawn_call(&coalescer, n)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*sizes.lock().unwrap_or_else(|p| p.into_inner()), vec![1], "three requests wait for a fourth");
+        rest.push(spawn_call(&coalescer, 4));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            *sizes.lock().unwrap_or_else(|p| p.into_inner()),
+            vec![1, 4],
+            "four leave together beside the first"
+        );
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_small_batch_leaves_once_the_running_call_finishes() {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let busy = CoalescerConfig { queue_capacity: 100, max_batch: 64, max_in_flight: 4, min_batch_while_busy: 4 };
+        let (coalescer, sizes) = gated(busy, gate);
+        let first = spawn_call(&coalescer, 7);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = spawn_call(&coalescer, 8);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*sizes.lock().unwrap_or_else(|p| p.into_inner()), vec![1]);
+        let _ = open.send(true);
+        assert_eq!(first.await.ok(), Some(Ok(7)));
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), second).await.ok().and_then(|r| r.ok()), Some(Ok(8)));
+        assert_eq!(*sizes.lock().unwrap_or_else(|p| p.into_inner()), vec![1, 1], "alone, once nothing else ran");
     }
 
     #[tokio::test]

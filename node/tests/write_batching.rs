@@ -69,7 +69,7 @@ async fn a_full_proposal_queue_answers_overloaded_at_once_and_loses_nothing_it_a
     let leader = Leader::new(
         raft.clone(),
         shared.clone(),
-        CoalescerConfig { queue_capacity: 1, max_batch: 1, max_in_flight: 1 },
+        CoalescerConfig { queue_capacity: 1, max_batch: 1, max_in_flight: 1, min_batch_while_busy: 1 },
     );
 
     let writes = (0..200).map(|i| leader.write(create_region(&format!("r-{i}"))));
