@@ -228,14 +228,18 @@ mod tests {
         }
     }
 
-    /// A coalescer whose calls wait for `gate` and record their batch sizes.
-    fn gated(
-        config: CoalescerConfig,
-        gate: tokio::sync::watch::Receiver<bool>,
-    ) -> (Coalescer<u32, u32>, Arc<std::sync::Mutex<Vec<usize>>>) {
-        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    type Sizes = Arc<std::sync::Mutex<Vec<usize>>>;
+    type Pending = tokio::task::JoinHandle<Result<u32, CoalesceError>>;
+
+    /// A coalescer (4 slots, at least 4 requests beside a running call) whose calls record
+    /// their batch sizes and wait for the returned gate to open; one call, for `first`, is
+    /// already running.
+    async fn one_call_running(first: u32) -> (tokio::sync::watch::Sender<bool>, Coalescer<u32, u32>, Sizes, Pending) {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let busy = CoalescerConfig { queue_capacity: 100, max_batch: 64, max_in_flight: 4, min_batch_while_busy: 4 };
+        let sizes = Sizes::default();
         let seen = sizes.clone();
-        let coalescer = Coalescer::start("test", config, move |batch: Vec<u32>| {
+        let coalescer = Coalescer::start("test", busy, move |batch: Vec<u32>| {
             seen.lock().unwrap_or_else(|p| p.into_inner()).push(batch.len());
             let mut gate = gate.clone();
             async move {
@@ -243,48 +247,41 @@ mod tests {
                 batch
             }
         });
-        (coalescer, sizes)
+        let running = spawn_call(&coalescer, first);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (open, coalescer, sizes, running)
     }
 
-    fn spawn_call(coalescer: &Coalescer<u32, u32>, n: u32) -> tokio::task::JoinHandle<Result<u32, CoalesceError>> {
+    fn spawn_call(coalescer: &Coalescer<u32, u32>, n: u32) -> Pending {
         let coalescer = coalescer.clone();
         tokio::spawn(async move { coalescer.call(n).await })
     }
 
+    fn sizes_now(sizes: &Sizes) -> Vec<usize> {
+        sizes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     #[tokio::test]
     async fn beside_a_running_call_a_new_one_waits_until_its_batch_is_large_enough() {
-        let (_open, gate) = tokio::sync::watch::channel(false);
-        let busy = CoalescerConfig { queue_capacity: 100, max_batch: 64, max_in_flight: 4, min_batch_while_busy: 4 };
-        let (coalescer, sizes) = gated(busy, gate);
-        let first = spawn_call(&coalescer, 0);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (_open, coalescer, sizes, _running) = one_call_running(0).await;
         let mut rest: Vec<_> = (1..4).map(|n| spawn_call(&coalescer, n)).collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(*sizes.lock().unwrap_or_else(|p| p.into_inner()), vec![1], "three requests wait for a fourth");
+        assert_eq!(sizes_now(&sizes), vec![1], "three requests wait for a fourth");
         rest.push(spawn_call(&coalescer, 4));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            *sizes.lock().unwrap_or_else(|p| p.into_inner()),
-            vec![1, 4],
-            "four leave together beside the first"
-        );
-        drop(first);
+        assert_eq!(sizes_now(&sizes), vec![1, 4], "four leave together beside the first");
     }
 
     #[tokio::test]
     async fn a_small_batch_leaves_once_the_running_call_finishes() {
-        let (open, gate) = tokio::sync::watch::channel(false);
-        let busy = CoalescerConfig { queue_capacity: 100, max_batch: 64, max_in_flight: 4, min_batch_while_busy: 4 };
-        let (coalescer, sizes) = gated(busy, gate);
-        let first = spawn_call(&coalescer, 7);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (open, coalescer, sizes, running) = one_call_running(7).await;
         let second = spawn_call(&coalescer, 8);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(*sizes.lock().unwrap_or_else(|p| p.into_inner()), vec![1]);
+        assert_eq!(sizes_now(&sizes), vec![1]);
         let _ = open.send(true);
-        assert_eq!(first.await.ok(), Some(Ok(7)));
+        assert_eq!(running.await.ok(), Some(Ok(7)));
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), second).await.ok().and_then(|r| r.ok()), Some(Ok(8)));
-        assert_eq!(*sizes.lock().unwrap_or_else(|p| p.into_inner()), vec![1, 1], "alone, once nothing else ran");
+        assert_eq!(sizes_now(&sizes), vec![1, 1], "alone, once nothing else ran");
     }
 
     #[tokio::test]
