@@ -2,11 +2,11 @@
 //! the runner's sandboxes in the state and, when it can tell, only what its journal says
 //! changed since the session's cursor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::State;
+use crate::state::{RunnerSandboxes, State};
 use crate::types::{Resources, SandboxState};
 
 /// What a runner is told to do with one sandbox.
@@ -67,7 +67,7 @@ pub fn assignment_changes(
     since: Option<u64>,
     sent: &HashMap<String, AssignmentAction>,
 ) -> (Vec<Assignment>, Vec<String>) {
-    let empty = BTreeMap::new();
+    let empty = RunnerSandboxes::new();
     let on_runner = state.runner_sandboxes.get(runner_id).unwrap_or(&empty);
     let action_of = |sandbox_state: &SandboxState| match sandbox_state {
         SandboxState::Started | SandboxState::Pending => Some(AssignmentAction::Start),
@@ -94,7 +94,9 @@ pub fn assignment_changes(
     match since.and_then(|cursor| state.runner_journals.changed_since(runner_id, cursor)) {
         Some(ids) => ids.into_iter().for_each(|id| look_at(id, on_runner.get(id))),
         None => {
-            on_runner.iter().for_each(|(id, sandbox_state)| look_at(id, Some(sandbox_state)));
+            let mut hosted: Vec<(&String, &SandboxState)> = on_runner.iter().collect();
+            hosted.sort_unstable_by_key(|(id, _)| *id);
+            hosted.into_iter().for_each(|(id, sandbox_state)| look_at(id, Some(sandbox_state)));
             sent.keys().filter(|id| !on_runner.contains_key(*id)).for_each(|id| look_at(id, None));
         }
     }
@@ -107,20 +109,21 @@ mod tests {
     use crate::command::{Command, NewRegion, NewRunner, Placement, Proposal};
     use crate::types::{RegionType, RunnerState};
 
-    #[test]
-    fn assignment_changes_send_only_what_differs() {
+    const AT: u64 = 1_700_000_000_000;
+
+    /// A ready runner "run" in region "reg" with the sandboxes `ids` placed on it, in that order.
+    fn runner_hosting(ids: &[&str]) -> State {
         let mut state = State::default();
-        let at = 1_700_000_000_000;
         let region = Command::CreateRegion(NewRegion::new("reg", "org", "r", RegionType::Custom));
         let create = Command::CreateRunner(NewRunner::new(
             "run",
             "reg",
             "run",
             "h",
-            Resources { cpu: 8, memory_gib: 8, disk_gib: 80, gpu: 0 },
+            Resources { cpu: 64, memory_gib: 64, disk_gib: 640, gpu: 0 },
         ));
         let ready = Command::SetRunnerState { id: "run".into(), state: RunnerState::Ready };
-        let placements = ["a", "b", "c"]
+        let placements = ids
             .iter()
             .map(|id| Placement {
                 sandbox_id: (*id).into(),
@@ -136,8 +139,25 @@ mod tests {
             })
             .collect();
         for command in [region, create, ready, Command::PlaceSandboxes { placements }] {
-            crate::apply(&mut state, &Proposal::new(command, at)).expect("applied");
+            crate::apply(&mut state, &Proposal::new(command, AT)).expect("applied");
         }
+        state
+    }
+
+    #[test]
+    fn the_whole_set_goes_out_in_id_order() {
+        let ids: Vec<String> = (0..40).rev().map(|n| format!("sandbox-{n:02}")).collect();
+        let state = runner_hosting(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+        let (changed, _) = assignment_changes(&state, "run", None, &HashMap::new());
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(changed.into_iter().map(|a| a.sandbox_id).collect::<Vec<_>>(), sorted);
+    }
+
+    #[test]
+    fn assignment_changes_send_only_what_differs() {
+        let mut state = runner_hosting(&["a", "b", "c"]);
+        let at = AT;
         let (changed, gone) = assignment_changes(&state, "run", None, &HashMap::new());
         assert_eq!(changed.len(), 3);
         assert!(gone.is_empty());

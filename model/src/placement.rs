@@ -109,7 +109,9 @@ pub fn plan_reschedules(
     let leaving = state.runners.values().filter(|r| needs_rescheduling(r, now, unresponsive_for_ms));
     for runner in leaving {
         let Some(on_runner) = state.runner_sandboxes.get(&runner.id) else { continue };
-        for sandbox in on_runner.keys().filter_map(|id| state.sandboxes.get(id)) {
+        let mut ids: Vec<&String> = on_runner.keys().collect();
+        ids.sort_unstable();
+        for sandbox in ids.into_iter().filter_map(|id| state.sandboxes.get(id)) {
             if moves.len() == limit {
                 return moves;
             }

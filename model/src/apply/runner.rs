@@ -221,7 +221,7 @@ pub(super) fn delete(state: &mut State, id: &str, scope: Option<&str>) -> ApplyR
     let Some(runner) = state.runners.get(id).filter(|r| in_scope(scope, &r.organization_id)) else {
         return Err(not_found(ObjectKind::Runner, id));
     };
-    let sandboxes = state.runner_sandboxes.get(id).map_or(0, BTreeMap::len);
+    let sandboxes = state.runner_sandboxes.get(id).map_or(0, |ids| ids.len());
     if sandboxes > 0 {
         return Err(Rejection::RunnerHasSandboxes { runner_id: id.to_string(), sandboxes });
     }
