@@ -29,6 +29,8 @@ pub enum CodecError {
     Decode(#[from] rmp_serde::decode::Error),
     #[error("decode (JSON): {0}")]
     DecodeJson(#[from] serde_json::Error),
+    #[error("write: {0}")]
+    Write(#[from] std::io::Error),
 }
 
 /// `value` in the binary encoding.
@@ -40,8 +42,14 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Appends `value` in the binary encoding to `bytes`.
 pub fn encode_into<T: Serialize + ?Sized>(bytes: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
-    bytes.push(BINARY_MARK);
-    rmp_serde::encode::write_named(bytes, value)?;
+    encode_to(bytes, value)
+}
+
+/// Writes `value` in the binary encoding to `out` (a snapshot goes straight to its file,
+/// never whole in memory).
+pub fn encode_to<W: std::io::Write + ?Sized, T: Serialize + ?Sized>(out: &mut W, value: &T) -> Result<(), CodecError> {
+    out.write_all(&[BINARY_MARK])?;
+    rmp_serde::encode::write_named(out, value)?;
     Ok(())
 }
 

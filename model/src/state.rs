@@ -270,13 +270,11 @@ impl ReplicatedView {
         codec::encode(self)
     }
 
-    /// [`ReplicatedView::encode`] into a buffer made with room for `capacity` bytes (a
-    /// snapshot of hundreds of megabytes otherwise grows its buffer by doubling, copying it
-    /// each time).
-    pub fn encode_with_capacity(&self, capacity: usize) -> Result<Vec<u8>, CodecError> {
-        let mut bytes = Vec::with_capacity(capacity);
-        codec::encode_into(&mut bytes, self)?;
-        Ok(bytes)
+    /// [`ReplicatedView::encode`] written to `out` as it goes: a snapshot of hundreds of
+    /// megabytes streams to its file instead of first filling (and faulting in) a buffer
+    /// of its size.
+    pub fn encode_to<W: std::io::Write + ?Sized>(&self, out: &mut W) -> Result<(), CodecError> {
+        codec::encode_to(out, self)
     }
 
     /// The SHA-256 of the view's canonical JSON encoding, hex, as [`State::hash`].

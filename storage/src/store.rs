@@ -30,10 +30,9 @@
 //! types use `#[serde(flatten)]`, which bincode or postcard cannot decode.
 
 use std::fmt::Debug;
-use std::io::Cursor;
+use std::io::{Cursor, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,7 +43,9 @@ use openraft::{
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
-use corral_model::{codec, State};
+use corral_model::codec::{self, CodecError};
+use corral_model::state::ReplicatedView;
+use corral_model::State;
 use corral_raft_types::{ApplyResponse, CorralNode, NodeId, SharedState, TypeConfig};
 
 use crate::purge_gate::PurgeGate;
@@ -396,14 +397,33 @@ pub struct StateMachineStore {
     shared: SharedState,
     /// Shared with the log store: a purge waits for the snapshot that covers it.
     gate: PurgeGate,
-    /// The size of the last snapshot built, to size the next one's buffer: grown by doubling
-    /// instead, a build of hundreds of megabytes spent a fifth of its time copying its own
-    /// buffer and faulting in the pages of each larger one.
-    last_snapshot_bytes: Arc<AtomicUsize>,
 }
 
 /// A snapshot as stored: its meta and the encoded state.
 type StoredSnapshot = (SnapshotMeta<NodeId, CorralNode>, Vec<u8>);
+
+/// Where the data of a snapshot being saved comes from.
+enum SnapshotBody<'a> {
+    /// Encoded already: a snapshot received from the leader.
+    Encoded(&'a [u8]),
+    /// A view of this node's state, encoded as it is written: a build never holds its
+    /// encoding in memory. A buffer of the snapshot's size cost a build as much CPU faulting
+    /// in its pages as the encoding itself (benches/profiles/after-batching-*), and its size
+    /// again in peak memory.
+    View(&'a ReplicatedView),
+}
+
+impl SnapshotBody<'_> {
+    fn write_to<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
+        match self {
+            SnapshotBody::Encoded(data) => out.write_all(data),
+            SnapshotBody::View(view) => view.encode_to(out).map_err(|e| match e {
+                CodecError::Write(e) => e,
+                other => std::io::Error::other(other),
+            }),
+        }
+    }
+}
 
 /// Where the state machine keeps its latest snapshot: the `state` column family, or the
 /// simulated disk of [`crate::memory`].
@@ -414,14 +434,20 @@ pub(crate) enum SnapshotFile {
 }
 
 impl SnapshotFile {
-    fn save(&self, meta: &SnapshotMeta<NodeId, CorralNode>, data: &[u8]) -> RaftResult<()> {
+    /// Saves the snapshot `meta` of `body`; returns the data's size in bytes.
+    fn save(&self, meta: &SnapshotMeta<NodeId, CorralNode>, body: SnapshotBody<'_>) -> RaftResult<u64> {
+        let signature = || Some(meta.signature());
         let (db, config) = match self {
             SnapshotFile::Rocks { db, config } => (db, *config),
-            SnapshotFile::Memory(disk) => return disk.save_snapshot(meta, data),
+            SnapshotFile::Memory(disk) => {
+                let mut data = Vec::new();
+                body.write_to(&mut data).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
+                disk.save_snapshot(meta, &data)?;
+                return Ok(data.len() as u64);
+            }
         };
-        let signature = || Some(meta.signature());
         let meta_bytes = codec::encode(meta).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
-        write_snapshot_file(db.path(), &meta_bytes, data, config.fsync)
+        let written = write_snapshot_file(db.path(), &meta_bytes, &body, config.fsync)
             .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
         // A snapshot that an older node kept in RocksDB is superseded: drop it (the file wins
         // on load, so a crash before this delete is harmless).
@@ -433,7 +459,7 @@ impl SnapshotFile {
             batch.delete_cf(state_cf, KEY_SNAPSHOT_DATA);
             db.write(batch).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
         }
-        Ok(())
+        Ok(written)
     }
 
     fn load(&self) -> RaftResult<Option<StoredSnapshot>> {
@@ -467,17 +493,22 @@ impl SnapshotFile {
     }
 }
 
+/// How much of a snapshot is buffered between writes to its file.
+const SNAPSHOT_WRITE_BUFFER: usize = 1 << 20;
+
 /// Writes the snapshot file in `dir`: the meta's length (8 bytes, little-endian), the meta,
 /// the data; to a temporary file first, synced (with `fsync`), then renamed over the old one
 /// and the directory synced, so a crash leaves the old snapshot or the new one, whole.
-fn write_snapshot_file(dir: &Path, meta: &[u8], data: &[u8], fsync: bool) -> std::io::Result<()> {
-    use std::io::Write;
+/// Returns the data's size in bytes.
+fn write_snapshot_file(dir: &Path, meta: &[u8], body: &SnapshotBody<'_>, fsync: bool) -> std::io::Result<u64> {
     let path = dir.join(SNAPSHOT_FILE);
     let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+    let mut file = std::io::BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER, std::fs::File::create(&temporary)?);
     file.write_all(&(meta.len() as u64).to_le_bytes())?;
     file.write_all(meta)?;
-    file.write_all(data)?;
+    let mut counted = CountingWriter { inner: &mut file, written: 0 };
+    body.write_to(&mut counted)?;
+    let written = counted.written;
     let file = file.into_inner().map_err(|e| e.into_error())?;
     if fsync {
         file.sync_all()?;
@@ -487,7 +518,25 @@ fn write_snapshot_file(dir: &Path, meta: &[u8], data: &[u8], fsync: bool) -> std
     if fsync {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    Ok(written)
+}
+
+/// A writer that counts the bytes it passes on.
+struct CountingWriter<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Reads [`write_snapshot_file`]'s file in `dir`: `None` if there is none.
@@ -557,7 +606,7 @@ const APPLY_YIELDS_BEFORE_SLEEP: u32 = 16;
 impl StateMachineStore {
     /// A state machine on `shared` whose snapshots go to `snapshots`.
     pub(crate) fn new(snapshots: SnapshotFile, shared: SharedState, gate: PurgeGate) -> Self {
-        StateMachineStore { snapshots, shared, gate, last_snapshot_bytes: Arc::default() }
+        StateMachineStore { snapshots, shared, gate }
     }
 
     /// `shared` loaded from the snapshot in `snapshots`, if there is one; returns where that
@@ -598,28 +647,27 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             SnapshotFile::Memory(disk) => u128::from(disk.next_snapshot_number()),
         };
         let store = self.clone();
-        let (meta, data, commands_covered) =
+        let (meta, bytes, commands_covered) =
             run_in_background(self.snapshots.off_runtime(), move || -> RaftResult<_> {
                 let (view, last_log_id, last_membership, commands_covered) = {
                     let machine = store.shared.read();
                     let view = machine.state.replicated_view();
                     (view, machine.last_applied, machine.membership.clone(), machine.commands_applied)
                 };
-                // Room for the last snapshot and a quarter more: the state grows between builds.
-                let last = store.last_snapshot_bytes.load(Ordering::Relaxed);
-                let data = view
-                    .encode_with_capacity(last.saturating_add(last / 4))
-                    .map_err(|e| StorageIOError::read_state_machine(&e))?;
-                store.last_snapshot_bytes.store(data.len(), Ordering::Relaxed);
-                drop(view);
                 // The id only has to be unique per snapshot; the build time makes it so across restarts.
                 let snapshot_id = match last_log_id {
                     Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
                     None => format!("empty-{nanos}"),
                 };
                 let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-                store.gate.store_snapshot(meta.last_log_id, || store.snapshots.save(&meta, &data))?;
-                Ok((meta, data, commands_covered))
+                // Encoded as it is written (`SnapshotBody::View`), and not at all if a newer
+                // snapshot reached the disk meanwhile.
+                let mut bytes = 0;
+                store.gate.store_snapshot(meta.last_log_id, || {
+                    bytes = store.snapshots.save(&meta, SnapshotBody::View(&view))?;
+                    Ok(())
+                })?;
+                Ok((meta, bytes, commands_covered))
             })
             .await?;
         let last_log_id = meta.last_log_id;
@@ -632,11 +680,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         }
         tracing::info!(
             index = ?last_log_id.map(|l| l.index),
-            bytes = data.len(),
+            bytes,
             total_ms = started.elapsed().as_millis() as u64,
             "built snapshot"
         );
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        // Without its data: openraft 0.9 keeps only the meta of a snapshot it had built
+        // (`sm::worker`, `Response::BuildSnapshot(snap.meta)`), and what it sends a follower
+        // comes from `get_current_snapshot`, which reads the file.
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
 
@@ -713,7 +764,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let state = State::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(signature), &e))?;
             // Only once this is on disk may the log lose what the snapshot covers (the gate
             // holds openraft's purge until then).
-            store.gate.store_snapshot(owned_meta.last_log_id, || store.snapshots.save(&owned_meta, &data))?;
+            store.gate.store_snapshot(owned_meta.last_log_id, || {
+                store.snapshots.save(&owned_meta, SnapshotBody::Encoded(&data)).map(|_| ())
+            })?;
             Ok(state)
         })
         .await;
@@ -749,8 +802,8 @@ mod snapshot_file_tests {
     fn the_snapshot_file_round_trips_and_a_torn_one_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(read_snapshot_file(dir.path()).expect("read").is_none(), "no file yet");
-        write_snapshot_file(dir.path(), b"{meta}", b"the state", true).expect("write");
-        write_snapshot_file(dir.path(), b"{newer}", b"the newer state", true).expect("rewrite");
+        write_snapshot_file(dir.path(), b"{meta}", &SnapshotBody::Encoded(b"the state"), true).expect("write");
+        write_snapshot_file(dir.path(), b"{newer}", &SnapshotBody::Encoded(b"the newer state"), true).expect("rewrite");
         let (meta, data) = read_snapshot_file(dir.path()).expect("read").expect("a snapshot");
         assert_eq!((meta.as_slice(), data.as_slice()), (&b"{newer}"[..], &b"the newer state"[..]));
         let path = dir.path().join(SNAPSHOT_FILE);
