@@ -15,6 +15,9 @@
 //! - [`recent`]: the log's newest entries kept decoded in memory, so that openraft's reads
 //!   right after a write (apply, replication) neither seek RocksDB nor decode.
 //!
+//! - `direct_file`: snapshot files written past the page cache (`O_DIRECT`) where the file
+//!   system allows it, and the probe that turns the same on for RocksDB's flushes.
+//!
 //! - `purge_gate`: the log is purged only up to a stored snapshot, even while a received
 //!   snapshot is still being installed (openraft 0.9 asks for the purge without waiting), and
 //!   an older snapshot never replaces a newer one on disk.
@@ -30,6 +33,7 @@
 #![allow(clippy::result_large_err)]
 #![forbid(unsafe_code)]
 
+mod direct_file;
 pub mod memory;
 mod purge_gate;
 pub mod recent;
