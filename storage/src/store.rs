@@ -413,13 +413,13 @@ enum SnapshotBody<'a> {
     Encoded(&'a [u8]),
     /// A view of this node's state, encoded as it is written: a build never holds its
     /// encoding in memory. A buffer of the snapshot's size cost a build as much CPU faulting
-    /// in its pages as the encoding itself (benches/profiles/after-batching-*), and its size
-    /// again in peak memory.
-    View(&'a ReplicatedView),
+    /// in its pages as the encoding itself, and its size again in peak memory. Dropped once
+    /// written, before the sync: while a view lives, `apply` copies the nodes it changes.
+    View(ReplicatedView),
 }
 
 impl SnapshotBody<'_> {
-    fn write_to<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
+    fn write_to<W: Write>(self, out: &mut W) -> std::io::Result<()> {
         match self {
             SnapshotBody::Encoded(data) => out.write_all(data),
             SnapshotBody::View(view) => view.encode_to(out).map_err(|e| match e {
@@ -452,7 +452,7 @@ impl SnapshotFile {
             }
         };
         let meta_bytes = codec::encode(meta).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
-        let written = write_snapshot_file(db.path(), &meta_bytes, &body, config.fsync)
+        let written = write_snapshot_file(db.path(), &meta_bytes, body, config.fsync)
             .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
         // A snapshot that an older node kept in RocksDB is superseded: drop it (the file wins
         // on load, so a crash before this delete is harmless).
@@ -503,7 +503,7 @@ impl SnapshotFile {
 /// and the directory synced, so a crash leaves the old snapshot or the new one, whole.
 /// Written past the page cache where the file system allows it ([`SnapshotWriter`]). Returns
 /// the data's size in bytes.
-fn write_snapshot_file(dir: &Path, meta: &[u8], body: &SnapshotBody<'_>, fsync: bool) -> std::io::Result<u64> {
+fn write_snapshot_file(dir: &Path, meta: &[u8], body: SnapshotBody<'_>, fsync: bool) -> std::io::Result<u64> {
     let path = dir.join(SNAPSHOT_FILE);
     let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let mut file = SnapshotWriter::create(&temporary)?;
@@ -667,7 +667,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 // snapshot reached the disk meanwhile.
                 let mut bytes = 0;
                 store.gate.store_snapshot(meta.last_log_id, || {
-                    bytes = store.snapshots.save(&meta, SnapshotBody::View(&view))?;
+                    bytes = store.snapshots.save(&meta, SnapshotBody::View(view))?;
                     Ok(())
                 })?;
                 Ok((meta, bytes, commands_covered))
@@ -805,8 +805,8 @@ mod snapshot_file_tests {
     fn the_snapshot_file_round_trips_and_a_torn_one_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(read_snapshot_file(dir.path()).expect("read").is_none(), "no file yet");
-        write_snapshot_file(dir.path(), b"{meta}", &SnapshotBody::Encoded(b"the state"), true).expect("write");
-        write_snapshot_file(dir.path(), b"{newer}", &SnapshotBody::Encoded(b"the newer state"), true).expect("rewrite");
+        write_snapshot_file(dir.path(), b"{meta}", SnapshotBody::Encoded(b"the state"), true).expect("write");
+        write_snapshot_file(dir.path(), b"{newer}", SnapshotBody::Encoded(b"the newer state"), true).expect("rewrite");
         let (meta, data) = read_snapshot_file(dir.path()).expect("read").expect("a snapshot");
         assert_eq!((meta.as_slice(), data.as_slice()), (&b"{newer}"[..], &b"the newer state"[..]));
         let path = dir.path().join(SNAPSHOT_FILE);
