@@ -11,9 +11,10 @@
 //! `O_DIRECT` wants the memory, the length and the file offset of each write aligned to the
 //! device's logical block size: [`DirectWriter`] gathers the data in 4 KiB-aligned blocks,
 //! writes whole blocks, pads the last one with zeros and cuts the file to its real length.
-//! File systems without `O_DIRECT` (tmpfs) refuse the open; [`SnapshotWriter::create`] then
-//! writes through the page cache as before. RocksDB's memtable flushes and compactions use
-//! `O_DIRECT` where [`direct_io_in`] finds it.
+//! [`direct_io_in`] tries one direct write in the data directory when a node opens its store;
+//! where it fails (file systems without `O_DIRECT`: some FUSE ones, tmpfs before Linux 6.6)
+//! snapshots go through the page cache as before, and RocksDB's memtable flushes and
+//! compactions use `O_DIRECT` only where it succeeds.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IoSlice, Write};
@@ -67,7 +68,13 @@ impl DirectWriter {
         let mut slices: Vec<IoSlice<'_>> = self.blocks[..count].iter().map(|b| IoSlice::new(&b.0)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
-            let n = self.file.write_vectored(rest)?;
+            // Retried here, never by a caller's `write_all`: that would write every block
+            // again from the start, at an offset already past some of them.
+            let n = match self.file.write_vectored(rest) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
@@ -111,13 +118,17 @@ impl Write for DirectWriter {
     }
 }
 
-/// Whether files in `dir` (created if missing) can be written with `O_DIRECT`.
+/// Whether files in `dir` (created if missing) can be written with `O_DIRECT`: a file there
+/// takes a direct open, one padded block and the cut to its length.
 pub(crate) fn direct_io_in(dir: &Path) -> bool {
     if std::fs::create_dir_all(dir).is_err() {
         return false;
     }
     let probe = dir.join("direct-io-probe");
-    let direct = matches!(DirectWriter::create(&probe), Ok(Some(_)));
+    let direct = match DirectWriter::create(&probe) {
+        Ok(Some(mut writer)) => writer.write_all(b"probe").is_ok() && writer.finish().is_ok(),
+        _ => false,
+    };
     // A probe left behind by a failed removal is harmless; the next open overwrites it.
     let _ = std::fs::remove_file(&probe);
     if !direct {
@@ -134,12 +145,15 @@ pub(crate) enum SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Creates (or truncates) `path`.
-    pub(crate) fn create(path: &Path) -> std::io::Result<SnapshotWriter> {
-        Ok(match DirectWriter::create(path)? {
-            Some(direct) => SnapshotWriter::Direct(direct),
-            None => SnapshotWriter::Buffered(BufWriter::with_capacity(BLOCK * BLOCKS_PER_WRITE, File::create(path)?)),
-        })
+    /// Creates (or truncates) `path`, for direct writes with `direct_io` ([`direct_io_in`]'s
+    /// answer for its directory) if the open allows them.
+    pub(crate) fn create(path: &Path, direct_io: bool) -> std::io::Result<SnapshotWriter> {
+        if direct_io {
+            if let Some(direct) = DirectWriter::create(path)? {
+                return Ok(SnapshotWriter::Direct(direct));
+            }
+        }
+        Ok(SnapshotWriter::Buffered(BufWriter::with_capacity(BLOCK * BLOCKS_PER_WRITE, File::create(path)?)))
     }
 
     /// Writes what is left; returns the file, not yet synced.

@@ -60,7 +60,8 @@ struct InstallFailed;
 #[derive(Debug, Clone)]
 pub(crate) struct PurgeGate {
     state: Arc<Mutex<GateState>>,
-    /// Held while a snapshot is written: a build and an install never write at once.
+    /// Held while a snapshot is put in place (an install also writes it under it; a build
+    /// encodes and writes a temporary file before): a build and an install never publish at once.
     writing: Arc<Mutex<()>>,
     /// Bumped whenever a snapshot is stored or an install fails: waiting purges look again.
     changed: Arc<watch::Sender<u64>>,

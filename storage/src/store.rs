@@ -120,12 +120,13 @@ pub fn open_storage(
     // Memtable flushes and compactions write past the page cache too (see `direct_file`):
     // under load they wrote the log a second time at the same cost per byte as snapshots.
     // What they write is read back rarely (the newest entries are served from memory).
-    db_opts.set_use_direct_io_for_flush_and_compaction(direct_io_in(dir));
+    let direct_io = direct_io_in(dir);
+    db_opts.set_use_direct_io_for_flush_and_compaction(direct_io);
     let cfs = [CF_LOG, CF_META, CF_STATE].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&db_opts, dir, cfs)?);
 
     let shared = SharedState::default();
-    let snapshots = SnapshotFile::Rocks { db: db.clone(), config };
+    let snapshots = SnapshotFile::Rocks { db: db.clone(), config, direct_io };
     let gate = PurgeGate::new(StateMachineStore::restore(&snapshots, &shared)?);
     let syncer = LogSyncer::start(&db, config)?;
     let log = LogStore { db, config, syncer, gate: gate.clone(), recent: Arc::default() };
@@ -434,25 +435,89 @@ impl SnapshotBody<'_> {
 /// simulated disk of [`crate::memory`].
 #[derive(Clone)]
 pub(crate) enum SnapshotFile {
-    Rocks { db: Arc<DB>, config: StorageConfig },
+    /// `direct_io`: whether the database's directory takes `O_DIRECT` writes ([`direct_io_in`]).
+    Rocks {
+        db: Arc<DB>,
+        config: StorageConfig,
+        direct_io: bool,
+    },
     Memory(crate::memory::MemDisk),
 }
 
+/// A snapshot written but not yet in place: [`SnapshotFile::stage`] writes it (outside the
+/// gate's write lock, for a build: encoding a large state takes seconds, and an install or the
+/// purge waiting for it must not wait for that), [`SnapshotFile::publish`] puts it in place.
+enum StagedSnapshot {
+    /// A synced temporary file in the database's directory, and its data's size in bytes.
+    File {
+        temporary: std::path::PathBuf,
+        bytes: u64,
+    },
+    Memory(Vec<u8>),
+}
+
+/// The temporary file a build stages its snapshot in; an install writes its own.
+const BUILD_TEMPORARY: &str = "build.tmp";
+/// The temporary file an install stages a received snapshot in.
+const INSTALL_TEMPORARY: &str = "tmp";
+
 impl SnapshotFile {
-    /// Saves the snapshot `meta` of `body`; returns the data's size in bytes.
-    fn save(&self, meta: &SnapshotMeta<NodeId, CorralNode>, body: SnapshotBody<'_>) -> RaftResult<u64> {
+    /// Writes the snapshot `meta` of `body` to the temporary file named `temporary` (beside
+    /// the snapshot file), synced, or for the simulated disk into memory.
+    fn stage(
+        &self,
+        meta: &SnapshotMeta<NodeId, CorralNode>,
+        body: SnapshotBody<'_>,
+        temporary: &str,
+    ) -> RaftResult<StagedSnapshot> {
         let signature = || Some(meta.signature());
-        let (db, config) = match self {
-            SnapshotFile::Rocks { db, config } => (db, *config),
-            SnapshotFile::Memory(disk) => {
+        let (db, config, direct_io) = match self {
+            SnapshotFile::Rocks { db, config, direct_io } => (db, *config, *direct_io),
+            SnapshotFile::Memory(_) => {
                 let mut data = Vec::new();
                 body.write_to(&mut data).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
-                disk.save_snapshot(meta, &data)?;
-                return Ok(data.len() as u64);
+                return Ok(StagedSnapshot::Memory(data));
             }
         };
         let meta_bytes = codec::encode(meta).map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
-        let written = write_snapshot_file(db.path(), &meta_bytes, body, config.fsync)
+        let temporary = db.path().join(format!("{SNAPSHOT_FILE}.{temporary}"));
+        let bytes = stage_snapshot_file(&temporary, &meta_bytes, body, config.fsync, direct_io)
+            .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
+        Ok(StagedSnapshot::File { temporary, bytes })
+    }
+
+    /// A staged snapshot that will not be published (a newer one is on disk).
+    fn discard(staged: StagedSnapshot) {
+        if let StagedSnapshot::File { temporary, .. } = staged {
+            // Left behind, it is only overwritten by the next build.
+            let _ = std::fs::remove_file(temporary);
+        }
+    }
+
+    /// Writes the snapshot `meta` of `body` and puts it in place; returns the data's size.
+    fn save(&self, meta: &SnapshotMeta<NodeId, CorralNode>, body: SnapshotBody<'_>) -> RaftResult<u64> {
+        let staged = self.stage(meta, body, INSTALL_TEMPORARY)?;
+        self.publish(meta, staged)
+    }
+
+    /// Puts `staged` in place of the snapshot on disk; returns the data's size in bytes.
+    fn publish(&self, meta: &SnapshotMeta<NodeId, CorralNode>, staged: StagedSnapshot) -> RaftResult<u64> {
+        let signature = || Some(meta.signature());
+        let (db, config, temporary, written) = match (self, staged) {
+            (SnapshotFile::Rocks { db, config, .. }, StagedSnapshot::File { temporary, bytes }) => {
+                (db, *config, temporary, bytes)
+            }
+            (SnapshotFile::Memory(disk), StagedSnapshot::Memory(data)) => {
+                disk.save_snapshot(meta, &data)?;
+                return Ok(data.len() as u64);
+            }
+            (_, staged) => {
+                SnapshotFile::discard(staged);
+                let e = std::io::Error::other("a snapshot staged for another kind of store");
+                return Err(StorageIOError::write_snapshot(signature(), &e).into());
+            }
+        };
+        publish_snapshot_file(db.path(), &temporary, config.fsync)
             .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
         // A snapshot that an older node kept in RocksDB is superseded: drop it (the file wins
         // on load, so a crash before this delete is harmless).
@@ -498,15 +563,18 @@ impl SnapshotFile {
     }
 }
 
-/// Writes the snapshot file in `dir`: the meta's length (8 bytes, little-endian), the meta,
-/// the data; to a temporary file first, synced (with `fsync`), then renamed over the old one
-/// and the directory synced, so a crash leaves the old snapshot or the new one, whole.
-/// Written past the page cache where the file system allows it ([`SnapshotWriter`]). Returns
-/// the data's size in bytes.
-fn write_snapshot_file(dir: &Path, meta: &[u8], body: SnapshotBody<'_>, fsync: bool) -> std::io::Result<u64> {
-    let path = dir.join(SNAPSHOT_FILE);
-    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut file = SnapshotWriter::create(&temporary)?;
+/// Writes a snapshot file to `temporary`: the meta's length (8 bytes, little-endian), the
+/// meta, the data; synced with `fsync`, and past the page cache with `direct_io`
+/// ([`SnapshotWriter`]). Returns the data's size in bytes. [`publish_snapshot_file`] then
+/// renames it over the old one, so a crash leaves the old snapshot or the new one, whole.
+fn stage_snapshot_file(
+    temporary: &Path,
+    meta: &[u8],
+    body: SnapshotBody<'_>,
+    fsync: bool,
+    direct_io: bool,
+) -> std::io::Result<u64> {
+    let mut file = SnapshotWriter::create(temporary, direct_io)?;
     file.write_all(&(meta.len() as u64).to_le_bytes())?;
     file.write_all(meta)?;
     let mut counted = CountingWriter { inner: &mut file, written: 0 };
@@ -516,12 +584,17 @@ fn write_snapshot_file(dir: &Path, meta: &[u8], body: SnapshotBody<'_>, fsync: b
     if fsync {
         file.sync_all()?;
     }
-    drop(file);
-    std::fs::rename(&temporary, &path)?;
+    Ok(written)
+}
+
+/// Renames the staged file `temporary` over the snapshot file in `dir` and syncs the
+/// directory (with `fsync`).
+fn publish_snapshot_file(dir: &Path, temporary: &Path, fsync: bool) -> std::io::Result<()> {
+    std::fs::rename(temporary, dir.join(SNAPSHOT_FILE))?;
     if fsync {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    Ok(written)
+    Ok(())
 }
 
 /// A writer that counts the bytes it passes on.
@@ -542,7 +615,7 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-/// Reads [`write_snapshot_file`]'s file in `dir`: `None` if there is none.
+/// Reads [`stage_snapshot_file`]'s file, once published, in `dir`: `None` if there is none.
 fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
     let mut bytes = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
         Ok(bytes) => bytes,
@@ -663,13 +736,22 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                     None => format!("empty-{nanos}"),
                 };
                 let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-                // Encoded as it is written (`SnapshotBody::View`), and not at all if a newer
-                // snapshot reached the disk meanwhile.
+                // Encoded as it is written (`SnapshotBody::View`), staged outside the gate's
+                // write lock, and put in place under it unless a newer snapshot reached the
+                // disk meanwhile.
+                let staged = store.snapshots.stage(&meta, SnapshotBody::View(view), BUILD_TEMPORARY)?;
+                let mut staged = Some(staged);
                 let mut bytes = 0;
-                store.gate.store_snapshot(meta.last_log_id, || {
-                    bytes = store.snapshots.save(&meta, SnapshotBody::View(view))?;
-                    Ok(())
+                store.gate.store_snapshot(meta.last_log_id, || match staged.take() {
+                    Some(staged) => {
+                        bytes = store.snapshots.publish(&meta, staged)?;
+                        Ok(())
+                    }
+                    None => Ok(()),
                 })?;
+                if let Some(unpublished) = staged {
+                    SnapshotFile::discard(unpublished);
+                }
                 Ok((meta, bytes, commands_covered))
             })
             .await?;
@@ -805,8 +887,13 @@ mod snapshot_file_tests {
     fn the_snapshot_file_round_trips_and_a_torn_one_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(read_snapshot_file(dir.path()).expect("read").is_none(), "no file yet");
-        write_snapshot_file(dir.path(), b"{meta}", SnapshotBody::Encoded(b"the state"), true).expect("write");
-        write_snapshot_file(dir.path(), b"{newer}", SnapshotBody::Encoded(b"the newer state"), true).expect("rewrite");
+        let temporary = dir.path().join("staged");
+        let write = |meta: &[u8], data: &[u8], direct_io: bool| -> std::io::Result<()> {
+            stage_snapshot_file(&temporary, meta, SnapshotBody::Encoded(data), true, direct_io)?;
+            publish_snapshot_file(dir.path(), &temporary, true)
+        };
+        write(b"{meta}", b"the state", false).expect("write");
+        write(b"{newer}", b"the newer state", true).expect("rewrite");
         let (meta, data) = read_snapshot_file(dir.path()).expect("read").expect("a snapshot");
         assert_eq!((meta.as_slice(), data.as_slice()), (&b"{newer}"[..], &b"the newer state"[..]));
         let path = dir.path().join(SNAPSHOT_FILE);
