@@ -497,27 +497,26 @@ impl SnapshotFile {
     /// Writes the snapshot `meta` of `body` and puts it in place; returns the data's size.
     fn save(&self, meta: &SnapshotMeta<NodeId, CorralNode>, body: SnapshotBody<'_>) -> RaftResult<u64> {
         let staged = self.stage(meta, body, INSTALL_TEMPORARY)?;
-        self.publish(meta, staged)
+        self.publish(meta, &staged)
     }
 
     /// Puts `staged` in place of the snapshot on disk; returns the data's size in bytes.
-    fn publish(&self, meta: &SnapshotMeta<NodeId, CorralNode>, staged: StagedSnapshot) -> RaftResult<u64> {
+    fn publish(&self, meta: &SnapshotMeta<NodeId, CorralNode>, staged: &StagedSnapshot) -> RaftResult<u64> {
         let signature = || Some(meta.signature());
         let (db, config, temporary, written) = match (self, staged) {
             (SnapshotFile::Rocks { db, config, .. }, StagedSnapshot::File { temporary, bytes }) => {
-                (db, *config, temporary, bytes)
+                (db, *config, temporary, *bytes)
             }
             (SnapshotFile::Memory(disk), StagedSnapshot::Memory(data)) => {
-                disk.save_snapshot(meta, &data)?;
+                disk.save_snapshot(meta, data)?;
                 return Ok(data.len() as u64);
             }
-            (_, staged) => {
-                SnapshotFile::discard(staged);
+            _ => {
                 let e = std::io::Error::other("a snapshot staged for another kind of store");
                 return Err(StorageIOError::write_snapshot(signature(), &e).into());
             }
         };
-        publish_snapshot_file(db.path(), &temporary, config.fsync)
+        publish_snapshot_file(db.path(), temporary, config.fsync)
             .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
         // A snapshot that an older node kept in RocksDB is superseded: drop it (the file wins
         // on load, so a crash before this delete is harmless).
@@ -740,17 +739,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 // write lock, and put in place under it unless a newer snapshot reached the
                 // disk meanwhile.
                 let staged = store.snapshots.stage(&meta, SnapshotBody::View(view), BUILD_TEMPORARY)?;
-                let mut staged = Some(staged);
                 let mut bytes = 0;
-                store.gate.store_snapshot(meta.last_log_id, || match staged.take() {
-                    Some(staged) => {
-                        bytes = store.snapshots.publish(&meta, staged)?;
-                        Ok(())
-                    }
-                    None => Ok(()),
+                let published = store.gate.store_snapshot(meta.last_log_id, || {
+                    bytes = store.snapshots.publish(&meta, &staged)?;
+                    Ok(())
                 })?;
-                if let Some(unpublished) = staged {
-                    SnapshotFile::discard(unpublished);
+                if !published {
+                    SnapshotFile::discard(staged);
                 }
                 Ok((meta, bytes, commands_covered))
             })
