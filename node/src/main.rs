@@ -4,6 +4,11 @@ use clap::{Parser, Subcommand};
 use corral_node::config::{LogFormat, NodeConfig, ServeArgs};
 use corral_node::{certs, ctl, dev, runner_agent, serve};
 
+/// jemalloc: under load a node spent a quarter of its CPU in glibc's malloc and free
+/// (ARCHITECTURE.md, `node/`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Corral: a control plane for bring-your-own-compute fleets.
 #[derive(Debug, Parser)]
 #[command(name = "corral", version)]
