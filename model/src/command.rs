@@ -25,7 +25,7 @@ pub struct Placement {
     pub runner_tags: BTreeMap<String, String>,
     /// The client's scoped idempotency key for this one sandbox: a placement whose key was
     /// applied before returns that first sandbox and places nothing.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// The hash of the organization API key that asked for it (`None`: the operator's key);
     /// `apply` refuses the placement if that key was revoked or expired meanwhile.
@@ -39,6 +39,7 @@ pub struct Reschedule {
     pub sandbox_id: String,
     pub from_runner_id: String,
     /// Where it goes; `None`: no runner of its region can take it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_runner_id: Option<String>,
 }
 
@@ -57,7 +58,7 @@ pub struct SandboxRequest {
     /// Placement constraint: the runner must carry every one of these tags.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runner_tags: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// The hash of the organization API key that asked (see [`Placement::credential`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,12 +119,19 @@ pub struct NewRegion {
     pub organization_id: String,
     pub name: String,
     pub region_type: RegionType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_gateway_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_manager_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_api_key_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_gateway_api_key_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_manager_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_manager_password: Option<String>,
 }
 
@@ -160,8 +168,11 @@ pub struct NewRunner {
     pub api_key_hash: String,
     pub api_key_hint: String,
     pub api_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<String>,
     pub capacity: Resources,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -212,7 +223,7 @@ pub enum Command {
         role: Role,
         #[serde(default)]
         prefix: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<Millis>,
     },
     /// Revokes the organization's key of that name.
@@ -253,6 +264,7 @@ pub enum Command {
     /// `None` toggles.
     SetRunnerSchedulable {
         id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         schedulable: Option<bool>,
     },
     SetRunnerState {
@@ -275,7 +287,7 @@ pub enum Command {
     /// whole when given) and its sandbox limit.
     UpdateRunner {
         id: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         tags: Option<BTreeMap<String, String>>,
         #[serde(default)]
         max_sandboxes: FieldUpdate<u64>,
@@ -343,14 +355,15 @@ pub struct Proposal {
     /// Proposer's wall clock; `apply` uses it as the object's timestamp.
     pub at: Millis,
     /// Already scoped by the caller (e.g. `organization/key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Digest of the request that carried the idempotency key; a replay with another request
     /// under the same key is refused instead of answered with the first result.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
     /// The organization the caller acts for; `None` for the operator (admin key) and the
     /// system. `apply` treats objects of other organizations as not found.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// The hash of the organization API key the caller used (`None`: the operator's key or the
     /// system). `apply` refuses the command if that key was revoked, expired, or lacks the
