@@ -13,15 +13,29 @@
 //! carried a single request (benches/peers, region creations), each paying a call's, an
 //! fsync's and a replication round's cost for one command.
 //!
+//! That wait is bounded: once the oldest request of the batch has waited half as long as
+//! calls recently took ([`PATIENCE_SHARE`] of a moving average), the batch leaves as it is.
+//! Under load the floor fills long before; under light load a request no longer waits out a
+//! whole running call (the seeded simulation's clients, which send a request at a time, lost
+//! a sixth of their operations to that wait).
+//!
 //! Used for the write path (proposals into one Raft entry on the leader; forwarded writes and
 //! sandbox placements into one gRPC call from a follower) and for read-index rounds.
 //! The queue is bounded: a full queue answers [`CoalesceError::Full`] at once.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::time::{Duration, Instant};
+
+/// How long, as a share of the calls' moving-average duration, the oldest request of a batch
+/// waits for the batch to reach `min_batch_while_busy` beside running calls.
+pub const PATIENCE_SHARE: f64 = 0.5;
+
+/// The weight of the newest call in the moving average of call durations.
+const DURATION_WEIGHT: f64 = 0.2;
 
 /// How a [`Coalescer`] batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +63,34 @@ pub enum CoalesceError {
 struct Waiting<Req, Rep> {
     request: Req,
     reply: oneshot::Sender<Rep>,
+    queued_at: Instant,
+}
+
+/// A moving average of how long calls take, in microseconds (tokio's clock, which the
+/// simulation controls).
+#[derive(Default)]
+struct CallDurations(AtomicU64);
+
+impl CallDurations {
+    fn record(&self, took: Duration) {
+        let took = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let average = self.0.load(Ordering::Relaxed);
+        let next = if average == 0 {
+            took
+        } else {
+            (average as f64 * (1.0 - DURATION_WEIGHT) + took as f64 * DURATION_WEIGHT) as u64
+        };
+        self.0.store(next.max(1), Ordering::Relaxed);
+    }
+
+    /// How long the oldest request of a batch waits for the floor; `None` (until a running call
+    /// finishes) before any call has finished.
+    fn patience(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            average => Some(Duration::from_micros((average as f64 * PATIENCE_SHARE) as u64)),
+        }
+    }
 }
 
 /// The queue side of a coalescer; cheap to clone. The batching task stops when the last clone
@@ -80,7 +122,7 @@ impl<Req: Send + 'static, Rep: Send + 'static> Coalescer<Req, Rep> {
     /// Queues `request` and waits for its answer.
     pub async fn call(&self, request: Req) -> Result<Rep, CoalesceError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.try_send(Waiting { request, reply }).map_err(|e| match e {
+        self.queue.try_send(Waiting { request, reply, queued_at: Instant::now() }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => CoalesceError::Full,
             mpsc::error::TrySendError::Closed(_) => CoalesceError::Stopped,
         })?;
@@ -104,13 +146,23 @@ async fn drive<Req, Rep, F, Fut>(
     let min_while_busy = config.min_batch_while_busy.clamp(1, max_batch);
     let running = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
+    let durations = Arc::new(CallDurations::default());
     loop {
         // A slot first: while every slot is busy, requests gather in the queue.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Some(first) = waiting.recv().await else { return };
+        let give_up_at = durations.patience().map(|patience| first.queued_at + patience);
+        let out_of_patience = async move {
+            match give_up_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(out_of_patience);
         let mut batch = vec![first];
         take_waiting(&mut waiting, &mut batch, max_batch);
-        // Other calls running: grow the batch, or wait for one of them to finish.
+        // Other calls running: grow the batch, or wait for one of them to finish, but not
+        // longer than the oldest request's patience.
         while batch.len() < min_while_busy {
             let one_finished = finished.notified();
             if running.load(Ordering::Acquire) == 0 {
@@ -118,6 +170,7 @@ async fn drive<Req, Rep, F, Fut>(
             }
             tokio::select! {
                 _ = one_finished => break,
+                _ = &mut out_of_patience => break,
                 next = waiting.recv() => match next {
                     Some(next) => {
                         batch.push(next);
@@ -133,9 +186,11 @@ async fn drive<Req, Rep, F, Fut>(
             batch.into_iter().map(|w| (w.request, w.reply)).unzip();
         let call = run(requests);
         running.fetch_add(1, Ordering::AcqRel);
-        let (running, finished) = (running.clone(), finished.clone());
+        let (running, finished, durations) = (running.clone(), finished.clone(), durations.clone());
         tokio::spawn(async move {
+            let started = Instant::now();
             let answers = call.await;
+            durations.record(started.elapsed());
             for (reply, answer) in replies.into_iter().zip(answers) {
                 // The caller may have given up (its client went away); the answer is dropped.
                 let _ = reply.send(answer);
@@ -282,6 +337,32 @@ mod tests {
         assert_eq!(running.await.ok(), Some(Ok(7)));
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), second).await.ok().and_then(|r| r.ok()), Some(Ok(8)));
         assert_eq!(sizes_now(&sizes), vec![1, 1], "alone, once nothing else ran");
+    }
+
+    #[tokio::test]
+    async fn beside_a_running_call_a_small_batch_leaves_once_its_oldest_request_waited_half_a_call() {
+        // Each call sleeps as many milliseconds as its first request says.
+        let sizes = Sizes::default();
+        let seen = sizes.clone();
+        let busy = CoalescerConfig { queue_capacity: 100, max_batch: 64, max_in_flight: 4, min_batch_while_busy: 4 };
+        let sleeper = Coalescer::start("test", busy, move |batch: Vec<u32>| {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(batch.len());
+            async move {
+                tokio::time::sleep(Duration::from_millis(u64::from(batch[0]))).await;
+                batch
+            }
+        });
+        // One call of 400 ms: patience is now 200 ms.
+        assert_eq!(sleeper.call(400).await, Ok(400));
+        let long = spawn_call(&sleeper, 5_000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let short = spawn_call(&sleeper, 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sizes_now(&sizes), vec![1, 1], "below the floor, within its patience: it waits");
+        assert_eq!(tokio::time::timeout(Duration::from_secs(2), short).await.ok().and_then(|r| r.ok()), Some(Ok(1)));
+        assert_eq!(sizes_now(&sizes), vec![1, 1, 1], "out of patience, it left alone beside the long call");
+        assert!(!long.is_finished(), "the long call still runs");
+        long.abort();
     }
 
     #[tokio::test]
