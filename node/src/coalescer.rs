@@ -2,8 +2,8 @@
 //! for its answer; one task takes everything waiting (up to `max_batch`) whenever one of
 //! `max_in_flight` slots is free and runs the batch as one call, which answers each request on
 //! its own. Under light load a request goes out at once, alone; under heavy load, requests pile
-//! up while the slots are busy and leave together, so the batch size follows the load with no
-//! timer. A request never joins a call that started before it was queued, which is what makes
+//! up while the slots are busy and leave together, so the batch size follows the load (the
+//! only timer is the floor's patience, below). A request never joins a call that started before it was queued, which is what makes
 //! coalesced read-index rounds linearizable.
 //!
 //! A free slot alone does not start a call while others run: the batch first grows to
@@ -46,8 +46,9 @@ pub struct CoalescerConfig {
     pub max_batch: usize,
     /// Calls running at once.
     pub max_in_flight: usize,
-    /// While another call runs, a new one starts only with this many requests, or once a
-    /// running call has finished.
+    /// While another call runs, a new one starts only with this many requests, once a
+    /// running call has finished, or once its oldest request has waited [`PATIENCE_SHARE`] of
+    /// the calls' average duration.
     pub min_batch_while_busy: usize,
 }
 
@@ -74,13 +75,15 @@ struct CallDurations(AtomicU64);
 impl CallDurations {
     fn record(&self, took: Duration) {
         let took = took.as_micros().min(u128::from(u64::MAX)) as u64;
-        let average = self.0.load(Ordering::Relaxed);
-        let next = if average == 0 {
-            took
-        } else {
-            (average as f64 * (1.0 - DURATION_WEIGHT) + took as f64 * DURATION_WEIGHT) as u64
-        };
-        self.0.store(next.max(1), Ordering::Relaxed);
+        // One update at a time: two calls that finish together both count.
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+            let next = if average == 0 {
+                took
+            } else {
+                (average as f64 * (1.0 - DURATION_WEIGHT) + took as f64 * DURATION_WEIGHT) as u64
+            };
+            Some(next.max(1))
+        });
     }
 
     /// How long the oldest request of a batch waits for the floor; `None` (until a running call
@@ -352,14 +355,16 @@ mod tests {
                 batch
             }
         });
-        // One call of 400 ms: patience is now 200 ms.
-        assert_eq!(sleeper.call(400).await, Ok(400));
-        let long = spawn_call(&sleeper, 5_000);
+        // One call of a second: patience is now half a second.
+        assert_eq!(sleeper.call(1_000).await, Ok(1_000));
+        let long = spawn_call(&sleeper, 10_000);
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let queued = Instant::now();
         let short = spawn_call(&sleeper, 1);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(sizes_now(&sizes), vec![1, 1], "below the floor, within its patience: it waits");
-        assert_eq!(tokio::time::timeout(Duration::from_secs(2), short).await.ok().and_then(|r| r.ok()), Some(Ok(1)));
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), short).await.ok().and_then(|r| r.ok()), Some(Ok(1)));
+        assert!(queued.elapsed() >= Duration::from_millis(480), "it waited its patience: {:?}", queued.elapsed());
         assert_eq!(sizes_now(&sizes), vec![1, 1, 1], "out of patience, it left alone beside the long call");
         assert!(!long.is_finished(), "the long call still runs");
         long.abort();

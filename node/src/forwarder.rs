@@ -19,7 +19,8 @@ type Forwarded<T> = Result<Result<T, ForwardError>, NetError>;
 /// Batches per destination: a queue as deep as the leader's, a few calls in flight. Four
 /// slots measured better than sixteen (sandboxes 9,030/s against 7,803/s at 256 connections,
 /// same run; benches/peers/run): fewer, larger calls cost less CPU on a saturated machine.
-/// For the same reason a call starts beside running ones only with 16 requests: with none,
+/// For the same reason a call starts beside running ones only with 16 requests (or once the
+/// oldest has waited half a call): with none,
 /// two thirds of the forwarded calls carried one request (region creations, 256 connections).
 const FORWARD_BATCHING: CoalescerConfig =
     CoalescerConfig { queue_capacity: 16_384, max_batch: 512, max_in_flight: 4, min_batch_while_busy: 16 };

@@ -45,13 +45,14 @@ impl From<CoalesceError> for LeaderError {
 }
 
 /// How proposals are coalesced into Raft entries (the default; the node's config may change
-/// the queue's depth). Beside a running entry, a new one waits for 32 proposals or for a
-/// running one to commit: with no such floor, half the entries under load held one proposal.
+/// the queue's depth). Beside a running entry, a new one waits for 32 proposals, for a
+/// running one to commit, or for half an entry's average time (the coalescer's patience): with
+/// no such floor, half the entries under load held one proposal.
 pub const PROPOSAL_BATCHING: CoalescerConfig =
     CoalescerConfig { queue_capacity: 16_384, max_batch: 1_024, max_in_flight: 4, min_batch_while_busy: 32 };
 
 /// Read-index rounds: every waiting read shares the next one; a second round starts beside a
-/// running one only for 16 reads.
+/// running one only for 16 reads (or once the oldest has waited half a round).
 const READ_INDEX_BATCHING: CoalescerConfig =
     CoalescerConfig { queue_capacity: 65_536, max_batch: 65_536, max_in_flight: 2, min_batch_while_busy: 16 };
 
