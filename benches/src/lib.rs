@@ -6,7 +6,10 @@
 //! - `benches/log_append.rs`: RocksDB log append, fsync on and off;
 //! - `src/bin/loadgen.rs`: end-to-end REST load against a running cluster.
 //!
-//! [`fleet`] builds the synthetic fleets the benchmarks share.
+//! [`fleet`] builds the synthetic fleets the benchmarks share; [`http1`] is loadgen's lean
+//! keep-alive connection.
+
+pub mod http1;
 
 use corral_model::{
     apply, Command, NewRegion, NewRunner, Placement, Proposal, RegionType, Resources, RunnerState, State,

@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use bytes::Bytes;
 use clap::{Parser, ValueEnum};
+use corral_benches::http1::{Http1Connection, Http1Error};
+use hyper::Method;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -103,6 +106,9 @@ struct Args {
     #[arg(long)]
     no_agents: bool,
 }
+
+/// A request without a response after this long counts as a `timeout` error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// etcd puts carry 200-byte values.
 const ETCD_VALUE: [u8; 200] = [b'v'; 200];
@@ -274,50 +280,48 @@ async fn main() -> anyhow::Result<()> {
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.connections);
+    let etcd_value = BASE64.encode(ETCD_VALUE);
+    let etcd_read_body = Bytes::from(json!({ "key": BASE64.encode(ETCD_READ_KEY) }).to_string());
+    let sandbox_body = Bytes::from(json!({ "target": args.target }).to_string());
     for c in 0..args.connections {
-        let base = addrs[c % addrs.len()].clone();
-        let token = args.token.clone();
-        let target = args.target.clone();
+        let bearer = (!args.workload.is_etcd()).then_some(args.token.as_str());
+        // One connection per client, keep-alive, opened on its first request.
+        let mut connection = Http1Connection::new(&addrs[c % addrs.len()], bearer, REQUEST_TIMEOUT)?;
         let workload = args.workload;
         let counter = counter.clone();
-        // One client per connection: a keep-alive connection of its own.
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(30)).build()?;
+        let (etcd_value, etcd_read_body, sandbox_body) =
+            (etcd_value.clone(), etcd_read_body.clone(), sandbox_body.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let request = match workload {
-                    Workload::Sandboxes => {
-                        client.post(format!("{base}/api/sandboxes")).json(&json!({ "target": target }))
-                    }
+                let (method, path, body) = match workload {
+                    Workload::Sandboxes => (Method::POST, "/api/sandboxes", Some(sandbox_body.clone())),
                     Workload::Regions => {
-                        client.post(format!("{base}/api/regions")).json(&json!({ "name": format!("lg-{c}-{n}") }))
+                        let body = json!({ "name": format!("lg-{c}-{n}") }).to_string();
+                        (Method::POST, "/api/regions", Some(Bytes::from(body)))
                     }
-                    Workload::Reads => client.get(format!("{base}/api/regions")),
-                    Workload::EtcdPuts => client.post(format!("{base}/v3/kv/put")).json(&json!({
-                        "key": BASE64.encode(format!("lg-{c}-{n}")),
-                        "value": BASE64.encode(ETCD_VALUE),
-                    })),
-                    Workload::EtcdReads => {
-                        client.post(format!("{base}/v3/kv/range")).json(&json!({ "key": BASE64.encode(ETCD_READ_KEY) }))
+                    Workload::Reads => (Method::GET, "/api/regions", None),
+                    Workload::EtcdPuts => {
+                        let key = BASE64.encode(format!("lg-{c}-{n}"));
+                        let body = json!({ "key": key, "value": etcd_value }).to_string();
+                        (Method::POST, "/v3/kv/put", Some(Bytes::from(body)))
                     }
+                    Workload::EtcdReads => (Method::POST, "/v3/kv/range", Some(etcd_read_body.clone())),
                 };
-                let request = if workload.is_etcd() { request } else { request.bearer_auth(&token) };
                 let t0 = Instant::now();
-                let outcome = request.send().await;
-                match outcome {
-                    Ok(resp) if resp.status().as_u16() == workload.success() => {
-                        let _ = resp.bytes().await;
+                match connection.send(method, path, body).await {
+                    Ok(resp) if resp.status.as_u16() == workload.success() => {
                         latencies.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }
                     Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        let body: Value = resp.json().await.unwrap_or(Value::Null);
-                        *errors.entry(format!("{status} {}", body["code"].as_str().unwrap_or(""))).or_default() += 1;
+                        let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+                        let code = body["code"].as_str().unwrap_or("");
+                        *errors.entry(format!("{} {code}", resp.status.as_u16())).or_default() += 1;
                     }
                     Err(e) => {
-                        let kind = if e.is_timeout() { "timeout" } else { "transport" };
+                        let kind = if matches!(e, Http1Error::Timeout(_)) { "timeout" } else { "transport" };
                         *errors.entry(kind.to_string()).or_default() += 1;
                     }
                 }
