@@ -30,6 +30,7 @@ pub mod error;
 pub mod extract;
 pub mod http_server;
 pub mod idempotency;
+pub mod ids;
 pub mod key_usage;
 pub mod openapi;
 pub mod organizations;

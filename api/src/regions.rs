@@ -176,7 +176,7 @@ pub async fn create_region(
     let fingerprint = idempotency.fingerprint(&body);
     let sealed_password = snapshot_manager_password.as_deref().map(|p| seal(&app, p)).transpose()?;
     let command = Command::CreateRegion(NewRegion {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::ids::new_object_id(),
         organization_id: caller.organization_id.clone(),
         name: body.name,
         region_type: RegionType::Custom,

@@ -374,7 +374,7 @@ pub async fn create_runner(
     let api_key = idempotency.secret(&app.config.admin_key, actor, "runner-token", RUNNER_TOKEN_PREFIX);
     let fingerprint = idempotency.fingerprint(&body);
     let command = Command::CreateRunner(NewRunner {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::ids::new_object_id(),
         region_id: body.region_id,
         name: body.name,
         api_key_hash: hash_secret(&api_key),
@@ -536,7 +536,7 @@ pub async fn admin_create_runner(
     // The token is hashed before it leaves this handler; the fingerprint covers the rest.
     let fingerprint = idempotency.fingerprint(&(&body.name, &body.region_id, hash_secret(&body.api_key)));
     let command = Command::CreateRunner(NewRunner {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::ids::new_object_id(),
         region_id: body.region_id,
         name: body.name,
         api_key_hash: hash_secret(&body.api_key),

@@ -192,7 +192,7 @@ pub async fn create_sandbox(
         }
     };
     let request = SandboxRequest {
-        sandbox_id: uuid::Uuid::new_v4().to_string(),
+        sandbox_id: crate::ids::new_object_id(),
         organization_id: caller.organization_id.clone(),
         target: body.target.clone(),
         region_id,

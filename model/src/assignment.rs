@@ -67,7 +67,7 @@ pub fn assignment_changes(
     since: Option<u64>,
     sent: &HashMap<String, AssignmentAction>,
 ) -> (Vec<Assignment>, Vec<String>) {
-    let empty = RunnerSandboxes::new();
+    let empty = RunnerSandboxes::default();
     let on_runner = state.runner_sandboxes.get(runner_id).unwrap_or(&empty);
     let action_of = |sandbox_state: &SandboxState| match sandbox_state {
         SandboxState::Started | SandboxState::Pending => Some(AssignmentAction::Start),

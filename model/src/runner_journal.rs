@@ -19,7 +19,9 @@
 //! whatever they hold (like [`crate::state::LocalEpoch`]), since they say how a replica got
 //! to its state, not what the state is. Nothing here reads a clock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::state::IdMap;
 
 /// Destroy entries a journal keeps before it drops the oldest ones (and with them the claim to
 /// be complete before that point). Sessions poll every second, so this covers far more destroys
@@ -29,7 +31,7 @@ pub const MAX_DESTROYS_KEPT: usize = 4_096;
 /// The journals of every runner of one state.
 #[derive(Clone, Debug, Default)]
 pub struct RunnerJournals {
-    by_runner: HashMap<String, RunnerJournal>,
+    by_runner: IdMap<String, RunnerJournal>,
     /// Journals created from now on are complete after this position (the last rebuild).
     complete_after: u64,
     /// The last position handed out.
@@ -41,7 +43,7 @@ struct RunnerJournal {
     complete_after: u64,
     /// position → sandbox id: each sandbox's latest change only.
     by_position: BTreeMap<u64, String>,
-    position_of: HashMap<String, u64>,
+    position_of: IdMap<String, u64>,
     /// Positions whose latest change is a destroy, oldest first.
     destroys: BTreeSet<u64>,
 }
@@ -59,7 +61,7 @@ impl RunnerJournal {
         RunnerJournal {
             complete_after,
             by_position: BTreeMap::new(),
-            position_of: HashMap::new(),
+            position_of: IdMap::default(),
             destroys: BTreeSet::new(),
         }
     }
