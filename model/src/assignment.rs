@@ -97,7 +97,11 @@ pub fn assignment_changes(
             let mut hosted: Vec<(&String, &SandboxState)> = on_runner.iter().collect();
             hosted.sort_unstable_by_key(|(id, _)| *id);
             hosted.into_iter().for_each(|(id, sandbox_state)| look_at(id, Some(sandbox_state)));
-            sent.keys().filter(|id| !on_runner.contains_key(*id)).for_each(|id| look_at(id, None));
+            // `sent` is hashed with a per-process seed: sorted, the destroys come out in one
+            // order in every process (the seeded simulation replays a seed only so).
+            let mut not_hosted: Vec<&String> = sent.keys().filter(|id| !on_runner.contains_key(*id)).collect();
+            not_hosted.sort_unstable();
+            not_hosted.into_iter().for_each(|id| look_at(id, None));
         }
     }
     (changed, gone)

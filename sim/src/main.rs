@@ -3,6 +3,8 @@
 //! - `corral-sim --seed 42`: one seed, with its faults and violations (a replay);
 //! - `corral-sim --seeds 0..1000`: many, on `--threads` threads; fails if any seed fails;
 //! - `--double-run`: runs each seed twice and fails unless both traces hash alike;
+//! - `CORRAL_SIM_LOG=debug` (a tracing filter) prints the nodes' logs, `CORRAL_SIM_TRACE=1`
+//!   every traced event, `CORRAL_SIM_SEGMENTS=1` every TCP segment (`=bytes`: with its bytes);
 //! - `--bug NAME --expect-found` (builds with the `injected-bugs` feature): a control run,
 //!   which fails unless the simulation finds the injected bug.
 
@@ -127,6 +129,15 @@ fn print_one(report: &SeedReport) {
 type SeedOutcome = (SeedReport, Option<String>);
 
 fn main() {
+    // The nodes' own logs, for reading a replay: `CORRAL_SIM_LOG=debug` (a tracing filter).
+    // Without timestamps: the host's clock means nothing here, and two runs then diff clean.
+    if std::env::var_os("CORRAL_SIM_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .without_time()
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("CORRAL_SIM_LOG"))
+            .init();
+    }
     let args = Args::parse();
     let bug = match switch_on(args.bug.as_deref()) {
         Ok(bug) => bug,

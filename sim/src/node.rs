@@ -217,9 +217,22 @@ async fn serve_grpc(service: corral_net::UnguardedRaftTransport, mut accepted: m
     // It ends when the node crashes (the task is aborted); an accept error cannot happen here.
     let _ = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
+        .layer(tower::util::MapResponseLayer::new(with_simulated_date))
         .add_service(service)
         .serve_with_incoming(incoming)
         .await;
+}
+
+/// Gives a gRPC response the `date` header hyper would otherwise stamp from the host's clock
+/// (it keeps one the service set). HPACK sends a header value it sent before as a one-byte
+/// index and a new one in full, so with the host's date the frames between nodes grew by
+/// 20-odd bytes whenever the host's second turned: the host's clock in the simulated
+/// network's bytes. A fixed date keeps those bytes equal from run to run (`CORRAL_SIM_SEGMENTS=bytes`);
+/// the peers never read it.
+fn with_simulated_date<B>(mut response: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
+    use tonic::codegen::http::header::{HeaderValue, DATE};
+    response.headers_mut().insert(DATE, HeaderValue::from_static("Thu, 01 Jan 2026 00:00:00 GMT"));
+    response
 }
 
 /// The listener of a node's simulated API port.

@@ -249,18 +249,22 @@ async fn deliver(
     }
 }
 
-/// Whether to print every segment delivered (`CORRAL_SIM_SEGMENTS=1`): where two runs of a
-/// seed part, the first segment that differs in length or order says which connection and
-/// which message (their contents differ anyway where they carry the host's time).
+/// Whether to print every segment delivered (`CORRAL_SIM_SEGMENTS=1`, or `=bytes` with their
+/// bytes): where two runs of a seed part, the first segment that differs in length or order
+/// says which connection and which message (the REST responses' contents differ anyway: they
+/// carry the host's date and random request ids).
 fn print_segments() -> bool {
     static PRINT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PRINT.get_or_init(|| std::env::var_os("CORRAL_SIM_SEGMENTS").is_some_and(|v| v == "1"))
+    *PRINT.get_or_init(|| std::env::var_os("CORRAL_SIM_SEGMENTS").is_some_and(|v| v == "1" || v == "bytes"))
 }
 
-/// A segment's length and a digest of its bytes.
+/// A segment's length and a digest of its bytes (and the bytes, escaped, with `=bytes`).
 fn describe(bytes: &[u8]) -> String {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
     bytes.hash(&mut hasher);
+    if std::env::var_os("CORRAL_SIM_SEGMENTS").is_some_and(|v| v == "bytes") {
+        return format!("{} bytes, digest {:016x} {}", bytes.len(), hasher.finish(), bytes.escape_ascii());
+    }
     format!("{} bytes, digest {:016x}", bytes.len(), hasher.finish())
 }
