@@ -35,9 +35,10 @@ pub struct IdempotencyRecord {
 pub type ReplicatedMap<V> = imbl::OrdMap<String, V>;
 
 /// The hasher of the indexes keyed by ids the cluster makes itself (sandbox and runner ids):
-/// foldhash with a fixed seed. SipHash, the standard one, held 2.3 % of the nodes' CPU
-/// creating sandboxes; its resistance to crafted keys buys nothing for keys no client picks.
-/// Fixed, so an index behaves the same in every process and build.
+/// foldhash with a fixed seed. Its resistance to crafted keys, SipHash's reason to be, buys
+/// nothing for keys no client picks, and a fixed seed walks an index in the same order in
+/// every process (the standard hasher is seeded per process). On 36-byte ids foldhash costs
+/// about what SipHash did (2.0 % of the nodes' samples creating sandboxes, against 2.3 %).
 pub type IdHasher = foldhash::fast::FixedState;
 
 /// A hash map keyed by cluster-made ids ([`IdHasher`]).
