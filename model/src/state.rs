@@ -44,10 +44,11 @@ pub type IdHasher = foldhash::fast::FixedState;
 /// A hash map keyed by cluster-made ids ([`IdHasher`]).
 pub type IdMap<K, V> = HashMap<K, V, IdHasher>;
 
-/// The sandboxes on one runner that are not destroyed, with their state. Hashed: a placement
-/// inserts a random id, and in an ordered map of tens of thousands of them every comparison
-/// is a cache miss (4 % of the nodes' CPU creating sandboxes with 20 runners). Walks that
-/// must be ordered sort the ids first.
+/// The sandboxes on one runner that are not destroyed, with their state. Hashed: when
+/// sandbox ids were random (version-4 UUIDs, still in states made before time-ordered ids),
+/// an ordered map of tens of thousands of them cost a cache miss per comparison (4 % of the
+/// nodes' CPU creating sandboxes with 20 runners). Walks that must be ordered sort the ids
+/// first.
 pub type RunnerSandboxes = IdMap<String, SandboxState>;
 
 /// The whole replicated state. Ordered maps make its serialization canonical, so the hash of
