@@ -232,7 +232,7 @@ async fn deliver(
             }
         }
         last = Instant::now();
-        if print_segments() {
+        if segment_printing() != SegmentPrinting::Off {
             println!(
                 "segment {from:?} -> {to:?}: {}",
                 bytes.as_ref().map_or_else(|| "FIN".to_string(), |b| describe(b))
@@ -249,13 +249,24 @@ async fn deliver(
     }
 }
 
-/// Whether to print every segment delivered (`CORRAL_SIM_SEGMENTS=1`, or `=bytes` with their
-/// bytes): where two runs of a seed part, the first segment that differs in length or order
-/// says which connection and which message (the REST responses' contents differ anyway: they
-/// carry the host's date and random request ids).
-fn print_segments() -> bool {
-    static PRINT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PRINT.get_or_init(|| std::env::var_os("CORRAL_SIM_SEGMENTS").is_some_and(|v| v == "1" || v == "bytes"))
+/// What to print of every segment delivered, read once from `CORRAL_SIM_SEGMENTS` (`1`: its
+/// length and digest, `bytes`: its bytes too): where two runs of a seed part, the first
+/// segment that differs in length or order says which connection and which message (the REST
+/// responses' contents differ anyway: they carry the host's date and random request ids).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SegmentPrinting {
+    Off,
+    Digest,
+    Bytes,
+}
+
+fn segment_printing() -> SegmentPrinting {
+    static PRINTING: std::sync::OnceLock<SegmentPrinting> = std::sync::OnceLock::new();
+    *PRINTING.get_or_init(|| match std::env::var_os("CORRAL_SIM_SEGMENTS") {
+        Some(v) if v == "1" => SegmentPrinting::Digest,
+        Some(v) if v == "bytes" => SegmentPrinting::Bytes,
+        _ => SegmentPrinting::Off,
+    })
 }
 
 /// A segment's length and a digest of its bytes (and the bytes, escaped, with `=bytes`).
@@ -263,8 +274,10 @@ fn describe(bytes: &[u8]) -> String {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
     bytes.hash(&mut hasher);
-    if std::env::var_os("CORRAL_SIM_SEGMENTS").is_some_and(|v| v == "bytes") {
-        return format!("{} bytes, digest {:016x} {}", bytes.len(), hasher.finish(), bytes.escape_ascii());
+    match segment_printing() {
+        SegmentPrinting::Bytes => {
+            format!("{} bytes, digest {:016x} {}", bytes.len(), hasher.finish(), bytes.escape_ascii())
+        }
+        _ => format!("{} bytes, digest {:016x}", bytes.len(), hasher.finish()),
     }
-    format!("{} bytes, digest {:016x}", bytes.len(), hasher.finish())
 }
