@@ -15,6 +15,7 @@ use crate::leader_ops::{LeaderService, LeadershipProbe, MembershipChange, PreVot
 use crate::liveness::RaftLiveness;
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::pb::Payload;
+use crate::placement_stream::{StreamedReply, StreamedRequest};
 use crate::raft_network::SnapshotChunk;
 use crate::{tls, MAX_MESSAGE_BYTES};
 
@@ -25,6 +26,10 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Payload, tonic::Status> 
 fn decode_request<T: DeserializeOwned>(payload: &Payload) -> Result<T, tonic::Status> {
     codec::decode(&payload.body).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
 }
+
+/// Answers of one placement stream waiting to be sent; the tasks that place its requests wait
+/// beyond this.
+const PLACEMENT_ANSWERS_IN_FLIGHT: usize = 4_096;
 
 /// The gRPC service a node serves to its peers.
 pub struct RaftTransportService {
@@ -91,7 +96,11 @@ impl RaftTransport for RaftTransportService {
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request.get_ref())?;
         let term = rpc.vote.leader_id().term;
+        let kind = if rpc.entries.is_empty() { "commit_or_heartbeat" } else { "entries" };
+        let started = std::time::Instant::now();
         let reply = self.raft.append_entries(rpc).await;
+        metrics::histogram!("corral_raft_append_entries_handling_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
         self.liveness.record_append_received(term, &reply);
         Ok(tonic::Response::new(encode(&reply)?))
     }
@@ -129,6 +138,63 @@ impl RaftTransport for RaftTransportService {
         let requests: Vec<SandboxRequest> = decode_request(request.get_ref())?;
         let replies = self.leader.place_sandboxes(requests).await;
         Ok(tonic::Response::new(encode(&replies)?))
+    }
+
+    type PlacementStreamStream = futures::stream::BoxStream<'static, Result<Payload, tonic::Status>>;
+
+    /// Each request of each message goes to the scheduler at once, as its own task; each
+    /// answer goes back in the next message out, with the others ready by then (see
+    /// [`crate::placement_stream`]). The stream ends once the follower ends its side and every
+    /// request it sent is answered.
+    async fn placement_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<Payload>>,
+    ) -> Result<tonic::Response<Self::PlacementStreamStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (answered, answers) = tokio::sync::mpsc::channel::<StreamedReply>(PLACEMENT_ANSWERS_IN_FLIGHT);
+        let leader = self.leader.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "a placement stream from a follower ended");
+                        break;
+                    }
+                };
+                let requests: Vec<StreamedRequest> = match codec::decode(&message.body) {
+                    Ok(requests) => requests,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an undecodable placement message; ending the stream");
+                        break;
+                    }
+                };
+                for (id, request) in requests {
+                    let leader = leader.clone();
+                    let answered = answered.clone();
+                    tokio::spawn(async move {
+                        let reply = leader.place_sandbox(request).await;
+                        // The follower has gone: nobody waits for this answer.
+                        let _ = answered.send((id, reply)).await;
+                    });
+                }
+            }
+        });
+        let messages = futures::stream::unfold(answers, |mut answers| async move {
+            let first = answers.recv().await?;
+            let mut batch = vec![first];
+            while batch.len() < crate::placement_stream::MAX_BATCH {
+                match answers.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            metrics::histogram!("corral_placement_stream_batch_size", "direction" => "answers")
+                .record(batch.len() as f64);
+            Some((encode(&batch), answers))
+        });
+        Ok(tonic::Response::new(Box::pin(messages)))
     }
 
     async fn read_index(&self, _request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {

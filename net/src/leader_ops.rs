@@ -123,6 +123,8 @@ pub trait LeaderService: Send + Sync + 'static {
     async fn read_index(&self) -> Result<u64, ForwardError>;
     /// Places a follower's batch of sandbox requests; answers each, in order.
     async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply>;
+    /// Places one sandbox request that came on a follower's placement stream.
+    async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply;
     /// Answers a pre-vote (asked of any voter).
     async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply;
     /// Campaigns for leadership now (a leader hands off to this node before it stops).

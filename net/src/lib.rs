@@ -12,6 +12,8 @@
 //! - [`grpc_server`]: the service peers call ([`raft_transport_server`]): Raft RPCs into the
 //!   local `openraft::Raft`, leader operations into the node's [`LeaderService`];
 //! - [`peer_clients`]: the client side ([`PeerClients`]), one channel per peer;
+//! - [`placement_stream`]: a follower's sandbox requests to the leader's scheduler over one
+//!   long-lived stream per leader ([`PlacementStreams`]), answers matched by id;
 //! - [`peer_tcp`]: the TCP under both sides, which drops a connection whose data a peer has
 //!   left unacknowledged for a second (so a healed partition does not leave it in
 //!   retransmission backoff), and the [`PeerDialer`] seam through which the simulation runs
@@ -48,6 +50,7 @@ pub mod leader_ops;
 pub mod liveness;
 pub mod peer_clients;
 pub mod peer_tcp;
+pub mod placement_stream;
 pub mod quic;
 pub mod raft_network;
 pub mod runner_session;
@@ -64,6 +67,7 @@ pub use leader_ops::{
 pub use liveness::RaftLiveness;
 pub use peer_clients::PeerClients;
 pub use peer_tcp::{Dialing, PeerDialer, PeerStream};
+pub use placement_stream::PlacementStreams;
 pub use raft_network::{GrpcNetworkFactory, GrpcPeer};
 
 pub mod pb {
@@ -115,4 +119,7 @@ pub enum NetError {
     Rpc { addr: String, status: String },
     #[error("bad message from {addr}: {reason}")]
     Decode { addr: String, reason: String },
+    /// The peer runs a build without this call (a cluster in the middle of an upgrade).
+    #[error("peer {addr} does not serve this call: {what}")]
+    Unsupported { addr: String, what: String },
 }

@@ -132,12 +132,30 @@ impl PeerClients {
             Method::ProbeLeadership => client.probe_leadership(request).await,
             Method::ChangeMembership => client.change_membership(request).await,
         };
-        let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable => NetError::Unreachable { addr: addr.to_string(), reason: status.to_string() },
-            _ => NetError::Rpc { addr: addr.to_string(), status: status.to_string() },
-        })?;
+        let reply = reply.map_err(|status| status_error(addr, &status))?;
         codec::decode(&reply.get_ref().body)
             .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })
+    }
+
+    /// Opens a placement stream to the leader at `addr` (see [`crate::placement_stream`]):
+    /// `requests` are the messages it sends; the answer is the stream of messages back. No
+    /// deadline: the stream lives as long as it works, and HTTP/2 keep-alive ends it when the
+    /// peer stops answering.
+    pub(crate) async fn open_placement_stream(
+        &self,
+        addr: &str,
+        requests: impl futures::Stream<Item = Payload> + Send + 'static,
+    ) -> Result<tonic::Streaming<Payload>, NetError> {
+        let mut client = self.client(addr)?;
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT * 4, client.placement_stream(requests)).await;
+        match opened {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(status_error(addr, &status)),
+            Err(_) => Err(NetError::Unreachable {
+                addr: addr.to_string(),
+                reason: "the placement stream did not open".into(),
+            }),
+        }
     }
 
     /// Sends a batch of proposals to the leader at `addr` in one call; returns once every one
@@ -203,6 +221,17 @@ impl PeerClients {
     /// Asks the leader at `addr` for a read index.
     pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<Result<u64, ForwardError>, NetError> {
         self.call(addr, Method::ReadIndex, &(), timeout).await
+    }
+}
+
+/// What a gRPC status from `addr` means to the caller.
+pub(crate) fn status_error(addr: &str, status: &tonic::Status) -> NetError {
+    match status.code() {
+        tonic::Code::Unavailable => NetError::Unreachable { addr: addr.to_string(), reason: status.to_string() },
+        tonic::Code::Unimplemented => {
+            NetError::Unsupported { addr: addr.to_string(), what: status.message().to_string() }
+        }
+        _ => NetError::Rpc { addr: addr.to_string(), status: status.to_string() },
     }
 }
 

@@ -133,6 +133,9 @@ impl RaftNetwork<TypeConfig> for GrpcPeer {
         let reply: AppendEntriesResponse<NodeId> = self
             .raft_result(self.clients.call_encoded(&self.addr, Method::AppendEntries, body, option.hard_ttl()).await)?;
         self.liveness.record_append_reply(self.target, term, sent, &reply);
+        let kind = if entries == 0 { "commit_or_heartbeat" } else { "entries" };
+        metrics::histogram!("corral_raft_append_entries_round_trip_seconds", "kind" => kind)
+            .record(sent.elapsed().as_secs_f64());
         Ok(reply)
     }
 

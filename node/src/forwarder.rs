@@ -1,15 +1,18 @@
-//! [`Forwarder`]: what a follower sends to the leader, coalesced. Writes, sandbox placements
-//! and read-index requests that wait together leave together: one gRPC call carries a batch
-//! of proposals (`ForwardWrites`) or of sandbox requests (`PlaceSandboxes`), and one read-index
-//! round answers every read that was waiting before it started (see [`crate::coalescer`]).
-//! Each request still gets its own answer, and the caller ([`crate::cluster::RaftCluster`])
-//! keeps retrying it on its own while leadership moves.
+//! [`Forwarder`]: what a follower sends to the leader. Writes and read-index requests that
+//! wait together leave together: one gRPC call carries a batch of proposals (`ForwardWrites`),
+//! and one read-index round answers every read that was waiting before it started (see
+//! [`crate::coalescer`]). Sandbox requests go on a long-lived stream to the leader instead
+//! ([`corral_net::placement_stream`]): each leaves as soon as the stream's writer is free and
+//! its answer comes back on its own, so none waits for a batch to fill; a leader built before
+//! that stream gets them as batched `PlaceSandboxes` calls. Each request gets its own answer,
+//! and the caller ([`crate::cluster::RaftCluster`]) keeps retrying it on its own while
+//! leadership moves.
 
 use std::future::Future;
 use std::time::Duration;
 
 use corral_model::{Proposal, SandboxRequest};
-use corral_net::{CommittedWrite, ForwardError, NetError, PeerClients, PlacementReply};
+use corral_net::{CommittedWrite, ForwardError, NetError, PeerClients, PlacementReply, PlacementStreams};
 
 use crate::coalescer::{CoalesceError, Coalescer, CoalescerConfig};
 
@@ -29,7 +32,9 @@ const FORWARD_BATCHING: CoalescerConfig =
 #[derive(Clone)]
 pub struct Forwarder {
     writes: Coalescer<(String, Proposal), Forwarded<CommittedWrite>>,
-    placements: Coalescer<(String, SandboxRequest), Result<PlacementReply, NetError>>,
+    placements: PlacementStreams,
+    /// Batched unary calls, for a leader that does not serve the placement stream.
+    batched_placements: Coalescer<(String, SandboxRequest), Result<PlacementReply, NetError>>,
     read_indexes: Coalescer<(String, ()), Forwarded<u64>>,
 }
 
@@ -44,8 +49,9 @@ impl Forwarder {
                 async move { clients.forward_writes(&addr, &proposals, call_timeout).await }
             })
         });
+        let placements = PlacementStreams::new(clients.clone());
         let c = clients.clone();
-        let placements =
+        let batched_placements =
             Coalescer::start("forward_placements", FORWARD_BATCHING, move |batch: Vec<(String, SandboxRequest)>| {
                 let clients = c.clone();
                 per_leader(batch, move |addr, requests| {
@@ -61,7 +67,7 @@ impl Forwarder {
                 async move { Ok(vec![clients.read_index(&addr, call_timeout).await?; waiting.len()]) }
             })
         });
-        Forwarder { writes, placements, read_indexes }
+        Forwarder { writes, placements, batched_placements, read_indexes }
     }
 
     /// Commits `proposal` on the leader at `addr`.
@@ -76,7 +82,16 @@ impl Forwarder {
         request: SandboxRequest,
         timeout: Duration,
     ) -> Result<PlacementReply, NetError> {
-        within(timeout, addr.clone(), self.placements.call((addr, request))).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let streamed = tokio::time::timeout_at(deadline, self.placements.place(&addr, request.clone())).await;
+        match streamed {
+            Ok(Err(NetError::Unsupported { .. })) => {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                within(remaining, addr.clone(), self.batched_placements.call((addr, request))).await
+            }
+            Ok(answer) => answer,
+            Err(_) => Err(NetError::Rpc { addr, status: "deadline exceeded while waiting".into() }),
+        }
     }
 
     /// A read index from the leader at `addr`, from a round that started after this call.

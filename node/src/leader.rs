@@ -285,7 +285,10 @@ impl Drop for InFlight {
 async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) -> Vec<Result<CommittedWrite, LeaderError>> {
     let count = batch.len();
     metrics::histogram!("corral_raft_commands_per_entry").record(count as f64);
-    match client_write_while_leading(raft, ProposalBatch::from(batch)).await {
+    let started = std::time::Instant::now();
+    let written = client_write_while_leading(raft, ProposalBatch::from(batch)).await;
+    metrics::histogram!("corral_raft_entry_commit_seconds").record(started.elapsed().as_secs_f64());
+    match written {
         Ok(reply) if reply.data.0.len() == count => {
             let log_index = reply.log_id.index;
             reply.data.0.into_iter().map(|response| Ok(CommittedWrite { log_index, response })).collect()

@@ -51,6 +51,10 @@ impl LeaderService for PeerService {
         futures::future::join_all(placements).await
     }
 
+    async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply {
+        Ok(self.scheduler.place(request).await?)
+    }
+
     async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply {
         let voter = crate::election::Voter {
             node_id: self.node_id,

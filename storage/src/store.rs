@@ -801,6 +801,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         };
+        let started = std::time::Instant::now();
         let mut replies = Vec::new();
         for entry in entries {
             machine.last_applied = Some(entry.log_id);
@@ -817,6 +818,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             replies.push(ApplyResponse(results));
         }
+        metrics::histogram!("corral_raft_apply_seconds").record(started.elapsed().as_secs_f64());
         Ok(replies)
     }
 
