@@ -260,3 +260,19 @@ pub(crate) enum Method {
     ProbeLeadership,
     ChangeMembership,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::status_error;
+    use crate::NetError;
+
+    #[test]
+    fn a_leader_without_a_call_is_told_apart_from_one_that_is_down_or_failing() {
+        let unsupported = status_error("a:1", &tonic::Status::unimplemented("PlacementStream"));
+        assert!(matches!(unsupported, NetError::Unsupported { .. }), "{unsupported:?}");
+        let down = status_error("a:1", &tonic::Status::unavailable("connection refused"));
+        assert!(matches!(down, NetError::Unreachable { .. }), "{down:?}");
+        let failing = status_error("a:1", &tonic::Status::internal("boom"));
+        assert!(matches!(failing, NetError::Rpc { .. }), "{failing:?}");
+    }
+}
