@@ -12,10 +12,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::leader_ops::{LeaderService, LeadershipProbe, MembershipChange, PreVoteRequest};
+use crate::leader_stream::{Placements, Reply, StreamedCall, StreamedReply, StreamedRequest, Writes};
 use crate::liveness::RaftLiveness;
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::pb::Payload;
-use crate::placement_stream::{StreamedReply, StreamedRequest};
 use crate::raft_network::SnapshotChunk;
 use crate::{tls, MAX_MESSAGE_BYTES};
 
@@ -27,9 +27,12 @@ fn decode_request<T: DeserializeOwned>(payload: &Payload) -> Result<T, tonic::St
     codec::decode(&payload.body).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
 }
 
-/// Answers of one placement stream waiting to be sent; the tasks that place its requests wait
+/// Answers of one leader stream waiting to be sent; the tasks that serve its requests wait
 /// beyond this.
-const PLACEMENT_ANSWERS_IN_FLIGHT: usize = 4_096;
+const STREAM_ANSWERS_IN_FLIGHT: usize = 4_096;
+
+/// The messages a leader stream sends back.
+pub type LeaderStreamAnswers = futures::stream::BoxStream<'static, Result<Payload, tonic::Status>>;
 
 /// The gRPC service a node serves to its peers.
 pub struct RaftTransportService {
@@ -140,61 +143,34 @@ impl RaftTransport for RaftTransportService {
         Ok(tonic::Response::new(encode(&replies)?))
     }
 
-    type PlacementStreamStream = futures::stream::BoxStream<'static, Result<Payload, tonic::Status>>;
+    type PlacementStreamStream = LeaderStreamAnswers;
 
     /// Each request of each message goes to the scheduler at once, as its own task; each
     /// answer goes back in the next message out, with the others ready by then (see
-    /// [`crate::placement_stream`]). The stream ends once the follower ends its side and every
-    /// request it sent is answered.
+    /// [`crate::leader_stream`]).
     async fn placement_stream(
         &self,
         request: tonic::Request<tonic::Streaming<Payload>>,
     ) -> Result<tonic::Response<Self::PlacementStreamStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
-        let (answered, answers) = tokio::sync::mpsc::channel::<StreamedReply>(PLACEMENT_ANSWERS_IN_FLIGHT);
-        let leader = self.leader.clone();
-        tokio::spawn(async move {
-            loop {
-                let message = match inbound.message().await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(%status, "a placement stream from a follower ended");
-                        break;
-                    }
-                };
-                let requests: Vec<StreamedRequest> = match codec::decode(&message.body) {
-                    Ok(requests) => requests,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "an undecodable placement message; ending the stream");
-                        break;
-                    }
-                };
-                for (id, request) in requests {
-                    let leader = leader.clone();
-                    let answered = answered.clone();
-                    tokio::spawn(async move {
-                        let reply = leader.place_sandbox(request).await;
-                        // The follower has gone: nobody waits for this answer.
-                        let _ = answered.send((id, reply)).await;
-                    });
-                }
-            }
-        });
-        let messages = futures::stream::unfold(answers, |mut answers| async move {
-            let first = answers.recv().await?;
-            let mut batch = vec![first];
-            while batch.len() < crate::placement_stream::MAX_BATCH {
-                match answers.try_recv() {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
-                }
-            }
-            metrics::histogram!("corral_placement_stream_batch_size", "direction" => "answers")
-                .record(batch.len() as f64);
-            Some((encode(&batch), answers))
-        });
-        Ok(tonic::Response::new(Box::pin(messages)))
+        let answers =
+            answer_stream::<Placements, _, _>(request.into_inner(), self.leader.clone(), |leader, r| async move {
+                leader.place_sandbox(r).await
+            });
+        Ok(tonic::Response::new(answers))
+    }
+
+    type WriteStreamStream = LeaderStreamAnswers;
+
+    /// The same for proposals, into the leader's write path.
+    async fn write_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<Payload>>,
+    ) -> Result<tonic::Response<Self::WriteStreamStream>, tonic::Status> {
+        let answers =
+            answer_stream::<Writes, _, _>(request.into_inner(), self.leader.clone(), |leader, p| async move {
+                leader.write_one(p).await
+            });
+        Ok(tonic::Response::new(answers))
     }
 
     async fn read_index(&self, _request: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
@@ -233,4 +209,63 @@ impl RaftTransport for RaftTransportService {
         let reply = self.leader.change_membership(change).await;
         Ok(tonic::Response::new(encode(&reply)?))
     }
+}
+
+/// Serves one follower's stream of `C`: each request of each message is handed to `serve` as
+/// its own task, and each answer goes back in the next message out, with the others ready by
+/// then. The stream ends once the follower ends its side and every request it sent is
+/// answered.
+fn answer_stream<C, F, Fut>(
+    mut inbound: tonic::Streaming<Payload>,
+    leader: Arc<dyn LeaderService>,
+    serve: F,
+) -> LeaderStreamAnswers
+where
+    C: StreamedCall,
+    F: Fn(Arc<dyn LeaderService>, C::Request) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Reply<C>> + Send + 'static,
+{
+    let label = C::KIND.label();
+    let (answered, answers) = tokio::sync::mpsc::channel::<StreamedReply<C>>(STREAM_ANSWERS_IN_FLIGHT);
+    tokio::spawn(async move {
+        loop {
+            let message = match inbound.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(%status, stream = label, "a follower's stream ended");
+                    break;
+                }
+            };
+            let requests: Vec<StreamedRequest<C>> = match codec::decode(&message.body) {
+                Ok(requests) => requests,
+                Err(e) => {
+                    tracing::warn!(error = %e, stream = label, "an undecodable message; ending the stream");
+                    break;
+                }
+            };
+            for (id, request) in requests {
+                let answered = answered.clone();
+                let serving = serve(leader.clone(), request);
+                tokio::spawn(async move {
+                    let reply = serving.await;
+                    // The follower has gone: nobody waits for this answer.
+                    let _ = answered.send((id, reply)).await;
+                });
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(answers, move |mut answers| async move {
+        let first = answers.recv().await?;
+        let mut batch = vec![first];
+        while batch.len() < crate::leader_stream::MAX_BATCH {
+            match answers.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("corral_leader_stream_batch_size", "stream" => label, "direction" => "answers")
+            .record(batch.len() as f64);
+        Some((encode(&batch), answers))
+    }))
 }

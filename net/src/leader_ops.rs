@@ -125,6 +125,9 @@ pub trait LeaderService: Send + Sync + 'static {
     async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply>;
     /// Places one sandbox request that came on a follower's placement stream.
     async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply;
+    /// Commits one proposal that came on a follower's write stream (coalesced with the
+    /// leader's own into shared entries).
+    async fn write_one(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError>;
     /// Answers a pre-vote (asked of any voter).
     async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply;
     /// Campaigns for leadership now (a leader hands off to this node before it stops).

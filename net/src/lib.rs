@@ -12,8 +12,9 @@
 //! - [`grpc_server`]: the service peers call ([`raft_transport_server`]): Raft RPCs into the
 //!   local `openraft::Raft`, leader operations into the node's [`LeaderService`];
 //! - [`peer_clients`]: the client side ([`PeerClients`]), one channel per peer;
-//! - [`placement_stream`]: a follower's sandbox requests to the leader's scheduler over one
-//!   long-lived stream per leader ([`PlacementStreams`]), answers matched by id;
+//! - [`leader_stream`]: a follower's sandbox requests and proposals to the leader over one
+//!   long-lived stream per leader and kind ([`PlacementStreams`], [`WriteStreams`]), answers
+//!   matched by id;
 //! - [`peer_tcp`]: the TCP under both sides, which drops a connection whose data a peer has
 //!   left unacknowledged for a second (so a healed partition does not leave it in
 //!   retransmission backoff), and the [`PeerDialer`] seam through which the simulation runs
@@ -47,10 +48,10 @@ pub mod accept;
 pub mod gossip;
 pub mod grpc_server;
 pub mod leader_ops;
+pub mod leader_stream;
 pub mod liveness;
 pub mod peer_clients;
 pub mod peer_tcp;
-pub mod placement_stream;
 pub mod quic;
 pub mod raft_network;
 pub mod runner_session;
@@ -64,10 +65,10 @@ pub use leader_ops::{
     CommittedWrite, ForwardError, LeaderService, LeadershipProbe, LogPosition, MembershipChange, MembershipChanged,
     PlacementReply, PreVoteReply, PreVoteRequest, ProbeReply,
 };
+pub use leader_stream::{LeaderStreams, PlacementStreams, WriteStreams};
 pub use liveness::RaftLiveness;
 pub use peer_clients::PeerClients;
 pub use peer_tcp::{Dialing, PeerDialer, PeerStream};
-pub use placement_stream::PlacementStreams;
 pub use raft_network::{GrpcNetworkFactory, GrpcPeer};
 
 pub mod pb {

@@ -137,24 +137,30 @@ impl PeerClients {
             .map_err(|e| NetError::Decode { addr: addr.to_string(), reason: e.to_string() })
     }
 
-    /// Opens a placement stream to the leader at `addr` (see [`crate::placement_stream`]):
+    /// Opens a stream of `kind` to the leader at `addr` (see [`crate::leader_stream`]):
     /// `requests` are the messages it sends; the answer is the stream of messages back. No
     /// deadline: the stream lives as long as it works, and HTTP/2 keep-alive ends it when the
     /// peer stops answering.
-    pub(crate) async fn open_placement_stream(
+    pub(crate) async fn open_leader_stream(
         &self,
+        kind: crate::leader_stream::StreamKind,
         addr: &str,
         requests: impl futures::Stream<Item = Payload> + Send + 'static,
     ) -> Result<tonic::Streaming<Payload>, NetError> {
+        use crate::leader_stream::StreamKind;
         let mut client = self.client(addr)?;
-        let opened = tokio::time::timeout(CONNECT_TIMEOUT * 4, client.placement_stream(requests)).await;
-        match opened {
+        let opening = async {
+            match kind {
+                StreamKind::Placements => client.placement_stream(requests).await,
+                StreamKind::Writes => client.write_stream(requests).await,
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT * 4, opening).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(status_error(addr, &status)),
-            Err(_) => Err(NetError::Unreachable {
-                addr: addr.to_string(),
-                reason: "the placement stream did not open".into(),
-            }),
+            Err(_) => {
+                Err(NetError::Unreachable { addr: addr.to_string(), reason: "the leader stream did not open".into() })
+            }
         }
     }
 

@@ -1,18 +1,21 @@
-//! [`Forwarder`]: what a follower sends to the leader. Writes and read-index requests that
-//! wait together leave together: one gRPC call carries a batch of proposals (`ForwardWrites`),
-//! and one read-index round answers every read that was waiting before it started (see
-//! [`crate::coalescer`]). Sandbox requests go on a long-lived stream to the leader instead
-//! ([`corral_net::placement_stream`]): each leaves as soon as the stream's writer is free and
-//! its answer comes back on its own, so none waits for a batch to fill; a leader built before
-//! that stream gets them as batched `PlaceSandboxes` calls. Each request gets its own answer,
-//! and the caller ([`crate::cluster::RaftCluster`]) keeps retrying it on its own while
-//! leadership moves.
+//! [`Forwarder`]: what a follower sends to the leader. Proposals and sandbox requests go on
+//! long-lived streams to the leader ([`corral_net::leader_stream`]): each leaves as soon as
+//! the stream's writer is free and its answer comes back on its own, so none waits for a
+//! batch to fill; a leader built before those streams gets them in batched calls
+//! (`ForwardWrites`, `PlaceSandboxes`), as many as wait together in one call. Read-index
+//! requests that wait together share one round, which answers every read that was waiting
+//! before it started (see [`crate::coalescer`]). Each request gets its own answer, and the
+//! caller ([`crate::cluster::RaftCluster`]) keeps retrying it on its own while leadership
+//! moves.
 
 use std::future::Future;
 use std::time::Duration;
 
 use corral_model::{Proposal, SandboxRequest};
-use corral_net::{CommittedWrite, ForwardError, NetError, PeerClients, PlacementReply, PlacementStreams};
+use corral_net::leader_stream::StreamedCall;
+use corral_net::{
+    CommittedWrite, ForwardError, LeaderStreams, NetError, PeerClients, PlacementReply, PlacementStreams, WriteStreams,
+};
 
 use crate::coalescer::{CoalesceError, Coalescer, CoalescerConfig};
 
@@ -28,12 +31,13 @@ type Forwarded<T> = Result<Result<T, ForwardError>, NetError>;
 const FORWARD_BATCHING: CoalescerConfig =
     CoalescerConfig { queue_capacity: 16_384, max_batch: 512, max_in_flight: 4, min_batch_while_busy: 16 };
 
-/// The follower's coalesced calls to the leader; cheap to clone.
+/// The follower's calls to the leader; cheap to clone.
 #[derive(Clone)]
 pub struct Forwarder {
-    writes: Coalescer<(String, Proposal), Forwarded<CommittedWrite>>,
+    writes: WriteStreams,
     placements: PlacementStreams,
-    /// Batched unary calls, for a leader that does not serve the placement stream.
+    /// Batched unary calls, for a leader that does not serve the streams.
+    batched_writes: Coalescer<(String, Proposal), Forwarded<CommittedWrite>>,
     batched_placements: Coalescer<(String, SandboxRequest), Result<PlacementReply, NetError>>,
     read_indexes: Coalescer<(String, ()), Forwarded<u64>>,
 }
@@ -41,14 +45,16 @@ pub struct Forwarder {
 impl Forwarder {
     /// Starts the batching tasks; every call has `call_timeout` as its deadline.
     pub fn start(clients: PeerClients, call_timeout: Duration) -> Forwarder {
+        let writes = WriteStreams::new(clients.clone());
         let c = clients.clone();
-        let writes = Coalescer::start("forward_writes", FORWARD_BATCHING, move |batch: Vec<(String, Proposal)>| {
-            let clients = c.clone();
-            per_leader(batch, move |addr, proposals| {
-                let clients = clients.clone();
-                async move { clients.forward_writes(&addr, &proposals, call_timeout).await }
-            })
-        });
+        let batched_writes =
+            Coalescer::start("forward_writes", FORWARD_BATCHING, move |batch: Vec<(String, Proposal)>| {
+                let clients = c.clone();
+                per_leader(batch, move |addr, proposals| {
+                    let clients = clients.clone();
+                    async move { clients.forward_writes(&addr, &proposals, call_timeout).await }
+                })
+            });
         let placements = PlacementStreams::new(clients.clone());
         let c = clients.clone();
         let batched_placements =
@@ -67,12 +73,12 @@ impl Forwarder {
                 async move { Ok(vec![clients.read_index(&addr, call_timeout).await?; waiting.len()]) }
             })
         });
-        Forwarder { writes, placements, batched_placements, read_indexes }
+        Forwarder { writes, placements, batched_writes, batched_placements, read_indexes }
     }
 
     /// Commits `proposal` on the leader at `addr`.
     pub async fn write(&self, addr: String, proposal: Proposal, timeout: Duration) -> Forwarded<CommittedWrite> {
-        within(timeout, addr.clone(), self.writes.call((addr, proposal))).await
+        streamed_or_batched(&self.writes, &self.batched_writes, addr, proposal, timeout).await
     }
 
     /// Hands a sandbox request to the scheduler of the leader at `addr`.
@@ -82,21 +88,35 @@ impl Forwarder {
         request: SandboxRequest,
         timeout: Duration,
     ) -> Result<PlacementReply, NetError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let streamed = tokio::time::timeout_at(deadline, self.placements.place(&addr, request.clone())).await;
-        match streamed {
-            Ok(Err(NetError::Unsupported { .. })) => {
-                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                within(remaining, addr.clone(), self.batched_placements.call((addr, request))).await
-            }
-            Ok(answer) => answer,
-            Err(_) => Err(NetError::Rpc { addr, status: "deadline exceeded while waiting".into() }),
-        }
+        streamed_or_batched(&self.placements, &self.batched_placements, addr, request, timeout).await
     }
 
     /// A read index from the leader at `addr`, from a round that started after this call.
     pub async fn read_index(&self, addr: String, timeout: Duration) -> Forwarded<u64> {
         within(timeout, addr.clone(), self.read_indexes.call((addr, ()))).await
+    }
+}
+
+/// Sends `request` on the stream to the leader at `addr`, or, to a leader that does not serve
+/// the stream, in a batched call; waits at most `timeout` for the answer.
+async fn streamed_or_batched<C: StreamedCall>(
+    streams: &LeaderStreams<C>,
+    batched: &Coalescer<(String, C::Request), Forwarded<C::Answer>>,
+    addr: String,
+    request: C::Request,
+    timeout: Duration,
+) -> Forwarded<C::Answer>
+where
+    C::Request: Clone,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, streams.call(&addr, request.clone())).await {
+        Ok(Err(NetError::Unsupported { .. })) => {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            within(remaining, addr.clone(), batched.call((addr, request))).await
+        }
+        Ok(answer) => answer,
+        Err(_) => Err(NetError::Rpc { addr, status: "deadline exceeded while waiting".into() }),
     }
 }
 

@@ -55,6 +55,10 @@ impl LeaderService for PeerService {
         Ok(self.scheduler.place(request).await?)
     }
 
+    async fn write_one(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError> {
+        Ok(self.leader.write(proposal).await?)
+    }
+
     async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply {
         let voter = crate::election::Voter {
             node_id: self.node_id,

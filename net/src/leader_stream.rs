@@ -1,34 +1,40 @@
-//! [`PlacementStreams`]: a follower's sandbox requests to the leader's scheduler over one
-//! long-lived gRPC stream per leader address (`PlacementStream` in `proto/raft.proto`).
+//! [`LeaderStreams`]: a follower's requests to the leader over one long-lived gRPC stream per
+//! leader address and kind: sandbox requests to its scheduler ([`PlacementStreams`],
+//! `PlacementStream` in `proto/raft.proto`) and proposals to its write path ([`WriteStreams`],
+//! `WriteStream`).
 //!
 //! Why a stream and not batched unary calls: a unary call costs a new HTTP/2 stream, headers
 //! and trailers each way and a pass through the service stack, so the follower had to gather
 //! requests into few calls, and a request waited for its batch to fill beside the calls in
-//! flight (measured: 1.3 ms of a follower's 6.6 ms at 64 connections). On a stream a message
-//! costs one DATA frame: a request leaves as soon as the writer is free, together with
-//! whatever queued while it was busy, and each answer comes back as soon as the scheduler
-//! gives it, matched to its request by an id, not when the slowest request of its batch is
-//! done.
+//! flight (measured: 1.3 ms of a follower's 6.6 ms for sandbox creations at 64 connections).
+//! On a stream a message costs one DATA frame: a request leaves as soon as the writer is free,
+//! together with whatever queued while it was busy, and each answer comes back as soon as the
+//! leader has it, matched to its request by an id, not when the slowest request of its batch
+//! is done. The leader still coalesces: placements into the scheduler's batches, proposals into
+//! shared Raft entries.
 //!
-//! One stream per address, opened on the first request and kept while it works. When it
-//! fails (the leader died, the connection dropped, HTTP/2 keep-alive gave up on a paused
-//! peer), every request waiting on it gets the error, which the caller retries (requests
-//! carry idempotency keys), and the next request opens a new one. A leader built before
-//! this stream answers `Unimplemented`: requests then get [`NetError::Unsupported`] and the
-//! caller falls back to the unary `PlaceSandboxes`.
+//! One stream per address and kind, opened on the first request and kept while it works. When
+//! it fails (the leader died, the connection dropped, HTTP/2 keep-alive gave up on a paused
+//! peer), every request waiting on it gets the error, which the caller retries (requests carry
+//! idempotency keys), and the next request opens a new one. A leader built before these
+//! streams answers `Unimplemented`: requests then get [`NetError::Unsupported`] and the caller
+//! falls back to the batched unary calls (`PlaceSandboxes`, `ForwardWrites`).
 //!
 //! Bounded everywhere: the queue per stream ([`QUEUE_CAPACITY`]; full is `Overloaded`), the
 //! messages handed to HTTP/2 ([`MESSAGES_IN_FLIGHT`]), the requests per message
-//! ([`MAX_BATCH`]). Requests waiting on the leader are bounded by the leader's scheduler
-//! queue, which answers `Overloaded` when full.
+//! ([`MAX_BATCH`]). Requests waiting on the leader are bounded by the leader's queues, which
+//! answer `Overloaded` when full.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-use corral_model::{codec, SandboxRequest};
+use corral_model::{codec, Proposal, Rejection, Sandbox, SandboxRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::leader_ops::{ForwardError, PlacementReply};
+use crate::leader_ops::{CommittedWrite, ForwardError};
 use crate::pb::Payload;
 use crate::{NetError, PeerClients};
 
@@ -39,27 +45,87 @@ pub const MAX_BATCH: usize = 512;
 /// Messages handed to HTTP/2 and not yet sent.
 pub const MESSAGES_IN_FLIGHT: usize = 16;
 
+/// Which of the leader's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Sandbox requests to the scheduler.
+    Placements,
+    /// Proposals to the write path.
+    Writes,
+}
+
+impl StreamKind {
+    /// The label of its metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamKind::Placements => "placements",
+            StreamKind::Writes => "writes",
+        }
+    }
+}
+
+/// What one kind of stream carries: a request type, and what the leader answers to it
+/// (`Result<Self::Answer, ForwardError>`).
+pub trait StreamedCall: Send + Sync + 'static {
+    type Request: Serialize + DeserializeOwned + Send + 'static;
+    type Answer: Serialize + DeserializeOwned + Send + 'static;
+    const KIND: StreamKind;
+}
+
+/// Sandbox requests to the leader's scheduler.
+pub struct Placements;
+
+impl StreamedCall for Placements {
+    type Request = SandboxRequest;
+    type Answer = Result<Sandbox, Rejection>;
+    const KIND: StreamKind = StreamKind::Placements;
+}
+
+/// Proposals to the leader's write path.
+pub struct Writes;
+
+impl StreamedCall for Writes {
+    type Request = Proposal;
+    type Answer = CommittedWrite;
+    const KIND: StreamKind = StreamKind::Writes;
+}
+
+/// The leader's answer to one request.
+pub type Reply<C> = Result<<C as StreamedCall>::Answer, ForwardError>;
 /// A request as it travels on the stream: an id the answer carries back, and the request.
-pub type StreamedRequest = (u64, SandboxRequest);
+pub type StreamedRequest<C> = (u64, <C as StreamedCall>::Request);
 /// An answer as it travels on the stream.
-pub type StreamedReply = (u64, PlacementReply);
+pub type StreamedReply<C> = (u64, Reply<C>);
+
+/// A follower's sandbox-request streams.
+pub type PlacementStreams = LeaderStreams<Placements>;
+/// A follower's proposal streams.
+pub type WriteStreams = LeaderStreams<Writes>;
+
+/// Where a request's answer goes.
+type AnswerTo<C> = oneshot::Sender<Result<Reply<C>, NetError>>;
 
 /// What a request waiting in the queue carries: itself, and where its answer goes.
-struct Queued {
-    request: SandboxRequest,
-    answer: oneshot::Sender<Result<PlacementReply, NetError>>,
+struct Queued<C: StreamedCall> {
+    request: C::Request,
+    answer: AnswerTo<C>,
 }
 
 /// The requests sent on one stream and not answered yet.
-#[derive(Default)]
-struct Waiting {
+struct Waiting<C: StreamedCall> {
     next_id: u64,
-    answers: HashMap<u64, oneshot::Sender<Result<PlacementReply, NetError>>>,
+    answers: HashMap<u64, AnswerTo<C>>,
     /// Set once the stream has failed: what every later request is answered.
     failed: Option<NetError>,
 }
 
-impl Waiting {
+impl<C: StreamedCall> Default for Waiting<C> {
+    fn default() -> Self {
+        Waiting { next_id: 0, answers: HashMap::new(), failed: None }
+    }
+}
+
+impl<C: StreamedCall> Waiting<C> {
     fn fail(&mut self, error: NetError) {
         for (_, answer) in self.answers.drain() {
             let _ = answer.send(Err(error.clone()));
@@ -68,21 +134,27 @@ impl Waiting {
     }
 }
 
-/// The follower's placement streams, one per leader address; cheap to clone.
-#[derive(Clone)]
-pub struct PlacementStreams {
+/// A follower's streams of one kind, one per leader address; cheap to clone.
+pub struct LeaderStreams<C: StreamedCall> {
     clients: PeerClients,
-    queues: Arc<Mutex<HashMap<String, mpsc::Sender<Queued>>>>,
+    queues: Arc<Mutex<HashMap<String, mpsc::Sender<Queued<C>>>>>,
+    kind: PhantomData<C>,
 }
 
-impl PlacementStreams {
+impl<C: StreamedCall> Clone for LeaderStreams<C> {
+    fn clone(&self) -> Self {
+        LeaderStreams { clients: self.clients.clone(), queues: self.queues.clone(), kind: PhantomData }
+    }
+}
+
+impl<C: StreamedCall> LeaderStreams<C> {
     pub fn new(clients: PeerClients) -> Self {
-        PlacementStreams { clients, queues: Arc::default() }
+        LeaderStreams { clients, queues: Arc::default(), kind: PhantomData }
     }
 
-    /// Hands `request` to the scheduler of the leader at `addr` and waits for its answer (the
-    /// caller bounds the wait). Must run on a tokio runtime: it may start the stream's tasks.
-    pub async fn place(&self, addr: &str, request: SandboxRequest) -> Result<PlacementReply, NetError> {
+    /// Hands `request` to the leader at `addr` and waits for its answer (the caller bounds
+    /// the wait). Must run on a tokio runtime: it may start the stream's tasks.
+    pub async fn call(&self, addr: &str, request: C::Request) -> Result<Reply<C>, NetError> {
         let (answer, answered) = oneshot::channel();
         let mut queued = Queued { request, answer };
         // A queue found closed belongs to a stream that just ended: the second try opens a
@@ -92,10 +164,7 @@ impl PlacementStreams {
             match queue.try_send(queued) {
                 Ok(()) => {
                     return answered.await.unwrap_or_else(|_| {
-                        Err(NetError::Unreachable {
-                            addr: addr.to_string(),
-                            reason: "the placement stream ended".into(),
-                        })
+                        Err(NetError::Unreachable { addr: addr.to_string(), reason: "the leader stream ended".into() })
                     })
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => return Ok(Err(ForwardError::Overloaded)),
@@ -105,22 +174,22 @@ impl PlacementStreams {
                 }
             }
         }
-        Err(NetError::Unreachable { addr: addr.to_string(), reason: "the placement stream keeps closing".into() })
+        Err(NetError::Unreachable { addr: addr.to_string(), reason: "the leader stream keeps closing".into() })
     }
 
     /// The queue of the working stream to `addr`, opening one if there is none.
-    fn queue(&self, addr: &str) -> mpsc::Sender<Queued> {
+    fn queue(&self, addr: &str) -> mpsc::Sender<Queued<C>> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(queue) = queues.get(addr).filter(|q| !q.is_closed()) {
             return queue.clone();
         }
         let (queue, requests) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_stream(self.clients.clone(), addr.to_string(), requests));
+        tokio::spawn(run_stream::<C>(self.clients.clone(), addr.to_string(), requests));
         queues.insert(addr.to_string(), queue.clone());
         queue
     }
 
-    fn forget(&self, addr: &str, closed: &mpsc::Sender<Queued>) {
+    fn forget(&self, addr: &str, closed: &mpsc::Sender<Queued<C>>) {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         if queues.get(addr).is_some_and(|q| q.same_channel(closed)) {
             queues.remove(addr);
@@ -131,11 +200,12 @@ impl PlacementStreams {
 /// One stream's life: opens it, then writes whatever queued as one message at a time while a
 /// second task reads the answers. Ends when the stream fails; dropping `requests` then
 /// closes the queue, so the next request opens a new stream.
-async fn run_stream(clients: PeerClients, addr: String, mut requests: mpsc::Receiver<Queued>) {
+async fn run_stream<C: StreamedCall>(clients: PeerClients, addr: String, mut requests: mpsc::Receiver<Queued<C>>) {
+    let label = C::KIND.label();
     let (to_leader, outgoing) = mpsc::channel::<Payload>(MESSAGES_IN_FLIGHT);
     let outgoing = futures::stream::unfold(outgoing, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let waiting = Arc::new(Mutex::new(Waiting::default()));
-    let mut inbound = match clients.open_placement_stream(&addr, outgoing).await {
+    let waiting = Arc::new(Mutex::new(Waiting::<C>::default()));
+    let mut inbound = match clients.open_leader_stream(C::KIND, &addr, outgoing).await {
         Ok(inbound) => inbound,
         Err(error) => {
             requests.close();
@@ -145,14 +215,14 @@ async fn run_stream(clients: PeerClients, addr: String, mut requests: mpsc::Rece
             return;
         }
     };
-    metrics::counter!("corral_placement_streams_opened_total").increment(1);
+    metrics::counter!("corral_leader_streams_opened_total", "stream" => label).increment(1);
     let (reader_done, mut reader_ended) = oneshot::channel::<()>();
     let answers = waiting.clone();
     let reader_addr = addr.clone();
     tokio::spawn(async move {
         let error = loop {
             match inbound.message().await {
-                Ok(Some(message)) => match codec::decode::<Vec<StreamedReply>>(&message.body) {
+                Ok(Some(message)) => match codec::decode::<Vec<StreamedReply<C>>>(&message.body) {
                     Ok(replies) => {
                         let mut waiting = answers.lock().unwrap_or_else(|p| p.into_inner());
                         for (id, reply) in replies {
@@ -172,11 +242,11 @@ async fn run_stream(clients: PeerClients, addr: String, mut requests: mpsc::Rece
                 Err(status) => break crate::peer_clients::status_error(&reader_addr, &status),
             }
         };
-        tracing::debug!(addr = %reader_addr, %error, "placement stream ended");
+        tracing::debug!(addr = %reader_addr, stream = label, %error, "leader stream ended");
         answers.lock().unwrap_or_else(|p| p.into_inner()).fail(error);
         drop(reader_done);
     });
-    let mut batch: Vec<StreamedRequest> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<StreamedRequest<C>> = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {
             biased;
@@ -208,7 +278,8 @@ async fn run_stream(clients: PeerClients, addr: String, mut requests: mpsc::Rece
                 batch.push((id, q.request));
             }
         }
-        metrics::histogram!("corral_placement_stream_batch_size", "direction" => "requests").record(batch.len() as f64);
+        metrics::histogram!("corral_leader_stream_batch_size", "stream" => label, "direction" => "requests")
+            .record(batch.len() as f64);
         let message = codec::encode(&batch);
         let ids: Vec<u64> = batch.drain(..).map(|(id, _)| id).collect();
         let sent = match message {
@@ -225,11 +296,11 @@ async fn run_stream(clients: PeerClients, addr: String, mut requests: mpsc::Rece
             }
         };
         if !sent {
-            let error = NetError::Unreachable { addr: addr.clone(), reason: "the placement stream closed".into() };
+            let error = NetError::Unreachable { addr: addr.clone(), reason: "the leader stream closed".into() };
             waiting.lock().unwrap_or_else(|p| p.into_inner()).fail(error);
             break;
         }
     }
-    // Requests still queued see their answer channel dropped: "the placement stream ended".
+    // Requests still queued see their answer channel dropped: "the leader stream ended".
     requests.close();
 }

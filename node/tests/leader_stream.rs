@@ -1,10 +1,10 @@
-//! The follower's placement stream (`corral_net::placement_stream`) against the real gRPC
+//! The follower's streams to the leader (`corral_net::leader_stream`) against the real gRPC
 //! service over loopback: each request gets its own answer, matched by id and sent as soon as
 //! it is ready, not when the rest of its message is done; and a leader that goes away fails
 //! the requests waiting on it at once, while the next request opens a new stream. The leader
 //! behind the service is a stand-in that answers each request with its own id, so that the
-//! test can see which answer went where; the cluster tests (`sandboxes.rs`) run the real
-//! scheduler behind it.
+//! test can see which answer went where; the cluster tests (`sandboxes.rs`, `operations.rs`)
+//! run the real scheduler and write path behind it.
 
 mod common;
 
@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{free_port, one_node_raft};
-use corral_model::{Proposal, Rejection, Resources, SandboxRequest};
+use corral_model::{Command, Proposal, Rejection, Resources, SandboxRequest};
 use corral_net::{
     CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, NetError, PeerClients,
-    PlacementReply, PlacementStreams, PreVoteReply, PreVoteRequest, RaftLiveness,
+    PlacementReply, PlacementStreams, PreVoteReply, PreVoteRequest, RaftLiveness, WriteStreams,
 };
 use tokio::sync::Notify;
 
@@ -44,6 +44,10 @@ impl LeaderService for EchoLeader {
             std::future::pending::<()>().await;
         }
         Ok(Err(Rejection::NoCapacity { region_id: request.sandbox_id }))
+    }
+    async fn write_one(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError> {
+        let key = proposal.idempotency_key.unwrap_or_default();
+        Ok(CommittedWrite { log_index: 1, response: Err(Rejection::NoCapacity { region_id: key }) })
     }
     async fn pre_vote(&self, _request: PreVoteRequest) -> PreVoteReply {
         PreVoteReply { granted: false, reason: "not in this test".into() }
@@ -122,12 +126,12 @@ async fn each_request_gets_its_own_answer_as_soon_as_it_is_ready() {
     // own id, none waits behind the held one, which is answered only once released.
     let held = tokio::spawn({
         let (streams, addr) = (streams.clone(), addr.clone());
-        async move { streams.place(&addr, request("held-0")).await }
+        async move { streams.call(&addr, request("held-0")).await }
     });
     let many: Vec<_> = (0..300)
         .map(|i| {
             let (streams, addr) = (streams.clone(), addr.clone());
-            tokio::spawn(async move { (i, streams.place(&addr, request(&format!("s-{i}"))).await) })
+            tokio::spawn(async move { (i, streams.call(&addr, request(&format!("s-{i}"))).await) })
         })
         .collect();
     for task in many {
@@ -148,12 +152,12 @@ async fn a_leader_that_goes_away_fails_the_waiting_requests_and_the_next_one_ope
     let first = serve(port, release.clone()).await;
     let addr = format!("127.0.0.1:{port}");
     let streams = PlacementStreams::new(PeerClients::default());
-    assert_eq!(echoed(streams.place(&addr, request("s-first")).await), "s-first");
+    assert_eq!(echoed(streams.call(&addr, request("s-first")).await), "s-first");
 
     let waiting: Vec<_> = (0..10)
         .map(|i| {
             let (streams, addr) = (streams.clone(), addr.clone());
-            tokio::spawn(async move { streams.place(&addr, request(&format!("hang-{i}"))).await })
+            tokio::spawn(async move { streams.call(&addr, request(&format!("hang-{i}"))).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -167,7 +171,7 @@ async fn a_leader_that_goes_away_fails_the_waiting_requests_and_the_next_one_ope
     let second = serve(port, release).await;
     let mut answered = None;
     for _ in 0..100 {
-        match streams.place(&addr, request("s-again")).await {
+        match streams.call(&addr, request("s-again")).await {
             Ok(reply) => {
                 answered = Some(reply);
                 break;
@@ -178,4 +182,32 @@ async fn a_leader_that_goes_away_fails_the_waiting_requests_and_the_next_one_ope
     }
     assert_eq!(echoed(Ok(answered.expect("a new stream answers"))), "s-again");
     tokio::task::spawn_blocking(move || drop(second)).await.expect("server stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_forwarded_proposal_gets_its_own_answer() {
+    let port = free_port();
+    let server = serve(port, Arc::new(Notify::new())).await;
+    let addr = format!("127.0.0.1:{port}");
+    let streams = WriteStreams::new(PeerClients::default());
+    let writes: Vec<_> = (0..200)
+        .map(|i| {
+            let (streams, addr) = (streams.clone(), addr.clone());
+            tokio::spawn(async move {
+                let mut proposal = Proposal::new(Command::DeleteRegion { id: format!("r-{i}") }, 1);
+                proposal.idempotency_key = Some(format!("k-{i}"));
+                (i, streams.call(&addr, proposal).await)
+            })
+        })
+        .collect();
+    for task in writes {
+        let (i, reply) = tokio::time::timeout(Duration::from_secs(20), task).await.expect("answered").expect("task");
+        match reply {
+            Ok(Ok(CommittedWrite { response: Err(Rejection::NoCapacity { region_id }), .. })) => {
+                assert_eq!(region_id, format!("k-{i}"))
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    tokio::task::spawn_blocking(move || drop(server)).await.expect("server stopped");
 }
