@@ -25,7 +25,7 @@
 //! ([`MAX_BATCH`]). Requests waiting on the leader are bounded by the leader's queues, which
 //! answer `Overloaded` when full.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
@@ -111,23 +111,24 @@ struct Queued<C: StreamedCall> {
     answer: AnswerTo<C>,
 }
 
-/// The requests sent on one stream and not answered yet.
+/// The requests sent on one stream and not answered yet, by id: ordered, so that a failed
+/// stream answers them in the order they were sent (the simulation replays a seed exactly).
 struct Waiting<C: StreamedCall> {
     next_id: u64,
-    answers: HashMap<u64, AnswerTo<C>>,
+    answers: BTreeMap<u64, AnswerTo<C>>,
     /// Set once the stream has failed: what every later request is answered.
     failed: Option<NetError>,
 }
 
 impl<C: StreamedCall> Default for Waiting<C> {
     fn default() -> Self {
-        Waiting { next_id: 0, answers: HashMap::new(), failed: None }
+        Waiting { next_id: 0, answers: BTreeMap::new(), failed: None }
     }
 }
 
 impl<C: StreamedCall> Waiting<C> {
     fn fail(&mut self, error: NetError) {
-        for (_, answer) in self.answers.drain() {
+        for (_, answer) in std::mem::take(&mut self.answers) {
             let _ = answer.send(Err(error.clone()));
         }
         self.failed.get_or_insert(error);
