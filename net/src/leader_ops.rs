@@ -115,19 +115,23 @@ pub type PlacementReply = Result<Result<Sandbox, Rejection>, ForwardError>;
 /// [`ForwardError::NotLeader`] when it does not lead; `campaign` is asked of a follower.
 #[tonic::async_trait]
 pub trait LeaderService: Send + Sync + 'static {
-    /// Commits a follower's batch of proposals (coalesced with the leader's own) and answers
-    /// each on its own, in order.
-    async fn write_batch(&self, proposals: Vec<Proposal>) -> Vec<Result<CommittedWrite, ForwardError>>;
+    /// Commits one proposal from a follower (coalesced with the leader's own into shared
+    /// entries).
+    async fn write_one(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError>;
+    /// Commits a follower's batch of proposals and answers each on its own, in order: queued
+    /// one by one, back to back, so the leader's coalescer joins them into few entries.
+    async fn write_batch(&self, proposals: Vec<Proposal>) -> Vec<Result<CommittedWrite, ForwardError>> {
+        futures::future::join_all(proposals.into_iter().map(|p| self.write_one(p))).await
+    }
     /// Confirms leadership with a quorum and returns the log index a linearizable reader must
     /// have applied.
     async fn read_index(&self) -> Result<u64, ForwardError>;
-    /// Places a follower's batch of sandbox requests; answers each, in order.
-    async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply>;
-    /// Places one sandbox request that came on a follower's placement stream.
+    /// Places one sandbox request from a follower.
     async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply;
-    /// Commits one proposal that came on a follower's write stream (coalesced with the
-    /// leader's own into shared entries).
-    async fn write_one(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError>;
+    /// Places a follower's batch of sandbox requests, all at once; answers each, in order.
+    async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply> {
+        futures::future::join_all(requests.into_iter().map(|r| self.place_sandbox(r))).await
+    }
     /// Answers a pre-vote (asked of any voter).
     async fn pre_vote(&self, request: PreVoteRequest) -> PreVoteReply;
     /// Campaigns for leadership now (a leader hands off to this node before it stops).

@@ -281,14 +281,15 @@ async fn run_stream<C: StreamedCall>(clients: PeerClients, addr: String, mut req
         }
         metrics::histogram!("corral_leader_stream_batch_size", "stream" => label, "direction" => "requests")
             .record(batch.len() as f64);
-        let message = codec::encode(&batch);
-        let ids: Vec<u64> = batch.drain(..).map(|(id, _)| id).collect();
-        let sent = match message {
-            Ok(body) => to_leader.send(Payload { body }).await.is_ok(),
+        let sent = match codec::encode(&batch) {
+            Ok(body) => {
+                batch.clear();
+                to_leader.send(Payload { body }).await.is_ok()
+            }
             Err(e) => {
                 // Cannot happen for these types; answered rather than left waiting.
                 let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
-                for id in ids {
+                for (id, _) in batch.drain(..) {
                     if let Some(answer) = waiting.answers.remove(&id) {
                         let _ = answer.send(Err(NetError::Decode { addr: addr.clone(), reason: e.to_string() }));
                     }

@@ -36,19 +36,8 @@ pub struct PeerService {
 
 #[tonic::async_trait]
 impl LeaderService for PeerService {
-    async fn write_batch(&self, proposals: Vec<Proposal>) -> Vec<Result<CommittedWrite, ForwardError>> {
-        // Queued one by one, back to back: the leader's coalescer joins them into few entries.
-        let writes = proposals.into_iter().map(|p| async move { Ok(self.leader.write(p).await?) });
-        futures::future::join_all(writes).await
-    }
-
     async fn read_index(&self) -> Result<u64, ForwardError> {
         Ok(self.leader.read_index().await?)
-    }
-
-    async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply> {
-        let placements = requests.into_iter().map(|r| async move { Ok(self.scheduler.place(r).await?) });
-        futures::future::join_all(placements).await
     }
 
     async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply {

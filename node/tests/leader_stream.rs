@@ -11,8 +11,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, one_node_raft};
-use corral_model::{Command, Proposal, Rejection, Resources, SandboxRequest};
+use common::{free_port, one_node_raft, sandbox_request};
+use corral_model::{Command, Proposal, Rejection, SandboxRequest};
 use corral_net::{
     CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, NetError, PeerClients,
     PlacementReply, PlacementStreams, PreVoteReply, PreVoteRequest, RaftLiveness, WriteStreams,
@@ -27,14 +27,8 @@ struct EchoLeader {
 
 #[tonic::async_trait]
 impl LeaderService for EchoLeader {
-    async fn write_batch(&self, proposals: Vec<Proposal>) -> Vec<Result<CommittedWrite, ForwardError>> {
-        vec![Err(ForwardError::Unavailable("not in this test".into())); proposals.len()]
-    }
     async fn read_index(&self) -> Result<u64, ForwardError> {
         Err(ForwardError::Unavailable("not in this test".into()))
-    }
-    async fn place_sandboxes(&self, requests: Vec<SandboxRequest>) -> Vec<PlacementReply> {
-        vec![Err(ForwardError::Unavailable("not in this test".into())); requests.len()]
     }
     async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply {
         if request.sandbox_id.starts_with("held-") {
@@ -57,20 +51,6 @@ impl LeaderService for EchoLeader {
     }
     async fn change_membership(&self, _change: MembershipChange) -> Result<MembershipChanged, ForwardError> {
         Err(ForwardError::Unavailable("not in this test".into()))
-    }
-}
-
-fn request(sandbox_id: &str) -> SandboxRequest {
-    SandboxRequest {
-        sandbox_id: sandbox_id.into(),
-        organization_id: "org".into(),
-        target: "reg".into(),
-        region_id: "reg".into(),
-        resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1, gpu: 0 },
-        labels: Default::default(),
-        runner_tags: Default::default(),
-        idempotency_key: None,
-        credential: None,
     }
 }
 
@@ -126,12 +106,12 @@ async fn each_request_gets_its_own_answer_as_soon_as_it_is_ready() {
     // own id, none waits behind the held one, which is answered only once released.
     let held = tokio::spawn({
         let (streams, addr) = (streams.clone(), addr.clone());
-        async move { streams.call(&addr, request("held-0")).await }
+        async move { streams.call(&addr, sandbox_request("held-0")).await }
     });
     let many: Vec<_> = (0..300)
         .map(|i| {
             let (streams, addr) = (streams.clone(), addr.clone());
-            tokio::spawn(async move { (i, streams.call(&addr, request(&format!("s-{i}"))).await) })
+            tokio::spawn(async move { (i, streams.call(&addr, sandbox_request(&format!("s-{i}"))).await) })
         })
         .collect();
     for task in many {
@@ -152,12 +132,12 @@ async fn a_leader_that_goes_away_fails_the_waiting_requests_and_the_next_one_ope
     let first = serve(port, release.clone()).await;
     let addr = format!("127.0.0.1:{port}");
     let streams = PlacementStreams::new(PeerClients::default());
-    assert_eq!(echoed(streams.call(&addr, request("s-first")).await), "s-first");
+    assert_eq!(echoed(streams.call(&addr, sandbox_request("s-first")).await), "s-first");
 
     let waiting: Vec<_> = (0..10)
         .map(|i| {
             let (streams, addr) = (streams.clone(), addr.clone());
-            tokio::spawn(async move { streams.call(&addr, request(&format!("hang-{i}"))).await })
+            tokio::spawn(async move { streams.call(&addr, sandbox_request(&format!("hang-{i}"))).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -171,7 +151,7 @@ async fn a_leader_that_goes_away_fails_the_waiting_requests_and_the_next_one_ope
     let second = serve(port, release).await;
     let mut answered = None;
     for _ in 0..100 {
-        match streams.call(&addr, request("s-again")).await {
+        match streams.call(&addr, sandbox_request("s-again")).await {
             Ok(reply) => {
                 answered = Some(reply);
                 break;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use corral_model::{Command, NewRegion, NewRunner, Proposal, RegionType, Resources, RunnerState, SandboxRequest};
+use corral_model::{Command, NewRegion, NewRunner, Proposal, RegionType, Resources, RunnerState};
 use corral_node::leader::{Leader, PROPOSAL_BATCHING};
 use corral_node::scheduler::{commit_and_retry, plan, IndexCache, Pending};
 use corral_raft_types::{Raft, SharedState};
@@ -43,17 +43,7 @@ async fn placement_racing_an_unschedulable_runner_is_retried_elsewhere() {
     let mut answers = Vec::new();
     let pendings: Vec<Pending> = (0..2)
         .map(|i| {
-            let (pending, answer) = Pending::new(SandboxRequest {
-                sandbox_id: format!("s{i}"),
-                organization_id: "org".into(),
-                target: "reg".into(),
-                region_id: "reg".into(),
-                resources: Resources { cpu: 1, memory_gib: 1, disk_gib: 1, gpu: 0 },
-                labels: Default::default(),
-                runner_tags: Default::default(),
-                idempotency_key: None,
-                credential: None,
-            });
+            let (pending, answer) = Pending::new(common::sandbox_request(&format!("s{i}")));
             answers.push(answer);
             pending
         })

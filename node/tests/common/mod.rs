@@ -559,6 +559,22 @@ impl Drop for Agent {
     }
 }
 
+/// A request for a 1-CPU, 1-GiB sandbox in region `reg` of organization `org`, with no labels,
+/// tags, idempotency key or credential.
+pub fn sandbox_request(sandbox_id: &str) -> corral_model::SandboxRequest {
+    corral_model::SandboxRequest {
+        sandbox_id: sandbox_id.into(),
+        organization_id: "org".into(),
+        target: "reg".into(),
+        region_id: "reg".into(),
+        resources: corral_model::Resources { cpu: 1, memory_gib: 1, disk_gib: 1, gpu: 0 },
+        labels: Default::default(),
+        runner_tags: Default::default(),
+        idempotency_key: None,
+        credential: None,
+    }
+}
+
 /// A one-node Raft on RocksDB in `dir`, in this process, elected and ready: for tests that
 /// stage the leader's work exactly (batching, placement races).
 pub async fn one_node_raft(dir: &Path, fsync: bool) -> (corral_raft_types::Raft, corral_raft_types::SharedState) {
