@@ -6,8 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// From the runner's `CARGO_MANIFEST_DIR` (cargo and nextest set it when they run a test), so
+/// that a test binary reused from a checkout at another path (the same target directory shared
+/// by two clones) reads this checkout; the compile-time value otherwise.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("model/ sits in the workspace root").to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().expect("model/ sits in the workspace root").to_path_buf()
 }
 
 /// One row of the table: what a crate may depend on among Corral's crates, and the packages

@@ -11,7 +11,7 @@
 //! waiting before it started.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +85,9 @@ pub struct Leader {
     batches_in_flight: Arc<AtomicUsize>,
     proposals: Coalescer<Proposal, Result<CommittedWrite, LeaderError>>,
     read_indexes: Coalescer<(), Result<u64, LeaderError>>,
+    /// The last term in which this node, leading, had applied every entry committed before
+    /// the term began ([`Leader::wait_caught_up`]); 0: none yet.
+    caught_up_term: Arc<AtomicU64>,
 }
 
 impl Leader {
@@ -131,7 +134,31 @@ impl Leader {
             batches_in_flight,
             proposals,
             read_indexes,
+            caught_up_term: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Returns once this leader's state holds every entry committed before its term began,
+    /// which a new leader's may not: a follower learns of a commit only with the leader's next
+    /// AppendEntries (later still when the leader holds the index back, see
+    /// `corral_raft_types::COMMIT_NOTICE_DELAY_US`), so it can take over with committed
+    /// entries unapplied, and learns they are committed only once its own first entry commits.
+    /// Decisions taken outside `apply` on the state (the scheduler's plan, which answers
+    /// `no_capacity` or over-quota on it) wait for this; `apply` itself needs no wait. Costs one
+    /// read-index round per term, then nothing.
+    pub async fn wait_caught_up(&self) -> Result<(), LeaderError> {
+        let term = self.raft.metrics().borrow().current_term;
+        if self.caught_up_term.load(Ordering::SeqCst) == term {
+            return Ok(());
+        }
+        let index = self.read_index().await?;
+        self.raft
+            .wait(Some(CATCH_UP_TIMEOUT))
+            .applied_index_at_least(Some(index), "a new leader applies what earlier leaders committed")
+            .await
+            .map_err(|e| LeaderError::Unavailable(format!("this leader has not caught up: {e}")))?;
+        self.caught_up_term.store(term, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Fences this leader (it answers `NotLeader` with no leader known, so callers retry) or
@@ -280,6 +307,9 @@ impl Drop for InFlight {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// How long [`Leader::wait_caught_up`] waits for this node to apply up to its read index.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Commits a batch of proposals as one entry; one answer per proposal, in order.
 async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) -> Vec<Result<CommittedWrite, LeaderError>> {

@@ -1,10 +1,14 @@
 //! The leader's batched scheduler.
 //!
 //! Sandbox requests (local, or forwarded by followers over gRPC) wait in a bounded queue. One
-//! loop drains a batch — up to `max_batch` requests, or whatever arrives within `max_wait`
-//! of the first — places each with the placement core over the current state, and proposes
-//! ONE `PlaceSandboxes` Raft entry for the whole batch. Each caller gets its own sandbox (or
-//! rejection) once the entry is applied. `apply` re-checks every placement, so a decision made
+//! loop takes a batch — whatever waits, up to `max_batch` requests — places each with the
+//! placement core over the current state, and proposes ONE `PlaceSandboxes` Raft entry for
+//! the whole batch. Each caller gets its own sandbox (or rejection) once the entry is applied.
+//! There is no gathering timer: requests pile up while an entry is in flight, so the batch
+//! size follows the load, and the next entry leaves as soon as the last is applied, in time to
+//! carry the commit index that the leader holds back for it (`COMMIT_NOTICE_DELAY_US` in
+//! corral-raft-types; with a 1-ms gathering wait, half the entries missed it and waited for a
+//! commit-only AppendEntries round trip). `apply` re-checks every placement, so a decision made
 //! on a stale view is rejected, never overcommitted.
 //!
 //! Only the leader places: on a node that is not leader every request is answered
@@ -36,8 +40,6 @@ pub struct SchedulerConfig {
     pub queue_capacity: usize,
     /// Most requests in one Raft entry.
     pub max_batch: usize,
-    /// How long a batch waits for more requests after its first.
-    pub max_wait: Duration,
     /// Seed of the generator that picks among the best runners (`None`: from the OS). The
     /// seed in use is logged at start, so a run's choices can be replayed.
     pub seed: Option<u64>,
@@ -45,7 +47,7 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { queue_capacity: 16_384, max_batch: 1_024, max_wait: Duration::from_millis(1), seed: None }
+        SchedulerConfig { queue_capacity: 16_384, max_batch: 1_024, seed: None }
     }
 }
 
@@ -107,16 +109,9 @@ async fn run(
     let mut batch: Vec<Pending> = Vec::with_capacity(config.max_batch);
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        let deadline = Instant::now() + config.max_wait;
         while batch.len() < config.max_batch {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => batch.push(p),
-                    _ => break,
-                },
-            }
+            let Ok(next) = rx.try_recv() else { break };
+            batch.push(next);
         }
         metrics::gauge!("corral_scheduler_queue_depth").set(rx.len() as f64);
         metrics::histogram!("corral_scheduler_batch_size").record(batch.len() as f64);
@@ -191,6 +186,14 @@ async fn schedule_batch(
     cache: &mut IndexCache,
 ) {
     if let Some(e) = leader.not_leader() {
+        for p in batch.drain(..) {
+            let _ = p.reply.send(Err(e.clone()));
+        }
+        return;
+    }
+    // A new leader may hold committed entries it has not applied yet (a sandbox deleted just
+    // before the old leader died): planning on that state would answer `no_capacity` wrongly.
+    if let Err(e) = leader.wait_caught_up().await {
         for p in batch.drain(..) {
             let _ = p.reply.send(Err(e.clone()));
         }

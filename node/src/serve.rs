@@ -43,6 +43,7 @@ fn raft_config(config: &NodeConfig, timing: &Timing) -> anyhow::Result<openraft:
     let raft = openraft::Config {
         cluster_name: "corral".into(),
         heartbeat_interval: config.heartbeat_ms,
+        commit_notice_delay_us: corral_raft_types::commit_notice_delay_us(config.heartbeat_ms),
         // openraft's own election timer is off (the election driver campaigns after a
         // pre-vote); `election_timeout_max` is the short vote lease every voter still enforces.
         election_timeout_min,

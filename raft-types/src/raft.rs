@@ -14,6 +14,25 @@ use corral_model::{ApplyResult, Proposal};
 
 pub type NodeId = u64;
 
+/// How long a leader holds a new commit index that no entry is going out to carry before it
+/// sends the index to a follower alone (openraft's `commit_notice_delay_us`, a patch in
+/// `vendor/openraft`; upstream sends it at once).
+///
+/// openraft 0.9 keeps one AppendEntries in flight per follower. The scheduler and the
+/// proposal coalescer propose their next entry as soon as the last one is applied, which is
+/// just after its commit, when upstream has already sent the commit-only AppendEntries: the
+/// new entry then waits for that round trip before its own, two round trips per entry. Held
+/// this long, the commit index rides with the next entry instead. Only followers see a commit
+/// later, by at most this much when no write follows (their apply, so a read they serve,
+/// waits as long); the leader's commit and every answer it gives do not.
+pub const COMMIT_NOTICE_DELAY_US: u64 = 2_000;
+
+/// [`COMMIT_NOTICE_DELAY_US`], or half the heartbeat interval when that is shorter (openraft
+/// refuses a delay that is not below the interval: heartbeats would carry every commit).
+pub fn commit_notice_delay_us(heartbeat_ms: u64) -> u64 {
+    COMMIT_NOTICE_DELAY_US.min(heartbeat_ms.saturating_mul(1_000) / 2)
+}
+
 /// A cluster member's addresses, as stored in Raft membership.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct CorralNode {

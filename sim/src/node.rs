@@ -42,6 +42,7 @@ fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
     let config = openraft::Config {
         cluster_name: "corral-sim".into(),
         heartbeat_interval: timing.heartbeat.as_millis() as u64,
+        commit_notice_delay_us: corral_raft_types::commit_notice_delay_us(timing.heartbeat.as_millis() as u64),
         election_timeout_min,
         election_timeout_max,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(300),
