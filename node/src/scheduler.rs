@@ -185,15 +185,13 @@ async fn schedule_batch(
     rng: &mut rand::rngs::StdRng,
     cache: &mut IndexCache,
 ) {
-    if let Some(e) = leader.not_leader() {
-        for p in batch.drain(..) {
-            let _ = p.reply.send(Err(e.clone()));
-        }
-        return;
-    }
     // A new leader may hold committed entries it has not applied yet (a sandbox deleted just
     // before the old leader died): planning on that state would answer `no_capacity` wrongly.
-    if let Err(e) = leader.wait_caught_up().await {
+    let ready = match leader.not_leader() {
+        Some(e) => Err(e),
+        None => leader.wait_caught_up().await,
+    };
+    if let Err(e) = ready {
         for p in batch.drain(..) {
             let _ = p.reply.send(Err(e.clone()));
         }

@@ -14,12 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::free_ports;
+use common::{free_ports, EchoLeader};
 use corral_model::{Command, Proposal};
-use corral_net::{
-    CommittedWrite, ForwardError, GrpcNetworkFactory, GrpcPeer, LeaderService, MembershipChange, MembershipChanged,
-    PlacementReply, PreVoteReply, PreVoteRequest, RaftLiveness,
-};
+use corral_net::{GrpcNetworkFactory, GrpcPeer, RaftLiveness};
 use corral_raft_types::{CorralNode, NodeId, ProposalBatch, Raft, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -88,31 +85,6 @@ impl RaftNetwork<TypeConfig> for CountingPeer {
     }
 }
 
-/// The leader operations the gRPC service also carries; not used here.
-struct NoLeaderOps;
-
-#[tonic::async_trait]
-impl LeaderService for NoLeaderOps {
-    async fn read_index(&self) -> Result<u64, ForwardError> {
-        Err(ForwardError::Unavailable("not in this test".into()))
-    }
-    async fn place_sandbox(&self, _request: corral_model::SandboxRequest) -> PlacementReply {
-        Err(ForwardError::Unavailable("not in this test".into()))
-    }
-    async fn write_one(&self, _proposal: Proposal) -> Result<CommittedWrite, ForwardError> {
-        Err(ForwardError::Unavailable("not in this test".into()))
-    }
-    async fn pre_vote(&self, _request: PreVoteRequest) -> PreVoteReply {
-        PreVoteReply { granted: false, reason: "not in this test".into() }
-    }
-    async fn campaign(&self) -> Result<(), ForwardError> {
-        Err(ForwardError::Unavailable("not in this test".into()))
-    }
-    async fn change_membership(&self, _change: MembershipChange) -> Result<MembershipChanged, ForwardError> {
-        Err(ForwardError::Unavailable("not in this test".into()))
-    }
-}
-
 struct Member {
     raft: Raft,
     sent: Arc<Sent>,
@@ -137,7 +109,9 @@ async fn start_member(id: NodeId, port: u16) -> Member {
     let sent = Arc::new(Sent::default());
     let network = CountingFactory { inner: GrpcNetworkFactory::default(), sent: sent.clone() };
     let raft = Raft::new(id, Arc::new(config), network, log, sm).await.expect("raft");
-    let service = corral_net::unguarded_raft_transport(raft.clone(), Arc::new(NoLeaderOps), RaftLiveness::default());
+    // The service's leader operations (forwarding, placements) are not called here.
+    let leader_ops = Arc::new(EchoLeader { release: Arc::new(tokio::sync::Notify::new()) });
+    let service = corral_net::unguarded_raft_transport(raft.clone(), leader_ops, RaftLiveness::default());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder().add_service(service).serve(addr).await;

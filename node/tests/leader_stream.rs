@@ -11,48 +11,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, one_node_raft, sandbox_request};
-use corral_model::{Command, Proposal, Rejection, SandboxRequest};
-use corral_net::{
-    CommittedWrite, ForwardError, LeaderService, MembershipChange, MembershipChanged, NetError, PeerClients,
-    PlacementReply, PlacementStreams, PreVoteReply, PreVoteRequest, RaftLiveness, WriteStreams,
-};
+use common::{free_port, one_node_raft, sandbox_request, EchoLeader};
+use corral_model::{Command, Proposal, Rejection};
+use corral_net::{CommittedWrite, NetError, PeerClients, PlacementReply, PlacementStreams, RaftLiveness, WriteStreams};
 use tokio::sync::Notify;
-
-/// Answers a placement with its own sandbox id (as a `NoCapacity` region), after `release`
-/// for ids starting `held-`, never for ids starting `hang-`.
-struct EchoLeader {
-    release: Arc<Notify>,
-}
-
-#[tonic::async_trait]
-impl LeaderService for EchoLeader {
-    async fn read_index(&self) -> Result<u64, ForwardError> {
-        Err(ForwardError::Unavailable("not in this test".into()))
-    }
-    async fn place_sandbox(&self, request: SandboxRequest) -> PlacementReply {
-        if request.sandbox_id.starts_with("held-") {
-            self.release.notified().await;
-        }
-        if request.sandbox_id.starts_with("hang-") {
-            std::future::pending::<()>().await;
-        }
-        Ok(Err(Rejection::NoCapacity { region_id: request.sandbox_id }))
-    }
-    async fn write_one(&self, proposal: Proposal) -> Result<CommittedWrite, ForwardError> {
-        let key = proposal.idempotency_key.unwrap_or_default();
-        Ok(CommittedWrite { log_index: 1, response: Err(Rejection::NoCapacity { region_id: key }) })
-    }
-    async fn pre_vote(&self, _request: PreVoteRequest) -> PreVoteReply {
-        PreVoteReply { granted: false, reason: "not in this test".into() }
-    }
-    async fn campaign(&self) -> Result<(), ForwardError> {
-        Err(ForwardError::Unavailable("not in this test".into()))
-    }
-    async fn change_membership(&self, _change: MembershipChange) -> Result<MembershipChanged, ForwardError> {
-        Err(ForwardError::Unavailable("not in this test".into()))
-    }
-}
 
 /// The id an [`EchoLeader`] answer carries.
 fn echoed(reply: Result<PlacementReply, NetError>) -> String {

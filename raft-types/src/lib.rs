@@ -23,6 +23,6 @@ pub mod raft;
 pub mod runtime;
 pub mod shared;
 
-pub use raft::{ApplyResponse, CorralNode, NodeId, ProposalBatch, Raft, TypeConfig};
 pub use raft::{commit_notice_delay_us, COMMIT_NOTICE_DELAY_US};
+pub use raft::{ApplyResponse, CorralNode, NodeId, ProposalBatch, Raft, TypeConfig};
 pub use shared::{MachineData, SharedState};

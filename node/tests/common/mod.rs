@@ -575,6 +575,53 @@ pub fn sandbox_request(sandbox_id: &str) -> corral_model::SandboxRequest {
     }
 }
 
+/// A stand-in for the leader operations a node's gRPC service carries
+/// (`corral_net::LeaderService`), for tests that serve the real transport without a real
+/// leader behind it. It answers a placement with its own sandbox id (as a `NoCapacity`
+/// region), after `release` for ids starting `held-`, never for ids starting `hang-`; a write
+/// with its idempotency key the same way; everything else `Unavailable`.
+pub struct EchoLeader {
+    pub release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[tonic::async_trait]
+impl corral_net::LeaderService for EchoLeader {
+    async fn read_index(&self) -> Result<u64, corral_net::ForwardError> {
+        Err(corral_net::ForwardError::Unavailable("not in this test".into()))
+    }
+    async fn place_sandbox(&self, request: corral_model::SandboxRequest) -> corral_net::PlacementReply {
+        if request.sandbox_id.starts_with("held-") {
+            self.release.notified().await;
+        }
+        if request.sandbox_id.starts_with("hang-") {
+            std::future::pending::<()>().await;
+        }
+        Ok(Err(corral_model::Rejection::NoCapacity { region_id: request.sandbox_id }))
+    }
+    async fn write_one(
+        &self,
+        proposal: corral_model::Proposal,
+    ) -> Result<corral_net::CommittedWrite, corral_net::ForwardError> {
+        let key = proposal.idempotency_key.unwrap_or_default();
+        Ok(corral_net::CommittedWrite {
+            log_index: 1,
+            response: Err(corral_model::Rejection::NoCapacity { region_id: key }),
+        })
+    }
+    async fn pre_vote(&self, _request: corral_net::PreVoteRequest) -> corral_net::PreVoteReply {
+        corral_net::PreVoteReply { granted: false, reason: "not in this test".into() }
+    }
+    async fn campaign(&self) -> Result<(), corral_net::ForwardError> {
+        Err(corral_net::ForwardError::Unavailable("not in this test".into()))
+    }
+    async fn change_membership(
+        &self,
+        _change: corral_net::MembershipChange,
+    ) -> Result<corral_net::MembershipChanged, corral_net::ForwardError> {
+        Err(corral_net::ForwardError::Unavailable("not in this test".into()))
+    }
+}
+
 /// A one-node Raft on RocksDB in `dir`, in this process, elected and ready: for tests that
 /// stage the leader's work exactly (batching, placement races).
 pub async fn one_node_raft(dir: &Path, fsync: bool) -> (corral_raft_types::Raft, corral_raft_types::SharedState) {
