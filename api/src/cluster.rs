@@ -2,7 +2,7 @@
 //! openraft or gRPC; it proposes, waits for a read barrier, and reads the shared state.
 
 use corral_model::health::SharedHealth;
-use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_model::{ApplyResult, Proposal, Rejection, SandboxRequest, SharedSandbox};
 use corral_raft_types::SharedState;
 use serde::{Deserialize, Serialize};
 
@@ -110,7 +110,7 @@ pub trait ClusterHandle: Send + Sync + 'static {
 
     /// Hands a sandbox request to the leader's scheduler and returns the placed sandbox (or
     /// why it could not be placed) once the placement is applied.
-    async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError>;
+    async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<SharedSandbox, Rejection>, ClusterError>;
 
     /// Returns once the local state may be read with the given consistency.
     async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), ClusterError>;

@@ -203,7 +203,7 @@ pub async fn create_sandbox(
         credential: caller.credential.clone(),
     };
     let sandbox = app.cluster.create_sandbox(request).await??;
-    Ok((StatusCode::CREATED, Json(SandboxView::from(&sandbox))))
+    Ok((StatusCode::CREATED, Json(SandboxView::from(&*sandbox))))
 }
 
 /// List the organization's sandboxes.
@@ -226,7 +226,7 @@ pub async fn list_sandboxes(
                 .filter(|s| params.state.is_none_or(|st| s.state == st))
                 .filter(|s| params.region_id.as_ref().is_none_or(|r| &s.region_id == r))
                 .filter(|s| params.runner_id.as_ref().is_none_or(|r| &s.runner_id == r))
-                .map(SandboxView::from)
+                .map(|s| SandboxView::from(&**s))
                 .collect()
         })
         .await?;
@@ -247,7 +247,7 @@ pub async fn get_sandbox(
 ) -> Result<Json<SandboxView>, ApiError> {
     let org = caller.organization_id.as_str();
     app.read_as(&caller, params.consistency, |state, _| {
-        state.sandboxes.get(&sandbox_id).filter(|s| s.organization_id == org).map(SandboxView::from)
+        state.sandboxes.get(&sandbox_id).filter(|s| s.organization_id == org).map(|s| SandboxView::from(&**s))
     })
     .await?
     .map(Json)
@@ -257,7 +257,7 @@ pub async fn get_sandbox(
 async fn set_state(app: &AppState, caller: &Caller, id: String, state: SandboxState) -> Result<SandboxView, ApiError> {
     let command = Command::SetSandboxState { id, state };
     match app.submit(command, caller.scope(), &Idempotency::none(), &caller.organization_id, None).await? {
-        Outcome::Sandbox(s) => Ok(SandboxView::from(&s)),
+        Outcome::Sandbox(s) => Ok(SandboxView::from(&*s)),
         other => Err(ApiError::unexpected(&other)),
     }
 }

@@ -60,5 +60,5 @@ pub use quota::{Quota, QuotaUsage};
 pub use state::{IdempotencyRecord, LocalEpoch, State, IDEMPOTENCY_RECORDS_MAX, IDEMPOTENCY_TTL_MS};
 pub use types::{
     ApiKeyRecord, CapacitySource, Millis, ObjectKind, Organization, Region, RegionType, Resources, Runner, RunnerState,
-    Sandbox, SandboxState,
+    Sandbox, SandboxState, SharedSandbox,
 };

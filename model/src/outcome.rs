@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::access::Role;
-use crate::types::{ApiKeyRecord, ObjectKind, Organization, Region, Runner, RunnerState, Sandbox};
+use crate::types::{ApiKeyRecord, ObjectKind, Organization, Region, Runner, RunnerState, SharedSandbox};
 
 /// Why `apply` refused a command. A rejected command changes nothing.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -62,8 +62,8 @@ pub enum Outcome {
     ApiKey(ApiKeyRecord),
     Region(Region),
     Runner(Runner),
-    Sandbox(Sandbox),
-    Placed(Vec<Result<Sandbox, Rejection>>),
+    Sandbox(SharedSandbox),
+    Placed(Vec<Result<SharedSandbox, Rejection>>),
     /// Ids of the runners a [`Command::RecordRunnerHealth`] moved.
     RunnersChanged(Vec<String>),
     Deleted {

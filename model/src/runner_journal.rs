@@ -105,10 +105,14 @@ impl RunnerJournals {
     pub fn record(&mut self, runner_id: &str, sandbox_id: &str, destroyed: bool) {
         let complete_after = self.complete_after;
         let position = self.next_position();
-        self.by_runner
-            .entry(runner_id.to_string())
-            .or_insert_with(|| RunnerJournal::new(complete_after))
-            .record(position, sandbox_id, destroyed);
+        // Looked up before inserting, as the runner index in `apply` is: no copy of the
+        // runner's id per change once its journal exists.
+        if !self.by_runner.contains_key(runner_id) {
+            self.by_runner.insert(runner_id.to_string(), RunnerJournal::new(complete_after));
+        }
+        if let Some(journal) = self.by_runner.get_mut(runner_id) {
+            journal.record(position, sandbox_id, destroyed);
+        }
     }
 
     fn next_position(&mut self) -> u64 {

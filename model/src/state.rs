@@ -12,7 +12,7 @@ use crate::placement::fits;
 use crate::quota::{counts_against_quota, QuotaUsage};
 use crate::runner_journal::RunnerJournals;
 use crate::types::{
-    ApiKeyRecord, CapacitySource, Millis, Organization, Region, Resources, Runner, Sandbox, SandboxState,
+    ApiKeyRecord, CapacitySource, Millis, Organization, Region, Resources, Runner, SandboxState, SharedSandbox,
 };
 
 /// How many idempotency records are kept; the oldest are dropped first. Bounded so that a
@@ -59,7 +59,7 @@ pub struct State {
     pub api_keys: ReplicatedMap<ApiKeyRecord>,
     pub regions: ReplicatedMap<Region>,
     pub runners: ReplicatedMap<Runner>,
-    pub sandboxes: ReplicatedMap<Sandbox>,
+    pub sandboxes: ReplicatedMap<SharedSandbox>,
     pub idempotency: ReplicatedMap<IdempotencyRecord>,
     /// The newest proposal time seen; drives idempotency expiry deterministically.
     pub clock: Millis,
@@ -270,7 +270,7 @@ pub struct ReplicatedView {
     api_keys: ReplicatedMap<ApiKeyRecord>,
     regions: ReplicatedMap<Region>,
     runners: ReplicatedMap<Runner>,
-    sandboxes: ReplicatedMap<Sandbox>,
+    sandboxes: ReplicatedMap<SharedSandbox>,
     idempotency: ReplicatedMap<IdempotencyRecord>,
     clock: Millis,
 }

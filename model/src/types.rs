@@ -1,6 +1,7 @@
 //! The replicated domain's objects: regions, runners, sandboxes, organizations and their keys.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -252,6 +253,13 @@ impl SandboxState {
         }
     }
 }
+
+/// A sandbox as the state holds it and `apply` answers it: behind an `Arc`, so that the answer
+/// to a placement shares the state's copy instead of cloning its five strings and two maps on
+/// every replica, and a leaf of the sandbox map holds 16 pointers instead of 16 sandboxes
+/// (4.5 KB, half of it empty when ids arrive in order, and copied whole on every split).
+/// Encoded exactly as a [`Sandbox`] (serde's `rc`). Change one with [`Arc::make_mut`].
+pub type SharedSandbox = Arc<Sandbox>;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Sandbox {

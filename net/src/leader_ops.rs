@@ -2,7 +2,7 @@
 //! the [`LeaderService`] trait the gRPC server calls. The node implements the trait (its
 //! leader handle and scheduler); this crate only carries the calls.
 
-use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_model::{ApplyResult, Proposal, Rejection, SandboxRequest, SharedSandbox};
 use corral_raft_types::{CorralNode, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +108,7 @@ pub struct CommittedWrite {
 }
 
 /// A sandbox placement as the leader answers it.
-pub type PlacementReply = Result<Result<Sandbox, Rejection>, ForwardError>;
+pub type PlacementReply = Result<Result<SharedSandbox, Rejection>, ForwardError>;
 
 /// What the leader serves to its followers, implemented by the node. Every method but
 /// [`LeaderService::campaign`] acts on this node's Raft as leader and answers

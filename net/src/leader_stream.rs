@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-use corral_model::{codec, Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_model::{codec, Proposal, Rejection, SandboxRequest, SharedSandbox};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -77,7 +77,7 @@ pub struct Placements;
 
 impl StreamedCall for Placements {
     type Request = SandboxRequest;
-    type Answer = Result<Sandbox, Rejection>;
+    type Answer = Result<SharedSandbox, Rejection>;
     const KIND: StreamKind = StreamKind::Placements;
 }
 

@@ -20,7 +20,7 @@ use corral_api::{
     StateHash,
 };
 use corral_model::health::SharedHealth;
-use corral_model::{ApplyResult, Proposal, Rejection, Sandbox, SandboxRequest};
+use corral_model::{ApplyResult, Proposal, Rejection, SandboxRequest, SharedSandbox};
 use corral_net::gossip::Gossip;
 use corral_net::{ForwardError, MembershipChange, NetError, PeerClients, RaftLiveness};
 use corral_raft_types::{CorralNode, NodeId, Raft, SharedState};
@@ -476,7 +476,10 @@ impl RaftCluster {
     }
 
     /// Hands a sandbox request to the leader's scheduler; returns once it is applied.
-    pub async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError> {
+    pub async fn create_sandbox(
+        &self,
+        request: SandboxRequest,
+    ) -> Result<Result<SharedSandbox, Rejection>, ClusterError> {
         // Safe to retry: the request keeps its sandbox id and idempotency key.
         let deadline = Instant::now() + self.request_timeout;
         self.on_leader(
@@ -581,7 +584,7 @@ impl ClusterHandle for RaftCluster {
         RaftCluster::propose(self, proposal).await
     }
 
-    async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<Sandbox, Rejection>, ClusterError> {
+    async fn create_sandbox(&self, request: SandboxRequest) -> Result<Result<SharedSandbox, Rejection>, ClusterError> {
         RaftCluster::create_sandbox(self, request).await
     }
 

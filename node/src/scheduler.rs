@@ -24,7 +24,7 @@ use corral_model::health::SharedHealth;
 use corral_model::placement::{usage_headroom, RegionPlacementIndex};
 use corral_model::{
     admit_to_quota, recorded_placement, Command, ObjectKind, Outcome, Placement, Proposal, QuotaUsage, Rejection,
-    Sandbox, SandboxRequest, State,
+    SandboxRequest, SharedSandbox, State,
 };
 use corral_raft_types::SharedState;
 use rand::{Rng, SeedableRng};
@@ -52,7 +52,7 @@ impl Default for SchedulerConfig {
 }
 
 /// What a caller gets: the sandbox or why not (`Ok(Err)`), or why the cluster could not say.
-pub type Reply = Result<Result<Sandbox, Rejection>, LeaderError>;
+pub type Reply = Result<Result<SharedSandbox, Rejection>, LeaderError>;
 
 /// A request waiting in the queue, with where its answer goes.
 pub struct Pending {

@@ -3,14 +3,15 @@
 
 use super::{in_scope, insert_new, not_found};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::access::authorize_placement;
 use crate::command::{Placement, Reschedule};
 use crate::outcome::{ApplyResult, Outcome, Rejection};
 use crate::placement::{eligible, fits, needs_rescheduling, tags_match, under_sandbox_limit};
 use crate::quota::{admits, counts_against_quota, QuotaUsage};
-use crate::state::{IdempotencyRecord, State};
-use crate::types::{Millis, ObjectKind, Resources, Sandbox, SandboxState};
+use crate::state::{IdempotencyRecord, RunnerSandboxes, State};
+use crate::types::{Millis, ObjectKind, Resources, Sandbox, SandboxState, SharedSandbox};
 
 /// One Raft entry for a whole scheduler batch; each placement succeeds or fails alone.
 pub(super) fn place_all(state: &mut State, placements: &[Placement], at: Millis) -> ApplyResult {
@@ -46,7 +47,7 @@ pub(super) fn delete(state: &mut State, id: &str, scope: Option<&str>, at: Milli
 }
 
 /// The result a placement's idempotency key recorded, if any.
-pub fn recorded_placement(state: &State, key: &str) -> Option<Result<Sandbox, Rejection>> {
+pub fn recorded_placement(state: &State, key: &str) -> Option<Result<SharedSandbox, Rejection>> {
     state.idempotency.get(key).map(|record| match &record.result {
         Ok(Outcome::Sandbox(sandbox)) => Ok(sandbox.clone()),
         Ok(_) => Err(Rejection::IdempotencyKeyReused),
@@ -54,7 +55,7 @@ pub fn recorded_placement(state: &State, key: &str) -> Option<Result<Sandbox, Re
     })
 }
 
-fn place_idempotent(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Rejection> {
+fn place_idempotent(state: &mut State, p: &Placement, at: Millis) -> Result<SharedSandbox, Rejection> {
     // Before any replay, as for every other command: a revoked or expired key gets nothing.
     authorize_placement(state, p.credential.as_deref(), &p.organization_id, at)?;
     let Some(key) = &p.idempotency_key else {
@@ -127,7 +128,7 @@ fn reschedule_one(
     m: &Reschedule,
     unresponsive_for_ms: u64,
     at: Millis,
-) -> Result<Sandbox, Rejection> {
+) -> Result<SharedSandbox, Rejection> {
     let sandbox = state.sandboxes.get(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
     if sandbox.state == SandboxState::Destroyed || sandbox.runner_id != m.from_runner_id {
         return Err(Rejection::Conflict(format!(
@@ -153,7 +154,7 @@ fn reschedule_one(
         set_sandbox_state(state, &m.sandbox_id, SandboxState::Error, at)?;
         let sandbox =
             state.sandboxes.get_mut(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
-        sandbox.error_reason = Some(reason);
+        Arc::make_mut(sandbox).error_reason = Some(reason);
         return Ok(sandbox.clone());
     };
     if *to == m.from_runner_id {
@@ -165,19 +166,19 @@ fn reschedule_one(
     let new_state = if old_state == SandboxState::Stopped { SandboxState::Stopped } else { SandboxState::Started };
     release(state, &m.from_runner_id, &m.sandbox_id, resources, old_state, at);
     charge(state, to, &m.sandbox_id, resources, new_state, at);
-    let sandbox =
-        state.sandboxes.get_mut(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
+    let shared = state.sandboxes.get_mut(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
+    let sandbox = Arc::make_mut(shared);
     sandbox.runner_id = to.clone();
     sandbox.rescheduled_from = Some(m.from_runner_id.clone());
     sandbox.error_reason = None;
     sandbox.state = new_state;
     sandbox.updated_at = at;
-    Ok(sandbox.clone())
+    Ok(shared.clone())
 }
 
 /// Re-checks capacity on apply: whatever a stale leader decided, a runner is never overcommitted.
-fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Rejection> {
-    let sandbox = Sandbox {
+fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<SharedSandbox, Rejection> {
+    let sandbox = Arc::new(Sandbox {
         rescheduled_from: None,
         error_reason: None,
         id: p.sandbox_id.clone(),
@@ -191,7 +192,7 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<Sandbox, Re
         state: SandboxState::Started,
         created_at: at,
         updated_at: at,
-    };
+    });
     // Inserted first, checked after, in the order the checks always had (the id, then the
     // target, then the quota); see `insert_new`.
     insert_new(&mut state.sandboxes, &p.sandbox_id, sandbox.clone(), ObjectKind::Sandbox)?;
@@ -273,13 +274,14 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
         }
         state.runner_journals.record(&runner_id, id, new_state == SandboxState::Destroyed);
     }
-    let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
+    let shared = state.sandboxes.get_mut(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
+    let sandbox = Arc::make_mut(shared);
     sandbox.state = new_state;
     if new_state != SandboxState::Error {
         sandbox.error_reason = None;
     }
     sandbox.updated_at = at;
-    Ok(Outcome::Sandbox(sandbox.clone()))
+    Ok(Outcome::Sandbox(shared.clone()))
 }
 
 /// Puts sandbox `id` (in `sandbox_state`, not destroyed) on runner `runner_id`: charges its
@@ -292,7 +294,14 @@ fn charge(state: &mut State, runner_id: &str, id: &str, resources: Resources, sa
         }
         runner.updated_at = at;
     }
-    state.runner_sandboxes.entry(runner_id.to_string()).or_default().insert(id.to_string(), sandbox_state);
+    // Looked up before inserting: the runner almost always has its index already, and an
+    // `entry` would allocate a copy of its id for every placement only to drop it.
+    if !state.runner_sandboxes.contains_key(runner_id) {
+        state.runner_sandboxes.insert(runner_id.to_string(), RunnerSandboxes::default());
+    }
+    if let Some(ids) = state.runner_sandboxes.get_mut(runner_id) {
+        ids.insert(id.to_string(), sandbox_state);
+    }
     state.runner_journals.record(runner_id, id, false);
 }
 
