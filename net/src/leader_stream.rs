@@ -258,6 +258,10 @@ async fn run_stream<C: StreamedCall>(clients: PeerClients, addr: String, mut req
             },
         };
         let mut queued = vec![first];
+        // Let the runtime poll its sockets once before taking the rest: requests that arrived
+        // with this one are still being read, and one message for several of them costs the
+        // follower and the leader one frame, one write and one wake-up instead of several.
+        tokio::task::yield_now().await;
         while queued.len() < MAX_BATCH {
             match requests.try_recv() {
                 Ok(more) => queued.push(more),
