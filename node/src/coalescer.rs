@@ -163,6 +163,9 @@ async fn drive<Req, Rep, F, Fut>(
         };
         tokio::pin!(out_of_patience);
         let mut batch = vec![first];
+        // Let the runtime poll its sockets once first: requests that arrived with this one
+        // are still being read, and they join this call instead of the next.
+        tokio::task::yield_now().await;
         take_waiting(&mut waiting, &mut batch, max_batch);
         // Other calls running: grow the batch, or wait for one of them to finish, but not
         // longer than the oldest request's patience.
