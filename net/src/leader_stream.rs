@@ -10,10 +10,10 @@
 //! On a stream a message costs one DATA frame: a request leaves as soon as the writer is free,
 //! together with whatever queued while it was busy or while the runtime polled its sockets once
 //! more (a `yield_now`: without it, 1.04 requests per message at 64 connections, each paying a
-//! frame, a write and a wake-up on both nodes; with it 4.9, for microseconds), and each answer comes back as soon as the
-//! leader has it, matched to its request by an id, not when the slowest request of its batch
-//! is done. The leader still coalesces: placements into the scheduler's batches, proposals into
-//! shared Raft entries.
+//! frame, a write and a wake-up on both nodes; with it 4.9, for microseconds), and each answer
+//! comes back as soon as the leader has it, matched to its request by an id, not when the
+//! slowest request of its batch is done. The leader still coalesces: placements into the
+//! scheduler's batches, proposals into shared Raft entries.
 //!
 //! One stream per address and kind, opened on the first request and kept while it works. When
 //! it fails (the leader died, the connection dropped, HTTP/2 keep-alive gave up on a paused
