@@ -1,11 +1,12 @@
 //! [`Coalescer`]: many concurrent requests, few batched calls. Callers queue a request and wait
 //! for its answer; one task takes everything waiting (up to `max_batch`) whenever one of
 //! `max_in_flight` slots is free and runs the batch as one call, which answers each request on
-//! its own. Under light load a request goes out at once, alone (after the runtime has polled its
-//! sockets once more, so that requests read in the same turn join it); under heavy load,
-//! requests pile up while the slots are busy and leave together, so the batch size follows the load (the
-//! only timer is the floor's patience, below). A request never joins a call that started
-//! before it was queued, which is what makes coalesced read-index rounds linearizable.
+//! its own. Under light load a request goes out at once, alone (after the runtime has polled
+//! its sockets once more, so that requests read in the same turn join it); under heavy load,
+//! requests pile up while the slots are busy and leave together, so the batch size follows the
+//! load (the only timer is the floor's patience, below). A request never joins a call that
+//! started before it was queued, which is what makes coalesced read-index rounds
+//! linearizable.
 //!
 //! A free slot alone does not start a call while others run: the batch first grows to
 //! `min_batch_while_busy` or waits for a running call to finish. Without that rule, the
