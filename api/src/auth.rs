@@ -40,8 +40,9 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <key>'"))
 }
 
-fn is_admin_key(app: &AppState, key: &str) -> bool {
-    constant_time_eq(hash_secret(key).as_bytes(), hash_secret(&app.config.admin_key).as_bytes())
+/// Whether `key_hash` (the [`hash_secret`] of a bearer key) is the admin key's hash.
+fn is_admin_key(app: &AppState, key_hash: &str) -> bool {
+    constant_time_eq(key_hash.as_bytes(), app.admin_key_hash.as_bytes())
 }
 
 /// A caller acting within one organization: with one of its API keys, or the operator with
@@ -84,7 +85,8 @@ impl FromRequestParts<AppState> for Caller {
             ),
             None => None,
         };
-        if is_admin_key(app, key) {
+        let hash = hash_secret(key);
+        if is_admin_key(app, &hash) {
             // Acting for an organization nobody named would read and write an organization
             // that may not exist; say what is missing instead.
             let organization_id = requested.ok_or_else(|| {
@@ -96,7 +98,6 @@ impl FromRequestParts<AppState> for Caller {
             })?;
             return Ok(Caller { organization_id, is_admin: true, role: Role::Admin, credential: None });
         }
-        let hash = hash_secret(key);
         let now = app.now();
         let lookup = || {
             let machine = app.cluster.state().read();
@@ -136,7 +137,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         let key = bearer(parts)?;
-        if is_admin_key(app, key) {
+        if is_admin_key(app, &hash_secret(key)) {
             Ok(Admin)
         } else {
             Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this endpoint needs the admin key"))

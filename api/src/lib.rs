@@ -91,6 +91,9 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Uses of organization keys seen on this node, recorded lazily ([`key_usage`]).
     pub key_usage: Arc<key_usage::KeyUsage>,
+    /// The hash of [`ApiConfig::admin_key`], computed once: every request's bearer key is
+    /// hashed once and compared with it ([`auth`]).
+    admin_key_hash: Arc<str>,
 }
 
 /// On whose behalf a command is proposed: `apply` treats objects of other organizations as
@@ -114,7 +117,13 @@ impl Scope {
 impl AppState {
     /// Builds the handlers' state from the cluster and the API's configuration.
     pub fn new(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> AppState {
-        AppState { cluster, config: Arc::new(config), key_usage: Arc::new(key_usage::KeyUsage::default()) }
+        let admin_key_hash = auth::hash_secret(&config.admin_key).into();
+        AppState {
+            cluster,
+            config: Arc::new(config),
+            key_usage: Arc::new(key_usage::KeyUsage::default()),
+            admin_key_hash,
+        }
     }
 
     /// The wall clock ([`ApiConfig::clock`]), in milliseconds since the Unix epoch.
