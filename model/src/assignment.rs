@@ -94,12 +94,12 @@ pub fn assignment_changes(
     match since.and_then(|cursor| state.runner_journals.changed_since(runner_id, cursor)) {
         Some(ids) => ids.into_iter().for_each(|id| look_at(id, on_runner.get(id))),
         None => {
-            let mut hosted: Vec<(&String, &SandboxState)> = on_runner.iter().collect();
+            let mut hosted: Vec<(&str, &SandboxState)> = on_runner.iter().map(|(id, s)| (&**id, s)).collect();
             hosted.sort_unstable_by_key(|(id, _)| *id);
             hosted.into_iter().for_each(|(id, sandbox_state)| look_at(id, Some(sandbox_state)));
             // `sent` is hashed with a per-process seed: sorted, the destroys come out in one
             // order in every process (the seeded simulation replays a seed only so).
-            let mut not_hosted: Vec<&String> = sent.keys().filter(|id| !on_runner.contains_key(*id)).collect();
+            let mut not_hosted: Vec<&String> = sent.keys().filter(|id| !on_runner.contains_key(id.as_str())).collect();
             not_hosted.sort_unstable();
             not_hosted.into_iter().for_each(|id| look_at(id, None));
         }

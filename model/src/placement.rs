@@ -109,7 +109,7 @@ pub fn plan_reschedules(
     let leaving = state.runners.values().filter(|r| needs_rescheduling(r, now, unresponsive_for_ms));
     for runner in leaving {
         let Some(on_runner) = state.runner_sandboxes.get(&runner.id) else { continue };
-        let mut ids: Vec<&String> = on_runner.keys().collect();
+        let mut ids: Vec<&str> = on_runner.keys().map(|id| &**id).collect();
         ids.sort_unstable();
         for sandbox in ids.into_iter().filter_map(|id| state.sandboxes.get(id)) {
             if moves.len() == limit {

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::state::IdMap;
+use crate::state::{IdMap, SharedId};
 
 /// Destroy entries a journal keeps before it drops the oldest ones (and with them the claim to
 /// be complete before that point). Sessions poll every second, so this covers far more destroys
@@ -42,8 +42,8 @@ pub struct RunnerJournals {
 struct RunnerJournal {
     complete_after: u64,
     /// position → sandbox id: each sandbox's latest change only.
-    by_position: BTreeMap<u64, String>,
-    position_of: IdMap<String, u64>,
+    by_position: BTreeMap<u64, SharedId>,
+    position_of: IdMap<SharedId, u64>,
     /// Positions whose latest change is a destroy, oldest first.
     destroys: BTreeSet<u64>,
 }
@@ -70,12 +70,12 @@ impl RunnerJournal {
         self.by_position.last_key_value().map_or(self.complete_after, |(p, _)| *p).max(self.complete_after)
     }
 
-    fn record(&mut self, position: u64, sandbox_id: &str, destroyed: bool) {
-        if let Some(old) = self.position_of.insert(sandbox_id.to_string(), position) {
+    fn record(&mut self, position: u64, sandbox_id: &SharedId, destroyed: bool) {
+        if let Some(old) = self.position_of.insert(sandbox_id.clone(), position) {
             self.by_position.remove(&old);
             self.destroys.remove(&old);
         }
-        self.by_position.insert(position, sandbox_id.to_string());
+        self.by_position.insert(position, sandbox_id.clone());
         if destroyed {
             self.destroys.insert(position);
             while self.destroys.len() > MAX_DESTROYS_KEPT {
@@ -92,7 +92,7 @@ impl RunnerJournal {
 impl RunnerJournals {
     /// Starts over from the runners' current sandboxes (after a snapshot was installed): every
     /// one is recorded afresh, and no cursor taken before is honoured.
-    pub fn rebuild<'a>(&mut self, sandboxes: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    pub fn rebuild<'a>(&mut self, sandboxes: impl IntoIterator<Item = (&'a str, &'a SharedId)>) {
         self.by_runner.clear();
         self.complete_after = self.next_position();
         for (runner_id, sandbox_id) in sandboxes {
@@ -101,8 +101,8 @@ impl RunnerJournals {
     }
 
     /// `sandbox_id` on `runner_id` changed (was placed, started, stopped or, with `destroyed`,
-    /// destroyed).
-    pub fn record(&mut self, runner_id: &str, sandbox_id: &str, destroyed: bool) {
+    /// destroyed). The journal keeps a clone of `sandbox_id`, which shares its allocation.
+    pub fn record(&mut self, runner_id: &str, sandbox_id: &SharedId, destroyed: bool) {
         let complete_after = self.complete_after;
         let position = self.next_position();
         // Looked up before inserting, as the runner index in `apply` is: no copy of the
@@ -149,7 +149,7 @@ impl RunnerJournals {
     pub fn changed_since(&self, runner_id: &str, cursor: u64) -> Option<Vec<&str>> {
         match self.by_runner.get(runner_id) {
             Some(journal) if cursor >= journal.complete_after => {
-                Some(journal.by_position.range(cursor + 1..).map(|(_, id)| id.as_str()).collect())
+                Some(journal.by_position.range(cursor + 1..).map(|(_, id)| &**id).collect())
             }
             Some(_) => None,
             None => (cursor >= self.complete_after).then(Vec::new),
@@ -161,16 +161,21 @@ impl RunnerJournals {
 mod tests {
     use super::*;
 
+    /// Records a change as `apply` does, with the id in its shared form.
+    fn record(journals: &mut RunnerJournals, runner_id: &str, sandbox_id: &str, destroyed: bool) {
+        journals.record(runner_id, &SharedId::from(sandbox_id), destroyed);
+    }
+
     #[test]
     fn changes_after_a_cursor_are_each_sandbox_once() {
         let mut journals = RunnerJournals::default();
-        journals.record("r1", "a", false);
+        record(&mut journals, "r1", "a", false);
         let cursor = journals.position("r1");
         assert_eq!(journals.changed_since("r1", cursor), Some(vec![]));
-        journals.record("r1", "b", false);
-        journals.record("r2", "x", false);
-        journals.record("r1", "a", false);
-        journals.record("r1", "b", true);
+        record(&mut journals, "r1", "b", false);
+        record(&mut journals, "r2", "x", false);
+        record(&mut journals, "r1", "a", false);
+        record(&mut journals, "r1", "b", true);
         assert_eq!(journals.changed_since("r1", cursor), Some(vec!["a", "b"]));
         assert_ne!(journals.position("r1"), cursor);
         assert_eq!(journals.changed_since("r2", 0), Some(vec!["x"]));
@@ -180,21 +185,22 @@ mod tests {
     #[test]
     fn a_rebuild_or_dropped_destroys_refuse_older_cursors() {
         let mut journals = RunnerJournals::default();
-        journals.record("r1", "a", false);
+        record(&mut journals, "r1", "a", false);
         let before = journals.position("r1");
         let empty_before = journals.position("r9");
-        journals.rebuild([("r1", "a"), ("r1", "b")]);
+        let (a, b) = (SharedId::from("a"), SharedId::from("b"));
+        journals.rebuild([("r1", &a), ("r1", &b)]);
         assert_eq!(journals.changed_since("r1", before), None);
         assert_eq!(journals.changed_since("r9", empty_before), None, "a runner without sandboxes too");
         assert_ne!(journals.position("r9"), empty_before, "a rebuild never looks unchanged");
 
         let cursor = journals.position("r1");
         for i in 0..=MAX_DESTROYS_KEPT {
-            journals.record("r1", &format!("d{i}"), true);
+            record(&mut journals, "r1", &format!("d{i}"), true);
         }
         assert_eq!(journals.changed_since("r1", cursor), None, "the oldest destroy was dropped");
         let recent = journals.position("r1");
-        journals.record("r1", "c", false);
+        record(&mut journals, "r1", "c", false);
         assert_eq!(journals.changed_since("r1", recent), Some(vec!["c"]));
     }
 }

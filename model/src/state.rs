@@ -48,8 +48,13 @@ pub type IdMap<K, V> = HashMap<K, V, IdHasher>;
 /// sandbox ids were random (version-4 UUIDs, still in states made before time-ordered ids),
 /// an ordered map of tens of thousands of them cost a cache miss per comparison (4 % of the
 /// nodes' CPU creating sandboxes with 20 runners). Walks that must be ordered sort the ids
-/// first.
-pub type RunnerSandboxes = IdMap<String, SandboxState>;
+/// first. Keyed by the [`SharedId`] the runner journals hold too.
+pub type RunnerSandboxes = IdMap<SharedId, SandboxState>;
+
+/// A sandbox id as the replica-local indexes hold it: `runner_sandboxes` and the runner
+/// journal (twice) share one allocation of each id instead of three copies (about 100 bytes
+/// and two allocations fewer per sandbox, on every replica).
+pub type SharedId = std::sync::Arc<str>;
 
 /// The whole replicated state. Ordered maps make its serialization canonical, so the hash of
 /// the encoding is equal on replicas with equal state.
@@ -170,7 +175,7 @@ impl State {
         self.idempotency_by_age = self.idempotency.iter().map(|(k, r)| (r.at, k.clone())).collect();
         self.runner_sandboxes.clear();
         for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
-            self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(s.id.clone(), s.state);
+            self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(s.id.as_str().into(), s.state);
         }
         self.quota_usage = self.derive_quota_usage();
         self.rebuild_journals();
@@ -195,9 +200,15 @@ impl State {
     /// Records every sandbox afresh, runner by runner and in id order on each (the order of
     /// the sandbox map, grouped: `runner_sandboxes` is hashed).
     fn rebuild_journals(&mut self) {
-        let mut by_runner: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut by_runner: BTreeMap<&str, Vec<&SharedId>> = BTreeMap::new();
         for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
-            by_runner.entry(s.runner_id.as_str()).or_default().push(s.id.as_str());
+            // The index's copy of the id, which the journal then shares.
+            let Some((id, _)) =
+                self.runner_sandboxes.get(&s.runner_id).and_then(|ids| ids.get_key_value(s.id.as_str()))
+            else {
+                continue;
+            };
+            by_runner.entry(s.runner_id.as_str()).or_default().push(id);
         }
         self.runner_journals
             .rebuild(by_runner.iter().flat_map(|(runner, ids)| ids.iter().map(move |id| (*runner, *id))));

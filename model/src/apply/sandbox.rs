@@ -10,7 +10,7 @@ use crate::command::{Placement, Reschedule};
 use crate::outcome::{ApplyResult, Outcome, Rejection};
 use crate::placement::{eligible, fits, needs_rescheduling, tags_match, under_sandbox_limit};
 use crate::quota::{admits, counts_against_quota, QuotaUsage};
-use crate::state::{IdempotencyRecord, RunnerSandboxes, State};
+use crate::state::{IdempotencyRecord, RunnerSandboxes, SharedId, State};
 use crate::types::{Millis, ObjectKind, Resources, Sandbox, SandboxState, SharedSandbox};
 
 /// One Raft entry for a whole scheduler batch; each placement succeeds or fails alone.
@@ -269,10 +269,17 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
             runner.started_sandboxes += 1;
         }
         runner.updated_at = at;
-        if let Some(indexed) = state.runner_sandboxes.get_mut(&runner_id).and_then(|ids| ids.get_mut(id)) {
-            *indexed = new_state;
+        let mut shared_id = None;
+        if let Some(ids) = state.runner_sandboxes.get_mut(&runner_id) {
+            if let Some((indexed_id, _)) = ids.get_key_value(id) {
+                shared_id = Some(indexed_id.clone());
+            }
+            if let Some(indexed) = ids.get_mut(id) {
+                *indexed = new_state;
+            }
         }
-        state.runner_journals.record(&runner_id, id, new_state == SandboxState::Destroyed);
+        let shared_id = shared_id.unwrap_or_else(|| SharedId::from(id));
+        state.runner_journals.record(&runner_id, &shared_id, new_state == SandboxState::Destroyed);
     }
     let shared = state.sandboxes.get_mut(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
     let sandbox = Arc::make_mut(shared);
@@ -299,10 +306,12 @@ fn charge(state: &mut State, runner_id: &str, id: &str, resources: Resources, sa
     if !state.runner_sandboxes.contains_key(runner_id) {
         state.runner_sandboxes.insert(runner_id.to_string(), RunnerSandboxes::default());
     }
+    // One allocation of the id, shared by the index and the journal.
+    let id = SharedId::from(id);
     if let Some(ids) = state.runner_sandboxes.get_mut(runner_id) {
-        ids.insert(id.to_string(), sandbox_state);
+        ids.insert(id.clone(), sandbox_state);
     }
-    state.runner_journals.record(runner_id, id, false);
+    state.runner_journals.record(runner_id, &id, false);
 }
 
 /// Takes sandbox `id` (in `sandbox_state`, not destroyed) off runner `runner_id`: frees its
@@ -322,11 +331,13 @@ fn release(
         }
         runner.updated_at = at;
     }
+    let mut shared_id = None;
     if let Some(ids) = state.runner_sandboxes.get_mut(runner_id) {
-        ids.remove(id);
+        shared_id = ids.remove_entry(id).map(|(indexed_id, _)| indexed_id);
         if ids.is_empty() {
             state.runner_sandboxes.remove(runner_id);
         }
     }
-    state.runner_journals.record(runner_id, id, true);
+    let shared_id = shared_id.unwrap_or_else(|| SharedId::from(id));
+    state.runner_journals.record(runner_id, &shared_id, true);
 }
