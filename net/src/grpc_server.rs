@@ -258,6 +258,9 @@ where
     Box::pin(futures::stream::unfold(answers, move |mut answers| async move {
         let first = answers.recv().await?;
         let mut batch = vec![first];
+        // As the follower's writer does: once around the runtime first, so that the answers
+        // of requests that complete together (one applied entry) go out in one message.
+        tokio::task::yield_now().await;
         while batch.len() < crate::leader_stream::MAX_BATCH {
             match answers.try_recv() {
                 Ok(more) => batch.push(more),
