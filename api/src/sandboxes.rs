@@ -247,7 +247,7 @@ pub async fn get_sandbox(
 ) -> Result<Json<SandboxView>, ApiError> {
     let org = caller.organization_id.as_str();
     app.read_as(&caller, params.consistency, |state, _| {
-        state.sandboxes.get(&sandbox_id).filter(|s| s.organization_id == org).map(|s| SandboxView::from(&**s))
+        state.sandboxes.get(sandbox_id.as_str()).filter(|s| s.organization_id == org).map(|s| SandboxView::from(&**s))
     })
     .await?
     .map(Json)

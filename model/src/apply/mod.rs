@@ -126,10 +126,15 @@ fn expire_idempotency(state: &mut State) {
 /// thousands of random ids, each walk costs a cache miss per key compared, and the lookup was
 /// the largest share of creating a region or placing a sandbox. A caller whose later check
 /// fails removes the object again.
-fn insert_new<V: Clone>(map: &mut ReplicatedMap<V>, id: &str, value: V, kind: ObjectKind) -> Result<(), Rejection> {
-    if let Some(previous) = map.insert(id.to_string(), value) {
-        map.insert(id.to_string(), previous);
-        return Err(Rejection::DuplicateId { kind, id: id.to_string() });
+fn insert_new<K, V>(map: &mut ReplicatedMap<V, K>, id: K, value: V, kind: ObjectKind) -> Result<(), Rejection>
+where
+    K: Ord + Clone + std::borrow::Borrow<str>,
+    V: Clone,
+{
+    if let Some(previous) = map.insert(id.clone(), value) {
+        let duplicate = id.borrow().to_string();
+        map.insert(id, previous);
+        return Err(Rejection::DuplicateId { kind, id: duplicate });
     }
     Ok(())
 }

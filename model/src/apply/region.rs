@@ -24,7 +24,7 @@ pub(super) fn create(state: &mut State, new: &NewRegion, at: Millis) -> ApplyRes
     };
     // Inserted first, checked after (one walk down the map, where a lookup then an insert
     // took two; see `insert_new`), in the order the checks always had: the id, then the name.
-    insert_new(&mut state.regions, &new.id, region.clone(), ObjectKind::Region)?;
+    insert_new(&mut state.regions, new.id.to_string(), region.clone(), ObjectKind::Region)?;
     let name_key = (new.organization_id.clone(), new.name.clone());
     if state.region_names.contains_key(&name_key) {
         state.regions.remove(&new.id);

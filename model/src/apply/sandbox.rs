@@ -129,7 +129,8 @@ fn reschedule_one(
     unresponsive_for_ms: u64,
     at: Millis,
 ) -> Result<SharedSandbox, Rejection> {
-    let sandbox = state.sandboxes.get(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
+    let sandbox =
+        state.sandboxes.get(m.sandbox_id.as_str()).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
     if sandbox.state == SandboxState::Destroyed || sandbox.runner_id != m.from_runner_id {
         return Err(Rejection::Conflict(format!(
             "sandbox '{}' is no longer on runner '{}'",
@@ -152,8 +153,10 @@ fn reschedule_one(
             return Err(Rejection::Conflict(format!("sandbox '{}' is not started", m.sandbox_id)));
         }
         set_sandbox_state(state, &m.sandbox_id, SandboxState::Error, at)?;
-        let sandbox =
-            state.sandboxes.get_mut(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
+        let sandbox = state
+            .sandboxes
+            .get_mut(m.sandbox_id.as_str())
+            .ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
         Arc::make_mut(sandbox).error_reason = Some(reason);
         return Ok(sandbox.clone());
     };
@@ -164,9 +167,10 @@ fn reschedule_one(
     // A stopped sandbox stays stopped; a started one, or one marked error for want of room,
     // starts on its new runner.
     let new_state = if old_state == SandboxState::Stopped { SandboxState::Stopped } else { SandboxState::Started };
-    release(state, &m.from_runner_id, &m.sandbox_id, resources, old_state, at);
-    charge(state, to, &m.sandbox_id, resources, new_state, at);
-    let shared = state.sandboxes.get_mut(&m.sandbox_id).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
+    let id = release(state, &m.from_runner_id, &m.sandbox_id, resources, old_state, at);
+    charge(state, to, &id, resources, new_state, at);
+    let shared =
+        state.sandboxes.get_mut(m.sandbox_id.as_str()).ok_or_else(|| not_found(ObjectKind::Sandbox, &m.sandbox_id))?;
     let sandbox = Arc::make_mut(shared);
     sandbox.runner_id = to.clone();
     sandbox.rescheduled_from = Some(m.from_runner_id.clone());
@@ -195,20 +199,21 @@ fn place_one(state: &mut State, p: &Placement, at: Millis) -> Result<SharedSandb
     });
     // Inserted first, checked after, in the order the checks always had (the id, then the
     // target, then the quota); see `insert_new`.
-    insert_new(&mut state.sandboxes, &p.sandbox_id, sandbox.clone(), ObjectKind::Sandbox)?;
+    let id = SharedId::from(p.sandbox_id.as_str());
+    insert_new(&mut state.sandboxes, id.clone(), sandbox.clone(), ObjectKind::Sandbox)?;
     let admitted = check_target(state, &p.runner_id, &p.region_id, &p.runner_tags, p.resources)
         .and_then(|()| admit_to_quota(state, &p.organization_id, &p.region_id, p.resources, &QuotaUsage::default()));
     let counted = match admitted {
         Ok(counted) => counted,
         Err(rejection) => {
-            state.sandboxes.remove(&p.sandbox_id);
+            state.sandboxes.remove(p.sandbox_id.as_str());
             return Err(rejection);
         }
     };
     if counted {
         state.quota_usage.entry(p.organization_id.clone()).or_default().add(p.resources);
     }
-    charge(state, &p.runner_id, &p.sandbox_id, p.resources, SandboxState::Started, at);
+    charge(state, &p.runner_id, &id, p.resources, SandboxState::Started, at);
     Ok(sandbox)
 }
 
@@ -269,17 +274,11 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
             runner.started_sandboxes += 1;
         }
         runner.updated_at = at;
-        let mut shared_id = None;
-        if let Some(ids) = state.runner_sandboxes.get_mut(&runner_id) {
-            if let Some((indexed_id, _)) = ids.get_key_value(id) {
-                shared_id = Some(indexed_id.clone());
-            }
-            if let Some(indexed) = ids.get_mut(id) {
-                *indexed = new_state;
-            }
+        if let Some(indexed) = state.runner_sandboxes.get_mut(&runner_id).and_then(|ids| ids.get_mut(id)) {
+            *indexed = new_state;
         }
-        let shared_id = shared_id.unwrap_or_else(|| SharedId::from(id));
-        state.runner_journals.record(&runner_id, &shared_id, new_state == SandboxState::Destroyed);
+        let id = shared_id(state, id);
+        state.runner_journals.record(&runner_id, &id, new_state == SandboxState::Destroyed);
     }
     let shared = state.sandboxes.get_mut(id).ok_or_else(|| not_found(ObjectKind::Sandbox, id))?;
     let sandbox = Arc::make_mut(shared);
@@ -293,7 +292,14 @@ fn set_sandbox_state(state: &mut State, id: &str, new_state: SandboxState, at: M
 
 /// Puts sandbox `id` (in `sandbox_state`, not destroyed) on runner `runner_id`: charges its
 /// resources, counts it if started, indexes it and tells the runner's journal.
-fn charge(state: &mut State, runner_id: &str, id: &str, resources: Resources, sandbox_state: SandboxState, at: Millis) {
+fn charge(
+    state: &mut State,
+    runner_id: &str,
+    id: &SharedId,
+    resources: Resources,
+    sandbox_state: SandboxState,
+    at: Millis,
+) {
     if let Some(runner) = state.runners.get_mut(runner_id) {
         runner.allocated = runner.allocated.saturating_add(&resources);
         if sandbox_state == SandboxState::Started {
@@ -306,12 +312,10 @@ fn charge(state: &mut State, runner_id: &str, id: &str, resources: Resources, sa
     if !state.runner_sandboxes.contains_key(runner_id) {
         state.runner_sandboxes.insert(runner_id.to_string(), RunnerSandboxes::default());
     }
-    // One allocation of the id, shared by the index and the journal.
-    let id = SharedId::from(id);
     if let Some(ids) = state.runner_sandboxes.get_mut(runner_id) {
         ids.insert(id.clone(), sandbox_state);
     }
-    state.runner_journals.record(runner_id, &id, false);
+    state.runner_journals.record(runner_id, id, false);
 }
 
 /// Takes sandbox `id` (in `sandbox_state`, not destroyed) off runner `runner_id`: frees its
@@ -323,7 +327,7 @@ fn release(
     resources: Resources,
     sandbox_state: SandboxState,
     at: Millis,
-) {
+) -> SharedId {
     if let Some(runner) = state.runners.get_mut(runner_id) {
         runner.allocated = runner.allocated.saturating_sub(&resources);
         if sandbox_state == SandboxState::Started {
@@ -331,13 +335,19 @@ fn release(
         }
         runner.updated_at = at;
     }
-    let mut shared_id = None;
     if let Some(ids) = state.runner_sandboxes.get_mut(runner_id) {
-        shared_id = ids.remove_entry(id).map(|(indexed_id, _)| indexed_id);
+        ids.remove(id);
         if ids.is_empty() {
             state.runner_sandboxes.remove(runner_id);
         }
     }
-    let shared_id = shared_id.unwrap_or_else(|| SharedId::from(id));
-    state.runner_journals.record(runner_id, &shared_id, true);
+    let id = shared_id(state, id);
+    state.runner_journals.record(runner_id, &id, true);
+    id
+}
+
+/// Sandbox `id` in its shared form: the sandbox map's own key, which the runner index and the
+/// journal share, or a new one for an id the map does not hold.
+fn shared_id(state: &State, id: &str) -> SharedId {
+    state.sandboxes.get_key_value(id).map_or_else(|| SharedId::from(id), |(key, _)| key.clone())
 }
