@@ -84,16 +84,28 @@ pub struct ApiConfig {
     pub clock: fn() -> Millis,
 }
 
-/// Shared by every handler.
+/// Shared by every handler: one `Arc` around [`AppStateParts`] (axum clones the state for
+/// each request and extractor, so one reference count to touch rather than one per part).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateParts>);
+
+/// What [`AppState`] shares (reached through its `Deref`).
+pub struct AppStateParts {
     pub cluster: Arc<dyn ClusterHandle>,
     pub config: Arc<ApiConfig>,
     /// Uses of organization keys seen on this node, recorded lazily ([`key_usage`]).
     pub key_usage: Arc<key_usage::KeyUsage>,
     /// The hash of [`ApiConfig::admin_key`], computed once: every request's bearer key is
     /// hashed once and compared with it ([`auth`]).
-    admin_key_hash: Arc<str>,
+    admin_key_hash: String,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateParts;
+
+    fn deref(&self) -> &AppStateParts {
+        &self.0
+    }
 }
 
 /// On whose behalf a command is proposed: `apply` treats objects of other organizations as
@@ -117,13 +129,13 @@ impl Scope {
 impl AppState {
     /// Builds the handlers' state from the cluster and the API's configuration.
     pub fn new(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> AppState {
-        let admin_key_hash = auth::hash_secret(&config.admin_key).into();
-        AppState {
+        let admin_key_hash = auth::hash_secret(&config.admin_key);
+        AppState(Arc::new(AppStateParts {
             cluster,
             config: Arc::new(config),
             key_usage: Arc::new(key_usage::KeyUsage::default()),
             admin_key_hash,
-        }
+        }))
     }
 
     /// The wall clock ([`ApiConfig::clock`]), in milliseconds since the Unix epoch.

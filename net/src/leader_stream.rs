@@ -12,7 +12,8 @@
 //! more (a `yield_now`: without it, 1.04 requests per message at 64 connections, each paying a
 //! frame, a write and a wake-up on both nodes; with it 4.9, for microseconds), and each answer
 //! comes back as soon as the leader has it, matched to its request by an id, not when the
-//! slowest request of its batch is done. The leader still coalesces: placements into the
+//! slowest request of its batch is done (the leader's side yields once too before it drains its
+//! answers, so those of one applied entry share a message: 11.6 per message instead of 4.9). The leader still coalesces: placements into the
 //! scheduler's batches, proposals into shared Raft entries.
 //!
 //! One stream per address and kind, opened on the first request and kept while it works. When
