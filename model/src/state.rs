@@ -176,8 +176,9 @@ impl State {
         self.runner_keys = self.runners.values().map(|r| (r.api_key_hash.clone(), r.id.clone())).collect();
         self.idempotency_by_age = self.idempotency.iter().map(|(k, r)| (r.at, k.clone())).collect();
         self.runner_sandboxes.clear();
-        for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
-            self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(s.id.as_str().into(), s.state);
+        // Keyed by clones of the map's keys, as `apply` keys them.
+        for (id, s) in self.sandboxes.iter().filter(|(_, s)| s.state != SandboxState::Destroyed) {
+            self.runner_sandboxes.entry(s.runner_id.clone()).or_default().insert(id.clone(), s.state);
         }
         self.quota_usage = self.derive_quota_usage();
         self.rebuild_journals();
@@ -203,13 +204,7 @@ impl State {
     /// the sandbox map, grouped: `runner_sandboxes` is hashed).
     fn rebuild_journals(&mut self) {
         let mut by_runner: BTreeMap<&str, Vec<&SharedId>> = BTreeMap::new();
-        for s in self.sandboxes.values().filter(|s| s.state != SandboxState::Destroyed) {
-            // The index's copy of the id, which the journal then shares.
-            let Some((id, _)) =
-                self.runner_sandboxes.get(&s.runner_id).and_then(|ids| ids.get_key_value(s.id.as_str()))
-            else {
-                continue;
-            };
+        for (id, s) in self.sandboxes.iter().filter(|(_, s)| s.state != SandboxState::Destroyed) {
             by_runner.entry(s.runner_id.as_str()).or_default().push(id);
         }
         self.runner_journals

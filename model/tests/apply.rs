@@ -494,6 +494,25 @@ fn snapshot_round_trip_rebuilds_indexes() {
 }
 
 #[test]
+fn the_indexes_share_the_sandbox_maps_ids() {
+    // The map's key, the runner's sandbox index and the runner journal's two maps hold one
+    // allocation of the id: four references to it, whether `apply` placed the sandbox or a
+    // snapshot decode rebuilt the indexes.
+    let shares = |state: &State| {
+        let (key, _) = state.sandboxes.get_key_value("s1").expect("s1 is in the map");
+        let (indexed, _) = state.runner_sandboxes["run"].get_key_value("s1").expect("s1 is on its runner");
+        (std::sync::Arc::ptr_eq(key, indexed), std::sync::Arc::strong_count(key))
+    };
+    let mut s = fleet();
+    run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s1", "reg", "run", 1)] }).expect("placed");
+    assert_eq!(shares(&s), (true, 4));
+    run(&mut s, Command::SetSandboxState { id: "s1".into(), state: SandboxState::Stopped }).expect("stopped");
+    assert_eq!(shares(&s), (true, 4), "a change journals the same id again");
+    let decoded = State::decode(&s.encode().expect("encode")).expect("decode");
+    assert_eq!(shares(&decoded), (true, 4));
+}
+
+#[test]
 fn the_replicated_view_encodes_as_the_state_and_keeps_its_moment() {
     let mut s = fleet();
     run(&mut s, Command::PlaceSandboxes { placements: vec![placement("s1", "reg", "run", 1)] }).expect("placed");
