@@ -92,9 +92,9 @@ pub struct AppState(Arc<AppStateParts>);
 /// What [`AppState`] shares (reached through its `Deref`).
 pub struct AppStateParts {
     pub cluster: Arc<dyn ClusterHandle>,
-    pub config: Arc<ApiConfig>,
+    pub config: ApiConfig,
     /// Uses of organization keys seen on this node, recorded lazily ([`key_usage`]).
-    pub key_usage: Arc<key_usage::KeyUsage>,
+    pub key_usage: key_usage::KeyUsage,
     /// The hash of [`ApiConfig::admin_key`], computed once: every request's bearer key is
     /// hashed once and compared with it ([`auth`]).
     admin_key_hash: String,
@@ -130,12 +130,7 @@ impl AppState {
     /// Builds the handlers' state from the cluster and the API's configuration.
     pub fn new(cluster: Arc<dyn ClusterHandle>, config: ApiConfig) -> AppState {
         let admin_key_hash = auth::hash_secret(&config.admin_key);
-        AppState(Arc::new(AppStateParts {
-            cluster,
-            config: Arc::new(config),
-            key_usage: Arc::new(key_usage::KeyUsage::default()),
-            admin_key_hash,
-        }))
+        AppState(Arc::new(AppStateParts { cluster, config, key_usage: key_usage::KeyUsage::default(), admin_key_hash }))
     }
 
     /// The wall clock ([`ApiConfig::clock`]), in milliseconds since the Unix epoch.
